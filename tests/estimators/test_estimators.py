@@ -1,0 +1,156 @@
+"""Estimators against autograd, the unbiasedness of RGE, and argument validation (table-driven)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zeroth import CGE, RGE, SPSA, Objective, Sequential, estimate_gradient, zo_gradient, zo_jacobian
+from zeroth.estimators import ESTIMATORS
+from zeroth.models import DigitsMLP
+
+from ..conftest import cosine, flat
+
+BAD_ARGS = [
+    (CGE, dict(mu=0.0), r"Invalid mu value"),
+    (CGE, dict(mu=-1e-3), r"Invalid mu value"),
+    (CGE, dict(mu=float("nan")), r"Invalid mu value"),
+    (CGE, dict(scheme="backward"), r"Invalid scheme value"),
+    (RGE, dict(q=0), r"Invalid q value"),
+    (RGE, dict(q=2.5), r"Invalid q value"),
+    (RGE, dict(mu=0), r"Invalid mu value"),
+    (RGE, dict(dist="cauchy"), r"Invalid dist value"),
+    (SPSA, dict(mu=-2.0), r"Invalid mu value"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,match", BAD_ARGS)
+def test_bad_arguments_name_the_argument(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_registry_by_name():
+    assert isinstance(ESTIMATORS.create("cge", "estimator"), CGE)
+    assert isinstance(ESTIMATORS.create("SPSA", "estimator", mu=1e-2), SPSA)
+    with pytest.raises(ValueError, match="estimator: unknown estimator 'foo'"):
+        ESTIMATORS.create("foo", "estimator")
+
+
+def quadratic(A, b):
+    return lambda x: 0.5 * x @ A @ x - b @ x
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_cge_on_quadratic_matches_exact_gradient(scheme):
+    g = torch.Generator().manual_seed(1)
+    n = 12
+    M = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A, b = M @ M.T + n * torch.eye(n, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    exact = A @ x - b
+    mu = 1e-3
+    f0, grad, nfev = zo_gradient(quadratic(A, b), x, CGE(mu=mu, scheme=scheme))
+    assert nfev == (2 * n if scheme == "central" else n + 1)
+    err = float((grad - exact).abs().max())
+    if scheme == "forward":  # error = μ/2 · A_kk exactly for a quadratic
+        assert err == pytest.approx(mu / 2 * float(A.diagonal().max()), rel=1e-3)
+    else:  # central differences are exact on a quadratic (up to rounding)
+        assert err < 1e-8
+
+
+def test_central_error_is_second_order():
+    f = lambda x: torch.sin(x).sum() + (x**3).sum()  # noqa: E731
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    exact = torch.cos(x) + 3 * x**2
+    errs = [float((zo_gradient(f, x, CGE(mu=mu, scheme="central"))[1] - exact).abs().max()) for mu in (1e-2, 5e-3)]
+    assert errs[0] / errs[1] == pytest.approx(4.0, rel=0.05)  # halving μ quarters the error
+
+
+def _net_and_objective(dtype=torch.float64):
+    torch.manual_seed(3)
+    model = DigitsMLP(hidden=8).to(dtype)
+    x = torch.rand(16, 64, dtype=dtype)
+    y = torch.randint(0, 10, (16,))
+    return model, Objective(model, F.cross_entropy, x, y)
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_cge_on_network_matches_autograd(scheme):
+    model, obj = _net_and_objective()
+    params = list(model.parameters())
+    exact = torch.autograd.grad(obj(), params)
+    loss, grads, losses = estimate_gradient(obj, params, CGE(mu=1e-6, scheme=scheme), Sequential())
+    d = sum(p.numel() for p in params)
+    assert losses.count == (2 * d if scheme == "central" else d + 1)
+    assert cosine(grads, exact) > 1 - 1e-9
+    assert float((flat(grads) - flat(exact)).norm() / flat(exact).norm()) < 1e-4
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "sphere"])
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_rge_is_unbiased_for_the_smoothed_function(dist, antithetic):
+    """On a quadratic, the smoothed gradient equals the gradient (E[u uᵀ] scaled right).
+
+    Average many independent one-direction estimates and compare with a statistical
+    tolerance: 6 standard errors of the mean, estimated from the samples themselves.
+    """
+    n, reps = 6, 4000
+    A = torch.diag(torch.arange(1.0, n + 1, dtype=torch.float64))
+    b = torch.ones(n, dtype=torch.float64)
+    x = torch.linspace(-1, 1, n, dtype=torch.float64)
+    f = quadratic(A, b)
+    exact = A @ x - b
+    gen = torch.Generator().manual_seed(7)
+    est = RGE(q=1, mu=1e-4, dist=dist, antithetic=antithetic)
+    samples = torch.stack([zo_gradient(f, x, est, generator=gen)[1] for _ in range(reps)])
+    mean, sem = samples.mean(0), samples.std(0) / math.sqrt(reps)
+    assert bool(((mean - exact).abs() <= 6 * sem + 1e-6).all()), (mean, exact, sem)
+    # and a biased scaling (e.g. forgetting the factor d of sphere directions) would be caught:
+    assert float((mean - exact).norm()) < 0.25 * float(exact.norm())
+
+
+def test_rge_directions_are_regenerated_not_stored():
+    params = [torch.zeros(3, 4), torch.zeros(5)]
+    dirs = RGE(q=3, dist="sphere").directions(params, generator=torch.Generator().manual_seed(0))
+    u = [[dirs.direction(i, j) for j in range(2)] for i in range(3)]
+    again = [[dirs.direction(i, j) for j in range(2)] for i in range(3)]
+    for i in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(u[i], again[i]))
+        assert float(flat(u[i]).norm()) == pytest.approx(1.0, abs=1e-6)
+    assert not torch.equal(u[0][0], u[1][0])
+    assert not any(isinstance(v, torch.Tensor) and v.numel() > 1 for v in vars(dirs).values())
+
+
+def test_spsa_uses_rademacher_pairs():
+    params = [torch.zeros(100)]
+    est = SPSA(mu=1e-3)
+    dirs = est.directions(params, generator=torch.Generator().manual_seed(0))
+    assert len(dirs) == 2 and not dirs.needs_base
+    u = dirs.direction(0, 0)
+    assert set(u.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_masked_cge_equals_dense_restricted():
+    model, obj = _net_and_objective()
+    params = list(model.parameters())
+    masks = [torch.tensor([0, 5, 17]), torch.tensor([1]), torch.tensor([], dtype=torch.long), torch.tensor([2, 3])]
+    _, dense, _ = estimate_gradient(obj, params, CGE(mu=1e-6), Sequential())
+    _, sparse, losses = estimate_gradient(obj, params, CGE(mu=1e-6), Sequential(), masks=masks)
+    assert losses.count == 6 + 1
+    for g_d, g_s, m in zip(dense, sparse, masks):
+        keep = torch.zeros(g_d.numel(), dtype=torch.bool)
+        keep[m] = True
+        assert torch.equal(g_s.reshape(-1)[~keep], torch.zeros_like(g_s.reshape(-1)[~keep]))
+        torch.testing.assert_close(g_s.reshape(-1)[keep], g_d.reshape(-1)[keep], rtol=0, atol=0)
+
+
+def test_zo_jacobian_matches_autograd():
+    W = torch.randn(3, 5, dtype=torch.float64)
+    f = lambda x: torch.tanh(W @ x)  # noqa: E731
+    x = torch.randn(5, dtype=torch.float64)
+    y0, J, nfev = zo_jacobian(f, x, CGE(mu=1e-5, scheme="central"))
+    exact = torch.autograd.functional.jacobian(f, x)
+    assert nfev == 10
+    torch.testing.assert_close(y0, f(x), rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(J, exact, rtol=1e-7, atol=1e-8)

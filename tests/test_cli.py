@@ -1,0 +1,45 @@
+"""The command line: ``zeroth info`` and a tiny ``zeroth demo``."""
+import subprocess
+import sys
+
+import pytest
+
+from zeroth.cli import main
+
+
+def test_info_lists_versions_and_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "zeroth-optim" in out and "torch" in out and "estimators: cge, rge, spsa" in out
+    assert "ops backend:" in out
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "zeroth", "info"], capture_output=True, text=True, check=True)
+    assert "devices:" in out.stdout
+
+
+def test_bad_arguments_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        main(["demo", "--estimator", "newton"])
+
+
+def test_demo_prints_table_and_saves_plot(tmp_path, capsys, monkeypatch):
+    import zeroth.demo as demo
+
+    monkeypatch.setattr(demo, "load_digits", _small_digits(demo.load_digits))
+    out_png = tmp_path / "demo.png"
+    assert main(["demo", "--epochs", "1", "--estimator", "spsa", "--quiet", "--out", str(out_png)]) == 0
+    out = capsys.readouterr().out
+    assert "ZO SPSA + Adam" in out and "first-order Adam" in out and "test acc" in out
+    assert out_png.exists() and out_png.stat().st_size > 1000
+
+
+def _small_digits(load):
+    def small(**kw):
+        s = load(**kw)
+        return type(s)(s.x_train[:256], s.y_train[:256], s.x_test, s.y_test)
+
+    return small

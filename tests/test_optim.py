@@ -1,0 +1,297 @@
+"""ZOOptimizer: the torch.optim contract, checkpoints, failures, argument validation, training."""
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zeroth import CGE, RGE, SPSA, EvaluationError, NonFiniteLossWarning, Objective, ZOOptimizer
+from zeroth.data import accuracy, batches, load_digits
+from zeroth.models import DigitsCNN, DigitsMLP
+
+
+def _setup(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(32, 4, generator=g, dtype=dtype)
+    y = torch.randint(0, 2, (32,), generator=g)
+    return model, x, y
+
+
+def _run(model, opt, x, y, steps, start=0):
+    losses = []
+    for t in range(start, start + steps):
+        xb, yb = x[(t * 8) % 32:(t * 8) % 32 + 8], y[(t * 8) % 32:(t * 8) % 32 + 8]
+        losses.append(float(opt.step(Objective(model, F.cross_entropy, xb, yb))))
+    return losses
+
+
+def test_is_a_torch_optimizer_and_updates_params():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1)
+    assert isinstance(opt, torch.optim.Optimizer)
+    before = [p.clone() for p in model.parameters()]
+    loss = opt.step(Objective(model, F.cross_entropy, x, y))
+    assert loss.dim() == 0
+    assert all(p.grad is not None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sgd_step_is_minus_lr_times_the_estimate():
+    model, x, y = _setup(dtype=torch.float64)
+    obj = Objective(model, F.cross_entropy, x, y)
+    before = [p.clone() for p in model.parameters()]
+    opt = ZOOptimizer(model.parameters(), lr=0.5, estimator=CGE(mu=1e-6))
+    opt.step(obj)
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p, b - 0.5 * p.grad, rtol=0, atol=1e-15)
+
+
+def test_plain_closure_works():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1, estimator="spsa", seed=1)
+    loss = opt.step(lambda: F.cross_entropy(model(x), y))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10),
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1.0 / (t + 1)),
+    ],
+)
+def test_lr_schedulers_drive_the_base_rule(scheduler):
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1, base="sgd", momentum=0.9)
+    sched = scheduler(opt)
+    seen = []
+    for _ in range(3):
+        opt.step(Objective(model, F.cross_entropy, x, y))
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+        assert opt.base.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert len(set(seen)) > 1
+
+
+def test_scheduler_lr_is_what_the_step_uses():
+    model, x, y = _setup(dtype=torch.float64)
+    opt = ZOOptimizer(model.parameters(), lr=1.0, estimator=CGE(mu=1e-6))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.25)
+    opt.step(Objective(model, F.cross_entropy, x, y))
+    sched.step()
+    before = [p.clone() for p in model.parameters()]
+    opt.step(Objective(model, F.cross_entropy, x, y))
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p, b - 0.25 * p.grad, rtol=0, atol=1e-15)
+
+
+def test_param_groups_with_per_group_options():
+    model, x, y = _setup(dtype=torch.float64)
+    first, second = model[0], model[2]
+    opt = ZOOptimizer(
+        [{"params": first.parameters(), "lr": 0.0}, {"params": second.parameters(), "mu": 1e-6, "momentum": 0.5}],
+        lr=0.1,
+        estimator=CGE(mu=1e-4),
+    )
+    frozen = [p.clone() for p in first.parameters()]
+    moved = [p.clone() for p in second.parameters()]
+    opt.step(Objective(model, F.cross_entropy, x, y))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, first.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(moved, second.parameters()))
+    assert opt.base.param_groups[1]["momentum"] == 0.5
+    _, mus, _ = opt.trainable()
+    assert mus == [1e-4, 1e-4, 1e-6, 1e-6]  # group 0 falls back to the estimator's mu
+
+
+def test_per_group_mu_gives_the_right_gradient():
+    """A group with its own μ is estimated with it (checked against autograd in float64)."""
+    model, x, y = _setup(dtype=torch.float64)
+    obj = Objective(model, F.cross_entropy, x, y)
+    exact = torch.autograd.grad(obj(), list(model.parameters()))
+    opt = ZOOptimizer(
+        [{"params": model[0].parameters(), "mu": 1e-6}, {"params": model[2].parameters(), "mu": 2e-6}],
+        lr=0.0,
+        estimator=RGE(q=400, mu=1.0, dist="gaussian"),  # a μ of 1.0 would ruin it if it were used
+        seed=0,
+    )
+    opt.step(obj)
+    cos = torch.nn.functional.cosine_similarity(
+        torch.cat([p.grad.reshape(-1) for p in model.parameters()]), torch.cat([g.reshape(-1) for g in exact]), dim=0
+    )
+    assert float(cos) > 0.75  # RGE with q=400 over 44 coordinates: cos ≈ sqrt(q/(q+d)) ≈ 0.95
+
+
+def test_frozen_parameters_are_left_alone():
+    model, x, y = _setup()
+    model[0].weight.requires_grad_(False)
+    w = model[0].weight.clone()
+    opt = ZOOptimizer(model.parameters(), lr=0.1, seed=0)
+    opt.step(Objective(model, F.cross_entropy, x, y))
+    assert torch.equal(model[0].weight, w) and model[0].weight.grad is None
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert opt.num_evaluations == d + 1
+
+
+@pytest.mark.parametrize("estimator", [CGE(), RGE(q=3, dist="sphere"), SPSA()])
+@pytest.mark.parametrize("base,kwargs", [("sgd", dict(momentum=0.9, weight_decay=1e-3)), ("adam", {})])
+def test_checkpoint_resume_is_bit_identical(estimator, base, kwargs):
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.05, estimator=estimator, base=base, seed=3, **kwargs)
+    _run(model, opt, x, y, 3)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    straight = _run(model, opt, x, y, 4, start=3)
+    final = [p.clone() for p in model.parameters()]
+
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    model2, _, _ = _setup(seed=99)  # different init, overwritten by the checkpoint
+    model2.load_state_dict(ckpt["model"])
+    opt2 = ZOOptimizer(model2.parameters(), lr=0.05, estimator=estimator, base=base, seed=12345, **kwargs)
+    opt2.load_state_dict(ckpt["opt"])
+    resumed = _run(model2, opt2, x, y, 4, start=3)
+    assert resumed == straight
+    assert all(torch.equal(a, b) for a, b in zip(final, model2.parameters()))
+
+
+def test_same_seed_same_run_different_seed_different_run():
+    runs = []
+    for seed in (5, 5, 6):
+        model, x, y = _setup()
+        opt = ZOOptimizer(model.parameters(), lr=0.05, estimator=RGE(q=2), seed=seed)
+        runs.append(_run(model, opt, x, y, 3))
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_scheduler_state_survives_resume():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+    _run(model, opt, x, y, 2)
+    sched.step()
+    sd = opt.state_dict()
+    opt2 = ZOOptimizer(model.parameters(), lr=0.1)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["lr"] == 0.05 and opt2.base.param_groups[0]["lr"] == 0.05
+
+
+@pytest.mark.parametrize("bad_at", ["base", "perturbed"])
+def test_nan_loss_leaves_params_and_state_untouched(bad_at):
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.05, base="adam", estimator=RGE(q=2), seed=0)
+    _run(model, opt, x, y, 2)
+    params = [p.clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        loss = F.cross_entropy(model(x), y)
+        return loss * float("nan") if (bad_at == "base") == (calls["n"] == 1) else loss
+
+    with pytest.raises(EvaluationError, match="non-finite"):
+        opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    after = opt.state_dict()
+    assert torch.equal(after["zeroth"]["generator"], state["zeroth"]["generator"])
+    for k, v in state["state"].items():
+        for name, t in v.items():
+            assert torch.equal(torch.as_tensor(after["state"][k][name]), torch.as_tensor(t))
+
+
+def test_nan_policy_skip_warns_and_skips():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.05, nan_policy="skip")
+    params = [p.clone() for p in model.parameters()]
+    with pytest.warns(NonFiniteLossWarning):
+        assert opt.step(lambda: torch.tensor(float("inf"))) is None
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert opt.zo_steps == 0
+
+
+def test_crashing_closure_leaves_optimizer_untouched():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.05, base="adam", estimator=SPSA(), seed=0)
+    _run(model, opt, x, y, 1)
+    gen = opt.generator.get_state()
+    params = [p.clone() for p in model.parameters()]
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("solver died")
+        return F.cross_entropy(model(x), y)
+
+    with pytest.raises(OSError, match="solver died"):
+        opt.step(closure)
+    assert torch.equal(opt.generator.get_state(), gen)
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert opt.zo_steps == 1
+
+
+BAD_CONSTRUCTION = [
+    (dict(lr=-0.1), ValueError, r"Invalid learning rate"),
+    (dict(lr=float("nan")), ValueError, r"Invalid learning rate"),
+    (dict(estimator="newton"), ValueError, r"estimator: unknown estimator 'newton'"),
+    (dict(estimator=3), TypeError, r"estimator must be"),
+    (dict(evaluator="gpu-magic"), ValueError, r"evaluator: unknown evaluator"),
+    (dict(base="lbfgs2"), ValueError, r"base: unknown optimizer"),
+    (dict(base=int), TypeError, r"base must be"),
+    (dict(momentum=-0.5), ValueError, r"Invalid momentum value"),
+    (dict(betas_typo=1), TypeError, r"base optimizer SGD rejected its options \['betas_typo'\]"),
+    (dict(nan_policy="ignore"), ValueError, r"Invalid nan_policy value"),
+    (dict(seed="abc"), TypeError, r"seed must be an int"),
+    (dict(mu=0.0), ValueError, r"Invalid mu value"),
+    (dict(sparsity=object()), TypeError, r"sparsity must provide select"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", BAD_CONSTRUCTION)
+def test_bad_construction_names_the_argument(kwargs, exc, match):
+    model, _, _ = _setup()
+    with pytest.raises(exc, match=match):
+        ZOOptimizer(model.parameters(), **{"lr": 0.1, **kwargs})
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        ZOOptimizer([], lr=0.1)
+    with pytest.raises(TypeError):
+        ZOOptimizer(torch.zeros(3, requires_grad=True), lr=0.1)
+    with pytest.raises(TypeError, match="floating-point parameters.*int64"):
+        ZOOptimizer([torch.zeros(3, dtype=torch.long)], lr=0.1)
+    with pytest.raises(ValueError, match="Invalid mu value"):
+        ZOOptimizer([{"params": [torch.zeros(3, requires_grad=True)], "mu": -1}], lr=0.1)
+
+
+def test_step_needs_an_objective_and_a_scalar():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="needs an objective"):
+        opt.step()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="scalar loss"):
+        opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_zo_training_of_the_digits_mlp_reaches_85_percent():
+    torch.manual_seed(0)
+    data = load_digits()
+    model = DigitsMLP(hidden=16)
+    opt = ZOOptimizer(model.parameters(), lr=2e-2, base="adam", estimator=CGE(mu=1e-3), seed=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for xb, yb in batches(data.x_train, data.y_train, 64, g):
+            opt.step(Objective(model, F.cross_entropy, xb, yb))
+    assert accuracy(model, data.x_test, data.y_test) >= 0.85

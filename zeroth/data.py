@@ -1,0 +1,73 @@
+"""Data that ships inside packages (no downloads): scikit-learn's 8×8 digits, and batching."""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._optional import require
+
+
+class Split(NamedTuple):
+    """A deterministic train/test split of images ``(N, 1, 8, 8)`` in [0, 1] and labels ``(N,)``."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def load_digits(
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+) -> Split:
+    """``sklearn.datasets.load_digits`` (1 797 images) split by a seeded permutation, stratified by class."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"Invalid test_fraction value: {test_fraction!r} (expected 0 < test_fraction < 1)")
+    datasets = require("sklearn.datasets", "science")
+    bunch = datasets.load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float64).div_(16.0).reshape(-1, 1, 8, 8)
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in range(int(y.max()) + 1):  # stratified: the same class balance in both parts
+        idx = (y == c).nonzero().reshape(-1)
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        n_test = int(round(test_fraction * idx.numel()))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    tr = torch.cat(train_idx)
+    te = torch.cat(test_idx)
+    tr = tr[torch.randperm(tr.numel(), generator=g)]
+    te = te[torch.randperm(te.numel(), generator=g)]
+    to = dict(dtype=dtype, device=device)
+    return Split(x[tr].to(**to), y[tr].to(device), x[te].to(**to), y[te].to(device))
+
+
+def batches(
+    x: Tensor, y: Tensor, batch_size: int, generator: Optional[torch.Generator] = None, drop_last: bool = True
+) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Shuffled mini-batches (one epoch); deterministic given ``generator``."""
+    if batch_size < 1:
+        raise ValueError(f"Invalid batch_size value: {batch_size!r}")
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator).to(x.device)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Fraction of correct argmax predictions (model put in eval mode, then restored)."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        correct += int((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
+    model.train(was)
+    return correct / x.shape[0]

@@ -1,0 +1,68 @@
+"""The sequential evaluator: perturb in place, evaluate, restore — the reference for all others."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..estimators.directions import Directions
+from ..objective import scalar_loss
+from .base import EVALUATORS, Evaluator, Losses, StepState
+
+
+@EVALUATORS.register("sequential")
+class Sequential(Evaluator):
+    """One evaluation at a time on the live parameters; works for any closure.
+
+    ``restore="exact"`` (default) puts parameters back bitwise (it keeps the few touched
+    values for coordinates, a copy of the parameters for dense random directions);
+    ``restore="inverse"`` subtracts the perturbation again (MeZO: no copy, so a step needs
+    the memory of inference only, at the price of rounding of order one ulp per step).
+    """
+
+    name = "sequential"
+
+    def __init__(self, restore: str = "exact"):
+        if restore not in ("exact", "inverse"):
+            raise ValueError(f"Invalid restore value: {restore!r} (expected 'exact' or 'inverse')")
+        self.restore = restore
+
+    def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
+        if not callable(objective):
+            raise TypeError(f"objective must be callable, got {type(objective).__name__}")
+        state = StepState(objective, params)
+        exact = self.restore == "exact"
+        n = len(dirs)
+        out = None
+        try:
+            with torch.no_grad():
+                base = None
+                if dirs.needs_base:
+                    state.before()
+                    base = scalar_loss(objective())
+                    state.after()
+                for e in range(n):
+                    state.before()
+                    token = dirs.perturb(params, e, exact=exact)
+                    try:
+                        value = scalar_loss(objective())
+                    except BaseException as err:
+                        err.add_note(f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
+                        raise
+                    finally:
+                        dirs.restore(params, e, token)
+                    state.after()
+                    if out is None:
+                        out = torch.empty(n, dtype=torch.float64, device=value.device)
+                    out[e] = value
+        except BaseException:
+            state.abort()
+            raise
+        state.finish()
+        if out is None:
+            out = torch.empty(0, dtype=torch.float64)
+        return Losses(base, out)
+
+    def __repr__(self) -> str:
+        return f"Sequential(restore={self.restore!r})"
