@@ -1,0 +1,285 @@
+"""Counted, cached evaluation of the objective, its gradient, the nonlinear constraints and
+their Jacobians, in float64 numpy — whatever the user's functions take and return.
+
+* ``jac`` callable → exact; ``"2-point"``/``"3-point"`` → finite differences that step
+  inwards near a bound; ``"zo"`` → zeroth's estimators through
+  :func:`zeroth.estimators.zo_gradient` / :func:`zo_jacobian` (default: central CGE).
+* Every function value passes a finiteness check (:class:`NonFiniteError`) and the objective
+  budget check (:class:`BudgetError`), so failures surface with context, not deep inside.
+* If ``x0`` was a torch tensor, the user's functions receive tensors of its dtype/device.
+
+Default ZO step (choice): central CGE with μ = ε^{1/3}·max(1, ‖x‖∞) ≈ 6e-6·max(1, ‖x‖∞)
+in float64 — the step that balances the O(μ²) truncation error of central differences
+against the O(ε/μ) rounding error, giving gradients accurate to ~1e-10 relative.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._inputs import as_array
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+__all__ = ["Functions", "NonFiniteError", "BudgetError"]
+
+EPS = np.finfo(float).eps
+
+
+class NonFiniteError(Exception):
+    """A user function returned NaN/inf (``which`` is 'fun', 'jac', 'constraints' or 'constraint jac')."""
+
+    def __init__(self, which: str, x):
+        super().__init__(f"{which} returned a non-finite value")
+        self.which, self.x = which, np.array(x)
+
+
+class BudgetError(Exception):
+    """The objective-evaluation budget (``maxfev``) is spent."""
+
+
+class _Cache:
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, x):
+        return self.value if self.key is not None and self.key == x.tobytes() else None
+
+    def put(self, x, value):
+        self.key, self.value = x.tobytes(), value
+        return value
+
+
+class Functions:
+    """The problem's functions in x-space (length n), counted and cached."""
+
+    def __init__(self, fun, args, jac, hess, spec, like, maxfev, zo_estimator=None, zo_generator=None):
+        self._fun, self._args = fun, args
+        self._jac, self._hess = jac, hess
+        self.spec, self.parts = spec, spec.nonlinear
+        self.n = spec.n
+        self._like = like  # the user's x0 (array or tensor) whose type the user's functions receive
+        self.maxfev = maxfev
+        self.zo_estimator, self.zo_generator = zo_estimator, zo_generator
+        self.nfev = self.njev = self.nhev = self.ncev = self.ncjev = 0
+        self._fc, self._gc, self._cc, self._jc = _Cache(), _Cache(), _Cache(), _Cache()
+        self.eps = EPS
+        if torch is not None and isinstance(like, torch.Tensor) and like.is_floating_point():
+            self.eps = max(EPS, float(torch.finfo(like.dtype).eps))  # differences sized for the user's dtype
+        self.m = 0
+        self.cl = np.zeros(0)
+        self.cu = np.zeros(0)
+
+    # --- conversion -------------------------------------------------------------------
+    def to_user(self, x):
+        if torch is not None and isinstance(self._like, torch.Tensor):
+            return torch.as_tensor(x, dtype=self._like.dtype, device=self._like.device).clone()
+        return np.array(x, dtype=float)
+
+    def _tensor_fun(self, call):
+        """Wrap a numpy-level call for zeroth's functional estimators (float64 tensors)."""
+        def wrapped(t):
+            return torch.as_tensor(call(t.detach().cpu().numpy().astype(float)), dtype=torch.float64)
+        return wrapped
+
+    # --- objective ----------------------------------------------------------------------
+    def _raw_f(self, x):
+        if self.nfev >= self.maxfev:
+            raise BudgetError()
+        self.nfev += 1
+        out = self._fun(self.to_user(x), *self._args)
+        if self._jac is True:
+            out, g = out
+            self._gc.put(x, self._grad_out(g, x))
+        try:
+            val = float(as_array(out, "fun output").reshape(()))
+        except ValueError as exc:
+            raise ValueError(f"fun must return a scalar, got shape {np.shape(as_array(out, 'fun output'))}") from exc
+        if not np.isfinite(val):
+            raise NonFiniteError("fun", x)
+        return val
+
+    def f(self, x):
+        hit = self._fc.get(x)
+        return hit if hit is not None else self._fc.put(x, self._raw_f(x))
+
+    def _grad_out(self, g, x):
+        g = as_array(g, "jac output").reshape(-1)
+        if g.size != self.n:
+            raise ValueError(f"jac must return an array of shape ({self.n},), got size {g.size}")
+        if not np.all(np.isfinite(g)):
+            raise NonFiniteError("jac", x)
+        return g
+
+    def g(self, x):
+        hit = self._gc.get(x)
+        if hit is not None:
+            return hit
+        if self._jac is True:
+            self._fc.put(x, self._raw_f(x))
+            self.njev += 1
+            return self._gc.get(x)
+        self.njev += 1
+        if callable(self._jac):
+            return self._gc.put(x, self._grad_out(self._jac(self.to_user(x), *self._args), x))
+        if self._jac == "zo":
+            return self._gc.put(x, self._zo(lambda y: self._raw_f(y), x, vector=False))
+        return self._gc.put(x, self._fd(lambda y: np.array([self._raw_f(y)]), x, self._jac, self.f(x))[0])
+
+    def hess_f(self, x):
+        """Exact Hessian of f if the user gave one, else None."""
+        if not callable(self._hess):
+            return None
+        self.nhev += 1
+        H = as_array(self._hess(self.to_user(x), *self._args), "hess output")
+        if H.shape != (self.n, self.n):
+            raise ValueError(f"hess must return an array of shape ({self.n}, {self.n}), got {H.shape}")
+        return H
+
+    # --- constraints --------------------------------------------------------------------
+    def _raw_part(self, part, x):
+        out = as_array(part.fun(self.to_user(x), *part.args), f"{part.label} fun output")
+        return np.atleast_1d(out).reshape(-1)
+
+    def setup_constraints(self, x):
+        """Evaluate the nonlinear constraints once at x0 to learn their sizes; fill cl, cu."""
+        values, cls, cus = [], [], []
+        self.ncev += 1
+        for part in self.parts:
+            v = self._raw_part(part, x)
+            lo, up = part.raw_bounds
+            try:
+                lo = np.broadcast_to(as_array(-np.inf if lo is None else lo, part.label + ".lb"), v.shape).copy()
+                up = np.broadcast_to(as_array(np.inf if up is None else up, part.label + ".ub"), v.shape).copy()
+            except ValueError as exc:
+                raise ValueError(f"{part.label}: lb/ub do not match the {v.size} values its fun returns") from exc
+            if np.any(lo > up):
+                raise ValueError(f"{part.label} is infeasible: lb > ub in some component")
+            part.cl, part.cu, part.size = lo, up, v.size
+            values.append(v), cls.append(lo), cus.append(up)
+        self.m = int(sum(v.size for v in values))
+        self.cl = np.concatenate(cls) if cls else np.zeros(0)
+        self.cu = np.concatenate(cus) if cus else np.zeros(0)
+        c = np.concatenate(values) if values else np.zeros(0)
+        if not np.all(np.isfinite(c)):
+            raise NonFiniteError("constraints", x)
+        return self._cc.put(x, c)
+
+    def c(self, x):
+        hit = self._cc.get(x)
+        if hit is not None:
+            return hit
+        if not self.parts:
+            return np.zeros(0)
+        self.ncev += 1
+        vals = []
+        for part in self.parts:
+            v = self._raw_part(part, x)
+            if v.size != part.size:
+                raise ValueError(f"{part.label} fun returned {v.size} values, expected {part.size}")
+            vals.append(v)
+        c = np.concatenate(vals)
+        if not np.all(np.isfinite(c)):
+            raise NonFiniteError("constraints", x)
+        return self._cc.put(x, c)
+
+    def J(self, x):
+        hit = self._jc.get(x)
+        if hit is not None:
+            return hit
+        if not self.parts:
+            return np.zeros((0, self.n))
+        self.ncjev += 1
+        blocks = []
+        for part in self.parts:
+            if callable(part.jac):
+                Jp = np.atleast_2d(as_array(part.jac(self.to_user(x), *part.args), f"{part.label} jac output"))
+                if Jp.shape != (part.size, self.n):
+                    raise ValueError(f"{part.label} jac must return shape ({part.size}, {self.n}), got {Jp.shape}")
+            else:
+                call = lambda y, part=part: self._counted_part(part, y)
+                mode = "zo" if self._jac == "zo" else part.jac
+                if mode == "zo":
+                    Jp = self._zo(call, x, vector=True)
+                else:
+                    Jp = self._fd(call, x, mode, self._part_value(part, x))
+            blocks.append(Jp)
+        Jm = np.vstack(blocks)
+        if not np.all(np.isfinite(Jm)):
+            raise NonFiniteError("constraint jac", x)
+        return self._jc.put(x, Jm)
+
+    def _counted_part(self, part, y):
+        self.ncev += 1
+        v = self._raw_part(part, y)
+        if not np.all(np.isfinite(v)):
+            raise NonFiniteError("constraints", y)
+        return v
+
+    def _part_value(self, part, x):
+        start = 0
+        for p in self.parts:
+            if p is part:
+                return self.c(x)[start:start + p.size]
+            start += p.size
+        raise AssertionError("unknown constraint part")  # pragma: no cover
+
+    def hess_c(self, x, v):
+        """Σ v_i ∇²c_i(x) if every nonlinear constraint has a Hessian, else None."""
+        H = np.zeros((self.n, self.n))
+        start = 0
+        for part in self.parts:
+            vp = v[start:start + part.size]
+            start += part.size
+            if not np.any(vp):
+                continue
+            if part.hess is None:
+                return None
+            H += as_array(part.hess(self.to_user(x), self.to_user(vp)), f"{part.label} hess output")
+        return H
+
+    def has_exact_hessian(self):
+        return callable(self._hess) and all(p.hess is not None for p in self.parts)
+
+    # --- derivative approximations --------------------------------------------------------
+    def _fd(self, call, x, mode, f0):
+        """Finite-difference Jacobian of a vector function (rows = outputs), stepping inside bounds."""
+        f0 = np.atleast_1d(f0)
+        lb, ub = self.spec.lb, self.spec.ub
+        Jt = np.empty((self.n, f0.size))
+        for j in range(self.n):
+            scale = max(1.0, abs(x[j]))
+            if mode == "3-point":
+                h = self.eps ** (1 / 3) * scale
+                if x[j] - h >= lb[j] and x[j] + h <= ub[j]:
+                    xp, xm = x.copy(), x.copy()
+                    xp[j] += h
+                    xm[j] -= h
+                    Jt[j] = (call(xp) - call(xm)) / (2 * h)
+                    continue
+            h = np.sqrt(self.eps) * scale
+            if x[j] + h > ub[j] and x[j] - h >= lb[j]:
+                h = -h
+            xp = x.copy()
+            xp[j] += h
+            Jt[j] = (call(xp) - f0) / (xp[j] - x[j])
+        return Jt.T
+
+    def _zo(self, call, x, vector):
+        """zeroth's ZO estimate of a gradient (vector=False) or Jacobian (vector=True)."""
+        from zeroth.estimators import CGE, zo_gradient, zo_jacobian
+
+        est = self.zo_estimator
+        if est is None:
+            est = CGE(mu=self.eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x)))), scheme="central")
+        xt = torch.as_tensor(x, dtype=torch.float64)
+        if vector:
+            _, Jt, _ = zo_jacobian(self._tensor_fun(call), xt, est, generator=self.zo_generator)
+            return Jt.detach().cpu().numpy().astype(float).reshape(-1, self.n)
+        _, gt, _ = zo_gradient(self._tensor_fun(lambda y: call(y)), xt, est, generator=self.zo_generator)
+        g = gt.detach().cpu().numpy().astype(float).reshape(-1)
+        if not np.all(np.isfinite(g)):
+            raise NonFiniteError("jac", x)
+        return g

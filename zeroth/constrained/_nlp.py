@@ -1,0 +1,105 @@
+"""The problem in NPASA's form: min f(z) s.t. h(z) = 0, z ∈ Ω (a polyhedron).
+
+z = (x, s): nonlinear inequalities cl ≤ c(x) ≤ cu become h = c(x) − s = 0 with the slack
+bounds cl ≤ s ≤ cu put into Ω (NPASA's reduction); equalities give h = c(x) − cl.
+Linear constraints and bounds stay explicit in Ω.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .polyhedron import Polyhedron
+
+__all__ = ["NLP"]
+
+
+class NLP:
+    """f, h, their derivatives and Lagrangian Hessians in z-space, over ``Functions``."""
+
+    def __init__(self, F):
+        self.F = F
+        spec = F.spec
+        self.n = spec.n
+        eq = np.isfinite(F.cl) & (F.cl == F.cu)
+        self.eq_idx = np.flatnonzero(eq)
+        self.in_idx = np.flatnonzero(~eq & (np.isfinite(F.cl) | np.isfinite(F.cu)))
+        self.ns = self.in_idx.size
+        self.N = self.n + self.ns
+        self.mh = self.eq_idx.size + self.ns
+        lb = np.concatenate([spec.lb, F.cl[self.in_idx]])
+        ub = np.concatenate([spec.ub, F.cu[self.in_idx]])
+        A = np.hstack([spec.A, np.zeros((spec.A.shape[0], self.ns))])
+        self.poly = Polyhedron(lb, ub, A, spec.al, spec.au)
+
+    def x(self, z):
+        return z[: self.n]
+
+    def z_from_x(self, x):
+        c = self.F.c(x)
+        s = np.clip(c[self.in_idx], self.F.cl[self.in_idx], self.F.cu[self.in_idx]) if self.ns else np.zeros(0)
+        return np.concatenate([x, s])
+
+    def f(self, z):
+        return self.F.f(self.x(z))
+
+    def g(self, z):
+        return np.concatenate([self.F.g(self.x(z)), np.zeros(self.ns)])
+
+    def h(self, z):
+        if self.mh == 0:
+            return np.zeros(0)
+        c = self.F.c(self.x(z))
+        return np.concatenate([c[self.eq_idx] - self.F.cl[self.eq_idx], c[self.in_idx] - z[self.n:]])
+
+    def J(self, z):
+        if self.mh == 0:
+            return np.zeros((0, self.N))
+        Jc = self.F.J(self.x(z))
+        top = np.hstack([Jc[self.eq_idx], np.zeros((self.eq_idx.size, self.ns))])
+        bottom = np.hstack([Jc[self.in_idx], -np.eye(self.ns)])
+        return np.vstack([top, bottom])
+
+    def c_multipliers(self, lam):
+        """Multipliers λ of h mapped onto the components of c (inactive-free components get 0)."""
+        v = np.zeros(self.F.m)
+        v[self.eq_idx] = lam[: self.eq_idx.size]
+        v[self.in_idx] = lam[self.eq_idx.size:]
+        return v
+
+    def grad_lagrangian(self, z, lam):
+        g = self.g(z)
+        return g + self.J(z).T @ lam if self.mh else g
+
+    def hess_lagrangian(self, z, lam, mode):
+        """∇²_zz L (x-block only; slacks enter linearly) — exact or by differences of ∇L."""
+        x = self.x(z)
+        H = np.zeros((self.N, self.N))
+        if mode == "exact":
+            Hx = self.F.hess_f(x)
+            if self.mh:
+                Hx = Hx + self.F.hess_c(x, self.c_multipliers(lam))
+        else:  # "2-point": forward differences of ∇_x L along coordinates
+            v = self.c_multipliers(lam)
+            base = self.F.g(x) + (self.F.J(x).T @ v if self.F.m else 0.0)
+            Hx = np.empty((self.n, self.n))
+            for j in range(self.n):
+                step = np.sqrt(np.finfo(float).eps) * max(1.0, abs(x[j]))
+                xp = x.copy()
+                xp[j] += step
+                gp = self.F.g(xp) + (self.F.J(xp).T @ v if self.F.m else 0.0)
+                Hx[:, j] = (gp - base) / step
+            Hx = 0.5 * (Hx + Hx.T)
+        H[: self.n, : self.n] = Hx
+        return H
+
+    def violation_x(self, x):
+        """Largest violation of any original constraint (bounds, linear, nonlinear) at x."""
+        spec, F = self.F.spec, self.F
+        v = float(np.max(np.maximum(spec.lb - x, x - spec.ub), initial=0.0))
+        if spec.A.shape[0]:
+            Ax = spec.A @ x
+            v = max(v, float(np.max(np.maximum(spec.al - Ax, Ax - spec.au), initial=0.0)))
+        if F.m:
+            c = F.c(x)
+            v = max(v, float(np.max(np.maximum(F.cl - c, c - F.cu), initial=0.0)))
+        return v

@@ -1,0 +1,153 @@
+"""Polyhedral active-set method (PASA-like): minimise a smooth φ over Ω = {lb ≤ z ≤ ub, l ≤ Az ≤ u}.
+
+Two phases, as in Hager & Zhang's PASA (arXiv:1606.01992):
+
+* **gradient projection (GP)** — d = P_Ω(z − α g) − z with a Barzilai–Borwein α and an
+  Armijo search along d; it identifies the active face;
+* **face phase** — a quasi-Newton step on the current face {active constraints held as
+  equalities}: p = −Z (ZᵀBZ)⁻¹ Zᵀg with Z a null-space basis of the active rows and B a damped
+  BFGS matrix in the full space, a ratio test to the first blocking constraint, Armijo backtracking.
+
+Branching (our choices where PASA leaves constants open): global error
+E = ‖P_Ω(z − g) − z‖∞, local (face) error e = ‖ZZᵀg‖∞. GP → face once a GP step leaves the
+active set unchanged and e ≥ θE; face → GP when e < θE (the face is nearly optimal but a
+constraint should be released) or the face line search fails; θ = 0.1.
+Stop when E ≤ tol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._functions import NonFiniteError
+from .polyhedron import Polyhedron
+
+__all__ = ["PolyhedralResult", "minimize_polyhedral", "null_space", "bfgs_update"]
+
+THETA = 0.1
+ARMIJO = 1e-4
+
+
+@dataclass
+class PolyhedralResult:
+    z: np.ndarray
+    value: float
+    grad: np.ndarray
+    B: np.ndarray
+    nit: int
+    error: float
+    reason: str  # "converged" | "maxiter" | "linesearch"
+
+
+def null_space(W, n):
+    """Orthonormal basis of {d : W d = 0}."""
+    if W.shape[0] == 0:
+        return np.eye(n)
+    Q, R = np.linalg.qr(W.T, mode="complete")
+    diag = np.abs(np.diag(R)) if R.size else np.zeros(0)
+    rank = int(np.sum(diag > 1e-10 * max(1.0, diag.max(initial=0.0))))
+    return Q[:, rank:]
+
+
+def bfgs_update(B, s, y):
+    """Powell-damped BFGS update (keeps B positive definite)."""
+    Bs = B @ s
+    sBs = float(s @ Bs)
+    if sBs <= 1e-300 or not np.all(np.isfinite(y)):
+        return B
+    sy = float(s @ y)
+    if sy < 0.2 * sBs:
+        phi = 0.8 * sBs / (sBs - sy)
+        y = phi * y + (1 - phi) * Bs
+        sy = float(s @ y)
+    return B - np.outer(Bs, Bs) / sBs + np.outer(y, y) / sy
+
+
+def _armijo(value, z, d, phi0, slope, t0, maxback=40):
+    """Backtracking (with quadratic interpolation) from t0; NaN/inf values count as failures."""
+    t = t0
+    for _ in range(maxback):
+        znew = z + t * d
+        try:
+            val = value(znew)
+        except NonFiniteError:
+            t *= 0.25
+            continue
+        if val <= phi0 + ARMIJO * t * slope:
+            return t, znew, val
+        denom = 2.0 * (val - phi0 - slope * t)
+        tq = -slope * t * t / denom if denom > 0 else 0.5 * t
+        t = min(0.5 * t, max(0.1 * t, tq))
+    return None, z, phi0
+
+
+def _snap(poly, z):
+    """Remove round-off outside the bounds."""
+    return np.clip(z, poly.lb, poly.ub)
+
+
+def minimize_polyhedral(value, grad, z0, poly: Polyhedron, tol, maxiter, B=None, on_iter=None):
+    """Minimise φ (``value``/``grad``) over ``poly`` from z0 ∈ Ω; return a :class:`PolyhedralResult`."""
+    n = z0.size
+    z = z0.copy()
+    phi, g = value(z), grad(z)
+    if B is None:
+        B = np.eye(n)
+    mode, alpha, prev_active, nit = "gp", None, None, 0
+    while True:
+        E = float(np.max(np.abs(poly.project(z - g) - z), initial=0.0))
+        if E <= tol:
+            return PolyhedralResult(z, phi, g, B, nit, E, "converged")
+        if nit >= maxiter:
+            return PolyhedralResult(z, phi, g, B, nit, E, "maxiter")
+        nit += 1
+        W, fixed, rows = poly.active_matrix(z)
+        Z = null_space(W, n)
+        gz = Z @ (Z.T @ g)
+        e = float(np.max(np.abs(gz), initial=0.0))
+        if mode == "face" and e < THETA * E:
+            mode = "gp"
+        step = None
+        if mode == "face":
+            Bz = Z.T @ B @ Z
+            try:
+                p = -Z @ np.linalg.solve(Bz, Z.T @ g)
+            except np.linalg.LinAlgError:
+                p = -gz
+            slope = float(g @ p)
+            if slope < 0:
+                tmax, _ = poly.max_step(z, p)
+                t, znew, val = _armijo(value, z, p, phi, slope, min(1.0, tmax))
+                if t is not None:
+                    step = (_snap(poly, znew) if np.isfinite(tmax) and t >= tmax else znew, val)
+            if step is None:
+                mode = "gp"
+        if mode == "gp":
+            if alpha is None:
+                alpha = 1.0 / max(1.0, float(np.max(np.abs(g))))
+            d = poly.project(z - alpha * g) - z
+            slope = float(g @ d)
+            if slope >= 0 or not np.any(d):
+                return PolyhedralResult(z, phi, g, B, nit, E, "linesearch")
+            t, znew, val = _armijo(value, z, d, phi, slope, 1.0)
+            if t is None:
+                return PolyhedralResult(z, phi, g, B, nit, E, "linesearch")
+            step = (_snap(poly, znew), val)
+            act = tuple(fixed), tuple(rows)
+            W2, f2, r2 = poly.active_matrix(step[0])
+            if (tuple(f2), tuple(r2)) == act or (tuple(f2), tuple(r2)) == prev_active:
+                mode = "face"
+            prev_active = (tuple(f2), tuple(r2))
+        znew, val = step
+        try:
+            gnew = grad(znew)
+        except NonFiniteError:
+            return PolyhedralResult(z, phi, g, B, nit, E, "linesearch")
+        s, y = znew - z, gnew - g
+        sy = float(s @ y)
+        alpha = min(1e10, max(1e-10, float(s @ s) / sy)) if sy > 0 else (alpha or 1.0) * 2.0
+        B = bfgs_update(B, s, y)
+        z, phi, g = znew, val, gnew
+        if on_iter is not None:
+            on_iter(z)
