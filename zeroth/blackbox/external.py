@@ -1,0 +1,192 @@
+"""``Subprocess``: an external program as a black box, one process run per call.
+
+Data exchange (``io`` × ``format``):
+
+* ``io="stdin"`` — the input goes to the program's stdin, the output is read from its stdout;
+* ``io="files"`` — ``{input}`` and ``{output}`` in ``cmd`` are replaced by paths in a fresh
+  temporary folder; the program reads the first and writes the second;
+* ``format="json"`` — input ``{"inputs": [...points...], "context": [...]}`` (``context`` only
+  when the black box passes context arguments); output a JSON array with one entry per point,
+  or ``{"outputs": [...]}``. ``NaN`` / ``Infinity`` are accepted as Python's json writes them;
+* ``format="npy"`` — input one ``.npy`` array of the points, output one ``.npy`` array.
+
+A non-zero exit status, a time-out (the process is killed), or output that does not parse is
+a failure: retried ``retries`` times, then handled by ``on_failure`` (see
+:mod:`zeroth.blackbox.program`). The message names the command, the reason (exit status and
+the tail of stderr) and the failing input, whose payload is kept in ``failed_dir`` for a rerun.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import math
+import numbers
+import os
+import shlex
+import subprocess
+import tempfile
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .program import Program
+
+IO_MODES = ("stdin", "files")
+FORMATS = ("json", "npy")
+
+
+def _tail(data: bytes, limit: int = 400) -> str:
+    text = data.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _to_list(c: Any) -> Any:
+    if isinstance(c, Tensor):
+        return c.detach().cpu().tolist()
+    if isinstance(c, np.ndarray):
+        return c.tolist()
+    return c
+
+
+class Subprocess(Program):
+    """Run ``cmd`` once per call, exchanging points through stdin/stdout or files (JSON or .npy).
+
+    Args:
+        cmd: the command, a list of arguments or a string split like a shell would.
+        io: ``"stdin"`` or ``"files"`` (``cmd`` must then contain ``{input}`` and ``{output}``).
+        format: ``"json"`` or ``"npy"``.
+        timeout: seconds a run may take before it is killed (None: no limit).
+        retries, on_failure, batched, max_points, name: see :class:`~zeroth.blackbox.Program`
+            (``batched=True`` by default: one run evaluates a whole stack of points).
+        cwd, env: working directory and environment of the program.
+        dtype: dtype of the returned tensor (default: the input's).
+        failed_dir: folder where the input of a failed run is kept (default: a temporary folder).
+    """
+
+    def __init__(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        io: str = "stdin",
+        format: str = "json",
+        timeout: Optional[float] = None,
+        retries: int = 0,
+        on_failure: str = "raise",
+        batched: bool = True,
+        max_points: Optional[int] = None,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        dtype: Optional[torch.dtype] = None,
+        failed_dir: Optional[str] = None,
+        name: Optional[str] = None,
+    ):
+        if isinstance(cmd, str):
+            cmd = shlex.split(cmd)
+        if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
+            raise TypeError("cmd must be a non-empty string or sequence of strings")
+        if io not in IO_MODES:
+            raise ValueError(f"Invalid io value: {io!r} (expected 'stdin' or 'files')")
+        if format not in FORMATS:
+            raise ValueError(f"Invalid format value: {format!r} (expected 'json' or 'npy')")
+        if io == "files" and not (any("{input}" in a for a in cmd) and any("{output}" in a for a in cmd)):
+            raise ValueError("cmd: io='files' needs the placeholders {input} and {output} in the command")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) or timeout <= 0
+        ):
+            raise ValueError(f"Invalid timeout value: {timeout!r} (timeout must be a number > 0 or None)")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        super().__init__(name=name or shlex.join(cmd), batched=batched, max_points=max_points,
+                         on_failure=on_failure, retries=retries)
+        self.cmd = list(cmd)
+        self.io, self.format = io, format
+        self.timeout = None if timeout is None else float(timeout)
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
+        self.dtype = dtype
+        self.failed_dir = failed_dir
+        self.num_failed_inputs = 0
+
+    # -- payloads -------------------------------------------------------------------------
+    def _encode(self, x: Tensor, context: Sequence[Any]) -> bytes:
+        if self.format == "npy":
+            buf = _io.BytesIO()
+            np.save(buf, x.detach().cpu().numpy(), allow_pickle=False)
+            return buf.getvalue()
+        payload = {"inputs": x.detach().cpu().tolist()}
+        if context:
+            payload["context"] = [_to_list(c) for c in context]
+        return json.dumps(payload).encode()
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        try:
+            if self.format == "npy":
+                out = np.load(_io.BytesIO(data), allow_pickle=False)
+            else:
+                out = json.loads(data.decode("utf-8"))
+                if isinstance(out, dict):
+                    out = out["outputs"]
+                out = np.asarray(out, dtype=np.float64)
+        except Exception as err:
+            raise ValueError(f"malformed output ({type(err).__name__}: {err}); output began {_tail(data[:200])!r}") from None
+        if not np.issubdtype(out.dtype, np.number):
+            raise ValueError(f"malformed output: values of dtype {out.dtype}")
+        return out
+
+    # -- running ----------------------------------------------------------------------------
+    def __call__(self, x: Tensor, *context: Any) -> Tensor:
+        if context and self.format == "npy":
+            raise ValueError("context: format='npy' carries a single array; use format='json' with context arguments")
+        return super().__call__(x, *context)
+
+    def run(self, x: Tensor, *context: Any) -> Tensor:
+        payload = self._encode(x, context)
+        try:
+            out = self._run_process(payload)
+        except Exception as err:
+            raise type(err)(f"{err}; input kept in {self._keep(payload)}") from None
+        return torch.from_numpy(np.ascontiguousarray(out)).to(device=x.device, dtype=self.dtype or x.dtype)
+
+    def _run_process(self, payload: bytes) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="zeroth-bb-") as work:
+            suffix = "." + self.format
+            paths = {"input": os.path.join(work, "input" + suffix), "output": os.path.join(work, "output" + suffix)}
+            if self.io == "files":
+                with open(paths["input"], "wb") as f:
+                    f.write(payload)
+                cmd = [a.replace("{input}", paths["input"]).replace("{output}", paths["output"]) for a in self.cmd]
+                stdin = None
+            else:
+                cmd, stdin = self.cmd, payload
+            try:
+                proc = subprocess.run(cmd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                                      capture_output=True, timeout=self.timeout, cwd=self.cwd, env=self.env)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"timed out after {self.timeout:g} s (killed)") from None
+            if proc.returncode != 0:
+                raise RuntimeError(f"exit status {proc.returncode}; stderr: {_tail(proc.stderr) or '(empty)'}")
+            if self.io == "files":
+                if not os.path.exists(paths["output"]):
+                    raise ValueError("malformed output: the program wrote no output file")
+                with open(paths["output"], "rb") as f:
+                    data = f.read()
+            else:
+                data = proc.stdout
+            return self._decode(data)
+
+    def _keep(self, payload: bytes) -> str:
+        """Save the input of a failed run and return its path (named in the error)."""
+        if self.failed_dir is None:
+            self.failed_dir = tempfile.mkdtemp(prefix="zeroth-failed-")
+        os.makedirs(self.failed_dir, exist_ok=True)
+        self.num_failed_inputs += 1
+        path = os.path.join(self.failed_dir, f"failed-input-{self.num_failed_inputs}.{self.format}")
+        with open(path, "wb") as f:
+            f.write(payload)
+        return path
+
+    def __repr__(self) -> str:
+        return (f"Subprocess({self.name!r}, io={self.io!r}, format={self.format!r}, timeout={self.timeout}, "
+                f"retries={self.retries}, on_failure={self.on_failure!r}, max_points={self.max_points})")
