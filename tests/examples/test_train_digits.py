@@ -1,0 +1,53 @@
+"""examples/train_digits.py: the quick run prints the full table, saves the ratios and the plot."""
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+import torch
+
+from zeroth.models import DigitsCNN
+from zeroth.sparsity import kept_fraction, load_ratios
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "examples" / "train_digits.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_digits_example", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_quick_run_prints_every_row(script, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        runs = script.main(["--quick", "--plot", str(tmp_path / "p.png"), "--save-ratios", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    labels = ["first-order Adam", "first-order SGD", "dense CGE", "sparse CGE, ZO-GraSP 90%",
+              "sparse CGE, uniform 90%", "RGE, budget of sparse 90%"]
+    for label in labels:
+        assert label in out
+    q = {label: next(r for k, r in runs.items() if k.startswith(label))[0].queries for label in labels}
+    assert q["dense CGE"] == 3818 + 1
+    assert q["sparse CGE, ZO-GraSP 90%"] == pytest.approx(0.1 * 3784 + 34 + 1, abs=2)  # 10 % of weights, all biases, ℓ(θ)
+    assert q["RGE, budget of sparse 90%"] == pytest.approx(q["sparse CGE, ZO-GraSP 90%"], abs=3)
+    for rs in runs.values():
+        assert len(rs) == 1 and len(rs[0].acc) == 1 and 0.0 <= rs[0].acc[0] <= 1.0
+    ratios = load_ratios(tmp_path / "digits_grasp_0.9.json")
+    assert kept_fraction(ratios, DigitsCNN()) == pytest.approx(0.1, abs=0.01)
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_bad_arguments_are_refused(script):
+    with pytest.raises(SystemExit):
+        script.parse(["--sparsity", "1.5"])
+    with pytest.raises(SystemExit):
+        script.parse(["--epochs", "0"])
