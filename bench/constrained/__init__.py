@@ -1,0 +1,1 @@
+"""Constrained-solver benchmark: ``python -m bench.constrained`` prints the comparison table."""
