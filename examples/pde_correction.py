@@ -1,17 +1,17 @@
 """Solver-in-the-loop PDE correction with a numpy solver as a black box (DeepZero's PDE task).
 
 A coarse, first-order finite-volume solver for the viscous Burgers equation
-``u_t + (u²/2)_x = ν u_xx`` (periodic, 32 cells, one explicit step per Δt) is cheap but
-diffusive. A small periodic CNN corrects its state after every step::
+``u_t + (u²/2)_x = ν u_xx`` (periodic, 16 cells by default, one explicit step per Δt) is
+cheap but diffusive. A small periodic CNN corrects its state after every step::
 
     s_k     = coarse_step(u_k)          # numpy, no autodiff: the black box
     u_{k+1} = s_k + net(s_k)            # the learned correction
 
-and is trained to match a fine-grid reference (256 cells, 8 RK2 substeps per Δt):
+and is trained to match a fine-grid reference (the same scheme on 256 cells with RK2 substeps):
 
 * **no solver in the loop** — one-step supervised learning on precomputed pairs
   ``(coarse_step(ũ_t), ũ_{t+1} − coarse_step(ũ_t))``;
-* **solver in the loop, ZO** — unrolled for ``--unroll`` steps through ``BlackBox(coarse_step)``
+* **solver in the loop, ZO** — unrolled for ``unroll`` steps through ``BlackBox(coarse_step)``
   whose backward is a coordinate-wise (CGE) ZO estimate: the network sees its own errors
   feed back through the solver, without the solver having a gradient;
 * **solver in the loop, FO** (reference) — the same, with the solver re-run in torch so
@@ -42,16 +42,16 @@ from zeroth.blackbox import BlackBox, from_numpy
 @dataclass
 class Config:
     nu: float = 0.02          # viscosity
-    coarse: int = 32          # cells of the coarse solver
-    factor: int = 8           # fine cells per coarse cell
-    dt: float = 0.05          # coarse time step
-    substeps: int = 8         # fine RK2 steps per coarse step
-    steps: int = 32           # time steps of a trajectory (t_end = steps · dt)
+    coarse: int = 16          # cells of the coarse solver
+    factor: int = 16          # fine cells per coarse cell (reference: 256 cells)
+    dt: float = 0.1           # coarse time step
+    substeps: int = 16        # fine RK2 steps per coarse step
+    steps: int = 24           # time steps of a trajectory (t_end = steps · dt = 2.4)
     train_ics: int = 24       # training initial conditions
     test_ics: int = 16        # unseen initial conditions for the table
-    unroll: int = 6           # steps unrolled through the solver
-    iters_supervised: int = 1500
-    iters_unrolled: int = 400
+    unroll: int = 8           # steps unrolled through the solver
+    iters_supervised: int = 500   # the same number of optimizer steps for both trainings
+    iters_unrolled: int = 500
     batch: int = 32
     lr: float = 3e-3
     mu: float = 1e-4          # CGE perturbation of the solver input
@@ -171,7 +171,7 @@ def train_unrolled(data: torch.Tensor, cfg: Config, solver: Callable) -> nn.Modu
 
 
 def black_box_solver(cfg: Config) -> BlackBox:
-    """The numpy solver as an autograd node: CGE over the 32 inputs, all points in one call."""
+    """The numpy solver as an autograd node: CGE over the cell values, all points in one call."""
     return BlackBox(from_numpy(lambda u: coarse_step(u, cfg), batched=True, name="coarse_burgers"),
                     CGE(mu=cfg.mu), seed=cfg.seed)
 
@@ -264,12 +264,15 @@ def main(argv: List[str] = None) -> Outcome:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="pde_correction.png", help="path of the saved plot")
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny data and few iterations")
+    parser.add_argument("--cells", type=int, default=16, choices=(16, 32, 64),
+                        help="coarse cells (Δt = 1.6/cells, reference 256 cells, t_end = 2.4)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cfg = Config(seed=args.seed)
+    grid = dict(coarse=args.cells, factor=256 // args.cells, dt=1.6 / args.cells, substeps=256 // args.cells)
+    cfg = Config(seed=args.seed, steps=round(2.4 * args.cells / 1.6), **grid)
     if args.quick:
-        cfg = Config(seed=args.seed, steps=12, train_ics=4, test_ics=3, unroll=3,
-                     iters_supervised=40, iters_unrolled=15, batch=8)
+        cfg = Config(seed=args.seed, steps=8, train_ics=4, test_ics=3, unroll=3,
+                     iters_supervised=40, iters_unrolled=15, batch=8, **grid)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and far faster on a busy machine
     try:

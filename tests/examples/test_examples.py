@@ -65,9 +65,9 @@ def test_pde_example_runs_in_quick_mode(pde, tmp_path, capsys):
     for name, r in out.results.items():
         assert name in printed and math.isfinite(r["mae"])
     zo = out.results["solver in the loop, ZO (CGE)"]
-    # quick mode: 15 iterations x 3 unrolled steps, batch 8; the first step's input is data (no gradient
-    # needed: forward points only), the next two need forward + 32 coordinate points per row
-    assert zo["calls"] == 15 * 3 and zo["points"] == 15 * (8 + 2 * 8 * 33)
+    # quick mode: 15 iterations x 3 unrolled steps, batch 8, 16 cells; the first step's input is data
+    # (no gradient needed: forward points only), the next two need forward + 16 coordinate points per row
+    assert zo["calls"] == 15 * 3 and zo["points"] == 15 * (8 + 2 * 8 * 17)
     assert out.results["uncorrected coarse solver"]["mae"] > 0
 
 
