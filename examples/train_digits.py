@@ -5,7 +5,7 @@ ratios at several sparsities; sparse CGE with uniform ratios (what ZO-GraSP buys
 the query budget of sparse CGE at ``--sparsity``. Every ZO row uses Adam as the base rule
 and the optimizer's default ``evaluator="auto"`` (the fastest evaluator present).
 
-    python examples/train_digits.py --sparsity 0.9                  # 3 seeds, 20 epochs
+    python examples/train_digits.py --sparsity 0.9                  # 3 seeds, 12 epochs
     python examples/train_digits.py --quick                         # seconds: a smoke run
 
 Columns: test accuracy (mean ± std over seeds, after the last epoch), loss evaluations per
@@ -65,9 +65,10 @@ def methods(sparsity: float, levels: Sequence[float]) -> List[Method]:
 def train(method: Method, seed: int, args: argparse.Namespace) -> Run:
     """Train a fresh DigitsCNN with ``method``; deterministic given ``seed``."""
     torch.manual_seed(seed)
-    data = load_digits()
+    device = torch.device(args.device)
+    data = load_digits(device=device)
     x_train, y_train = data.x_train[: args.train_size], data.y_train[: args.train_size]
-    model = DigitsCNN()
+    model = DigitsCNN().to(device)
     gen = torch.Generator().manual_seed(seed)
     run = Run()
     opt = None
@@ -163,7 +164,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--sparsity", type=float, default=0.9, help="sparsity of the uniform-ratio and RGE-budget rows")
     p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="ZO-GraSP sparsities")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate (first-order and ZO rows)")
     p.add_argument("--sgd-lr", type=float, default=0.1)
@@ -174,6 +175,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--device", default="cpu", help="torch device of model and data (e.g. cuda)")
     p.add_argument("--plot", default="train_digits.png", help="plot file ('' for none)")
     p.add_argument("--save-ratios", default="", help="folder for the ZO-GraSP ratios JSON of the first seed")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 256 images, q=16: a smoke run")
@@ -197,6 +199,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[Run]]:
     rows = methods(args.sparsity, args.levels)
     jobs = [(m, s, args) for m in rows for s in args.seeds]
     start = time.perf_counter()
+    if args.workers > 1 and args.device.startswith("cuda"):
+        import multiprocessing
+
+        multiprocessing.set_start_method("spawn", force=True)  # CUDA cannot be used in forked workers
     if args.workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -213,7 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[Run]]:
     n_train = args.train_size or "all"
     print(f"\nDigitsCNN (3 818 parameters) on load_digits ({n_train} training images, 450 test), "
           f"{args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, Adam lr {args.lr:g} "
-          f"(SGD lr {args.sgd_lr:g}), mu {args.mu:g}, masks re-drawn every {args.resample_every} step(s)\n")
+          f"(SGD lr {args.sgd_lr:g}), mu {args.mu:g}, masks re-drawn every {args.resample_every} step(s), "
+          f"device {args.device}\n")
     print(table(rows, runs))
     grasp = [r.grasp_seconds for m in rows for r in runs[m.label] if r.grasp_seconds]
     if grasp:

@@ -130,25 +130,31 @@ def test_a_failed_step_leaves_the_mask_schedule_untouched():
     assert torch.equal(rule.current[0], state["masks"][0])
 
 
-def test_sparse_cge_equals_dense_cge_restricted_to_the_selected_coordinates():
+@pytest.mark.parametrize("net", [_bn_net, lambda: DigitsCNN(channels=(3, 4)).double()])
+@pytest.mark.parametrize("evaluator", ["sequential", "auto"])
+def test_sparse_cge_equals_dense_cge_restricted_to_the_selected_coordinates(net, evaluator):
     torch.manual_seed(0)
-    model = _bn_net()
-    x, y = _data()
-    obj = Objective(model, F.cross_entropy, x, y)
+    model = net()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 4 if net is _bn_net else 8, 4 if net is _bn_net else 8, generator=g, dtype=torch.float64)
+    obj = Objective(model, F.cross_entropy, x, torch.randint(0, 5, (16,), generator=g))
     params = list(model.parameters())
-    masks = DynamicMask(RATIOS, model=model).select(params, 0, torch.Generator().manual_seed(0))
-    est, ev = CGE(mu=1e-6), Sequential()
-    loss_d, dense, _ = estimate_gradient(obj, params, est, ev)
-    loss_s, sparse, losses = estimate_gradient(obj, params, est, ev, masks=masks)
-    assert losses.count == 1 + count_selected(masks, params)
-    assert torch.equal(loss_d, loss_s)
+    masks = DynamicMask(0.3).select(params, 0, torch.Generator().manual_seed(0))
+    est = CGE(mu=1e-6)
+    loss_d, dense, _ = estimate_gradient(obj, params, est, Sequential())  # the reference
+    loss_s, sparse, losses = estimate_gradient(obj, params, est, ZOOptimizer(params, evaluator=evaluator).evaluator,
+                                               masks=masks)
+    assert losses.count == 1 + count_selected(masks, params) < 0.5 * (1 + sum(p.numel() for p in params))
+    exact = evaluator == "sequential"
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=0, atol=1e-7)  # other evaluators: up to rounding / mu
+    torch.testing.assert_close(loss_s, loss_d, **tol)
     for g_d, g_s, m in zip(dense, sparse, masks):
         sel = torch.zeros(g_d.numel(), dtype=torch.bool)
         if m is None:
             sel[:] = True
         else:
             sel[m] = True
-        assert torch.equal(g_s.reshape(-1)[sel], g_d.reshape(-1)[sel])
+        torch.testing.assert_close(g_s.reshape(-1)[sel], g_d.reshape(-1)[sel], **tol)
         assert not g_s.reshape(-1)[~sel].any()
     assert any(g.abs().sum() > 0 for g in sparse)
 
@@ -202,6 +208,15 @@ def test_momentum_and_weight_decay_still_move_unselected_coordinates():
 def test_bad_input_names_the_argument(make, exc, match):
     with pytest.raises(exc, match=match):
         make(_bn_net())
+
+
+def test_named_ratios_must_be_trained_but_a_number_fits_any_subset():
+    model = _bn_net()
+    head = list(model[4].parameters())
+    masks = DynamicMask(0.25, model=model).select(head, 0, torch.Generator().manual_seed(0))
+    assert masks[0].numel() == 60 and masks[1] is None
+    with pytest.raises(ValueError, match=r"0.weight"):
+        DynamicMask(RATIOS, model=model).select(head, 0, torch.Generator().manual_seed(0))
 
 
 def test_masks_drawn_for_other_parameters_are_refused():

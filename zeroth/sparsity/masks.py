@@ -134,7 +134,7 @@ class DynamicMask(MaskRule):
         names = _names_of(self.model)
         out = [self.ratios.get(names.get(id(p), ""), None) for p in params]
         unseen = set(self.ratios) - {names.get(id(p)) for p in params}
-        if unseen:
+        if unseen and self.ratio is None:  # a named ratio for a tensor the optimizer does not train
             raise ValueError(f"ratios: names not among the optimizer's trainable parameters: {', '.join(sorted(unseen))}")
         return out
 
