@@ -246,13 +246,13 @@ def plot(path: str, out: Outcome, cfg: Config) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     t = np.arange(cfg.steps + 1) * cfg.dt
     for name, curve in out.curves.items():
-        a.plot(t, curve, label=name)
+        a.plot(t, curve, "--" if "FO" in name else "-", label=name)  # ZO and FO often coincide
     a.set(xlabel="time", ylabel="mean |u − u_ref|", title="error against the fine reference")
     a.legend(fontsize=8)
     x = np.linspace(0, 2 * math.pi, cfg.coarse, endpoint=False)
     b.plot(x, out.reference, "k", lw=2, label="fine reference")
     for name, u in out.finals.items():
-        b.plot(x, u, label=name)
+        b.plot(x, u, "--" if "FO" in name else "-", label=name)
     b.set(xlabel="x", ylabel="u", title=f"test trajectory 0 at t = {cfg.steps * cfg.dt:g}")
     b.legend(fontsize=8)
     fig.tight_layout()

@@ -67,6 +67,7 @@ def test_rge_vjp_agrees_by_cosine(estimator):
     bb = BlackBox(batched(smooth), estimator, seed=1)
     g, exact = zo_vjp(bb, x, v), exact_vjp(x, v)
     assert cosine([g], [exact]) > 0.98
+    assert float(g.norm() / exact.norm()) == pytest.approx(1.0, abs=0.1)  # the scale (φ/q, sphere: φ = d) is right
     per_row = torch.nn.functional.cosine_similarity(g, exact, dim=1)
     assert float(per_row.min()) > 0.9  # each row has its own directions and its own estimate
 
@@ -182,6 +183,16 @@ def test_same_seed_same_estimate_and_state_dict_resumes():
     resumed.load_state_dict(state)
     assert resumed.counts() == {"calls": 5, "points": 30, "failed_points": 0}
     assert torch.equal(zo_vjp(resumed, x, v), next_a)
+
+    import io  # a model holding the black box checkpoints it too, through torch.save with weights_only loading
+    model = nn.Sequential(nn.Identity(), resumed)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = nn.Sequential(nn.Identity(), BlackBox(smooth, RGE(q=4, mu=1e-4), seed=5))
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh[1].counts() == resumed.counts()
+    assert torch.equal(zo_vjp(fresh[1], x, v), zo_vjp(resumed, x, v))
 
 
 def test_generator_argument_is_used():
