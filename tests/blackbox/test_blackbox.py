@@ -1,4 +1,5 @@
 """BlackBox: ZO vector-Jacobian products against autograd, hybrid training, counting, determinism, failures."""
+import io
 import math
 import warnings
 
@@ -184,7 +185,7 @@ def test_same_seed_same_estimate_and_state_dict_resumes():
     assert resumed.counts() == {"calls": 5, "points": 30, "failed_points": 0}
     assert torch.equal(zo_vjp(resumed, x, v), next_a)
 
-    import io  # a model holding the black box checkpoints it too, through torch.save with weights_only loading
+    # a model holding the black box checkpoints it too (torch.save, weights_only loading)
     model = nn.Sequential(nn.Identity(), resumed)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

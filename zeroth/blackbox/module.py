@@ -108,6 +108,10 @@ class BlackBox(nn.Module):
     arguments go to the program unperturbed and get no gradient (with ``rowwise=True`` tensor /
     array context must have ``x``'s first dimension: each row travels with its row of ``x``).
 
+    The program is called in forward only: at ``x`` and, when ``x`` requires grad and grad mode
+    is on, at all perturbed points too (so failures surface before any ``.grad`` changes).
+    Failures follow the program's ``on_failure`` (see :mod:`zeroth.blackbox.program`).
+
     Counters (``counts()``, saved in ``state_dict``): program calls, query points, failed points.
     """
 
@@ -134,6 +138,8 @@ class BlackBox(nn.Module):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(f"generator must be a CPU generator (directions are drawn on the CPU), got {generator.device}")
         if generator is None:
             generator = torch.Generator()
             generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
