@@ -98,6 +98,10 @@ def train(method: Method, seed: int, args: argparse.Namespace) -> Run:
         else:
             estimator = CGE(mu=args.mu)
         opt = ZOOptimizer(model.parameters(), lr=args.lr, base="adam", estimator=estimator, sparsity=mask, seed=seed)
+    sched = None
+    if args.schedule == "cosine":  # to zero over the run: the last epochs average out step noise
+        total = args.epochs * (x_train.shape[0] // args.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     for _ in range(args.epochs):
         start = time.perf_counter()
         for xb, yb in batches(x_train, y_train, args.batch_size, gen):
@@ -107,6 +111,8 @@ def train(method: Method, seed: int, args: argparse.Namespace) -> Run:
                 opt.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
                 opt.step()
+            if sched is not None:
+                sched.step()
             run.steps += 1
         run.seconds += time.perf_counter() - start
         run.acc.append(accuracy(model, data.x_test, data.y_test))
@@ -168,6 +174,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate (first-order and ZO rows)")
     p.add_argument("--sgd-lr", type=float, default=0.1)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine", help="learning-rate schedule")
     p.add_argument("--mu", type=float, default=1e-3, help="finite-difference step of CGE/RGE")
     p.add_argument("--resample-every", type=int, default=1, help="steps between mask re-draws")
     p.add_argument("--grasp-q", type=int, default=192)
@@ -219,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[Run]]:
     n_train = args.train_size or "all"
     print(f"\nDigitsCNN (3 818 parameters) on load_digits ({n_train} training images, 450 test), "
           f"{args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, Adam lr {args.lr:g} "
-          f"(SGD lr {args.sgd_lr:g}), mu {args.mu:g}, masks re-drawn every {args.resample_every} step(s), "
+          f"(SGD lr {args.sgd_lr:g}) {args.schedule}, mu {args.mu:g}, masks re-drawn every {args.resample_every} step(s), "
           f"device {args.device}\n")
     print(table(rows, runs))
     grasp = [r.grasp_seconds for m in rows for r in runs[m.label] if r.grasp_seconds]
