@@ -5,7 +5,7 @@ ratios at several sparsities; sparse CGE with uniform ratios (what ZO-GraSP buys
 the query budget of sparse CGE at ``--sparsity``. Every ZO row uses Adam as the base rule
 and the optimizer's default ``evaluator="auto"`` (the fastest evaluator present).
 
-    python examples/train_digits.py --sparsity 0.9                  # 3 seeds, 12 epochs
+    python examples/train_digits.py --sparsity 0.9                  # 3 seeds, 20 epochs
     python examples/train_digits.py --quick                         # seconds: a smoke run
 
 Columns: test accuracy (mean ± std over seeds, after the last epoch), loss evaluations per
@@ -170,7 +170,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--sparsity", type=float, default=0.9, help="sparsity of the uniform-ratio and RGE-budget rows")
     p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="ZO-GraSP sparsities")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate (first-order and ZO rows)")
     p.add_argument("--sgd-lr", type=float, default=0.1)
