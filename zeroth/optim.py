@@ -240,6 +240,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             "zo_steps": self.zo_steps,
             "num_evaluations": self.num_evaluations,
             "sparsity": self.sparsity.state_dict() if self.sparsity is not None else None,
+            "evaluator": self.evaluator.state_dict() if hasattr(self.evaluator, "state_dict") else None,
         }
         return sd
 
@@ -255,6 +256,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.num_evaluations = int(z.get("num_evaluations", 0))
         if self.sparsity is not None and z.get("sparsity") is not None:
             self.sparsity.load_state_dict(z["sparsity"])
+        if hasattr(self.evaluator, "load_state_dict") and z.get("evaluator") is not None:
+            self.evaluator.load_state_dict(z["evaluator"])
 
     def __repr__(self) -> str:
         return (

@@ -1,7 +1,8 @@
-"""``evaluator="auto"``: the fastest evaluator that supports the objective."""
+"""``evaluator="auto"``: the fastest evaluator that supports the objective, chosen by measurement."""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+import time
+from typing import Any, Dict, List, Optional, Sequence
 
 from torch import Tensor
 
@@ -11,38 +12,72 @@ from .base import EVALUATORS, Evaluator, Losses
 
 @EVALUATORS.register("auto")
 class Auto(Evaluator):
-    """Delegates each call to the first evaluator of ``candidates`` that supports it.
+    """Delegates each step to the fastest evaluator that supports it.
 
-    ``candidates`` are ordered fastest first (by the engine's cost model); the sequential
-    evaluator, which supports everything, always closes the list. ``last`` records what ran.
+    ``preferred`` evaluators are used whenever they apply (FeatureReuse does strictly less
+    arithmetic than the others for CGE). Among the remaining ``candidates`` (Batched,
+    Sequential) the choice depends on the machine — vmap wins on GPUs and small batches, the
+    plain loop on a compute-bound CPU — so the first step of each new (model, batch shape,
+    direction kind) times every supporting candidate on the real work and remembers the
+    fastest. Every candidate returns the same losses (up to float rounding), so the measured
+    step is a normal step. The choices are part of the optimizer's ``state_dict``, so a resumed
+    run is bit-identical; on another machine the choice (and so the rounding) may differ —
+    force an evaluator for bitwise reproducibility across machines.
+    ``last`` is the evaluator that produced the latest result; ``timings`` what was measured.
     """
 
     name = "auto"
 
-    def __init__(self, candidates: Optional[Sequence[Evaluator]] = None):
+    def __init__(self, preferred: Optional[Sequence[Evaluator]] = None, candidates: Optional[Sequence[Evaluator]] = None):
+        from .batched import Batched
+        from .feature_reuse import FeatureReuse
         from .sequential import Sequential
 
-        self.candidates: List[Evaluator] = list(candidates) if candidates is not None else default_candidates()
+        self.preferred: List[Evaluator] = list(preferred) if preferred is not None else [FeatureReuse()]
+        self.candidates: List[Evaluator] = list(candidates) if candidates is not None else [Batched(), Sequential()]
         if not any(isinstance(c, Sequential) for c in self.candidates):
             self.candidates.append(Sequential())
         self.last: Optional[Evaluator] = None
+        self.timings: Dict[str, Dict[str, float]] = {}
+        self._choice: Dict[str, Evaluator] = {}
 
-    def choose(self, objective: Any, dirs: Optional[Directions] = None) -> Evaluator:
-        for c in self.candidates:
-            if c.supports(objective, dirs):
-                return c
-        raise RuntimeError("no evaluator supports this objective")  # unreachable: Sequential supports all
+    @staticmethod
+    def _key(objective: Any, dirs: Directions) -> str:
+        """What the choice depends on: model class, batch shape/dtype/device, kind and count of evaluations."""
+        model = getattr(objective, "model", None)
+        inputs = getattr(objective, "inputs", None)
+        batch = (tuple(inputs.shape), str(inputs.dtype), str(inputs.device)) if isinstance(inputs, Tensor) else None
+        return repr((type(model).__name__ if model is not None else "closure", batch, type(dirs).__name__, len(dirs)))
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The choices made so far (saved by the optimizer, so a resumed run makes the same ones)."""
+        return {"choice": {k: repr(v) for k, v in self._choice.items()}, "timings": dict(self.timings)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        by_repr = {repr(c): c for c in self.candidates}
+        self._choice = {k: by_repr[r] for k, r in state.get("choice", {}).items() if r in by_repr}
+        self.timings = dict(state.get("timings", {}))
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
-        self.last = self.choose(objective, dirs)
-        return self.last.evaluate(objective, params, dirs)
+        for ev in self.preferred:
+            if ev.supports(objective, dirs, params):
+                self.last = ev
+                return ev.evaluate(objective, params, dirs)
+        usable = [c for c in self.candidates if c.supports(objective, dirs, params)]
+        key = self._key(objective, dirs)
+        if len(usable) == 1 or key in self._choice:
+            self.last = self._choice.get(key, usable[0])
+            return self.last.evaluate(objective, params, dirs)
+        times: Dict[str, float] = {}
+        result = None
+        for ev in usable:
+            start = time.perf_counter()
+            result = ev.evaluate(objective, params, dirs)
+            times[repr(ev)] = time.perf_counter() - start
+        self.timings[key] = times
+        self._choice[key] = min(usable, key=lambda e: times[repr(e)])
+        self.last = usable[-1]
+        return result
 
     def __repr__(self) -> str:
-        return f"Auto(candidates={self.candidates!r})"
-
-
-def default_candidates() -> List[Evaluator]:
-    """Evaluators tried by ``auto``, fastest first."""
-    from .sequential import Sequential
-
-    return [Sequential()]
+        return f"Auto(preferred={self.preferred!r}, candidates={self.candidates!r})"

@@ -31,7 +31,9 @@ class Evaluator:
 
     name = "evaluator"
 
-    def supports(self, objective: Any, dirs: Optional[Directions] = None) -> bool:
+    def supports(self, objective: Any, dirs: Optional[Directions] = None,
+                 params: Optional[Sequence[Tensor]] = None) -> bool:
+        """Whether this evaluator can evaluate ``dirs`` of ``params`` on ``objective``."""
         return True
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:

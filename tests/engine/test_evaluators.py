@@ -1,0 +1,160 @@
+"""Every evaluator agrees with Sequential (the perturb-evaluate-restore loop) — one suite for all."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zeroth import CGE, RGE, SPSA, Objective, ZOOptimizer, estimate_gradient
+from zeroth.engine import Auto, Batched, FeatureReuse, Sequential
+from zeroth.models import DigitsCNN, DigitsMLP, resnet20
+
+from ..conftest import cosine
+
+EVALUATORS = [FeatureReuse(), Batched(), Batched(chunk_size=7)]
+
+
+def _mse(out, t):
+    return F.mse_loss(out, F.one_hot(t, out.shape[-1]).to(out.dtype))
+
+
+def _mixed():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3),
+        nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(6), nn.Linear(6, 10),
+    )
+
+
+def _bn_mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.BatchNorm1d(12), nn.SiLU(), nn.Linear(12, 10))
+
+
+MODELS = {
+    "digits_cnn": (lambda: DigitsCNN(), F.cross_entropy, (1, 8, 8)),
+    "digits_cnn_bn": (lambda: DigitsCNN(batch_norm=True), F.cross_entropy, (1, 8, 8)),
+    "digits_cnn_bn_eval": (lambda: DigitsCNN(batch_norm=True).eval(), F.cross_entropy, (1, 8, 8)),
+    "mlp_mse": (lambda: DigitsMLP(hidden=12), _mse, (1, 8, 8)),
+    "bn_mlp": (_bn_mlp, nn.CrossEntropyLoss(), (1, 8, 8)),
+    "mixed": (_mixed, F.cross_entropy, (1, 8, 8)),
+    "resnet20": (lambda: resnet20(), F.cross_entropy, (3, 32, 32)),
+}
+
+
+def _problem(name, dtype, batch=12, per_param=None, seed=0):
+    make, loss, shape = MODELS[name]
+    torch.manual_seed(seed)
+    model = make().to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand((batch,) + shape, generator=g, dtype=dtype)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    params = list(model.parameters())
+    masks = None
+    if per_param is not None:  # a sample of coordinates of every parameter, keeps big models fast
+        masks = [torch.randperm(p.numel(), generator=g)[:per_param] for p in params]
+    return model, Objective(model, loss, x, y), params, masks
+
+
+def _cases():
+    for name in MODELS:
+        per = 6 if name == "resnet20" else None
+        batch = 2 if name == "resnet20" else 12
+        yield name, per, batch
+
+
+@pytest.mark.parametrize("evaluator", EVALUATORS, ids=repr)
+@pytest.mark.parametrize("name,per_param,batch", list(_cases()), ids=lambda v: str(v))
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_losses_agree_with_sequential_in_float32(evaluator, name, per_param, batch, scheme):
+    model, obj, params, masks = _problem(name, torch.float32, batch, per_param)
+    dirs = CGE(mu=1e-3, scheme=scheme).directions(params, masks=masks)
+    if not evaluator.supports(obj, dirs, params):
+        pytest.skip(f"{evaluator!r} does not apply")
+    before = [p.clone() for p in params]
+    buffers = [b.clone() for b in model.buffers()]
+    ref = Sequential().evaluate(obj, params, dirs)
+    ref_buffers = [b.clone() for b in model.buffers()]
+    for b, v in zip(model.buffers(), buffers):
+        b.copy_(v)
+    got = evaluator.evaluate(obj, params, dirs)
+    assert all(torch.equal(a, b) for a, b in zip(before, params))  # parameters bitwise unchanged
+    # BN running statistics as after one pass: for two-sided schemes Sequential's first pass is at
+    # θ + μe₀ (no unperturbed pass) while the others make one at θ — equal up to O(μ)
+    for a, b in zip(ref_buffers, model.buffers()):
+        if scheme == "forward":
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+    assert (got.base is None) == (ref.base is None)
+    torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("evaluator", EVALUATORS, ids=repr)
+@pytest.mark.parametrize("name,per_param,batch", list(_cases()), ids=lambda v: str(v))
+def test_gradients_agree_with_sequential_and_autograd_in_float64(evaluator, name, per_param, batch):
+    model, obj, params, masks = _problem(name, torch.float64, batch, per_param)
+    est = CGE(mu=1e-6)
+    if not evaluator.supports(obj, est.directions(params, masks=masks), params):
+        pytest.skip(f"{evaluator!r} does not apply")
+    _, ref, _ = estimate_gradient(obj, params, est, Sequential(), masks=masks)
+    _, got, _ = estimate_gradient(obj, params, est, evaluator, masks=masks)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+    if masks is None:  # and CGE through the evaluator matches autograd
+        exact = torch.autograd.grad(obj(), params)
+        assert cosine(got, exact) >= 0.999
+
+
+@pytest.mark.parametrize("estimator", [RGE(q=5), RGE(q=3, dist="sphere", antithetic=True), SPSA()], ids=repr)
+def test_batched_random_directions_agree_with_sequential(estimator):
+    model, obj, params, _ = _problem("digits_cnn_bn", torch.float32)
+    dirs = estimator.directions(params, generator=torch.Generator().manual_seed(3))
+    ref = Sequential().evaluate(obj, params, dirs)
+    got = Batched(chunk_size=2).evaluate(obj, params, dirs)
+    torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
+
+
+def test_feature_reuse_declines_what_it_cannot_do():
+    model, obj, params, _ = _problem("digits_cnn", torch.float32)
+    fr = FeatureReuse()
+    assert not fr.supports(lambda: obj(), None)                                  # plain closure
+    assert not fr.supports(obj, RGE(q=2).directions(params))                    # random directions
+    assert not fr.supports(obj, None, [torch.zeros(3, requires_grad=True)])     # foreign parameter
+    drop = Objective(nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)), F.cross_entropy, obj.inputs, obj.targets)
+    assert not fr.supports(drop) and not Batched().supports(drop)               # active dropout
+    drop.model.eval()
+    assert fr.supports(drop)
+
+
+def test_auto_prefers_feature_reuse_and_measures_the_rest():
+    model, obj, params, _ = _problem("digits_cnn", torch.float32)
+    auto = Auto()
+    estimate_gradient(obj, params, CGE(), auto)
+    assert isinstance(auto.last, FeatureReuse)
+    estimate_gradient(obj, params, RGE(q=4), auto, generator=torch.Generator().manual_seed(0))
+    assert len(auto.timings) == 1 and len(next(iter(auto.timings.values()))) == 2  # Batched and Sequential timed
+    chosen = auto._choice[next(iter(auto._choice))]
+    estimate_gradient(obj, params, RGE(q=4), auto, generator=torch.Generator().manual_seed(0))
+    assert auto.last is chosen
+    estimate_gradient(lambda: obj(), params, CGE(), auto)
+    assert isinstance(auto.last, Sequential)
+
+
+def test_auto_choice_is_saved_with_the_optimizer():
+    model, obj, params, _ = _problem("digits_cnn", torch.float32)
+    opt = ZOOptimizer(params, lr=0.01, estimator=RGE(q=2), seed=0)
+    opt.step(obj)
+    sd = opt.state_dict()
+    opt2 = ZOOptimizer(params, lr=0.01, estimator=RGE(q=2), seed=1)
+    opt2.load_state_dict(sd)
+    assert opt2.evaluator._choice.keys() == opt.evaluator._choice.keys()
+    assert [repr(v) for v in opt2.evaluator._choice.values()] == [repr(v) for v in opt.evaluator._choice.values()]
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (FeatureReuse, dict(max_memory=10), "Invalid max_memory"),
+    (Batched, dict(max_memory=-1), "Invalid max_memory"),
+    (Batched, dict(chunk_size=0), "Invalid chunk_size"),
+    (Sequential, dict(restore="undo"), "Invalid restore"),
+])
+def test_bad_evaluator_arguments(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)

@@ -1,0 +1,243 @@
+r"""``FeatureReuse``: CGE losses for models that are chains of stages, doing far less arithmetic.
+
+For a coordinate of stage ``s``:
+
+1. the input of stage ``s`` is taken from the cached unperturbed pass (computed once a step);
+2. a coordinate of a Linear/Conv weight or bias (or a BatchNorm affine parameter) changes one
+   output channel only, so the perturbed stage output is the cached output plus a local
+   change ``Δ`` built from the cached input (``μ·x[:, i]`` for Linear, ``μ·patch`` for Conv);
+   other parameters re-run their stage on K perturbed copies (``torch.func``);
+3. the stages after ``s`` see only the *difference* (``delta.propagate``) while it stays cheap,
+   and otherwise run once on a stacked batch of the chunk's K copies;
+4. the loss difference of each copy: for ``F.cross_entropy`` in closed form from the cached
+   logits, ``ℓ(z + Δ) − ℓ(z) = mean_b[log Σ_j p_bj e^{Δ_bj} − Δ_{b,y_b}]``, formed in float64;
+   for any other loss by evaluating it per copy.
+
+BatchNorm semantics (same as :class:`~zeroth.engine.Sequential`): in train mode every
+perturbed copy is normalised with its own batch statistics; running statistics are
+updated once per step, by the unperturbed pass. Dropout must be inactive (eval or p = 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..estimators.directions import Coordinates, Directions
+from ..objective import Objective, scalar_loss
+from .base import EVALUATORS, Evaluator, Losses, StepState
+from .delta import Delta, propagate
+from .stages import frozen_batchnorm_buffers, is_rowwise, run_copies, stages
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def is_plain_cross_entropy(loss_fn: Any) -> bool:
+    """True for ``F.cross_entropy`` or an ``nn.CrossEntropyLoss`` with default options."""
+    if loss_fn is F.cross_entropy:
+        return True
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        return (loss_fn.weight is None and loss_fn.reduction == "mean" and loss_fn.label_smoothing == 0.0
+                and loss_fn.ignore_index == -100)
+    return False
+
+
+def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Delta) -> Tensor:
+    """``CE(z + Δ_k) − CE(z)`` for every copy k (mean over the batch), in float64."""
+    z = logits.double()
+    p = torch.softmax(z, dim=1)  # (B, C)
+    b = z.shape[0]
+    rows = torch.arange(b, device=z.device)
+    if delta.channels is None:
+        d = delta.values.double()  # (K, B, C)
+        lse = torch.log1p((p.unsqueeze(0) * torch.expm1(d)).sum(-1))  # log Σ_j p_j e^{Δ_j}
+        picked = d[:, rows, targets]
+    else:
+        d = delta.values.double().reshape(delta.k, b)  # one logit c_k per copy
+        c = delta.channels
+        lse = torch.log1p(p[:, c].t() * torch.expm1(d))
+        picked = d * (targets.unsqueeze(0) == c.unsqueeze(1))
+    out = (lse - picked).mean(1)
+    if not bool(torch.isfinite(out).all()):  # huge Δ: fall back to the direct form
+        full = z.unsqueeze(0) + delta.dense(z)
+        out = torch.stack([F.cross_entropy(f, targets) for f in full]) - F.cross_entropy(z, targets)
+    return out
+
+
+@EVALUATORS.register("feature_reuse")
+class FeatureReuse(Evaluator):
+    """Coordinate losses from cached features and propagated differences (see module doc).
+
+    ``max_memory`` (bytes) bounds the per-chunk working set: K copies of the largest
+    activation are processed at a time.
+    """
+
+    name = "feature_reuse"
+
+    def __init__(self, max_memory: int = 256 * 2**20):
+        if not isinstance(max_memory, int) or max_memory < 2**16:
+            raise ValueError(f"Invalid max_memory value: {max_memory!r} (bytes, at least 65536)")
+        self.max_memory = max_memory
+
+    # -- applicability --------------------------------------------------------------------
+    def supports(self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None) -> bool:
+        if not isinstance(objective, Objective) or not isinstance(objective.inputs, Tensor):
+            return False
+        if dirs is not None and not isinstance(dirs, Coordinates):
+            return False
+        chain = stages(objective.model)
+        if not chain or not all(is_rowwise(m) for m in chain):
+            return False
+        if params is not None:
+            owned = {id(p) for m in chain for p in m.parameters()}
+            if not all(id(p) in owned for p in params):
+                return False
+        return True
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
+        if not self.supports(objective, dirs, params):
+            raise ValueError("FeatureReuse needs an Objective over a chain of row-wise stages and CGE coordinates")
+        chain = stages(objective.model)
+        state = StepState(objective, params)
+        with torch.no_grad():
+            state.before()
+            acts = [objective.inputs]
+            for m in chain:  # the unperturbed pass: updates BN running stats once, like one FO step
+                acts.append(m(acts[-1]))
+            base = scalar_loss(objective.loss_fn(acts[-1], objective.targets) if objective.targets is not None
+                               else objective.loss_fn(acts[-1]))
+            state.after()
+            owner = _owners(chain)
+            diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
+            n = dirs.num_directions
+            closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
+            per_copy = max(acts[0].numel(), max(a.numel() for a in acts)) * acts[0].element_size() * 6
+            chunk = max(1, self.max_memory // max(per_copy, 1))
+            for j, p in enumerate(params):
+                s, name = owner[id(p)]
+                idx = dirs.indices[j]
+                for sign_block in range(dirs.num_signs):
+                    step = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
+                    for lo in range(0, idx.numel(), chunk):
+                        sel = idx[lo:lo + chunk]
+                        d = self._chunk(chain, acts, s, name, p, sel, step, objective, closed_form, base)
+                        start = sign_block * n + dirs.offsets[j] + lo
+                        diffs[start:start + sel.numel()] = d
+        state.finish()
+        perturbed = base.double() + diffs
+        return Losses(base if dirs.needs_base else None, perturbed)
+
+    def _chunk(self, chain, acts, s, name, p, sel, step, objective, closed_form, base) -> Tensor:
+        """Loss differences of the copies perturbing coordinates ``sel`` of parameter ``p`` by ``step``."""
+        stage = chain[s]
+        delta = initial_delta(stage, name, p, sel, step, acts[s], acts[s + 1])
+        copies = None
+        if delta is None:  # generic: re-run the stage on K perturbed copies of the parameter
+            copies = perturbed_stage_outputs(stage, name, p, sel, step, acts[s])
+        t = s + 1
+        while copies is None and t < len(chain):
+            nxt = propagate(chain[t], acts[t], acts[t + 1], delta)
+            if nxt is None:
+                copies = acts[t].unsqueeze(0) + delta.dense(acts[t])
+                break
+            delta, t = nxt, t + 1
+        if copies is None:  # the difference reached the logits
+            if closed_form:
+                return cross_entropy_difference(acts[-1], objective.targets, delta)
+            copies = acts[-1].unsqueeze(0) + delta.dense(acts[-1])
+        for m in chain[t:]:
+            copies = run_copies(m, copies)
+        return _per_copy_losses(objective, copies) - base.double()
+
+
+def _owners(chain: List[nn.Module]) -> Dict[int, Tuple[int, str]]:
+    """``id(param) -> (stage index, name inside the stage)``."""
+    out = {}
+    for s, m in enumerate(chain):
+        for name, p in m.named_parameters():
+            out.setdefault(id(p), (s, name))
+    return out
+
+
+def initial_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor,
+                  a_out: Tensor) -> Optional[Delta]:
+    """Δ of the stage output for coordinates ``sel`` of a Linear/Conv2d/BatchNorm parameter, else None."""
+    k = sel.numel()
+    if isinstance(stage, nn.Linear) and a_in.dim() == 2:
+        if name == "weight":
+            o, i = sel // p.shape[1], sel % p.shape[1]
+            return Delta(step * a_in[:, i].t(), o)  # (K, B): μ·x_i enters logit/feature o
+        if name == "bias":
+            return Delta(a_in.new_full((k, a_in.shape[0]), step), sel)
+    if isinstance(stage, nn.Conv2d) and stage.groups == 1 and stage.padding_mode == "zeros" and not isinstance(stage.padding, str):
+        h, w = a_out.shape[2:]
+        if name == "bias":
+            return Delta(a_in.new_full((k, a_in.shape[0], h, w), step), sel)
+        if name == "weight":
+            per_out = p[0].numel()
+            kh, kw = p.shape[2:]
+            o, r = sel // per_out, sel % per_out
+            c, i, jj = r // (kh * kw), (r % (kh * kw)) // kw, r % kw
+            return Delta(step * _patches(stage, a_in, c, i, jj, h, w), o)
+    if isinstance(stage, _BN) and name in ("weight", "bias"):
+        if name == "bias":
+            return Delta(a_in.new_full((k,) + (a_in.shape[0],) + tuple(a_in.shape[2:]), step), sel)
+        return Delta(step * _normalized(stage, a_in).transpose(0, 1)[sel], sel)
+    return None
+
+
+def _normalized(bn: nn.Module, x: Tensor) -> Tensor:
+    """BatchNorm's x̂ = (x − mean) / sqrt(var + eps) with the statistics its forward used."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if bn.training or not bn.track_running_stats:
+        dims = (0,) + tuple(range(2, x.dim()))
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, unbiased=False, keepdim=True)
+    else:
+        mean, var = bn.running_mean.reshape(shape), bn.running_var.reshape(shape)
+    return (x - mean) * torch.rsqrt(var + bn.eps)
+
+
+def _patches(conv: nn.Conv2d, x: Tensor, c: Tensor, i: Tensor, j: Tensor, h: int, w: int) -> Tensor:
+    """For each copy k, the input values multiplying weight (·, c_k, i_k, j_k): ``(K, B, h, w)``."""
+    ph, pw = conv.padding
+    sh, sw = conv.stride
+    dh, dw = conv.dilation
+    xp = F.pad(x, (pw, pw, ph, ph))
+    out = x.new_empty((c.numel(), x.shape[0], h, w))
+    offsets = i * conv.weight.shape[3] + j
+    for off in torch.unique(offsets).tolist():  # at most kh·kw kernel offsets
+        sel = (offsets == off).nonzero().reshape(-1)
+        oi, oj = divmod(off, conv.weight.shape[3])
+        window = xp[:, :, oi * dh: oi * dh + sh * (h - 1) + 1: sh, oj * dw: oj * dw + sw * (w - 1) + 1: sw]
+        out[sel] = window.transpose(0, 1)[c[sel]]
+    return out
+
+
+def perturbed_stage_outputs(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor) -> Tensor:
+    """Stage outputs ``(K, B, ...)`` with coordinate ``sel[k]`` of ``p`` moved by ``step`` (via torch.func)."""
+    k = sel.numel()
+    flat = p.detach().reshape(-1)
+    stacked = flat.unsqueeze(0).repeat(k, 1)
+    stacked[torch.arange(k, device=p.device), sel] = flat[sel] + step
+    stacked = stacked.reshape((k,) + tuple(p.shape))
+
+    def one(param):
+        return torch.func.functional_call(stage, {name: param}, (a_in,))
+
+    with frozen_batchnorm_buffers(stage):
+        return torch.func.vmap(one)(stacked)
+
+
+def _per_copy_losses(objective: Objective, copies: Tensor) -> Tensor:
+    """The objective's loss for each copy ``(K, B, ...)``, in float64."""
+    if objective.targets is None:
+        fn = objective.loss_fn
+        losses = [fn(c) for c in copies]
+    else:
+        losses = [objective.loss_fn(c, objective.targets) for c in copies]
+    return torch.stack([scalar_loss(v) for v in losses]).double()

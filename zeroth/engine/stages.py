@@ -1,0 +1,90 @@
+"""A model seen as a chain of stages, and running stages on stacked perturbed copies.
+
+``stages(model)`` flattens nested ``nn.Sequential`` containers (or uses a model's own
+``zo_stages()``) into the list of modules applied one after the other. A stage must treat
+batch rows independently (so K perturbed copies can run as one batch of K·B rows) —
+BatchNorm in train mode is the exception, handled by giving each copy its own batch
+statistics (``run_copies``).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
+    nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink,
+)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# leaf modules that act on each batch row on its own (BatchNorm in eval mode too)
+ROWWISE = ELEMENTWISE + (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Identity, nn.MaxPool1d, nn.MaxPool2d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Unflatten,
+) + _BN
+
+
+def stages(model: nn.Module) -> Optional[List[nn.Module]]:
+    """The model's stages in order, or None when it does not declare a chain."""
+    declared = getattr(model, "zo_stages", None)
+    if callable(declared):
+        return list(declared())
+    if isinstance(model, nn.Sequential):
+        out: List[nn.Module] = []
+        for child in model:
+            sub = stages(child) if isinstance(child, nn.Sequential) else None
+            out.extend(sub if sub is not None else [child])
+        return out
+    return None
+
+
+def is_rowwise(module: nn.Module) -> bool:
+    """True when ``module`` treats batch rows independently (so copies may share one batch).
+
+    Known leaf types qualify; a composite module qualifies by setting ``zo_rowwise = True``
+    (a promise that its forward mixes rows only through BatchNorm) and having only such
+    children. Dropout qualifies only when inactive (eval mode or p = 0), since every copy
+    must see the same mask as the unperturbed pass.
+    """
+    if isinstance(module, nn.Dropout):
+        return not module.training or module.p == 0
+    if isinstance(module, ROWWISE):
+        return True
+    if isinstance(module, nn.Sequential) or getattr(module, "zo_rowwise", False):
+        return all(is_rowwise(c) for c in module.children())
+    return False
+
+
+def has_batch_statistics(module: nn.Module) -> bool:
+    """True when a forward of ``module`` uses batch statistics (BatchNorm in train mode)."""
+    return any(isinstance(m, _BN) and (m.training or not m.track_running_stats) for m in module.modules())
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_buffers(module: nn.Module) -> Iterator[None]:
+    """Train-mode BatchNorm uses batch statistics but does not update running buffers."""
+    changed = [m for m in module.modules() if isinstance(m, _BN) and m.training and m.track_running_stats]
+    for m in changed:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.track_running_stats = True
+
+
+def run_copies(module: nn.Module, x: Tensor) -> Tensor:
+    """``module`` applied to each of K copies ``x: (K, B, ...)`` -> ``(K, B, ...)``.
+
+    Without batch statistics the copies run as one batch of K·B rows; with them, each copy
+    gets its own statistics through ``torch.func.vmap`` (buffers are left untouched).
+    """
+    k, b = x.shape[:2]
+    if not has_batch_statistics(module):
+        out = module(x.reshape(k * b, *x.shape[2:]))
+        return out.reshape(k, b, *out.shape[1:])
+    with frozen_batchnorm_buffers(module):
+        return torch.func.vmap(module)(x)

@@ -1,0 +1,95 @@
+"""CIFAR ResNet-20 (He et al. 2016, option-A shortcuts): 269 722 parameters, written here.
+
+Declared as a chain of stages (``zo_stages``) — stem conv / BN / ReLU, nine residual
+blocks, pooling, flatten, classifier — so feature-reuse evaluators can cache the input of
+each stage. Each block is a :class:`Residual`: ``post(main(x) + shortcut(x))``.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Residual(nn.Module):
+    """``post(main(x) + shortcut(x))``; rows are independent (batch statistics aside)."""
+
+    zo_rowwise = True
+
+    def __init__(self, main: nn.Sequential, shortcut: nn.Module, post: nn.Module):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+        self.post = post
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(self.main(x) + self.shortcut(x))
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: subsample by ``stride`` and zero-pad channels (parameter-free)."""
+
+    zo_rowwise = True
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.extra = out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]                 # (B, C, H/s, W/s)
+        lo = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))          # (B, C + extra, H/s, W/s)
+
+
+def basic_block(in_channels: int, out_channels: int, stride: int) -> Residual:
+    """Conv3×3 → BN → ReLU → Conv3×3 → BN, plus the shortcut, then ReLU."""
+    main = nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+    if stride == 1 and in_channels == out_channels:
+        shortcut: nn.Module = nn.Identity()
+    else:
+        shortcut = PadShortcut(in_channels, out_channels, stride)
+    return Residual(main, shortcut, nn.ReLU())
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 for 32×32 images: input ``(B, 3, 32, 32)`` -> logits ``(B, num_classes)``."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16, blocks_per_stage: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks: List[nn.Module] = []
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):        # 32×32, 16×16, 8×8
+            for b in range(blocks_per_stage):
+                stride = 2 if (i > 0 and b == 0) else 1
+                blocks.append(basic_block(cin, cout, stride))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)                             # (B, 4w, 1, 1)
+        self.flatten = nn.Flatten()                                     # (B, 4w)
+        self.fc = nn.Linear(cin, num_classes)                           # (B, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def zo_stages(self) -> List[nn.Module]:
+        """The chain of stages a feature-reuse evaluator may cache between."""
+        return [*self.stem, *self.blocks, self.pool, self.flatten, self.fc]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.zo_stages():
+            x = stage(x)
+        return x
+
+
+def resnet20(num_classes: int = 10) -> ResNet20:
+    """The CIFAR-10 ResNet-20 (269 722 parameters for 10 classes)."""
+    return ResNet20(num_classes=num_classes)
