@@ -24,6 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pytest bench --benchmark-only -q
 	$(BIN)/python -m bench
 
 clean:

@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="zeroth", description="zeroth-order training for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="ZO vs first-order training of the digits CNN (table + plot)")
-    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--estimator", choices=["cge", "rge", "spsa"], default="cge")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--out", default="zeroth_demo.png", help="path of the saved plot")

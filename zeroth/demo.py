@@ -116,7 +116,7 @@ def plot(results: List[RunResult], path: str) -> str:
     return path
 
 
-def run(epochs: int = 8, estimator: str = "cge", device: str = "cpu", out: str = "zeroth_demo.png",
+def run(epochs: int = 15, estimator: str = "cge", device: str = "cpu", out: str = "zeroth_demo.png",
         progress: bool = True, seed: int = 0) -> List[RunResult]:
     """What ``make demo`` / ``zeroth demo`` runs."""
     results = [
