@@ -210,18 +210,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             loss, grads, losses = estimate_gradient(
                 objective, params, self.estimator, self.evaluator, mus=mus, generator=self.generator, masks=masks
             )
-        except EvaluationError as err:
+        except BaseException as err:  # a failed step leaves generator and mask schedule as they were
             self.generator.set_state(gen_state)
             if sparsity_state is not None:
                 self.sparsity.load_state_dict(sparsity_state)
-            if self.nan_policy == "skip":
+            if isinstance(err, EvaluationError) and self.nan_policy == "skip":
                 warnings.warn(f"step skipped: {err}", NonFiniteLossWarning, stacklevel=2)
                 return None
-            raise
-        except BaseException:
-            self.generator.set_state(gen_state)
-            if sparsity_state is not None:
-                self.sparsity.load_state_dict(sparsity_state)
             raise
         for p, g in zip(params, grads):
             p.grad = g

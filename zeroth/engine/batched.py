@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..estimators.directions import Coordinates, Directions, RandomDirections
 from ..objective import Objective, scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState
-from .stages import frozen_batchnorm_buffers
+from .stages import frozen_batchnorm_buffers, owns
 
 
 def _active_dropout(model: nn.Module) -> bool:
@@ -44,11 +44,7 @@ class Batched(Evaluator):
             return False
         if dirs is not None and not isinstance(dirs, (Coordinates, RandomDirections)):
             return False
-        if params is not None:
-            owned = {id(p) for p in objective.model.parameters()}
-            if not all(id(p) in owned for p in params):
-                return False
-        return True
+        return params is None or owns([objective.model], params)
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
         if not self.supports(objective, dirs, params):

@@ -19,7 +19,6 @@ updated once per step, by the unperturbed pass. Dropout must be inactive (eval o
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +29,7 @@ from ..estimators.directions import Coordinates, Directions
 from ..objective import Objective, scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState
 from .delta import Delta, propagate
-from .stages import frozen_batchnorm_buffers, is_rowwise, run_copies, stages
+from .stages import frozen_batchnorm_buffers, is_rowwise, owns, run_copies, stages
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -91,11 +90,7 @@ class FeatureReuse(Evaluator):
         chain = stages(objective.model)
         if not chain or not all(is_rowwise(m) for m in chain):
             return False
-        if params is not None:
-            owned = {id(p) for m in chain for p in m.parameters()}
-            if not all(id(p) in owned for p in params):
-                return False
-        return True
+        return params is None or owns(chain, params)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
@@ -115,7 +110,7 @@ class FeatureReuse(Evaluator):
             diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
             n = dirs.num_directions
             closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
-            per_copy = max(acts[0].numel(), max(a.numel() for a in acts)) * acts[0].element_size() * 6
+            per_copy = max(a.numel() for a in acts) * acts[0].element_size() * 6
             chunk = max(1, self.max_memory // max(per_copy, 1))
             for j, p in enumerate(params):
                 s, name = owner[id(p)]

@@ -41,6 +41,12 @@ def stages(model: nn.Module) -> Optional[List[nn.Module]]:
     return None
 
 
+def owns(modules, params) -> bool:
+    """True when every tensor of ``params`` is a parameter of one of ``modules``."""
+    owned = {id(p) for m in modules for p in m.parameters()}
+    return all(id(p) in owned for p in params)
+
+
 def is_rowwise(module: nn.Module) -> bool:
     """True when ``module`` treats batch rows independently (so copies may share one batch).
 
