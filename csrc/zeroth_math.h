@@ -1,0 +1,42 @@
+// Scalar math shared by the CPU (zeroth_ops.cpp) and CUDA (cuda/kernels.cu) kernels.
+// Everything is computed in double: the differences formed here are tiny next to their
+// operands, so rounding a + d to float first would throw the difference away.
+#pragma once
+
+#include <cmath>
+
+#ifdef __CUDACC__
+#define ZEROTH_HD __host__ __device__ __forceinline__
+#else
+#define ZEROTH_HD inline
+#endif
+
+namespace zeroth {
+
+// Activation kinds, in the order of zeroth/ops/__init__.py's ACTIVATIONS.
+enum Activation { kReLU = 0, kLeakyReLU = 1, kGELU = 2, kSiLU = 3, kTanh = 4, kSigmoid = 5, kNumActivations = 6 };
+
+ZEROTH_HD double activation(int kind, double x, double slope) {
+  switch (kind) {
+    case kReLU: return x > 0 ? x : 0.0;
+    case kLeakyReLU: return x > 0 ? x : slope * x;
+    case kGELU: return 0.5 * x * (1.0 + erf(x * 0.70710678118654752440));
+    case kSiLU: return x / (1.0 + exp(-x));
+    case kTanh: return tanh(x);
+    default: return 1.0 / (1.0 + exp(-x));  // kSigmoid
+  }
+}
+
+// sigma(a + d) - sigma(a), an exact finite difference (not a linearisation).
+ZEROTH_HD double activation_diff(int kind, double a, double d, double slope) {
+  return activation(kind, a + d, slope) - activation(kind, a, slope);
+}
+
+// log(1 - p + p e^d) = log sum_j p_j e^{d_j} when only one logit (probability p) moves by d:
+// the per-row cross-entropy change is this minus d (if that logit is the target).
+ZEROTH_HD double log_mix1(double p, double d) {
+  if (d < 30.0) return log1p(p * expm1(d));
+  return d + log1p((1.0 - p) * expm1(-d));  // large d: no overflow of e^d
+}
+
+}  // namespace zeroth

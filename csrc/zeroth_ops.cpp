@@ -1,0 +1,334 @@
+// zeroth.ops CPU kernels: the hot loops of feature reuse / difference propagation.
+//
+// Registered as PyTorch custom ops in the `zeroth` namespace (torch.ops.zeroth.*); the
+// schemas are defined here, the CPU implementations follow, the CUDA ones live in
+// csrc/cuda/. Every op has a pure-PyTorch twin in zeroth/ops/reference.py that the tests
+// compare against. Float inputs are computed in double internally ("opmath"), so a
+// difference such as sigma(a + d) - sigma(a) is formed without rounding a + d first.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "zeroth_math.h"
+
+namespace zeroth {
+
+using at::Tensor;
+
+namespace {
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "zeroth ops: ", name, " must be a CPU tensor here");
+}
+
+// sigma(a + d) - sigma(a) for delta (K, N) against base a (N), broadcast over the K copies.
+Tensor activation_difference_cpu(const Tensor& a_in, const Tensor& delta_in, int64_t kind, double slope) {
+  check_cpu(a_in, "a");
+  TORCH_CHECK(kind >= 0 && kind < kNumActivations, "activation_difference: unknown kind ", kind);
+  auto a = a_in.contiguous();
+  auto delta = delta_in.contiguous();
+  const int64_t n = a.numel();
+  TORCH_CHECK(n > 0 && delta.numel() % n == 0, "activation_difference: delta must be K copies of a");
+  auto out = at::empty_like(delta);
+  AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "activation_difference", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pd = delta.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    at::parallel_for(0, delta.numel(), 2048, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const double x = pa[i % n];
+        po[i] = static_cast<scalar_t>(activation_diff(kind, x, static_cast<double>(pd[i]), slope));
+      }
+    });
+  });
+  return out;
+}
+
+// Confined form: a (B, C, S), channels (K), delta (K, B, S) -> sigma(a[b, c_k] + d) - sigma(a[b, c_k]).
+Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& channels_in, const Tensor& delta_in,
+                                          int64_t kind, double slope) {
+  check_cpu(a_in, "a");
+  TORCH_CHECK(kind >= 0 && kind < kNumActivations, "activation_difference_confined: unknown kind ", kind);
+  TORCH_CHECK(a_in.dim() == 3 && delta_in.dim() == 3, "activation_difference_confined: a (B, C, S), delta (K, B, S)");
+  auto a = a_in.contiguous();
+  auto delta = delta_in.contiguous();
+  auto channels = channels_in.to(at::kLong).contiguous();
+  const int64_t B = a.size(0), C = a.size(1), S = a.size(2), K = delta.size(0);
+  TORCH_CHECK(delta.size(1) == B && delta.size(2) == S && channels.numel() == K,
+              "activation_difference_confined: shapes do not match");
+  auto out = at::empty_like(delta);
+  const int64_t* pc = channels.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "activation_difference_confined", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pd = delta.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    at::parallel_for(0, K * B, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t kb = lo; kb < hi; ++kb) {
+        const int64_t k = kb / B, b = kb % B, c = pc[k];
+        TORCH_CHECK(c >= 0 && c < C, "activation_difference_confined: channel out of range");
+        const scalar_t* row_a = pa + (b * C + c) * S;
+        for (int64_t s = 0; s < S; ++s) {
+          po[kb * S + s] = static_cast<scalar_t>(
+              activation_diff(kind, static_cast<double>(row_a[s]), static_cast<double>(pd[kb * S + s]), slope));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Train-mode BatchNorm of x = base + d per copy minus BatchNorm of base, one channel:
+// x, base are strided views given by (ptr, stride_b, stride_s). Statistics over (B, S).
+template <typename scalar_t>
+void bn_channel_difference(const scalar_t* base, int64_t base_sb, const scalar_t* d, int64_t d_sb, scalar_t* out,
+                           int64_t B, int64_t S, double gamma, double beta, double eps) {
+  double m0 = 0, m1 = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) {
+      const double x0 = base[b * base_sb + s];
+      m0 += x0;
+      m1 += x0 + static_cast<double>(d[b * d_sb + s]);
+    }
+  const double count = static_cast<double>(B * S);
+  m0 /= count;
+  m1 /= count;
+  double v0 = 0, v1 = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) {
+      const double x0 = base[b * base_sb + s];
+      const double x1 = x0 + static_cast<double>(d[b * d_sb + s]);
+      v0 += (x0 - m0) * (x0 - m0);
+      v1 += (x1 - m1) * (x1 - m1);
+    }
+  const double r0 = gamma / std::sqrt(v0 / count + eps), r1 = gamma / std::sqrt(v1 / count + eps);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) {
+      const double x0 = base[b * base_sb + s];
+      const double x1 = x0 + static_cast<double>(d[b * d_sb + s]);
+      out[b * d_sb + s] = static_cast<scalar_t>((x1 - m1) * r1 - (x0 - m0) * r0);  // beta cancels
+    }
+  (void)beta;
+}
+
+double affine_at(const Tensor& t, int64_t c, double fallback) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<double>()[c] : fallback;
+}
+
+// Per-copy train-mode BatchNorm difference. a (B, C, S); delta dense (K, B, C, S) or, with
+// channels (K), confined (K, B, S). weight/bias (C) may be empty (no affine).
+Tensor batchnorm_difference_cpu(const Tensor& a_in, const Tensor& delta_in, const Tensor& channels_in,
+                                const Tensor& weight_in, const Tensor& bias_in, double eps) {
+  check_cpu(a_in, "a");
+  TORCH_CHECK(a_in.dim() == 3, "batchnorm_difference: a must be (B, C, S)");
+  auto a = a_in.contiguous();
+  auto delta = delta_in.contiguous();
+  const bool confined = channels_in.numel() > 0 || delta.dim() == 3;
+  const int64_t B = a.size(0), C = a.size(1), S = a.size(2), K = delta.size(0);
+  auto weight = weight_in.numel() ? weight_in.to(at::kDouble).contiguous() : weight_in;
+  auto bias = bias_in.numel() ? bias_in.to(at::kDouble).contiguous() : bias_in;
+  auto channels = channels_in.to(at::kLong).contiguous();
+  if (confined) {
+    TORCH_CHECK(delta.dim() == 3 && delta.size(1) == B && delta.size(2) == S && channels.numel() == K,
+                "batchnorm_difference: confined delta must be (K, B, S) with K channels");
+  } else {
+    TORCH_CHECK(delta.dim() == 4 && delta.size(1) == B && delta.size(2) == C && delta.size(3) == S,
+                "batchnorm_difference: dense delta must be (K, B, C, S)");
+  }
+  auto out = at::empty_like(delta);
+  AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "batchnorm_difference", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pd = delta.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    if (confined) {
+      const int64_t* pc = channels.data_ptr<int64_t>();
+      at::parallel_for(0, K, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t k = lo; k < hi; ++k) {
+          const int64_t c = pc[k];
+          TORCH_CHECK(c >= 0 && c < C, "batchnorm_difference: channel out of range");
+          bn_channel_difference<scalar_t>(pa + c * S, C * S, pd + k * B * S, S, po + k * B * S, B, S,
+                                          affine_at(weight, c, 1.0), affine_at(bias, c, 0.0), eps);
+        }
+      });
+    } else {
+      at::parallel_for(0, K * C, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t kc = lo; kc < hi; ++kc) {
+          const int64_t k = kc / C, c = kc % C;
+          const int64_t off = k * B * C * S + c * S;
+          bn_channel_difference<scalar_t>(pa + c * S, C * S, pd + off, C * S, po + off, B, S,
+                                          affine_at(weight, c, 1.0), affine_at(bias, c, 0.0), eps);
+        }
+      });
+    }
+  });
+  return out;
+}
+
+// Softmax of logits (B, C) in double.
+std::vector<double> softmax_rows(const Tensor& logits) {
+  auto z = logits.to(at::kDouble).contiguous();
+  const int64_t B = z.size(0), C = z.size(1);
+  std::vector<double> p(B * C);
+  const double* pz = z.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    double m = pz[b * C];
+    for (int64_t j = 1; j < C; ++j) m = std::max(m, pz[b * C + j]);
+    double s = 0;
+    for (int64_t j = 0; j < C; ++j) s += (p[b * C + j] = std::exp(pz[b * C + j] - m));
+    for (int64_t j = 0; j < C; ++j) p[b * C + j] /= s;
+  }
+  return p;
+}
+
+// CE(z + d_k) - CE(z), mean over the batch, for every copy k (double). Dense delta (K, B, C);
+// confined delta (K, B) with channels (K): copy k moves logit c_k only.
+Tensor cross_entropy_difference_cpu(const Tensor& logits, const Tensor& targets_in, const Tensor& delta_in,
+                                    const Tensor& channels_in) {
+  check_cpu(logits, "logits");
+  TORCH_CHECK(logits.dim() == 2, "cross_entropy_difference: logits must be (B, C)");
+  const int64_t B = logits.size(0), C = logits.size(1);
+  auto targets = targets_in.to(at::kLong).contiguous();
+  auto delta = delta_in.to(at::kDouble).contiguous();
+  auto channels = channels_in.to(at::kLong).contiguous();
+  const bool confined = channels.numel() > 0;
+  const int64_t K = delta.size(0);
+  TORCH_CHECK(confined ? (delta.dim() == 2 && delta.size(1) == B && channels.numel() == K)
+                       : (delta.dim() == 3 && delta.size(1) == B && delta.size(2) == C),
+              "cross_entropy_difference: delta must be (K, B, C), or (K, B) with K channels");
+  const std::vector<double> p = softmax_rows(logits);
+  const int64_t* py = targets.data_ptr<int64_t>();
+  const double* pd = delta.data_ptr<double>();
+  const int64_t* pc = channels.data_ptr<int64_t>();
+  auto out = at::empty({K}, logits.options().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  at::parallel_for(0, K, 4, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      double acc = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t y = py[b];
+        if (confined) {
+          const double d = pd[k * B + b];
+          acc += log_mix1(p[b * C + pc[k]], d) - (y == pc[k] ? d : 0.0);
+        } else {
+          const double* row = pd + (k * B + b) * C;
+          double s = 0;
+          for (int64_t j = 0; j < C; ++j) s += p[b * C + j] * std::expm1(row[j]);
+          acc += std::log1p(s) - row[y];
+        }
+      }
+      po[k] = acc / static_cast<double>(B);
+    }
+  });
+  return out;
+}
+
+// Closed-form head: for the last Linear (logits = x W^T + b), weight coordinate (o, i) moved
+// by mu changes logit o by mu * x[b, i]; its CE difference is O(B). Returns (O, I + bias).
+Tensor head_cross_entropy_difference_cpu(const Tensor& x_in, const Tensor& logits, const Tensor& targets_in,
+                                         double mu, bool with_bias) {
+  check_cpu(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 2 && logits.dim() == 2 && x_in.size(0) == logits.size(0),
+              "head_cross_entropy_difference: x (B, I) and logits (B, O)");
+  auto x = x_in.to(at::kDouble).contiguous();
+  auto targets = targets_in.to(at::kLong).contiguous();
+  const int64_t B = x.size(0), I = x.size(1), O = logits.size(1), cols = I + (with_bias ? 1 : 0);
+  const std::vector<double> p = softmax_rows(logits);
+  const double* px = x.data_ptr<double>();
+  const int64_t* py = targets.data_ptr<int64_t>();
+  auto out = at::empty({O, cols}, logits.options().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  at::parallel_for(0, O * cols, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t oi = lo; oi < hi; ++oi) {
+      const int64_t o = oi / cols, i = oi % cols;
+      double acc = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        const double d = mu * (i < I ? px[b * I + i] : 1.0);
+        acc += log_mix1(p[b * O + o], d) - (py[b] == o ? d : 0.0);
+      }
+      po[oi] = acc / static_cast<double>(B);
+    }
+  });
+  return out;
+}
+
+// For Conv2d weight coordinates (c_k, i_k, j_k): the input values multiplying them at every
+// output position, (K, B, h, w) -- the perturbed channel's change divided by mu.
+Tensor conv_weight_patches_cpu(const Tensor& x_in, const Tensor& c_in, const Tensor& i_in, const Tensor& j_in,
+                               int64_t out_h, int64_t out_w, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                               int64_t dh, int64_t dw) {
+  check_cpu(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 4, "conv_weight_patches: x must be (B, C, H, W)");
+  auto x = x_in.contiguous();
+  auto c = c_in.to(at::kLong).contiguous(), ki = i_in.to(at::kLong).contiguous(), kj = j_in.to(at::kLong).contiguous();
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = c.numel();
+  auto out = at::empty({K, B, out_h, out_w}, x.options());
+  const int64_t *pc = c.data_ptr<int64_t>(), *pi = ki.data_ptr<int64_t>(), *pj = kj.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_weight_patches", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    at::parallel_for(0, K * B, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t kb = lo; kb < hi; ++kb) {
+        const int64_t k = kb / B, b = kb % B;
+        TORCH_CHECK(pc[k] >= 0 && pc[k] < C, "conv_weight_patches: channel out of range");
+        const scalar_t* plane = px + (b * C + pc[k]) * H * W;
+        scalar_t* dst = po + kb * out_h * out_w;
+        for (int64_t y = 0; y < out_h; ++y) {
+          const int64_t iy = y * sh - ph + pi[k] * dh;
+          for (int64_t z = 0; z < out_w; ++z) {
+            const int64_t ix = z * sw - pw + pj[k] * dw;
+            dst[y * out_w + z] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? plane[iy * W + ix] : scalar_t(0);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// grad[indices[k]] += coeffs[k] * scale (in place; repeated indices accumulate).
+Tensor scatter_scaled_add_cpu(Tensor grad, const Tensor& indices_in, const Tensor& coeffs_in, double scale) {
+  check_cpu(grad, "grad");
+  TORCH_CHECK(grad.dim() == 1 && grad.is_contiguous(), "scatter_scaled_add: grad must be flat and contiguous");
+  auto indices = indices_in.to(at::kLong).contiguous();
+  auto coeffs = coeffs_in.to(at::kDouble).contiguous();
+  TORCH_CHECK(indices.numel() == coeffs.numel(), "scatter_scaled_add: one coefficient per index");
+  const int64_t n = grad.numel();
+  const int64_t* pi = indices.data_ptr<int64_t>();
+  const double* pcf = coeffs.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scatter_scaled_add", [&] {
+    scalar_t* pg = grad.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < indices.numel(); ++k) {
+      TORCH_CHECK(pi[k] >= 0 && pi[k] < n, "scatter_scaled_add: index out of range");
+      pg[pi[k]] = static_cast<scalar_t>(static_cast<double>(pg[pi[k]]) + pcf[k] * scale);
+    }
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(zeroth, m) {
+  m.def("activation_difference(Tensor a, Tensor delta, int kind, float slope) -> Tensor");
+  m.def("activation_difference_confined(Tensor a, Tensor channels, Tensor delta, int kind, float slope) -> Tensor");
+  m.def("batchnorm_difference(Tensor a, Tensor delta, Tensor channels, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def("cross_entropy_difference(Tensor logits, Tensor targets, Tensor delta, Tensor channels) -> Tensor");
+  m.def("head_cross_entropy_difference(Tensor x, Tensor logits, Tensor targets, float mu, bool with_bias) -> Tensor");
+  m.def("conv_weight_patches(Tensor x, Tensor c, Tensor i, Tensor j, int out_h, int out_w, int sh, int sw, int ph, "
+        "int pw, int dh, int dw) -> Tensor");
+  m.def("scatter_scaled_add(Tensor(a!) grad, Tensor indices, Tensor coeffs, float scale) -> Tensor(a!)");
+}
+
+TORCH_LIBRARY_IMPL(zeroth, CPU, m) {
+  m.impl("activation_difference", &activation_difference_cpu);
+  m.impl("activation_difference_confined", &activation_difference_confined_cpu);
+  m.impl("batchnorm_difference", &batchnorm_difference_cpu);
+  m.impl("cross_entropy_difference", &cross_entropy_difference_cpu);
+  m.impl("head_cross_entropy_difference", &head_cross_entropy_difference_cpu);
+  m.impl("conv_weight_patches", &conv_weight_patches_cpu);
+  m.impl("scatter_scaled_add", &scatter_scaled_add_cpu);
+}
+
+}  // namespace zeroth

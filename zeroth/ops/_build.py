@@ -1,0 +1,97 @@
+"""Find, build (JIT, cached) and load the compiled kernels of ``csrc/``.
+
+The CPU extension builds with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja)
+the first time an op is used, into a cache keyed by the torch version and a hash of the
+sources, so it always matches the torch that is running (no build isolation, no second
+torch). CUDA sources join the build only where the running torch has CUDA and ``nvcc`` is
+found. Anything missing -> the pure-PyTorch reference, with one warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+MODES = ("auto", "cpp", "python")
+
+
+class KernelBuildWarning(UserWarning):
+    """The compiled kernels could not be built or loaded; the PyTorch reference runs instead."""
+
+
+def mode() -> str:
+    """``ZEROTH_OPS``: ``auto`` (default: compiled if it builds), ``cpp`` (must build), ``python``."""
+    value = os.environ.get("ZEROTH_OPS", "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"Invalid ZEROTH_OPS value: {value!r} (expected one of {', '.join(MODES)})")
+    return value
+
+
+def source_dir() -> Optional[Path]:
+    """``csrc/`` next to the package (a source checkout or editable install), or None."""
+    for candidate in (Path(__file__).resolve().parents[2] / "csrc", Path(__file__).resolve().parent / "csrc"):
+        if (candidate / "zeroth_ops.cpp").is_file():
+            return candidate
+    return None
+
+
+def cuda_buildable() -> bool:
+    """True when the running torch has CUDA and nvcc is available (a GPU is not required)."""
+    if torch.version.cuda is None:
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
+
+
+def sources(root: Path, with_cuda: bool) -> List[Path]:
+    files = [root / "zeroth_ops.cpp"]
+    if with_cuda:
+        files += sorted((root / "cuda").glob("*.cu"))
+    return files
+
+
+def build_directory(root: Path, files: List[Path]) -> Path:
+    digest = hashlib.sha256(torch.__version__.encode())
+    for f in sorted(files + [root / "zeroth_math.h", *sorted((root / "cuda").glob("*.h"))]):
+        digest.update(f.read_bytes())
+    base = Path(os.environ.get("ZEROTH_BUILD_DIR", Path.home() / ".cache" / "zeroth" / "ops"))
+    return base / digest.hexdigest()[:16]
+
+
+def load() -> Optional[str]:
+    """Build/load the kernels; return ``"cpp"`` or ``"cpp+cuda"``, or None (reference only)."""
+    chosen = mode()
+    if chosen == "python":
+        return None
+    try:
+        root = source_dir()
+        if root is None:
+            raise RuntimeError("the csrc/ sources are not installed (use a source checkout)")
+        with_cuda = cuda_buildable()
+        files = sources(root, with_cuda)
+        build = build_directory(root, files)
+        build.mkdir(parents=True, exist_ok=True)
+        from torch.utils.cpp_extension import load as cpp_load
+
+        cpp_load(
+            name="zeroth_ops_" + build.name,
+            sources=[str(f) for f in files],
+            build_directory=str(build),
+            extra_include_paths=[str(root)],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3"],
+            is_python_module=False,
+            verbose=os.environ.get("ZEROTH_OPS_VERBOSE") == "1",
+        )
+        return "cpp+cuda" if with_cuda else "cpp"
+    except Exception as exc:  # noqa: BLE001 - any build failure means: run the reference
+        if chosen == "cpp":
+            raise RuntimeError(f"ZEROTH_OPS=cpp but the kernels did not build: {exc}") from exc
+        warnings.warn(f"zeroth.ops: compiled kernels unavailable ({type(exc).__name__}: {exc}); "
+                      "using the PyTorch reference implementation", KernelBuildWarning, stacklevel=3)
+        return None
