@@ -1,0 +1,162 @@
+"""What runs inside the Ray actors (plain classes: ``ray.remote`` is applied by the pool).
+
+``EvaluatorWorker`` keeps one copy of the model (loaded once per model version from the
+object store) and a local evaluator; each call copies the step's parameters, buffers,
+train/eval flags and RNG state into it and evaluates one piece of the direction set.
+``ProgramWorker`` runs a black-box program on a slice of query points.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..engine import EVALUATORS, Auto, Losses
+from ..estimators.directions import Directions
+from . import split
+
+
+def device_of_worker() -> torch.device:
+    """The GPU Ray gave this actor (it sees only that one), else the CPU."""
+    import ray
+
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def move(value: Any, device: torch.device) -> Any:
+    """Tensors in ``value`` (nested lists, tuples, dicts) moved to ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(move(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: move(v, device) for k, v in value.items()}
+    return value
+
+
+def _info(device: torch.device) -> Dict[str, Any]:
+    import ray
+
+    return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(device)}
+
+
+class PieceAuto(Auto):
+    """``auto`` inside a worker: decides once per model and batch shape, whatever the piece size.
+
+    (The plain rule keys on the number of evaluations too; a worker's piece size moves with
+    the balance, and re-timing every candidate each time would skew the measured speeds.)
+    """
+
+    @staticmethod
+    def _key(objective: Any, dirs: Directions) -> str:
+        model = getattr(objective, "model", None)
+        inputs = getattr(objective, "inputs", None)
+        batch = (tuple(inputs.shape), str(inputs.dtype), str(inputs.device)) if isinstance(inputs, Tensor) else None
+        return repr((type(model).__name__, batch, type(dirs).__name__))
+
+
+def local_evaluator(inner: Any):
+    """The worker's evaluator from a name or an instance (``auto`` becomes :class:`PieceAuto`)."""
+    ev = EVALUATORS.create(inner, "inner")
+    if type(ev) is Auto:
+        ev = PieceAuto(ev.preferred, ev.candidates)
+    return ev
+
+
+class EvaluatorWorker:
+    """One Ray actor: a model copy and a local evaluator (see module doc)."""
+
+    def __init__(self, threads: int, inner: Any):
+        torch.set_num_threads(threads)
+        self.device = device_of_worker()
+        self.inner = local_evaluator(inner)
+        self.version: Optional[int] = None
+        self.model = None
+        self.loads = 0  # how often a model was received (tests: once per structure)
+
+    def ready(self) -> Dict[str, Any]:
+        return _info(self.device)
+
+    def counters(self) -> Dict[str, Any]:
+        return {"loads": self.loads, "version": self.version, "evaluator": repr(getattr(self.inner, "last", None)
+                                                                                or self.inner)}
+
+    def _load(self, version: int, model_ref: Any) -> None:
+        import ray
+
+        blob = ray.get(model_ref)
+        model = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
+        self.model = model.to(self.device)
+        self.parameters = list(self.model.parameters())
+        self.tensors = self.parameters + list(self.model.buffers())
+        self.modules = list(self.model.modules())
+        self.version = version
+        self.loads += 1
+
+    def evaluate(self, model_box: List[Any], step_box: List[Any], piece: Directions, report: bool) -> Dict[str, Any]:
+        """Losses of ``piece`` at the step's point; ``report`` adds buffers and RNG after the first evaluation."""
+        import ray
+
+        version, model_ref = model_box
+        if version != self.version:
+            self._load(version, model_ref)
+        step = ray.get(step_box[0])
+        with torch.no_grad():
+            for t, v in zip(self.tensors, step["state"]):
+                t.copy_(v)
+        for m, flag in zip(self.modules, step["training"]):
+            m.training = flag
+        torch.set_rng_state(step["rng"])
+        cuda = self.device.type == "cuda" and step["cuda_rng"] is not None
+        if cuda:
+            torch.cuda.set_rng_state(step["cuda_rng"], self.device)
+        objective = copy.copy(step["objective"])
+        objective.model = self.model
+        objective.inputs = move(objective.inputs, self.device)
+        objective.targets = move(objective.targets, self.device)
+        params = [self.parameters[i] for i in step["param_index"]]
+        dirs = split.to_device(piece, [p.device for p in params])
+        start = time.perf_counter()
+        losses: Losses = self.inner.evaluate(objective, params, dirs)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        out: Dict[str, Any] = {
+            "base": losses.base.detach().cpu() if losses.base is not None else None,
+            "perturbed": losses.perturbed.detach().cpu(),
+            "seconds": time.perf_counter() - start,
+        }
+        if report:
+            out["buffers"] = [b.detach().cpu().clone() for b in self.model.buffers()]
+            out["rng"] = torch.get_rng_state()
+            out["cuda_rng"] = torch.cuda.get_rng_state(self.device) if cuda else None
+        return out
+
+
+class ProgramWorker:
+    """One Ray actor running a black-box program (sent once, when the actor starts)."""
+
+    def __init__(self, threads: int, program: Any):
+        torch.set_num_threads(threads)
+        self.device = device_of_worker()
+        self.program = program
+
+    def ready(self) -> Dict[str, Any]:
+        return _info(self.device)
+
+    def call(self, points: Tensor, context: Sequence[Any], rows: Sequence[bool]) -> Dict[str, Any]:
+        """The program at each of ``points`` (K, ...); ``rows[c]``: context ``c`` has one row per point."""
+        start = time.perf_counter()
+        if self.program.batched:
+            out = self.program(points, *context)
+        else:
+            outs = [self.program(points[k], *(c[k] if r else c for c, r in zip(context, rows)))
+                    for k in range(points.shape[0])]
+            out = torch.stack([torch.as_tensor(o) for o in outs]) if outs else torch.empty(0)
+        return {"out": torch.as_tensor(out).detach().cpu(), "seconds": time.perf_counter() - start}
