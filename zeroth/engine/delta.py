@@ -10,7 +10,16 @@ of a Linear/Conv weight changes one output channel, so its copy differs from the
 * nonlinear elementwise ops form ``σ(a + Δ) − σ(a)`` from the cached ``a`` (exact finite
   difference, not a linearisation), staying confined to the same channel;
 * train-mode BatchNorm recomputes each copy's batch statistics (only the changed channel's);
-* max pooling takes ``pool(a + Δ) − pool(a)``.
+* max pooling takes ``pool(a + Δ) − pool(a)``;
+* a module declaring ``zo_linear = True`` (e.g. ResNet's parameter-free pad shortcut) is
+  applied to Δ itself;
+* a residual block (``zo_residual = True``: ``post(main(x) + shortcut(x))``) pushes Δ through
+  ``main`` stage by stage and through ``shortcut``, adds them, and then through ``post``;
+  its inner base activations come from a :class:`Traces` cache, computed once per step.
+
+The linear ops on Δ (Linear, Conv2d) run in ``precision`` (:mod:`.precision`): their
+rounding error is relative to Δ, so bf16/TF32 keep finite differences exact enough, while
+the nonlinear differences and BatchNorm run in float64 through :mod:`zeroth.ops`.
 
 Any other module "materialises" the copies (``a + Δ``) and the rest runs on full copies.
 Shapes: dense ``values`` are ``(K, B, C, *spatial)``; confined ones ``(K, B, *spatial)``
@@ -19,13 +28,15 @@ with ``channels: (K,)`` naming the channel (dim 1 of the activation) of each cop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .stages import ELEMENTWISE, run_copies
+from .. import ops
+from .precision import apply_linear
+from .stages import ELEMENTWISE, frozen_batchnorm_buffers, run_copies
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -71,16 +82,55 @@ def gather_channels(a: Tensor, channels: Tensor, block_shape=None) -> Tensor:
     return a.reshape(b, -1, block).transpose(0, 1)[channels].reshape((channels.numel(), b) + tuple(block_shape))
 
 
-def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -> Optional[Delta]:
+def is_residual(module: nn.Module) -> bool:
+    """A block promising ``forward(x) == post(main(x) + shortcut(x))`` with ``main`` a Sequential."""
+    return bool(getattr(module, "zo_residual", False)) and isinstance(getattr(module, "main", None), nn.Sequential)
+
+
+@dataclass
+class ResidualTrace:
+    """Base activations inside a residual block: ``main`` inputs/outputs, shortcut, sum."""
+
+    main: List[Tensor]
+    shortcut: Tensor
+    total: Tensor
+
+
+class Traces:
+    """Inner base activations of composite stages, computed on first use (once per step)."""
+
+    def __init__(self):
+        self._residual: Dict[int, ResidualTrace] = {}
+
+    def residual(self, block: nn.Module, a_in: Tensor) -> ResidualTrace:
+        key = id(block)
+        if key not in self._residual:
+            with torch.no_grad(), frozen_batchnorm_buffers(block):  # running stats move once, in the base pass
+                acts = [a_in]
+                for m in block.main:
+                    acts.append(m(acts[-1]))
+                short = block.shortcut(a_in)
+                self._residual[key] = ResidualTrace(acts, short, acts[-1] + short)
+        return self._residual[key]
+
+
+def propagate_chain(modules: Sequence[nn.Module], acts: Sequence[Tensor], delta: Delta, precision: str = "fp32",
+                    traces: Optional[Traces] = None) -> Optional[Delta]:
+    """Δ through ``modules`` whose base inputs/outputs are ``acts`` (len(modules) + 1)."""
+    for t, m in enumerate(modules):
+        delta = propagate(m, acts[t], acts[t + 1], delta, precision, traces)
+        if delta is None:
+            return None
+    return delta
+
+
+def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str = "fp32",
+              traces: Optional[Traces] = None) -> Optional[Delta]:
     """The Delta after ``module`` (base input ``a_in``, base output ``a_out``), or None if unsupported."""
     if isinstance(module, (nn.Identity,)) or (isinstance(module, nn.Dropout) and (not module.training or module.p == 0)):
         return delta
     if isinstance(module, ELEMENTWISE):
-        if delta.channels is None:
-            return Delta(module(a_in.unsqueeze(0) + delta.values) - a_out.unsqueeze(0))
-        blk = delta.values.shape[2:]
-        a_c = gather_channels(a_in, delta.channels, blk)
-        return Delta(module(a_c + delta.values) - gather_channels(a_out, delta.channels, blk), delta.channels)
+        return _elementwise(module, a_in, a_out, delta)
     if isinstance(module, nn.Flatten):
         if module.start_dim != 1 or module.end_dim != -1:
             return None
@@ -88,11 +138,15 @@ def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -> O
             return Delta(delta.values.reshape(delta.k, a_in.shape[0], -1))
         return Delta(delta.values.reshape(delta.k, a_in.shape[0], -1), delta.channels)
     if isinstance(module, nn.Linear):
-        return _linear(module, a_in, delta)
+        return _linear(module, a_in, delta, precision)
     if isinstance(module, nn.Conv2d):
-        return _conv2d(module, a_in, delta)
+        return _conv2d(module, a_in, delta, precision)
+    if is_residual(module):
+        return _residual(module, a_in, a_out, delta, precision, traces if traces is not None else Traces())
     if not delta.same_layout(a_in):  # a block of flattened features: continue densely
         delta = Delta(delta.dense(a_in))
+    if getattr(module, "zo_linear", False):
+        return Delta(run_copies(module, delta.dense(a_in)))
     if isinstance(module, _BN):
         return _batchnorm(module, a_in, a_out, delta)
     if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
@@ -110,6 +164,35 @@ def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -> O
     return None
 
 
+def _elementwise(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -> Delta:
+    """``σ(a + Δ) − σ(a)``: a fused kernel for the common activations, else the module itself."""
+    kind = ops.activation_kind(module)
+    if delta.channels is None:
+        if kind is not None:
+            return Delta(ops.activation_difference(a_in, delta.values, *kind))
+        return Delta(module(a_in.unsqueeze(0) + delta.values) - a_out.unsqueeze(0))
+    blk = delta.values.shape[2:]
+    if kind is not None:
+        k, b = delta.values.shape[:2]
+        a3 = a_in.reshape(b, -1, delta.values[0, 0].numel())
+        out = ops.activation_difference_confined(a3, delta.channels, delta.values.reshape(k, b, -1), *kind)
+        return Delta(out.reshape(delta.values.shape), delta.channels)
+    a_c = gather_channels(a_in, delta.channels, blk)
+    return Delta(module(a_c + delta.values) - gather_channels(a_out, delta.channels, blk), delta.channels)
+
+
+def _residual(block: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str,
+              traces: Traces) -> Optional[Delta]:
+    """Δ through ``post(main(x) + shortcut(x))``: both branches, summed, then ``post``."""
+    tr = traces.residual(block, a_in)
+    main = propagate_chain(list(block.main), tr.main, delta, precision, traces)
+    short = propagate(block.shortcut, a_in, tr.shortcut, delta, precision, traces)
+    if main is None or short is None:
+        return None
+    return propagate(block.post, tr.total, a_out, Delta(main.dense(tr.total) + short.dense(tr.total)), precision,
+                     traces)
+
+
 def _per_channel(module: nn.Module, delta: Delta) -> Delta:
     """A linear op acting on each channel separately, applied to Δ."""
     v = delta.values
@@ -120,26 +203,27 @@ def _per_channel(module: nn.Module, delta: Delta) -> Delta:
     return Delta(out.reshape(v.shape[0], v.shape[1], *out.shape[1:]), delta.channels)
 
 
-def _linear(module: nn.Linear, a_in: Tensor, delta: Delta) -> Optional[Delta]:
+def _linear(module: nn.Linear, a_in: Tensor, delta: Delta, precision: str) -> Optional[Delta]:
     if a_in.dim() != 2:
         return None
-    w = module.weight  # (O, I)
+    w = module.weight.detach()  # (O, I)
     if delta.channels is None:
-        return Delta(delta.values @ w.t())
+        return Delta(apply_linear(lambda v, m: v @ m.t(), delta.values, w, precision))
     k, b = delta.values.shape[:2]
     v = delta.values.reshape(k, b, -1)  # (K, B, block): channel c owns features [c·block, (c+1)·block)
     block = v.shape[2]
     w_c = w.reshape(w.shape[0], -1, block)[:, delta.channels, :]  # (O, K, block)
-    return Delta(torch.einsum("kbx,okx->kbo", v, w_c))
+    return Delta(apply_linear(lambda x, m: torch.einsum("kbx,okx->kbo", x, m), v, w_c, precision))
 
 
-def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta) -> Optional[Delta]:
+def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta, precision: str) -> Optional[Delta]:
     if module.padding_mode != "zeros":
         return None
     conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
     if delta.channels is None:
         v = delta.values
-        out = F.conv2d(v.flatten(0, 1), module.weight, None, groups=module.groups, **conv)
+        out = apply_linear(lambda x, w: F.conv2d(x, w, None, groups=module.groups, **conv), v.flatten(0, 1),
+                           module.weight.detach(), precision)
         return Delta(out.reshape(v.shape[0], v.shape[1], *out.shape[1:]))
     if module.groups != 1:
         return None
@@ -147,7 +231,8 @@ def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta) -> Optional[Delta]:
     out = None
     for c in torch.unique(delta.channels).tolist():  # one small conv per changed input channel
         sel = (delta.channels == c).nonzero().reshape(-1)
-        part = F.conv2d(delta.values[sel].flatten(0, 1).unsqueeze(1), module.weight[:, c:c + 1], None, **conv)
+        part = apply_linear(lambda x, w: F.conv2d(x, w, None, **conv), delta.values[sel].flatten(0, 1).unsqueeze(1),
+                            module.weight.detach()[:, c:c + 1], precision)
         if out is None:
             out = part.new_empty((k, b) + tuple(part.shape[1:]))
         out[sel] = part.reshape(sel.numel(), b, *part.shape[1:])
@@ -156,8 +241,7 @@ def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta) -> Optional[Delta]:
 
 def _batchnorm(module: nn.modules.batchnorm._BatchNorm, a_in: Tensor, a_out: Tensor, delta: Delta) -> Delta:
     uses_batch = module.training or not module.track_running_stats
-    weight = module.weight if module.affine else None
-    bias = module.bias if module.affine else None
+    weight = module.weight.detach() if module.affine else None
     if not uses_batch:  # eval mode: Δ · γ / sqrt(running_var + eps), per channel
         scale = torch.rsqrt(module.running_var + module.eps)
         if weight is not None:
@@ -167,22 +251,10 @@ def _batchnorm(module: nn.modules.batchnorm._BatchNorm, a_in: Tensor, a_out: Ten
             return Delta(delta.values * scale.reshape(shape))
         shape = (-1,) + (1,) * (delta.values.dim() - 1)
         return Delta(delta.values * scale[delta.channels].reshape(shape), delta.channels)
+    k, b, c = delta.k, a_in.shape[0], a_in.shape[1]
+    a3 = a_in.reshape(b, c, -1)
     if delta.channels is None:  # (K, B, C, *sp): statistics over B and spatial, per copy and channel
-        x = a_in.unsqueeze(0) + delta.values
-        dims = (1,) + tuple(range(3, x.dim()))
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, unbiased=False, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + module.eps)
-        if weight is not None:
-            shape = (1, 1, -1) + (1,) * (x.dim() - 3)
-            y = y * weight.reshape(shape) + bias.reshape(shape)
-        return Delta(y - a_out.unsqueeze(0))
-    x = gather_channels(a_in, delta.channels) + delta.values  # (K, B, *sp)
-    dims = tuple(range(1, x.dim()))
-    mean = x.mean(dims, keepdim=True)
-    var = x.var(dims, unbiased=False, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + module.eps)
-    if weight is not None:
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        y = y * weight[delta.channels].reshape(shape) + bias[delta.channels].reshape(shape)
-    return Delta(y - gather_channels(a_out, delta.channels), delta.channels)
+        out = ops.batchnorm_difference(a3, delta.values.reshape(k, b, c, -1), None, weight, module.eps)
+        return Delta(out.reshape(delta.values.shape))
+    out = ops.batchnorm_difference(a3, delta.values.reshape(k, b, -1), delta.channels, weight, module.eps)
+    return Delta(out.reshape(delta.values.shape), delta.channels)

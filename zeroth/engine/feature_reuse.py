@@ -7,11 +7,20 @@ For a coordinate of stage ``s``:
    output channel only, so the perturbed stage output is the cached output plus a local
    change ``Δ`` built from the cached input (``μ·x[:, i]`` for Linear, ``μ·patch`` for Conv);
    other parameters re-run their stage on K perturbed copies (``torch.func``);
-3. the stages after ``s`` see only the *difference* (``delta.propagate``) while it stays cheap,
-   and otherwise run once on a stacked batch of the chunk's K copies;
+   Inside a residual block (``zo_residual``) the same holds for its ``main`` layers, with the
+   block's inner activations cached on first use;
+3. the stages after ``s`` see only the *difference* (``delta.propagate``, including through
+   residual blocks) while it is supported, and otherwise run once on a stacked batch of the
+   chunk's K copies;
 4. the loss difference of each copy: for ``F.cross_entropy`` in closed form from the cached
    logits, ``ℓ(z + Δ) − ℓ(z) = mean_b[log Σ_j p_bj e^{Δ_bj} − Δ_{b,y_b}]``, formed in float64;
-   for any other loss by evaluating it per copy.
+   for the last Linear layer all of its coordinates at once (``ops.head_cross_entropy_difference``,
+   the cost of about one forward); for any other loss by evaluating it per copy.
+
+``precision`` (``"fp32"`` | ``"tf32"`` | ``"bf16"``, see :mod:`.precision`) is the arithmetic
+of the linear ops applied to Δ; the base pass, the nonlinear differences and the loss
+difference stay in full precision, so low precision costs accuracy relative to Δ only.
+The hot loops run in :mod:`zeroth.ops` (compiled kernels when available).
 
 BatchNorm semantics (same as :class:`~zeroth.engine.Sequential`): in train mode every
 perturbed copy is normalised with its own batch statistics; running statistics are
@@ -25,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
 from ..estimators.directions import Coordinates, Directions
 from ..objective import Objective, scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState
-from .delta import Delta, propagate
+from .delta import Delta, Traces, is_residual, propagate, propagate_chain
+from .precision import check_precision
 from .stages import frozen_batchnorm_buffers, is_rowwise, owns, run_copies, stages
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -46,22 +57,10 @@ def is_plain_cross_entropy(loss_fn: Any) -> bool:
 
 def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Delta) -> Tensor:
     """``CE(z + Δ_k) − CE(z)`` for every copy k (mean over the batch), in float64."""
-    z = logits.double()
-    p = torch.softmax(z, dim=1)  # (B, C)
-    b = z.shape[0]
-    rows = torch.arange(b, device=z.device)
-    if delta.channels is None:
-        d = delta.values.double()  # (K, B, C)
-        lse = torch.log1p((p.unsqueeze(0) * torch.expm1(d)).sum(-1))  # log Σ_j p_j e^{Δ_j}
-        picked = d[:, rows, targets]
-    else:
-        d = delta.values.double().reshape(delta.k, b)  # one logit c_k per copy
-        c = delta.channels
-        lse = torch.log1p(p[:, c].t() * torch.expm1(d))
-        picked = d * (targets.unsqueeze(0) == c.unsqueeze(1))
-    out = (lse - picked).mean(1)
-    if not bool(torch.isfinite(out).all()):  # huge Δ: fall back to the direct form
-        full = z.unsqueeze(0) + delta.dense(z)
+    out = ops.cross_entropy_difference(logits, targets, delta.values, delta.channels)
+    if not bool(torch.isfinite(out).all()):  # huge dense Δ: fall back to the direct form
+        z = logits.double()
+        full = z.unsqueeze(0) + delta.dense(z).double()
         out = torch.stack([F.cross_entropy(f, targets) for f in full]) - F.cross_entropy(z, targets)
     return out
 
@@ -71,15 +70,16 @@ class FeatureReuse(Evaluator):
     """Coordinate losses from cached features and propagated differences (see module doc).
 
     ``max_memory`` (bytes) bounds the per-chunk working set: K copies of the largest
-    activation are processed at a time.
+    activation are processed at a time. ``precision``: arithmetic of the linear ops on Δ.
     """
 
     name = "feature_reuse"
 
-    def __init__(self, max_memory: int = 256 * 2**20):
+    def __init__(self, max_memory: int = 256 * 2**20, precision: str = "fp32"):
         if not isinstance(max_memory, int) or max_memory < 2**16:
             raise ValueError(f"Invalid max_memory value: {max_memory!r} (bytes, at least 65536)")
         self.max_memory = max_memory
+        self.precision = check_precision(precision)
 
     # -- applicability --------------------------------------------------------------------
     def supports(self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None) -> bool:
@@ -107,9 +107,10 @@ class FeatureReuse(Evaluator):
                                else objective.loss_fn(acts[-1]))
             state.after()
             owner = _owners(chain)
+            ctx = _StepContext(chain, acts, objective, base, self.precision)
+            ctx.closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
             diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
             n = dirs.num_directions
-            closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
             per_copy = max(a.numel() for a in acts) * acts[0].element_size() * 6
             chunk = max(1, self.max_memory // max(per_copy, 1))
             for j, p in enumerate(params):
@@ -119,34 +120,60 @@ class FeatureReuse(Evaluator):
                     step = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
                     for lo in range(0, idx.numel(), chunk):
                         sel = idx[lo:lo + chunk]
-                        d = self._chunk(chain, acts, s, name, p, sel, step, objective, closed_form, base)
+                        d = ctx.chunk(s, name, p, sel, step)
                         start = sign_block * n + dirs.offsets[j] + lo
                         diffs[start:start + sel.numel()] = d
         state.finish()
         perturbed = base.double() + diffs
         return Losses(base if dirs.needs_base else None, perturbed)
 
-    def _chunk(self, chain, acts, s, name, p, sel, step, objective, closed_form, base) -> Tensor:
+
+class _StepContext:
+    """One step's cached base pass and the computation of a chunk's loss differences."""
+
+    def __init__(self, chain, acts, objective, base, precision):
+        self.chain, self.acts, self.objective, self.base = chain, acts, objective, base
+        self.precision = precision
+        self.traces = Traces()
+        self.closed_form = False
+        self._heads: Dict[Tuple[int, float], Tensor] = {}
+
+    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float) -> Tensor:
         """Loss differences of the copies perturbing coordinates ``sel`` of parameter ``p`` by ``step``."""
+        chain, acts = self.chain, self.acts
         stage = chain[s]
-        delta = initial_delta(stage, name, p, sel, step, acts[s], acts[s + 1])
+        if (self.closed_form and s == len(chain) - 1 and isinstance(stage, nn.Linear) and acts[s].dim() == 2
+                and name in ("weight", "bias")):
+            return self._head(stage, name, p, step)[sel]
+        delta = stage_delta(stage, name, p, sel, step, acts[s], acts[s + 1], self.precision, self.traces)
         copies = None
         if delta is None:  # generic: re-run the stage on K perturbed copies of the parameter
             copies = perturbed_stage_outputs(stage, name, p, sel, step, acts[s])
         t = s + 1
         while copies is None and t < len(chain):
-            nxt = propagate(chain[t], acts[t], acts[t + 1], delta)
+            nxt = propagate(chain[t], acts[t], acts[t + 1], delta, self.precision, self.traces)
             if nxt is None:
                 copies = acts[t].unsqueeze(0) + delta.dense(acts[t])
                 break
             delta, t = nxt, t + 1
         if copies is None:  # the difference reached the logits
-            if closed_form:
-                return cross_entropy_difference(acts[-1], objective.targets, delta)
+            if self.closed_form:
+                return cross_entropy_difference(acts[-1], self.objective.targets, delta)
             copies = acts[-1].unsqueeze(0) + delta.dense(acts[-1])
         for m in chain[t:]:
             copies = run_copies(m, copies)
-        return _per_copy_losses(objective, copies) - base.double()
+        return _per_copy_losses(self.objective, copies) - self.base.double()
+
+    def _head(self, stage: nn.Linear, name: str, p: Tensor, step: float) -> Tensor:
+        """CE differences of every coordinate of the last Linear's ``p`` (flat), once per step and μ."""
+        key = (id(p), step)
+        if key not in self._heads:
+            x = self.acts[-2]
+            if name == "bias":
+                x = x[:, :0]
+            table = ops.head_cross_entropy_difference(x, self.acts[-1], self.objective.targets, step, name == "bias")
+            self._heads[key] = table.reshape(-1)
+        return self._heads[key]
 
 
 def _owners(chain: List[nn.Module]) -> Dict[int, Tuple[int, str]]:
@@ -177,7 +204,8 @@ def initial_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: flo
             kh, kw = p.shape[2:]
             o, r = sel // per_out, sel % per_out
             c, i, jj = r // (kh * kw), (r % (kh * kw)) // kw, r % kw
-            return Delta(step * _patches(stage, a_in, c, i, jj, h, w), o)
+            patches = ops.conv_weight_patches(a_in, c, i, jj, (h, w), stage.stride, stage.padding, stage.dilation)
+            return Delta(step * patches, o)
     if isinstance(stage, _BN) and name in ("weight", "bias"):
         if name == "bias":
             return Delta(a_in.new_full((k,) + (a_in.shape[0],) + tuple(a_in.shape[2:]), step), sel)
@@ -197,20 +225,31 @@ def _normalized(bn: nn.Module, x: Tensor) -> Tensor:
     return (x - mean) * torch.rsqrt(var + bn.eps)
 
 
-def _patches(conv: nn.Conv2d, x: Tensor, c: Tensor, i: Tensor, j: Tensor, h: int, w: int) -> Tensor:
-    """For each copy k, the input values multiplying weight (·, c_k, i_k, j_k): ``(K, B, h, w)``."""
-    ph, pw = conv.padding
-    sh, sw = conv.stride
-    dh, dw = conv.dilation
-    xp = F.pad(x, (pw, pw, ph, ph))
-    out = x.new_empty((c.numel(), x.shape[0], h, w))
-    offsets = i * conv.weight.shape[3] + j
-    for off in torch.unique(offsets).tolist():  # at most kh·kw kernel offsets
-        sel = (offsets == off).nonzero().reshape(-1)
-        oi, oj = divmod(off, conv.weight.shape[3])
-        window = xp[:, :, oi * dh: oi * dh + sh * (h - 1) + 1: sh, oj * dw: oj * dw + sw * (w - 1) + 1: sw]
-        out[sel] = window.transpose(0, 1)[c[sel]]
-    return out
+def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor, a_out: Tensor,
+                precision: str = "fp32", traces: Optional[Traces] = None) -> Optional[Delta]:
+    """Δ of the stage output for coordinates ``sel`` of ``p``, built locally, or None.
+
+    A Linear/Conv2d/BatchNorm stage: :func:`initial_delta`. A residual block whose ``main[t]``
+    owns ``p``: Δ at that layer's output, pushed through ``main[t+1:]`` and ``post`` (the
+    shortcut is unchanged, since the block's input is).
+    """
+    direct = initial_delta(stage, name, p, sel, step, a_in, a_out)
+    if direct is not None or not is_residual(stage):
+        return direct
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "main" or not parts[1].isdigit():
+        return None
+    t = int(parts[1])
+    traces = traces if traces is not None else Traces()
+    tr = traces.residual(stage, a_in)
+    layers = list(stage.main)
+    delta = initial_delta(layers[t], parts[2], p, sel, step, tr.main[t], tr.main[t + 1])
+    if delta is None:
+        return None
+    delta = propagate_chain(layers[t + 1:], tr.main[t + 1:], delta, precision, traces)
+    if delta is None:
+        return None
+    return propagate(stage.post, tr.total, a_out, delta, precision, traces)
 
 
 def perturbed_stage_outputs(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor) -> Tensor:

@@ -13,9 +13,14 @@ from torch import Tensor, nn
 
 
 class Residual(nn.Module):
-    """``post(main(x) + shortcut(x))``; rows are independent (batch statistics aside)."""
+    """``post(main(x) + shortcut(x))``; rows are independent (batch statistics aside).
+
+    ``zo_residual`` tells difference propagation it may push a change through ``main`` and
+    ``shortcut`` separately and add them.
+    """
 
     zo_rowwise = True
+    zo_residual = True
 
     def __init__(self, main: nn.Sequential, shortcut: nn.Module, post: nn.Module):
         super().__init__()
@@ -28,9 +33,10 @@ class Residual(nn.Module):
 
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut: subsample by ``stride`` and zero-pad channels (parameter-free)."""
+    """Option-A shortcut: subsample by ``stride`` and zero-pad channels (parameter-free, linear)."""
 
     zo_rowwise = True
+    zo_linear = True
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()

@@ -1,0 +1,92 @@
+r"""Compute precision of the linear ops in difference propagation.
+
+Forward differences ``ℓ(θ + μe) − ℓ(θ)`` are of size ``μ·∂ℓ``; running the network's
+convolutions in bf16 (8 mantissa bits) or TF32 (10) rounds activations by far more than
+that, so plain low-precision finite differences are noise. Difference propagation keeps
+the base pass in fp32 and applies the linear ops to the *difference* Δ only: their rounding
+error is then relative to Δ itself, and the nonlinear steps ``σ(a + Δ) − σ(a)`` and the
+loss difference stay exact. ``precision`` selects the arithmetic of those linear ops:
+
+* ``"fp32"``: the tensors' own dtype (default);
+* ``"tf32"`` / ``"bf16"``: on CUDA the real tensor-core arithmetic; elsewhere emulated by
+  rounding both operands (Δ and the weight) to that format and accumulating in fp32 —
+  which is what the tensor cores do.
+
+``emulate_plain(model, precision)`` rounds the operands of every Linear/Conv2d forward the
+same way, to show (in tests and bench) what plain low-precision finite differences give.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"Invalid precision value: {precision!r} (expected one of {', '.join(PRECISIONS)})")
+    return precision
+
+
+def round_to(x: Tensor, precision: str) -> Tensor:
+    """``x`` rounded (to nearest even) to the mantissa of ``precision``, kept in x's dtype."""
+    if precision == "fp32":
+        return x
+    if precision == "bf16":
+        return x.to(torch.bfloat16).to(x.dtype)
+    # tf32: 10 explicit mantissa bits; round the fp32 bit pattern at bit 13
+    f = x.float()
+    bits = f.view(torch.int32)
+    lsb = (bits >> 13) & 1
+    rounded = ((bits + 0xFFF + lsb) & ~0x1FFF).view(torch.float32)
+    rounded = torch.where(torch.isfinite(f), rounded, f)
+    return rounded.to(x.dtype)
+
+
+def apply_linear(fn: Callable[[Tensor, Tensor], Tensor], delta: Tensor, weight: Tensor, precision: str) -> Tensor:
+    """``fn(delta, weight)`` — a linear op of Δ — in ``precision``; the result in Δ's dtype."""
+    if precision == "fp32":
+        return fn(delta, weight)
+    if delta.is_cuda and delta.dtype == torch.float32:
+        if precision == "bf16":
+            return fn(delta.to(torch.bfloat16), weight.to(torch.bfloat16)).to(delta.dtype)
+        with _tf32_enabled():
+            return fn(delta, weight)
+    return fn(round_to(delta, precision), round_to(weight, precision))
+
+
+@contextlib.contextmanager
+def _tf32_enabled() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def emulate_plain(model: nn.Module, precision: str) -> Iterator[nn.Module]:
+    """Every Linear/Conv2d of ``model`` rounds its input and weight to ``precision`` (plain
+    low-precision forwards, for comparison with difference propagation)."""
+    check_precision(precision)
+    patched = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.forward = (lambda mod: lambda x: F.linear(round_to(x, precision), round_to(mod.weight, precision),
+                                                        mod.bias))(m)
+            patched.append(m)
+        elif isinstance(m, nn.Conv2d):
+            m.forward = (lambda mod: lambda x: mod._conv_forward(round_to(x, precision),
+                                                                 round_to(mod.weight, precision), mod.bias))(m)
+            patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
