@@ -1,0 +1,338 @@
+"""``zeroth defend``: the ZO-AE-DS experiment end to end — train, certify, table, plot.
+
+1. The owner's classifier ``f`` is trained first-order on clean images (a stand-in: from
+   then on it is only queried, through a :class:`QueryCounter`, one per row).
+2. The AE is pretrained on reconstruction; its decoder is frozen.
+3. One denoiser per row is trained from the same initialisation, batch order and noise
+   (common random numbers, so rows differ only by how the gradient is obtained).
+4. Each smoothed model is certified on the same test images with the same noise; the table
+   gives certified accuracy (%) at the radii, queries per training step and in total, and
+   wall time; a plot of certified accuracy against the radius is saved.
+
+Rows: no defense (``f`` itself: its accuracy at r = 0, no certificate beyond) · randomized
+smoothing of ``f`` alone · FO-DS · FO-AE-DS (white-box references) · ZO-DS (RGE over the
+pixels, ``q`` = the largest ``q``) · ZO-AE-DS RGE for each ``q`` · ZO-AE-DS CGE.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..._optional import require
+from ...blackbox.program import check_count
+from ...data import Split, accuracy, load_digits
+from ...estimators import CGE, RGE
+from ...models import DigitsCNN, resnet20
+from .autoencoder import build_decoder, build_encoder
+from .certify import Certificate, certified_accuracy, certify_dataset
+from .data import CIFAR10_MEAN, CIFAR10_STD, Normalize, load_cifar10
+from .denoiser import DnCNN
+from .queries import QueryCounter
+from .train import TrainLog, train_autoencoder, train_classifier, train_denoiser
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A dataset's architecture and budget defaults (every budget can be overridden in the config)."""
+
+    channels: int
+    image_size: int
+    classifier: Callable[[], nn.Module]
+    classifier_name: str
+    latent_dim: int           # d_z: coordinates of the ZO estimate in ZO-AE-DS
+    ae_width: int             # channels of the AE's first conv (doubled per halving)
+    dncnn_depth: int
+    dncnn_width: int
+    classifier_epochs: int
+    ae_epochs: int
+    denoiser_epochs: int
+    batch_size: int
+    n: int                    # Monte-Carlo samples of the certificate (N0 = 100 for both)
+    num_certify: int          # test images certified, evenly spaced over the test set
+    radii: Tuple[float, ...]  # table radii (L2, on [0, 1] pixels)
+    max_points: Optional[int] # images per black-box call (memory bound)
+
+
+def _cifar_classifier() -> nn.Module:
+    return nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD), resnet20())
+
+
+PRESETS: Dict[str, Preset] = {
+    # 8×8 digits in [0, 1] (mean L2 norm 3.8; half the distance to the nearest other-class
+    # training image: median 0.93): radii up to 0.5 = 2σ. With N = 1000, α = 0.001 the
+    # largest certifiable radius is σ·Φ⁻¹(0.001^(1/1000)) = 0.62, so 0.75 is out of reach.
+    "digits": Preset(channels=1, image_size=8, classifier=DigitsCNN, classifier_name="DigitsCNN", latent_dim=24,
+                     ae_width=16, dncnn_depth=5, dncnn_width=16, classifier_epochs=30, ae_epochs=150,
+                     denoiser_epochs=20, batch_size=64, n=1000, num_certify=450,
+                     radii=(0.0, 0.125, 0.25, 0.375, 0.5), max_points=None),
+    # The paper's CIFAR-10 setting (DnCNN 17/64, d_z = 192, N = 10 000, every 20th test
+    # image as in Cohen et al.) with a ResNet-20 owner model; sized for one GPU.
+    "cifar10": Preset(channels=3, image_size=32, classifier=_cifar_classifier, classifier_name="ResNet-20",
+                      latent_dim=192, ae_width=32, dncnn_depth=17, dncnn_width=64, classifier_epochs=60,
+                      ae_epochs=100, denoiser_epochs=50, batch_size=256, n=10_000, num_certify=500,
+                      radii=(0.0, 0.25, 0.5, 0.75), max_points=65_536),
+}
+
+ESTIMATOR_CHOICES = ("cge", "rge", "all")
+
+
+def _positive(name: str, value, integer: bool = False):
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be {'an integer' if integer else 'a number'} > 0)")
+    return int(value) if integer else float(value)
+
+
+@dataclass
+class DefendConfig:
+    """Everything ``zeroth defend`` needs; ``None`` budgets come from the dataset's :class:`Preset`.
+
+    Validated on construction (a ``ValueError`` naming the argument), before any training.
+    """
+
+    dataset: str = "digits"
+    data_dir: Optional[str] = None          # CIFAR-10 python batches (required for cifar10)
+    sigma: float = 0.25                     # noise std on [0, 1] pixels (the paper's code; its text says σ²)
+    estimator: str = "all"                  # ZO-AE-DS rows: "cge", "rge" or "all"
+    q: Optional[Sequence[int]] = None       # RGE directions per image (default 2, d_z/4, d_z)
+    mu: float = 5e-3                        # finite-difference step (the paper's)
+    lr: float = 1e-3                        # Adam, denoiser and encoder (the paper's)
+    n0: int = 100
+    alpha: float = 0.001
+    latent_dim: Optional[int] = None
+    denoiser_epochs: Optional[int] = None
+    classifier_epochs: Optional[int] = None
+    ae_epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    n: Optional[int] = None
+    num_certify: Optional[int] = None
+    radii: Optional[Sequence[float]] = None
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "zeroth_defend.png"          # the plot
+    checkpoint_dir: Optional[str] = None    # per-stage checkpoints; a rerun resumes from them
+    progress: bool = True
+    preset: Preset = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in PRESETS:
+            raise ValueError(f"Invalid dataset value: {self.dataset!r} (expected one of {', '.join(PRESETS)})")
+        if self.dataset == "cifar10" and not self.data_dir:
+            raise ValueError("data_dir: cifar10 needs --data-dir with the python-pickle batches (nothing is downloaded)")
+        if self.estimator not in ESTIMATOR_CHOICES:
+            raise ValueError(f"Invalid estimator value: {self.estimator!r} (expected one of {', '.join(ESTIMATOR_CHOICES)})")
+        self.preset = p = PRESETS[self.dataset]
+        self.sigma, self.mu, self.lr = _positive("sigma", self.sigma), _positive("mu", self.mu), _positive("lr", self.lr)
+        self.alpha = _positive("alpha", self.alpha)
+        if self.alpha >= 0.5:
+            raise ValueError(f"Invalid alpha value: {self.alpha!r} (alpha must be < 0.5)")
+        self.n0 = _positive("n0", self.n0, integer=True)
+        for name in ("latent_dim", "denoiser_epochs", "classifier_epochs", "ae_epochs", "batch_size", "n", "num_certify"):
+            value = getattr(self, name)
+            setattr(self, name, getattr(p, name) if value is None else _positive(name, value, integer=True))
+        d_z = self.latent_dim
+        qs = (2, max(1, d_z // 4), d_z) if self.q is None else tuple(self.q)
+        if not qs:
+            raise ValueError("Invalid q value: () (give at least one number of directions)")
+        self.q = tuple(sorted(set(_positive("q", v, integer=True) for v in qs)))
+        radii = p.radii if self.radii is None else tuple(self.radii)
+        for r in radii:
+            if isinstance(r, bool) or not isinstance(r, numbers.Real) or not r >= 0:
+                raise ValueError(f"Invalid radii value: {r!r} (radii must be numbers >= 0)")
+        if not radii:
+            raise ValueError("Invalid radii value: () (give at least one radius)")
+        self.radii = tuple(sorted(float(r) for r in radii))
+
+
+@dataclass
+class Row:
+    """One line of the table: certified accuracy at the radii and what it cost."""
+
+    name: str
+    accuracy: List[float]
+    queries_per_step: Optional[int] = None
+    train_queries: Optional[int] = None
+    train_seconds: Optional[float] = None
+    certify_seconds: Optional[float] = None
+    certificates: List[Certificate] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Report:
+    """What :func:`run` returns: the config, the rows, context lines and the plot's path."""
+
+    config: DefendConfig
+    rows: List[Row]
+    notes: List[str]
+    seconds: float
+    plot: Optional[str] = None
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+
+def _load(config: DefendConfig) -> Split:
+    if config.dataset == "digits":
+        return load_digits(seed=config.seed)
+    return load_cifar10(config.data_dir)
+
+
+def _checkpoint(config: DefendConfig, name: str) -> Dict[str, object]:
+    """``checkpoint=`` / ``resume=`` arguments of one stage (nothing without a checkpoint dir)."""
+    if config.checkpoint_dir is None:
+        return {}
+    import os
+
+    os.makedirs(config.checkpoint_dir, exist_ok=True)
+    return {"checkpoint": os.path.join(config.checkpoint_dir, name + ".pt"), "resume": True}
+
+
+def _plan(config: DefendConfig) -> List[Tuple[str, dict]]:
+    """The trained rows: name and ``train_denoiser`` arguments."""
+    zo_ds_q = max(config.q)
+    rows = [("FO-DS", dict(mode="fo", through_ae=False)), ("FO-AE-DS", dict(mode="fo", through_ae=True)),
+            (f"ZO-DS RGE q={zo_ds_q}", dict(mode="zo", through_ae=False,
+                                            estimator=RGE(q=zo_ds_q, mu=config.mu, dist="sphere")))]
+    if config.estimator in ("rge", "all"):
+        rows += [(f"ZO-AE-DS RGE q={q}", dict(mode="zo", through_ae=True, estimator=RGE(q=q, mu=config.mu, dist="sphere")))
+                 for q in config.q]
+    if config.estimator in ("cge", "all"):
+        rows.append(("ZO-AE-DS CGE", dict(mode="zo", through_ae=True, estimator=CGE(mu=config.mu))))
+    return rows
+
+
+def run(config: DefendConfig) -> Report:
+    """Train, certify and tabulate every row of ``config``; prints the table, saves the plot."""
+    start = time.perf_counter()
+    p, device = config.preset, torch.device(config.device)
+    data = _load(config)
+    data = Split(*(t.to(device) for t in data))
+    pick = torch.linspace(0, data.x_test.shape[0] - 1, min(config.num_certify, data.x_test.shape[0])).round().long()
+    xs, ys = data.x_test[pick.to(device)], data.y_test[pick.to(device)]
+
+    torch.manual_seed(config.seed)
+    f = p.classifier().to(device)
+    train_classifier(f, data.x_train, data.y_train, epochs=config.classifier_epochs, batch_size=config.batch_size,
+                     seed=config.seed, progress=config.progress, **_checkpoint(config, "classifier"))
+    f.requires_grad_(False).eval()
+    encoder = build_encoder(p.channels, p.image_size, config.latent_dim, p.ae_width).to(device)
+    decoder = build_decoder(p.channels, p.image_size, config.latent_dim, p.ae_width).to(device)
+    train_autoencoder(encoder, decoder, data.x_train, epochs=config.ae_epochs, batch_size=config.batch_size,
+                      seed=config.seed, progress=config.progress, **_checkpoint(config, "autoencoder"))
+    decoder.requires_grad_(False).eval()
+    encoder.eval()
+    with torch.no_grad():
+        recon = torch.cat([decoder(encoder(xs[i:i + 256])) for i in range(0, xs.shape[0], 256)])
+    notes = [f"black-box classifier {p.classifier_name}: clean test accuracy {100 * accuracy(f, data.x_test, data.y_test):.1f} %; "
+             f"AE (d_z = {config.latent_dim}): test MSE {float((recon - xs).pow(2).mean()):.4f}, "
+             f"f(Dec(Enc(x))) accuracy {100 * accuracy(f, recon, ys):.1f} %"]
+
+    def certify_row(name: str, model: nn.Module, log: Optional[TrainLog] = None) -> Row:
+        gen = torch.Generator(device=device).manual_seed(config.seed + 2)  # the same noise for every row
+        t = time.perf_counter()
+        certs = certify_dataset(model, xs, ys, config.sigma, config.n0, config.n, config.alpha,
+                                batch=min(config.n, 1000), generator=gen, progress=config.progress, desc=name)
+        row = Row(name, certified_accuracy(certs, config.radii), certify_seconds=time.perf_counter() - t, certificates=certs)
+        if log is not None:
+            row.queries_per_step, row.train_queries, row.train_seconds = log.queries_per_step, log.queries, log.seconds
+        return row
+
+    no_defense = accuracy(QueryCounter(f), xs, ys)
+    rows = [Row("no defense", [no_defense if r == 0 else 0.0 for r in config.radii]),
+            certify_row("RS of f alone", QueryCounter(f))]
+    for name, kwargs in _plan(config):
+        torch.manual_seed(config.seed + 1)  # the same initial denoiser for every row
+        denoiser = DnCNN(p.channels, p.dncnn_depth, p.dncnn_width).to(device)
+        enc = copy.deepcopy(encoder) if kwargs["through_ae"] else None
+        counter = QueryCounter(f, white_box=kwargs["mode"] == "fo")
+        log = train_denoiser(denoiser, counter, data.x_train, sigma=config.sigma, encoder=enc,
+                             decoder=decoder if kwargs["through_ae"] else None, epochs=config.denoiser_epochs,
+                             batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                             max_points=p.max_points if kwargs["mode"] == "zo" else None, progress=config.progress,
+                             **kwargs, **_checkpoint(config, name.replace(" ", "_").replace("=", "")))
+        stages = [denoiser] + ([enc, decoder] if enc is not None else []) + [QueryCounter(f)]
+        rows.append(certify_row(name, nn.Sequential(*stages), log))
+    report = Report(config, rows, notes, time.perf_counter() - start)
+    print(format_report(report))
+    report.plot = plot(report, config.out)
+    print(f"plot saved to {report.plot}")
+    return report
+
+
+def _cell(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def format_report(report: Report) -> str:
+    """The header, the table (certified accuracy in % per radius), the goal checks and the wall time."""
+    c = report.config
+    p = c.preset
+    head = (f"ZO-AE-DS certified defense on {c.dataset}: σ = {c.sigma}, d_z = {c.latent_dim}, μ = {c.mu} "
+            f"(forward differences, RGE on the unit sphere), DnCNN depth {p.dncnn_depth} / {p.dncnn_width} channels, "
+            f"{c.denoiser_epochs} denoiser epochs (batch {c.batch_size}, Adam lr {c.lr})\n"
+            f"certified on {len(report.rows[1].certificates)} test images: N0 = {c.n0}, N = {c.n}, α = {c.alpha} "
+            f"({c.n0 + c.n} queries per image)")
+    radii = "".join(f"{'r=' + format(r, 'g'):>8}" for r in c.radii)
+    title = f"{'method':<22}{'queries/step':>13}{'train queries':>15}{'train s':>9}{'cert s':>8}{radii}"
+    lines = [head, *report.notes, "", title, "-" * len(title)]
+    for r in report.rows:
+        acc = "".join(f"{100 * a:>8.1f}" for a in r.accuracy)
+        lines.append(f"{r.name:<22}{_cell(r.queries_per_step, ','):>13}{_cell(r.train_queries, ','):>15}"
+                     f"{_cell(r.train_seconds, '.1f'):>9}{_cell(r.certify_seconds, '.1f'):>8}{acc}")
+    lines += ["", *goals(report), f"wall time {report.seconds:.0f} s"]
+    return "\n".join(lines)
+
+
+def goals(report: Report) -> List[str]:
+    """The issue's goals, checked on the measured rows (lines of text; nothing is assumed)."""
+    names = {r.name: r for r in report.rows}
+    c = report.config
+    cge, fo = names.get("ZO-AE-DS CGE"), names.get("FO-AE-DS")
+    rge = names.get(f"ZO-AE-DS RGE q={max(c.q)}")
+    zo_ds = names.get(f"ZO-DS RGE q={max(c.q)}")
+    out = []
+    if cge and rge and zo_ds:
+        bad = [f"r={r:g} ({100 * a:.1f} / {100 * b:.1f} / {100 * z:.1f})"
+               for r, a, b, z in zip(c.radii, cge.accuracy, rge.accuracy, zo_ds.accuracy) if not a > b > z]
+        out.append(f"goal  ZO-AE-DS CGE > ZO-AE-DS RGE q={max(c.q)} > ZO-DS q={max(c.q)} at every radius: "
+                   + ("met" if not bad else "missed at " + ", ".join(bad)))
+    if cge and fo:
+        gaps = [100 * (b - a) for a, b in zip(cge.accuracy, fo.accuracy)]
+        worst = max(range(len(gaps)), key=lambda i: gaps[i])
+        out.append(f"goal  ZO-AE-DS CGE within 2 points of FO-AE-DS at every radius: "
+                   + ("met" if gaps[worst] <= 2 else "missed") +
+                   f" (largest shortfall {gaps[worst]:.1f} points at r={c.radii[worst]:g})")
+    return out
+
+
+def plot(report: Report, path: str) -> str:
+    """Certified accuracy against the L2 radius, one curve per row, saved to ``path``."""
+    matplotlib = require("matplotlib", "science")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max(max(report.config.radii) * 1.25, max((c.radius for r in report.rows for c in r.certificates), default=0))
+    grid = [top * i / 200 for i in range(201)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in report.rows:
+        if row.certificates:
+            ax.plot(grid, [100 * a for a in certified_accuracy(row.certificates, grid)], label=row.name)
+        else:
+            ax.plot([0, 0], [0, 100 * row.accuracy[0]], "k:", marker="o", label=row.name)
+    for r in report.config.radii:
+        ax.axvline(r, color="0.85", lw=0.8, zorder=0)
+    ax.set(xlabel="L2 radius", ylabel="certified accuracy (%)",
+           title=f"ZO-AE-DS on {report.config.dataset}, σ = {report.config.sigma}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,346 @@
+"""The three trainings of ZO-AE-DS: the owner's classifier (stand-in), the AE, the denoiser.
+
+``train_denoiser`` is the recipe's core. With ``mode="zo"`` the classifier is reachable only
+through a :class:`~zeroth.blackbox.BlackBox` around ``f∘Dec`` (``through_ae=True``, ZO-AE-DS:
+the estimate runs over the ``d_z`` latent coordinates) or around ``f`` alone
+(``through_ae=False``, ZO-DS: over the pixels); the denoiser (and encoder) get ordinary
+autograd gradients behind the black box's ZO vector–Jacobian product. With ``mode="fo"`` the
+classifier is white-box (the FO-DS / FO-AE-DS reference rows). The loss is the cross-entropy
+of the classifier on ``D(x + δ)`` (through the AE or not) against the classifier's own
+prediction on the clean ``x`` (Salman et al.'s "classification" objective, as in the paper).
+
+Every loop shows a tqdm bar (``progress=False`` silences it), writes a checkpoint after
+each epoch when given a path (atomically: a file is always a complete epoch) and, with
+``resume=True``, continues from it; the batch order and the noise come from one seeded
+generator saved in the checkpoint, so a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import numbers
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..._optional import require
+from ...blackbox import BlackBox, batched
+from ...blackbox.program import check_count
+from ...data import batches
+from ...estimators import CGE
+from .queries import QueryCounter
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class TrainLog:
+    """What one training did: per-epoch mean loss, steps, wall time and classifier queries."""
+
+    losses: List[float] = field(default_factory=list)  # mean training loss of each epoch
+    steps: int = 0
+    seconds: float = 0.0                                # wall time of the epochs (not of resuming)
+    queries_per_step: int = 0                           # images sent to the classifier by the last step
+    queries: int = 0                                    # all images sent (pseudo-labels included)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.losses)
+
+
+class _Stateful:
+    """Adapter giving ``state_dict``/``load_state_dict`` to a getter/setter pair."""
+
+    def __init__(self, get: Callable[[], Any], set: Callable[[Any], None]):
+        self.state_dict, self.load_state_dict = get, set
+
+
+def _generator_state(g: torch.Generator) -> _Stateful:
+    return _Stateful(g.get_state, g.set_state)
+
+
+@contextlib.contextmanager
+def _frozen(*modules: Optional[nn.Module]) -> Iterator[None]:
+    """Parameters of ``modules`` with ``requires_grad=False`` inside the block, restored after."""
+    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _modes(train: List[Any], evaluate: List[Any]) -> Iterator[None]:
+    """``train`` modules in train mode, ``evaluate`` ones in eval mode; the old modes restored after."""
+    mods = [m for m in train + evaluate if isinstance(m, nn.Module)]
+    old = [m.training for m in mods]
+    for m in mods:
+        m.train(any(m is t for t in train))
+    try:
+        yield
+    finally:
+        for m, flag in zip(mods, old):
+            m.train(flag)
+
+
+def _check_images(name: str, x: Any) -> Tensor:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4:
+        got = f"shape {tuple(x.shape)} dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating tensor of images (N, C, H, W), got {got}")
+    return x
+
+
+def _check_rate(name: str, value: Any, allow_zero: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be a number {'>=' if allow_zero else '>'} 0)")
+    return float(value)
+
+
+def _fit(
+    step: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    stateful: Dict[str, Any],
+    log: TrainLog,
+    counter: Optional[QueryCounter],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    checkpoint: Optional[PathLike],
+    resume: bool,
+    progress: bool,
+    desc: str,
+) -> TrainLog:
+    """Epochs of ``step(xb, yb) -> loss`` over shuffled batches, with progress, checkpoints and resume."""
+    epochs = check_count("epochs", epochs, 0)
+    batch_size = check_count("batch_size", batch_size, 1)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path (checkpoint=...)")
+    generator = torch.Generator().manual_seed(int(seed))
+    stateful = dict(stateful, generator=_generator_state(generator))
+    if counter is not None:
+        stateful["counter"] = _Stateful(counter.get_extra_state, counter.set_extra_state)
+    if resume and os.path.exists(checkpoint):
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        for name, obj in stateful.items():
+            obj.load_state_dict(saved[name])
+        for key, value in saved["log"].items():
+            setattr(log, key, value)
+    steps_per_epoch = max(1, x.shape[0] // batch_size)
+    tqdm = require("tqdm", "science").tqdm if progress else None
+    bar = tqdm(total=epochs * steps_per_epoch, initial=log.epochs * steps_per_epoch, desc=desc, leave=False) if tqdm else None
+    for _ in range(log.epochs, epochs):
+        start, total, n = time.perf_counter(), 0.0, 0
+        for xb, yb in batches(x, y, batch_size, generator):
+            before = counter.queries if counter is not None else 0
+            total += float(step(xb, yb))
+            n += 1
+            if counter is not None:
+                log.queries_per_step = counter.queries - before
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / n:.4f}")
+        log.losses.append(total / max(n, 1))
+        log.steps += n
+        log.seconds += time.perf_counter() - start
+        if counter is not None:
+            log.queries = counter.queries
+        if checkpoint is not None:
+            state = {name: obj.state_dict() for name, obj in stateful.items()}
+            state["log"] = dataclasses.asdict(log)
+            tmp = f"{os.fspath(checkpoint)}.tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, checkpoint)
+    if bar is not None:
+        bar.close()
+    return log
+
+
+def train_classifier(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    checkpoint: Optional[PathLike] = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainLog:
+    """First-order Adam on cross-entropy: the stand-in for the owner's (clean-trained) model."""
+    x = _check_images("x", x)
+    opt = torch.optim.Adam(model.parameters(), lr=_check_rate("lr", lr),
+                           weight_decay=_check_rate("weight_decay", weight_decay, allow_zero=True))
+
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    with _modes([model], []):
+        return _fit(step, x, y, stateful={"model": model, "optimizer": opt}, log=TrainLog(), counter=None,
+                    epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint, resume=resume,
+                    progress=progress, desc="classifier")
+
+
+def train_autoencoder(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    x: Tensor,
+    *,
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint: Optional[PathLike] = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainLog:
+    """Adam on the reconstruction MSE ``‖Dec(Enc(x)) − x‖²`` of clean images (the paper's stage a)."""
+    x = _check_images("x", x)
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    opt = torch.optim.Adam(params, lr=_check_rate("lr", lr))
+
+    def step(xb: Tensor, _: Tensor) -> Tensor:
+        opt.zero_grad()
+        loss = F.mse_loss(decoder(encoder(xb)), xb)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    with _modes([encoder, decoder], []):
+        return _fit(step, x, x, stateful={"encoder": encoder, "decoder": decoder, "optimizer": opt}, log=TrainLog(),
+                    counter=None, epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
+                    resume=resume, progress=progress, desc="autoencoder")
+
+
+def pseudo_labels(classifier: QueryCounter, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """The classifier's own predictions on clean ``x`` (``N`` queries): the denoiser's targets."""
+    with torch.no_grad():
+        return torch.cat([classifier(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+
+
+def _counter_for(classifier: nn.Module, mode: str) -> QueryCounter:
+    """The classifier behind a :class:`QueryCounter` (white-box only for ``mode="fo"``)."""
+    if not isinstance(classifier, QueryCounter):
+        return QueryCounter(classifier, white_box=mode == "fo")
+    if mode == "fo" and not classifier.white_box:
+        raise ValueError("classifier: mode='fo' differentiates through the classifier; "
+                         "pass QueryCounter(f, white_box=True) or the bare model")
+    if mode == "zo" and classifier.white_box:
+        raise ValueError("classifier: mode='zo' must treat the classifier as a black box; "
+                         "pass QueryCounter(f) (white_box=False) or the bare model")
+    return classifier
+
+
+def train_denoiser(
+    denoiser: nn.Module,
+    classifier: nn.Module,
+    x: Tensor,
+    *,
+    sigma: float,
+    mode: str = "zo",
+    estimator: Any = None,
+    through_ae: bool = True,
+    encoder: Optional[nn.Module] = None,
+    decoder: Optional[nn.Module] = None,
+    train_encoder: bool = True,
+    targets: Optional[Tensor] = None,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    max_points: Optional[int] = None,
+    checkpoint: Optional[PathLike] = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainLog:
+    """Train the denoiser (and the encoder) for denoised smoothing of ``classifier`` at noise ``sigma``.
+
+    Args:
+        classifier: the bare model or a :class:`QueryCounter` around it; every query goes
+            through the counter (the log's ``queries_per_step`` / ``queries`` read it).
+        mode: ``"zo"`` (the classifier is a black box: a :class:`BlackBox` around ``f∘Dec``
+            or ``f``, estimated by ``estimator``) or ``"fo"`` (white-box autograd, reference).
+        estimator: ``CGE(...)``, ``RGE(...)`` or a name, for ``mode="zo"`` (default
+            ``CGE(mu=5e-3)``, forward differences: ``d + 1`` queries per image).
+        through_ae: ZO-AE-DS / FO-AE-DS (needs ``encoder`` and the pretrained ``decoder``;
+            the decoder stays frozen, the encoder trains unless ``train_encoder=False``) or
+            ZO-DS / FO-DS (no AE).
+        targets: the classifier's labels of clean ``x``; queried (``N`` queries) when None.
+        max_points: at most this many images per black-box call (memory bound).
+        checkpoint / resume: save after each epoch / continue from the saved epoch.
+
+    Noise ``δ ~ N(0, σ²I)`` on [0, 1] pixels, a fresh draw per image and step. Returns a
+    :class:`TrainLog`.
+    """
+    if mode not in ("fo", "zo"):
+        raise ValueError(f"Invalid mode value: {mode!r} (expected 'fo' or 'zo')")
+    x = _check_images("x", x)
+    sigma = _check_rate("sigma", sigma)
+    if not isinstance(through_ae, bool):
+        raise TypeError(f"through_ae must be a bool, got {type(through_ae).__name__}")
+    if through_ae and (encoder is None or decoder is None):
+        raise ValueError("through_ae=True needs encoder= and decoder= (the pretrained autoencoder)")
+    if not through_ae and (encoder is not None or decoder is not None):
+        raise ValueError("encoder/decoder: through_ae=False trains the denoiser alone; pass no autoencoder")
+    if mode == "fo" and estimator is not None:
+        raise ValueError("estimator: only mode='zo' uses a gradient estimator")
+    if targets is not None and (not isinstance(targets, Tensor) or targets.shape != x.shape[:1]):
+        raise ValueError(f"targets must be a tensor of {x.shape[0]} labels (one per image of x)")
+    counter = _counter_for(classifier, mode)
+    trained = [denoiser] + ([encoder] if through_ae and train_encoder else [])
+    params = [p for m in trained for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=_check_rate("lr", lr),
+                           weight_decay=_check_rate("weight_decay", weight_decay, allow_zero=True))
+    head = (lambda u: counter(decoder(u))) if through_ae else counter           # what the owner's side computes
+    if mode == "zo":
+        black_box: Optional[BlackBox] = BlackBox(batched(head, max_points=max_points, name="f∘Dec" if through_ae else "f"),
+                                                 CGE(mu=5e-3) if estimator is None else estimator, seed=seed)
+        head = black_box
+    else:
+        black_box = None
+    noise = torch.Generator().manual_seed(int(seed) + 1)
+
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        delta = torch.randn(xb.shape, generator=noise, dtype=xb.dtype).to(xb.device) * sigma
+        u = denoiser(xb + delta)                                                 # (B, C, H, W)
+        if through_ae:
+            u = encoder(u)                                                       # (B, d_z, 1, 1)
+        loss = F.cross_entropy(head(u), yb)                                      # head: f∘Dec or f, (B, K) logits
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    stateful: Dict[str, Any] = {"denoiser": denoiser, "optimizer": opt, "noise": _generator_state(noise)}
+    if through_ae:
+        stateful["encoder"] = encoder
+    if black_box is not None:
+        stateful["black_box"] = black_box
+    log = TrainLog()
+    fixed = [counter.classifier, decoder] + ([encoder] if through_ae and not train_encoder else [])
+    with _frozen(*fixed), _modes(trained, fixed):
+        if targets is None:
+            targets = pseudo_labels(counter, x)
+            log.queries = counter.queries
+        return _fit(step, x, targets.to(x.device), stateful=stateful, log=log, counter=counter, epochs=epochs,
+                    batch_size=batch_size, seed=seed, checkpoint=checkpoint, resume=resume, progress=progress,
+                    desc=f"{mode.upper()}-{'AE-' if through_ae else ''}DS")
