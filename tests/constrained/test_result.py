@@ -26,7 +26,8 @@ def test_fields_and_values():
     assert np.allclose(res.x, p.x_opt, atol=1e-6)
     assert res.constr_violation == pytest.approx(p.violation(res.x), abs=1e-12)
     assert res.nfev > 0 and res.njev > 0 and res.nit > 0
-    assert {h["phase"] for h in res.phase_history} == {1, 2}
+    assert res.phase_history[-1]["phase"] == 2  # from this start phase two alone converges
+    assert {h["phase"] for h in res.phase_history} <= {1, 2}
     assert set(res.multipliers) >= {"eq", "ineq", "bounds"}
 
 
@@ -126,7 +127,8 @@ def test_iteration_budget():
 
 
 def test_evaluation_budget():
-    _, res = hs071_result(options={"maxfev": 5})
+    p = problems.get("hs071")  # finite-difference gradients: 5 objective values each
+    res = minimize(p.fun, p.x0, bounds=p.bounds(), constraints=p.constraints(), options={"maxfev": 5})
     assert res.status == 2 and not res.success
     assert res.nfev <= 6  # the budget plus one evaluation to report f at the returned point
 

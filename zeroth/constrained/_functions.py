@@ -41,14 +41,21 @@ class BudgetError(Exception):
 
 
 class _Cache:
-    def __init__(self):
-        self.key, self.value = None, None
+    """The values at the last ``size`` points, keyed by the bytes of x (so an accepted trial
+    point, or a point revisited by a line search, is never evaluated twice)."""
+
+    def __init__(self, size=8):
+        self.size, self.items = size, {}
 
     def get(self, x):
-        return self.value if self.key is not None and self.key == x.tobytes() else None
+        return self.items.get(x.tobytes())
 
     def put(self, x, value):
-        self.key, self.value = x.tobytes(), value
+        key = x.tobytes()
+        self.items.pop(key, None)
+        self.items[key] = value
+        if len(self.items) > self.size:
+            del self.items[next(iter(self.items))]
         return value
 
 

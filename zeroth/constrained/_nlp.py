@@ -39,6 +39,13 @@ class NLP:
         s = np.clip(c[self.in_idx], self.F.cl[self.in_idx], self.F.cu[self.in_idx]) if self.ns else np.zeros(0)
         return np.concatenate([x, s])
 
+    def with_best_slacks(self, z):
+        """z with each slack set to the value closest to c(x) inside its bounds (‖h‖ then measures
+        only the violation of c, and f is unchanged)."""
+        if not self.ns:
+            return z
+        return np.concatenate([z[: self.n], self.z_from_x(z[: self.n])[self.n:]])
+
     def f(self, z):
         return self.F.f(self.x(z))
 

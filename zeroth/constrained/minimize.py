@@ -137,7 +137,7 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, tol, options, callb
         maxiter=_option(options, "maxiter", 3000, int),
         penalty=_option(options, "penalty", 10.0, float),
         theta=_option(options, "theta", 1.0, float),
-        max_phase_two_steps=_option(options, "max_phase_two_steps", 50, int),
+        max_phase_two_steps=_option(options, "max_phase_two_steps", 200, int),
     )
     maxfev = _option(options, "maxfev", 100000, int)
     options.pop("disp", None)
@@ -152,7 +152,7 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, tol, options, callb
     elif isinstance(hess, str):
         opts.hess_mode = hess.lower()
     else:
-        opts.hess_mode = "2-point" if exact_jac and all(callable(p.jac) for p in spec.nonlinear) else "bfgs"
+        opts.hess_mode = "bfgs"
 
     state = {"z": None, "nlp": None, "run": None, "x0_feasible": None}
     status = None

@@ -11,26 +11,30 @@ penalised). Updates (Conn–Gould–Toint style, our constants): if ‖h‖∞ �
     E_c = ‖h(z)‖∞                                (nonlinear-constraint violation)
     E_m = ‖z − P_Ω(z − ∇_z L(z, λ))‖∞           (stationarity / multiplier error)
 
-and a *balanced reduction*: if E_c > θ·E_m a **constraint step** (minimum-norm Newton step for
-h = 0 that keeps the active polyhedral constraints W fixed: d = −M⁺[h; 0], M = [∇h; W]),
-otherwise a **multiplier step** (Newton step on the KKT system of the active face,
-[[H, Mᵀ], [M, 0]] [d; y] = [−∇f; −h; 0], giving new multipliers y). θ = 1.
+and a *balanced reduction*: if E_c > θ·E_m a **constraint step** (the least-norm step onto the
+linearisation h + ∇h d = 0 inside Ω, a Newton step for h = 0 that never leaves the
+polyhedron), otherwise a **multiplier step**: the Newton (SQP) step of the KKT system over Ω,
+
+    min_d ½ dᵀH d + ∇fᵀd   s.t.   h + ∇h d = 0,   z + d ∈ Ω,
+
+whose multipliers on the linearised rows are the new λ (Goldfarb–Idnani, :mod:`._qp`; the
+polyhedral constraints stay exact, so the QP also picks the active face). θ = 1.
 Choices where the papers leave them open, all ours:
 
-* The multiplier step is one Newton (equality-QP) step of NPASA's linearly constrained
-  Lagrangian subproblem rather than a full inner solve — same local rate, far fewer evaluations.
-* H is the exact Hessian of the Lagrangian when the user gives ``hess`` (and constraint
-  Hessians), otherwise forward differences of ∇L (exact gradients) or the phase-one BFGS
-  matrix, which on the null space of ∇h equals ∇²L because ρ∇hᵀ∇h vanishes there.
-  If the reduced Hessian is not positive definite it is shifted (δI).
-* The active set W starts as the polyhedral constraints active at the phase-one point; a
-  constraint whose multiplier has the wrong sign is dropped, one that blocks a step is added.
-* Initial phase-two multipliers: the better (smaller E_m) of the phase-one λ and the
-  least-squares estimate argmin ‖∇f + ∇hᵀλ + Wᵀμ‖.
-* Switching test: a step is accepted while E = max(E_c, E_m) decreases; three consecutive
-  steps that do not halve E, any step that does not decrease it, or a failed linear solve
-  return control to phase one (from the best point seen) — phase two is retried after every
-  phase-one iteration, so asymptotically only phase two runs.
+* H is ∇²_zz L: exact when the user gives ``hess`` (and constraint Hessians), otherwise
+  forward differences of ∇L (exact gradients) or a damped BFGS matrix of the Lagrangian (kept
+  across phase-two visits; ZO and finite-difference gradients). The QP needs H positive
+  definite: H + ρ∇hᵀ∇h (same solution, since ∇h d = −h is fixed; λ corrected by −ρh), and if H
+  is not positive definite on the null space of ∇h, a shift δI first.
+* A step is judged by the estimators only — no objective value is needed, as in NPASA's
+  local phase: a multiplier step is accepted when E = max(E_c, E_m/s) decreases (s = max(1,
+  ‖∇f‖∞)), a constraint step when it halves E_c. Three accepted steps in a row that do not
+  halve E, any rejected step, an infeasible or failed QP, or NaN return control to phase one
+  (from the best point seen).
+* Phase two runs first, from x0 with least-squares multipliers (argmin ‖∇f + ∇hᵀλ + Wᵀμ‖ over
+  the constraints W of Ω active at x0): when x0 is in the region of fast local convergence the
+  solver never enters phase one. Otherwise phase two is retried after every phase-one
+  iteration, so asymptotically only phase two runs.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._functions import NonFiniteError
+from ._qp import solve_qp
 from .pasa import bfgs_update, minimize_polyhedral, null_space
 
 __all__ = ["NPASAOptions", "run_npasa", "StopSolver"]
@@ -52,7 +57,7 @@ class NPASAOptions:
     penalty: float = 10.0
     theta: float = 1.0
     hess_mode: str = "bfgs"  # "exact" | "2-point" | "bfgs"
-    max_phase_two_steps: int = 50
+    max_phase_two_steps: int = 200
 
 
 class StopSolver(Exception):
@@ -120,6 +125,11 @@ def _solve(run):
     if mh:
         lam = _ls_multipliers(nlp, z, nlp.poly.active_matrix(z, 1e-9)[0])[0]
     run.lam = lam
+    hess = _LagrangianHessian(nlp, opts.hess_mode)
+    z, lam, done = _phase_two(run, z, lam, hess)
+    run.z, run.lam = z, lam
+    if done:
+        return z, lam, 0, run
     rho, omega, eta = opts.penalty, 1e-1, 1e-1
     B = None
     for outer in range(200):
@@ -132,6 +142,7 @@ def _solve(run):
                 return nlp.g(y) + nlp.J(y).T @ (lam + rho * nlp.h(y))
         else:
             value, grad = nlp.f, nlp.g
+        B = _al_hessian(nlp, hess, z, lam, rho)
         res = minimize_polyhedral(value, grad, z, nlp.poly, omega, opts.maxiter, B=B, on_iter=run.tick)
         z, B = res.z, res.B
         if mh:
@@ -150,19 +161,31 @@ def _solve(run):
         run.history.append({"phase": 1, "nit": run.nit, "E_c": Ec, "E_m": Em, "penalty": rho})
         if _converged(run, Ec, Em, scale):
             return z, lam, 0, run
-        z2, lam2, B2, done = _phase_two(run, z, lam, B)
+        z, lam, done = _phase_two(run, z, lam, hess)
+        run.z, run.lam = z, lam
         if done:
-            run.z, run.lam = z2, lam2
-            return z2, lam2, 0, run
-        if z2 is not None:
-            z, lam = z2, lam2
-            run.z, run.lam = z, lam
+            return z, lam, 0, run
         if mh and rho > 1e12:
             Ec, Em, scale = _errors(nlp, z, lam)
             raise StopSolver(6 if Ec > opts.ctol else 7)
         if not mh and res.reason == "linesearch" and outer > 3:
             raise StopSolver(7)
     raise StopSolver(7)
+
+
+def _al_hessian(nlp, hess, z, lam, rho):
+    """Starting matrix of a phase-one subproblem: ∇²L(z, λ + ρh) + ρ∇hᵀ∇h, shifted positive definite."""
+    if nlp.mh:
+        h, J = nlp.h(z), nlp.J(z)
+        H = hess.at(z, lam + rho * h) + rho * (J.T @ J)
+    else:
+        H = hess.at(z, lam)
+    H = 0.5 * (H + H.T)
+    size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
+    lo = float(np.linalg.eigvalsh(H).min())
+    if lo < 1e-6 * size:
+        H = H + (1e-6 * size - lo) * np.eye(H.shape[0])
+    return H
 
 
 def _ls_multipliers(nlp, z, W):
@@ -174,139 +197,203 @@ def _ls_multipliers(nlp, z, W):
     return y[: nlp.mh], y[nlp.mh:]
 
 
-def _active_list(poly, z):
-    """Active polyhedral constraints as (kind, index, side) with side ∈ {'lo', 'up', 'eq'}."""
-    at_lb, at_ub, at_l, at_u = poly.active(z, 1e-9)
-    act = []
-    for i in np.flatnonzero(at_lb | at_ub):
-        act.append(("b", int(i), "eq" if poly.lb[i] == poly.ub[i] else ("lo" if at_lb[i] else "up")))
-    for r in np.flatnonzero(at_l | at_u):
-        act.append(("a", int(r), "eq" if poly.l[r] == poly.u[r] else ("lo" if at_l[r] else "up")))
-    return act
+class _LagrangianHessian:
+    """∇²_zz L for the multiplier steps: exact, forward differences of ∇L, or damped BFGS on the
+    x-block (slacks enter L linearly). The BFGS matrix lives across phase-two visits."""
+
+    def __init__(self, nlp, mode):
+        self.nlp, self.mode, self.Bx, self.scaled = nlp, mode, None, False
+
+    def at(self, z, lam):
+        nlp = self.nlp
+        if self.mode != "bfgs":
+            return nlp.hess_lagrangian(z, lam, self.mode)
+        if self.Bx is None:  # first step no longer than max(1, ‖x‖∞)
+            x, gx = z[: nlp.n], nlp.F.g(z[: nlp.n])
+            self.Bx = max(1.0, float(np.max(np.abs(gx))) / max(1.0, float(np.max(np.abs(x))))) * np.eye(nlp.n)
+        H = np.zeros((nlp.N, nlp.N))
+        H[: nlp.n, : nlp.n] = self.Bx
+        return H
+
+    def update(self, s, y):
+        """Damped BFGS update with s = Δx, y = Δ∇_x L at the new multipliers; before the first update
+        B₀ = I is rescaled to yᵀy/sᵀy·I (Shanno–Phua) when s and y are not nearly orthogonal."""
+        if self.mode != "bfgs":
+            return
+        n = self.nlp.n
+        s, y = s[:n], y[:n]
+        sy = float(s @ y)
+        if self.Bx is None:
+            self.Bx = np.eye(n)
+        if not self.scaled and sy > 1e-2 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+            self.Bx, self.scaled = (float(y @ y) / sy) * np.eye(n), True
+        self.Bx = bfgs_update(self.Bx, s, y)
+
+    def reset(self):
+        """Forget the BFGS matrix (a step it gave was negligible); False if there is none to forget."""
+        if self.mode != "bfgs" or self.Bx is None:
+            return False
+        self.Bx, self.scaled = None, False
+        return True
 
 
-def _rows(poly, act):
-    n = poly.n
-    W = np.zeros((len(act), n))
-    for k, (kind, i, _) in enumerate(act):
-        if kind == "b":
-            W[k, i] = 1.0
-        else:
-            W[k] = poly.A[i]
-    return W
+def _positive_definite(H, J):
+    """A matrix with the QP solution of H on {∇h d = −h}, positive definite (δI shift, then +ρJᵀJ);
+    returns (H', ρ)."""
+    N = H.shape[0]
+    H = 0.5 * (H + H.T)
+    size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
+    floor = 1e-8 * size
+    Z = null_space(J, N)
+    if Z.shape[1]:
+        lo = float(np.linalg.eigvalsh(Z.T @ H @ Z).min())
+        if lo < floor:
+            H = H + (floor - lo + 1e-3 * size * (lo < -floor)) * np.eye(N)
+    if J.shape[0] == 0:
+        return H, 0.0
+    JJ = J.T @ J
+    rho = 0.0
+    for _ in range(14):
+        Hr = H + rho * JJ
+        if float(np.linalg.eigvalsh(Hr).min()) > floor:
+            return Hr, rho
+        rho = size / max(float(np.max(np.abs(JJ))), 1e-300) if rho == 0 else 10.0 * rho
+    raise np.linalg.LinAlgError("could not make the Newton matrix positive definite")
 
 
-def _phase_two(run, z, lam, B):
-    """Balanced-reduction Newton steps; returns (z, λ, B, converged) or (None, …) when nothing improved."""
+def _step_rows(nlp, z, h, J):
+    """The rows of the step QP: linearised h (equalities) and Ω shifted to the step d."""
+    poly = nlp.poly
+    C = np.vstack([J, poly._C])
+    Cz = poly._C @ z
+    lo = np.concatenate([-h, poly._lo - Cz])
+    hi = np.concatenate([-h, poly._hi - Cz])
+    return C, lo, hi
+
+
+def _multiplier_step(nlp, z, h, J, g, H):
+    """SQP step over Ω and the new λ, or (None, None) when the linearisation is inconsistent."""
+    Hp, rho = _positive_definite(H, J)
+    C, lo, hi = _step_rows(nlp, z, h, J)
+    res = solve_qp(Hp, g, C, lo, hi)
+    if res.status != "optimal":
+        return None, None
+    return res.x, res.w[: nlp.mh] - rho * h
+
+
+def _constraint_step(nlp, z, h, J):
+    """Least-norm step onto {h + ∇h d = 0} ∩ (Ω − z); if that set is empty, a Levenberg–Marquardt
+    step for min ‖h + ∇h d‖ inside Ω."""
+    N = nlp.N
+    C, lo, hi = _step_rows(nlp, z, h, J)
+    res = solve_qp(np.eye(N), np.zeros(N), C, lo, hi)
+    if res.status == "optimal":
+        return res.x
+    JJ = J.T @ J
+    reg = 1e-6 * max(1.0, float(np.max(np.abs(JJ), initial=0.0)))
+    mh = nlp.mh
+    res = solve_qp(JJ + reg * np.eye(N), J.T @ h, C[mh:], lo[mh:], hi[mh:])
+    if res.status != "optimal":
+        raise np.linalg.LinAlgError("no constraint step")
+    return res.x
+
+
+def _negligible(d, z):
+    return float(np.max(np.abs(d), initial=0.0)) <= 1e-12 * (1.0 + float(np.max(np.abs(z), initial=0.0)))
+
+
+def _merit_search(nlp, z, d, new_lam, g, h, nu):
+    """Armijo backtracking on the ℓ1 merit φ = f + Σ νᵢ|hᵢ| (slacks at their best values, so |hᵢ| is
+    the violation of cᵢ) along the Newton step d, the unit step first: a step the merit accepts
+    costs one objective value. νᵢ ≥ 1.1|λ⁺ᵢ| makes d a descent direction; a weight may fall again
+    (Powell's rule, as in SLSQP). Returns (t, ν), t = None when the search fails."""
+    nu = np.maximum(1.1 * np.abs(new_lam) + 1e-10, 0.5 * (nu + np.abs(new_lam)))
+    slope = float(g @ d) - float(nu @ np.abs(h))
+    if not slope < 0:
+        return None, nu
+    phi0 = nlp.f(z) + float(nu @ np.abs(h))
+    t = 1.0
+    for _ in range(8):
+        try:
+            y = nlp.with_best_slacks(np.clip(z + t * d, nlp.poly.lb, nlp.poly.ub))
+            phi = nlp.f(y) + float(nu @ np.abs(nlp.h(y)))
+            if phi <= phi0 + 1e-4 * t * slope:
+                return t, nu
+            denom = 2.0 * (phi - phi0 - slope * t)
+            tq = -slope * t * t / denom if denom > 0 else 0.5 * t
+        except NonFiniteError:
+            tq = 0.1 * t
+        t = min(0.5 * t, max(0.1 * t, tq))
+    return None, nu
+
+
+def _phase_two(run, z, lam, hess):
+    """Balanced-reduction Newton steps from (z, λ); returns (z, λ, converged) at the last point
+    accepted (the given one when no step was)."""
     nlp, opts, poly = run.nlp, run.opts, run.nlp.poly
-    N, mh = nlp.N, nlp.mh
-    act = _active_list(poly, z)
-    W = _rows(poly, act)
-    lam_ls = _ls_multipliers(nlp, z, W)[0] if mh else lam
+    mh = nlp.mh
     try:
         Ec, Em, scale = _errors(nlp, z, lam)
         if mh:
+            lam_ls = _ls_multipliers(nlp, z, poly.active_matrix(z, 1e-9)[0])[0]
             Ec2, Em2, _ = _errors(nlp, z, lam_ls)
             if Em2 < Em:
                 lam, Em = lam_ls, Em2
     except NonFiniteError:
-        return None, None, B, False
-    E = max(Ec, Em / scale)
-    start_E, slow, E_ref = E, 0, E
-    z0, lam0 = z, lam
+        return z, lam, False
+    _remember(run, z, lam, Ec, Em, scale)
+    E_best, nu = max(Ec, Em), np.zeros(mh)
     for _ in range(opts.max_phase_two_steps):
         if _converged(run, Ec, Em, scale):
-            return z, lam, B, True
+            return z, lam, True
         try:
-            h, J, g = nlp.h(z), nlp.J(z), nlp.g(z)
-            for _drop in range(len(act) + 1):
-                W = _rows(poly, act)
-                M = np.vstack([J, W])
-                if Ec > opts.theta * Em:
-                    kind = "constraint"
-                    rhs = np.concatenate([h, np.zeros(len(act))])
-                    d = -np.linalg.lstsq(M, rhs, rcond=None)[0] if M.shape[0] else np.zeros(N)
-                    new_lam = lam
-                    break
-                kind = "multiplier"
-                H = B if opts.hess_mode == "bfgs" else nlp.hess_lagrangian(z, lam, opts.hess_mode)
-                H = _convexify(H, M, N)
-                K = np.block([[H, M.T], [M, np.zeros((M.shape[0], M.shape[0]))]])
-                rhs = np.concatenate([-g, -h, np.zeros(len(act))])
-                sol = np.linalg.lstsq(K, rhs, rcond=None)[0] if M.shape[0] else np.linalg.solve(H, -g)
-                d, y = sol[:N], sol[N:]
-                new_lam, mu = y[:mh], y[mh:]
-                wrong = [k for k, (_, _, side) in enumerate(act)
-                         if (side == "lo" and mu[k] > 1e-10 * scale) or (side == "up" and mu[k] < -1e-10 * scale)]
-                if not wrong:
-                    break
-                worst = max(wrong, key=lambda k: abs(mu[k]))
-                del act[worst]
-            d = _onto_face(poly, act, d)
-            tmax, which = poly.max_step(z, d)
-            partial = tmax < 1.0
-            znew = np.clip(z + min(1.0, tmax) * d, poly.lb, poly.ub)
-            if partial and which is not None:
-                kind_b, idx = which
-                side = "lo" if kind_b in ("lb", "l") else "up"
-                entry = ("b" if kind_b in ("lb", "ub") else "a", idx, side)
-                if entry not in act:
-                    act.append(entry)
-            Ecn, Emn, scalen = _errors(nlp, znew, new_lam)
+            step = _balanced_step(nlp, opts, hess, z, lam, Ec, Em, E_best, nu)
         except (NonFiniteError, np.linalg.LinAlgError):
-            break  # phase two cannot go on from here: back to phase one
-        Enew = max(Ecn, Emn / scalen)
-        run.history.append({"phase": 2, "step": kind, "nit": run.nit + 1, "E_c": Ecn, "E_m": Emn})
-        if kind == "constraint":
-            if not Ecn <= 0.5 * Ec:  # a constraint step must cut the violation; E_m is judged next
-                break
-        elif not Enew < E_ref:
+            step = None  # phase two cannot go on from here: back to phase one
+        if step is None:
             break
-        if opts.hess_mode == "bfgs" and B is not None:
-            B = bfgs_update(B, znew - z, nlp.grad_lagrangian(znew, new_lam) - nlp.grad_lagrangian(z, new_lam))
-        if kind == "multiplier":
-            slow = slow + 1 if Enew > 0.5 * E_ref else 0
-            E_ref = Enew
-        z, lam, E, Ec, Em, scale = znew, new_lam, Enew, Ecn, Emn, scalen
+        kind, accept, znew, new_lam, (Ecn, Emn, scalen), nu, gL_old = step
+        run.history.append({"phase": 2, "step": kind, "accept": accept, "nit": run.nit + 1, "E_c": Ecn, "E_m": Emn})
+        if accept is None:
+            break
+        try:
+            hess.update(znew - z, nlp.grad_lagrangian(znew, new_lam) - gL_old)
+        except NonFiniteError:
+            break
+        z, lam, Ec, Em, scale = znew, new_lam, Ecn, Emn, scalen
+        E_best = min(E_best, max(Ec, Em))
         _remember(run, z, lam, Ec, Em, scale)
-        run.z, run.lam = z, lam
         run.tick(z)
-        if slow >= 3:
-            break
-    if _converged(run, Ec, Em, scale):
-        return z, lam, B, True
-    if E < start_E or (z is not z0 and Ec < 0.5 * max(start_E, 1e-300)):
-        return z, lam, B, False
-    return None, None, B, False
+    return z, lam, _converged(run, Ec, Em, scale)
 
 
-def _onto_face(poly, act, d):
-    """Remove the round-off component of d along active constraints (lstsq leaves ~1e-16·‖K‖)."""
-    d = d.copy()
-    rows = []
-    for kind, i, _ in act:
-        if kind == "b":
-            d[i] = 0.0
-        else:
-            rows.append(i)
-    if rows:
-        W = poly.A[rows]
-        free = np.ones(poly.n, dtype=bool)
-        free[[i for kind, i, _ in act if kind == "b"]] = False
-        Wf = W[:, free]
-        if Wf.size:
-            d[free] -= Wf.T @ np.linalg.lstsq(Wf @ Wf.T, Wf @ d[free], rcond=None)[0]
-    return d
-
-
-def _convexify(H, M, N):
-    """Shift H by δI until it is positive definite on the null space of M."""
-    Z = null_space(M, N)
-    if Z.shape[1] == 0:
-        return H
-    Hz = Z.T @ H @ Z
-    lo = float(np.linalg.eigvalsh(0.5 * (Hz + Hz.T)).min())
-    floor = 1e-8 * max(1.0, float(np.max(np.abs(H), initial=0.0)))
-    if lo >= floor:
-        return H
-    return H + (floor - lo + 1e-8) * np.eye(N)
+def _balanced_step(nlp, opts, hess, z, lam, Ec, Em, E_best, nu):
+    """One phase-two step: (kind, accepted by "estimators" | "merit" | None, z⁺, λ⁺, errors at z⁺, ν,
+    ∇L(z, λ⁺)), or None when no step can be formed."""
+    poly, mh = nlp.poly, nlp.mh
+    h, J, g = nlp.h(z), nlp.J(z), nlp.g(z)
+    if mh and Ec > opts.theta * Em:
+        d = _constraint_step(nlp, z, h, J)
+        znew = nlp.with_best_slacks(np.clip(z + d, poly.lb, poly.ub))
+        errs = _errors(nlp, znew, lam)
+        if errs[0] <= 0.5 * Ec:  # a constraint step must halve the violation; E_m is judged next
+            return "constraint", "estimators", znew, lam, errs, nu, g + J.T @ lam
+    d, new_lam = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
+    if d is not None and _negligible(d, z) and hess.reset():
+        d, new_lam = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
+    if d is None or _negligible(d, z):
+        return None
+    gL_old = g + J.T @ new_lam if mh else g
+    znew = nlp.with_best_slacks(np.clip(z + d, poly.lb, poly.ub))
+    errs = _errors(nlp, znew, new_lam)
+    if max(errs[0], errs[1]) <= 0.9 * E_best:
+        return "multiplier", "estimators", znew, new_lam, errs, nu, gL_old
+    t, nu = _merit_search(nlp, z, d, new_lam, g, h, nu)
+    if t is None:
+        return "multiplier", None, znew, new_lam, errs, nu, gL_old
+    if t < 1.0:
+        znew = nlp.with_best_slacks(np.clip(z + t * d, poly.lb, poly.ub))
+        new_lam = lam + t * (new_lam - lam)
+        gL_old = g + J.T @ new_lam if mh else g
+        errs = _errors(nlp, znew, new_lam)
+    return "multiplier", "merit", znew, new_lam, errs, nu, gL_old
