@@ -1,4 +1,4 @@
-"""The ``zeroth`` command (also ``python -m zeroth``): ``demo`` and ``info``."""
+"""The ``zeroth`` command (also ``python -m zeroth``): ``demo``, ``info`` and ``defend``."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,58 @@ def _info() -> None:
         print("ops backend: python (no compiled kernels)")
 
 
+def _numbers(kind):
+    """argparse type: a comma-separated list of ``kind`` (``"2,6,24"``)."""
+    def parse(text: str):
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def _add_defend(sub) -> None:
+    """``zeroth defend``: the ZO-AE-DS certified black-box defense table (zeroth.recipes.zo_ae_ds)."""
+    p = sub.add_parser("defend", help="ZO-AE-DS certified black-box defense: train, certify, table + plot")
+    p.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
+    p.add_argument("--data-dir", help="folder of the CIFAR-10 python-pickle batches (never downloaded)")
+    p.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std on [0, 1] pixels")
+    p.add_argument("--estimator", choices=["cge", "rge", "all"], default="all", help="which ZO-AE-DS rows to run")
+    p.add_argument("--q", type=_numbers(int), help="RGE directions, comma-separated (default 2,d_z/4,d_z)")
+    p.add_argument("--mu", type=float, default=5e-3, help="finite-difference step")
+    p.add_argument("--latent-dim", type=int, help="d_z (digits 24, cifar10 192)")
+    p.add_argument("--epochs", type=int, help="denoiser epochs per row")
+    p.add_argument("--classifier-epochs", type=int)
+    p.add_argument("--ae-epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--n", type=int, help="certification samples (digits 1000, cifar10 10000)")
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--num-certify", type=int, help="test images certified, evenly spaced (digits 450, cifar10 500)")
+    p.add_argument("--radii", type=_numbers(float), help="table radii, comma-separated")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="save each stage there; a rerun resumes from it")
+    p.add_argument("--out", default="zeroth_defend.png", help="path of the saved plot")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _defend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .recipes.zo_ae_ds.defend import DefendConfig, run
+
+    try:
+        config = DefendConfig(
+            dataset=args.dataset, data_dir=args.data_dir, sigma=args.sigma, estimator=args.estimator, q=args.q,
+            mu=args.mu, n0=args.n0, alpha=args.alpha, latent_dim=args.latent_dim, epochs=args.epochs,
+            classifier_epochs=args.classifier_epochs, ae_epochs=args.ae_epochs, batch_size=args.batch_size, n=args.n,
+            num_certify=args.num_certify, radii=args.radii, seed=args.seed, device=args.device, out=args.out,
+            checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
+    except ValueError as err:
+        parser.error(f"defend: {err}")
+    run(config)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="zeroth", description="zeroth-order training for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,10 +97,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("info", help="versions, extras, devices and active backends")
+    _add_defend(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         _info()
         return 0
+    if args.command == "defend":
+        return _defend(parser, args)
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
     from .demo import run

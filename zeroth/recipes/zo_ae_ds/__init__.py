@@ -12,11 +12,21 @@ from .data import Normalize, load_cifar10
 from .defend import PRESETS, DefendConfig, Report, Row, run
 from .denoiser import DnCNN
 from .queries import QueryCounter
-from .train import TrainLog, pseudo_labels, train_autoencoder, train_classifier, train_denoiser
+from .train import (
+    OwnerSide,
+    TrainLog,
+    classifier_head,
+    denoised_loss,
+    pseudo_labels,
+    train_autoencoder,
+    train_classifier,
+    train_denoiser,
+)
 
 __all__ = [
-    "ABSTAIN", "Certificate", "DefendConfig", "DnCNN", "Normalize", "PRESETS", "QueryCounter", "Report", "Row",
-    "TrainLog", "build_decoder", "build_encoder", "certified_accuracy", "certify", "certify_dataset", "load_cifar10",
+    "ABSTAIN", "Certificate", "DefendConfig", "DnCNN", "Normalize", "OwnerSide", "PRESETS", "QueryCounter", "Report",
+    "Row", "TrainLog", "build_decoder", "build_encoder", "certified_accuracy", "certify", "certify_dataset",
+    "classifier_head", "denoised_loss", "load_cifar10",
     "lower_confidence_bound", "predict", "pseudo_labels", "run", "sample_counts", "train_autoencoder",
     "train_classifier", "train_denoiser",
 ]

@@ -59,6 +59,12 @@ def _check_positive(name: str, value, integer: bool = False, upper: Optional[flo
     return int(value) if integer else float(value)
 
 
+def _check_test(sigma, n, alpha):
+    """``sigma > 0``, integer ``n > 0`` and ``0 < alpha < 1/2``, validated (ValueError naming each)."""
+    return (_check_positive("sigma", sigma), _check_positive("n", n, integer=True),
+            _check_positive("alpha", alpha, upper=0.5))
+
+
 def _check_input(x) -> Tensor:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point torch.Tensor (one input, without batch dimension), got {type(x).__name__}")
@@ -131,10 +137,8 @@ def certify(
     ``p̲A < 1/2``. With probability ≥ ``1 − α`` over the noise, a returned class is the
     smoothed classifier's and is constant on the ball. Put ``model`` in eval mode first.
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma, n, alpha = _check_test(sigma, n, alpha)
     n0 = _check_positive("n0", n0, integer=True)
-    n = _check_positive("n", n, integer=True)
-    alpha = _check_positive("alpha", alpha, upper=0.5)
     stats = require("scipy.stats", "science")
     selection = sample_counts(model, x, sigma, n0, batch=batch, generator=generator, num_classes=num_classes)
     candidate = int(selection.argmax())
@@ -162,9 +166,7 @@ def predict(
     Abstains when a two-sided binomial test of the top two counts ``(nA, nB)`` against
     ``p = 1/2`` has p-value ``> α``; a returned class is wrong with probability ≤ ``α``.
     """
-    sigma = _check_positive("sigma", sigma)
-    n = _check_positive("n", n, integer=True)
-    alpha = _check_positive("alpha", alpha, upper=0.5)
+    sigma, n, alpha = _check_test(sigma, n, alpha)
     stats = require("scipy.stats", "science")
     counts = sample_counts(model, x, sigma, n, batch=batch, generator=generator, num_classes=num_classes)
     top = torch.topk(counts, min(2, counts.numel()))

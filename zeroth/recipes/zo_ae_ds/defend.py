@@ -53,7 +53,7 @@ class Preset:
     dncnn_width: int
     classifier_epochs: int
     ae_epochs: int
-    denoiser_epochs: int
+    epochs: int               # denoiser epochs per row
     batch_size: int
     n: int                    # Monte-Carlo samples of the certificate (N0 = 100 for both)
     num_certify: int          # test images certified, evenly spaced over the test set
@@ -71,13 +71,13 @@ PRESETS: Dict[str, Preset] = {
     # largest certifiable radius is σ·Φ⁻¹(0.001^(1/1000)) = 0.62, so 0.75 is out of reach.
     "digits": Preset(channels=1, image_size=8, classifier=DigitsCNN, classifier_name="DigitsCNN", latent_dim=24,
                      ae_width=16, dncnn_depth=5, dncnn_width=16, classifier_epochs=30, ae_epochs=150,
-                     denoiser_epochs=20, batch_size=64, n=1000, num_certify=450,
+                     epochs=20, batch_size=64, n=1000, num_certify=450,
                      radii=(0.0, 0.125, 0.25, 0.375, 0.5), max_points=None),
     # The paper's CIFAR-10 setting (DnCNN 17/64, d_z = 192, N = 10 000, every 20th test
     # image as in Cohen et al.) with a ResNet-20 owner model; sized for one GPU.
     "cifar10": Preset(channels=3, image_size=32, classifier=_cifar_classifier, classifier_name="ResNet-20",
                       latent_dim=192, ae_width=32, dncnn_depth=17, dncnn_width=64, classifier_epochs=60,
-                      ae_epochs=100, denoiser_epochs=50, batch_size=256, n=10_000, num_certify=500,
+                      ae_epochs=100, epochs=50, batch_size=256, n=10_000, num_certify=500,
                       radii=(0.0, 0.25, 0.5, 0.75), max_points=65_536),
 }
 
@@ -108,7 +108,7 @@ class DefendConfig:
     n0: int = 100
     alpha: float = 0.001
     latent_dim: Optional[int] = None
-    denoiser_epochs: Optional[int] = None
+    epochs: Optional[int] = None            # denoiser epochs per row
     classifier_epochs: Optional[int] = None
     ae_epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -135,7 +135,7 @@ class DefendConfig:
         if self.alpha >= 0.5:
             raise ValueError(f"Invalid alpha value: {self.alpha!r} (alpha must be < 0.5)")
         self.n0 = _positive("n0", self.n0, integer=True)
-        for name in ("latent_dim", "denoiser_epochs", "classifier_epochs", "ae_epochs", "batch_size", "n", "num_certify"):
+        for name in ("latent_dim", "epochs", "classifier_epochs", "ae_epochs", "batch_size", "n", "num_certify"):
             value = getattr(self, name)
             setattr(self, name, getattr(p, name) if value is None else _positive(name, value, integer=True))
         d_z = self.latent_dim
@@ -254,7 +254,7 @@ def run(config: DefendConfig) -> Report:
         enc = copy.deepcopy(encoder) if kwargs["through_ae"] else None
         counter = QueryCounter(f, white_box=kwargs["mode"] == "fo")
         log = train_denoiser(denoiser, counter, data.x_train, sigma=config.sigma, encoder=enc,
-                             decoder=decoder if kwargs["through_ae"] else None, epochs=config.denoiser_epochs,
+                             decoder=decoder if kwargs["through_ae"] else None, epochs=config.epochs,
                              batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                              max_points=p.max_points if kwargs["mode"] == "zo" else None, progress=config.progress,
                              **kwargs, **_checkpoint(config, name.replace(" ", "_").replace("=", "")))
@@ -277,7 +277,7 @@ def format_report(report: Report) -> str:
     p = c.preset
     head = (f"ZO-AE-DS certified defense on {c.dataset}: σ = {c.sigma}, d_z = {c.latent_dim}, μ = {c.mu} "
             f"(forward differences, RGE on the unit sphere), DnCNN depth {p.dncnn_depth} / {p.dncnn_width} channels, "
-            f"{c.denoiser_epochs} denoiser epochs (batch {c.batch_size}, Adam lr {c.lr})\n"
+            f"{c.epochs} denoiser epochs (batch {c.batch_size}, Adam lr {c.lr})\n"
             f"certified on {len(report.rows[1].certificates)} test images: N0 = {c.n0}, N = {c.n}, α = {c.alpha} "
             f"({c.n0 + c.n} queries per image)")
     radii = "".join(f"{'r=' + format(r, 'g'):>8}" for r in c.radii)

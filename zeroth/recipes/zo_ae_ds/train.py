@@ -167,6 +167,18 @@ def _fit(
     return log
 
 
+def _autograd_step(opt: torch.optim.Optimizer, loss_of: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """One optimiser step on ``loss_of(xb, yb)`` by ``backward()`` (a black box inside does its ZO VJP there)."""
+    def step(xb: Tensor, yb: Tensor) -> Tensor:
+        loss = loss_of(xb, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
 def train_classifier(
     model: nn.Module,
     x: Tensor,
@@ -186,13 +198,7 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=_check_rate("lr", lr),
                            weight_decay=_check_rate("weight_decay", weight_decay, allow_zero=True))
 
-    def step(xb: Tensor, yb: Tensor) -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
+    step = _autograd_step(opt, lambda xb, yb: F.cross_entropy(model(xb), yb))
     with _modes([model], []):
         return _fit(step, x, y, stateful={"model": model, "optimizer": opt}, log=TrainLog(), counter=None,
                     epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint, resume=resume,
@@ -217,13 +223,7 @@ def train_autoencoder(
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=_check_rate("lr", lr))
 
-    def step(xb: Tensor, _: Tensor) -> Tensor:
-        opt.zero_grad()
-        loss = F.mse_loss(decoder(encoder(xb)), xb)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
+    step = _autograd_step(opt, lambda xb, _: F.mse_loss(decoder(encoder(xb)), xb))
     with _modes([encoder, decoder], []):
         return _fit(step, x, x, stateful={"encoder": encoder, "decoder": decoder, "optimizer": opt}, log=TrainLog(),
                     counter=None, epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
@@ -247,6 +247,55 @@ def _counter_for(classifier: nn.Module, mode: str) -> QueryCounter:
         raise ValueError("classifier: mode='zo' must treat the classifier as a black box; "
                          "pass QueryCounter(f) (white_box=False) or the bare model")
     return classifier
+
+
+class OwnerSide(nn.Module):
+    """``u ↦ f(Dec(u))`` (or ``f(u)`` without a decoder): everything after the trained part."""
+
+    def __init__(self, classifier: QueryCounter, decoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.classifier, self.decoder = classifier, decoder
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.classifier(u if self.decoder is None else self.decoder(u))
+
+
+def classifier_head(
+    classifier: QueryCounter,
+    *,
+    mode: str,
+    decoder: Optional[nn.Module] = None,
+    estimator: Any = None,
+    seed: int = 0,
+    max_points: Optional[int] = None,
+) -> nn.Module:
+    """``f∘Dec`` (or ``f``) as the denoiser's loss sees it: white-box (``"fo"``) or a ZO black box.
+
+    With ``mode="zo"`` it is a :class:`BlackBox` (rowwise, batched: a step's forward and all
+    its perturbations go to the classifier in as few calls as ``max_points`` allows) with
+    ``estimator`` (default ``CGE(mu=5e-3)``); its input is the latent ``z`` when a decoder is
+    given, else the image.
+    """
+    side = OwnerSide(classifier, decoder)
+    if mode == "fo":
+        return side
+    program = batched(side, max_points=max_points, name="f∘Dec" if decoder is not None else "f")
+    return BlackBox(program, CGE(mu=5e-3) if estimator is None else estimator, seed=seed)
+
+
+def denoised_loss(
+    denoiser: nn.Module,
+    head: Callable[[Tensor], Tensor],
+    x: Tensor,
+    targets: Tensor,
+    noise: Tensor,
+    encoder: Optional[nn.Module] = None,
+) -> Tensor:
+    """``CE(head(Enc(D(x + noise))), targets)``: the training loss of (ZO-/FO-)(AE-)DS."""
+    u = denoiser(x + noise)                                   # (B, C, H, W)
+    if encoder is not None:
+        u = encoder(u)                                        # (B, d_z, 1, 1)
+    return F.cross_entropy(head(u), targets)                  # head: f∘Dec or f, logits (B, K)
 
 
 def train_denoiser(
@@ -310,31 +359,20 @@ def train_denoiser(
     params = [p for m in trained for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=_check_rate("lr", lr),
                            weight_decay=_check_rate("weight_decay", weight_decay, allow_zero=True))
-    head = (lambda u: counter(decoder(u))) if through_ae else counter           # what the owner's side computes
-    if mode == "zo":
-        black_box: Optional[BlackBox] = BlackBox(batched(head, max_points=max_points, name="f∘Dec" if through_ae else "f"),
-                                                 CGE(mu=5e-3) if estimator is None else estimator, seed=seed)
-        head = black_box
-    else:
-        black_box = None
+    head = classifier_head(counter, mode=mode, decoder=decoder, estimator=estimator, seed=seed, max_points=max_points)
     noise = torch.Generator().manual_seed(int(seed) + 1)
 
-    def step(xb: Tensor, yb: Tensor) -> Tensor:
+    def loss_of(xb: Tensor, yb: Tensor) -> Tensor:
         delta = torch.randn(xb.shape, generator=noise, dtype=xb.dtype).to(xb.device) * sigma
-        u = denoiser(xb + delta)                                                 # (B, C, H, W)
-        if through_ae:
-            u = encoder(u)                                                       # (B, d_z, 1, 1)
-        loss = F.cross_entropy(head(u), yb)                                      # head: f∘Dec or f, (B, K) logits
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return denoised_loss(denoiser, head, xb, yb, delta, encoder=encoder)
+
+    step = _autograd_step(opt, loss_of)
 
     stateful: Dict[str, Any] = {"denoiser": denoiser, "optimizer": opt, "noise": _generator_state(noise)}
     if through_ae:
         stateful["encoder"] = encoder
-    if black_box is not None:
-        stateful["black_box"] = black_box
+    if isinstance(head, BlackBox):
+        stateful["black_box"] = head
     log = TrainLog()
     fixed = [counter.classifier, decoder] + ([encoder] if through_ae and not train_encoder else [])
     with _frozen(*fixed), _modes(trained, fixed):
