@@ -22,6 +22,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .. import ops
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -105,8 +107,11 @@ class Coordinates(Directions):
             if idx.numel() == 0:
                 continue
             g = grads[j]
-            c = coeffs[self.offsets[j]:self.offsets[j + 1]].to(device=g.device, dtype=g.dtype)
-            g.view(-1).index_add_(0, idx.to(g.device), c / self.mus[j])
+            c = coeffs[self.offsets[j]:self.offsets[j + 1]]
+            if g.is_contiguous():  # the fused scatter kernel (zeroth.ops)
+                ops.scatter_scaled_add(g.view(-1), idx.to(g.device), c.to(g.device), 1.0 / self.mus[j])
+            else:
+                g.view(-1).index_add_(0, idx.to(g.device), c.to(device=g.device, dtype=g.dtype) / self.mus[j])
 
 
 class RandomDirections(Directions):
