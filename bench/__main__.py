@@ -1,12 +1,20 @@
 """``python -m bench`` (``make bench``): the engine tables, then the constrained-solver table
-(``--no-constrained`` skips it)."""
+(``--no-constrained`` skips it), then the Ray scaling table when ray is installed
+(``--no-distributed`` skips it)."""
 import sys
 
 from . import engine
 
-args = [a for a in sys.argv[1:] if a != "--no-constrained"]
+args = [a for a in sys.argv[1:] if a not in ("--no-constrained", "--no-distributed")]
 engine.main(args)
 if "--no-constrained" not in sys.argv:
     from .constrained.__main__ import main as constrained_main
 
     constrained_main([])
+
+from zeroth._optional import available  # noqa: E402
+
+if "--no-distributed" not in sys.argv and available("ray"):
+    from .distributed import main as distributed_main
+
+    distributed_main([])

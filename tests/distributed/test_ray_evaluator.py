@@ -272,3 +272,16 @@ def test_a_pool_of_simulators_gives_the_local_outputs_and_gradient(cpus_free):
         assert remote.counts()["calls"] == 1 and pool.pool.last_call["pieces"] == [10, 10]  # 5 rows x (1 + 3) points
     finally:
         pool.close()
+
+
+# -- the example ---------------------------------------------------------------------------
+def test_the_multi_gpu_example_trains_on_cpu_workers(cpus_free):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "ray_multi_gpu.py")
+    spec = importlib.util.spec_from_file_location("example_ray_multi_gpu", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(["--steps", "1", "--batch-size", "2", "--lr", "0.01"])
+    assert [w["device"] for w in out["workers"]] == ["cpu", "cpu"]
+    assert len(out["history"]) == 1 and all(torch.isfinite(torch.tensor(h["loss"])) for h in out["history"])

@@ -247,10 +247,12 @@ class WorkerPool:
     def run(self, plan: Sequence[tuple], submit: Callable[[Any, int], Any], what: str = "a call") -> List[Any]:
         """Results of ``submit(handle, i)`` for every piece ``i`` of ``plan``, in order.
 
-        Each result must be a dict with ``"seconds"`` (the worker's own compute time); it is
-        used to measure speeds. Application errors raised on a worker are re-raised here
-        (the original exception, with a note naming the worker); a dead worker's piece is
-        re-run elsewhere (see the module doc).
+        Each result must be a dict with ``"seconds"`` (the worker's own compute time; it is
+        used to measure speeds) and may have ``"cpu_seconds"`` (CPU time of that work:
+        ``last_call["core_share"]`` is their mean ratio, below 1 when workers wait for a core).
+        Application errors raised on a worker are re-raised here (the original exception,
+        with a note naming the worker); a dead worker's piece is re-run elsewhere (see the
+        module doc).
         """
         ray = self._ray
         start = time.perf_counter()
@@ -299,8 +301,10 @@ class WorkerPool:
         wall = time.perf_counter() - start
         self._measure(ran_on, sizes, results)
         compute = max((r["seconds"] for r in results), default=0.0)
+        share = [r["cpu_seconds"] / r["seconds"] for r in results if r.get("cpu_seconds") and r["seconds"] > 0]
         self.last_call = {"seconds": wall, "compute": compute, "overhead": max(0.0, wall - compute),
-                          "pieces": sizes, "failures": len(failures)}
+                          "pieces": sizes, "failures": len(failures),
+                          "core_share": sum(share) / len(share) if share else None}
         return results
 
     def _retire(self, slot: _Slot) -> None:

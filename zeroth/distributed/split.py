@@ -63,11 +63,9 @@ def subset(dirs: Directions, ids: Tensor) -> Directions:
     order of the global ones; random directions are regenerated from the same seeds.
     """
     if isinstance(dirs, Coordinates):
-        indices = []
-        for j, idx in enumerate(dirs.indices):
-            lo, hi = dirs.offsets[j], dirs.offsets[j + 1]
-            mine = ids[(ids >= lo) & (ids < hi)] - lo
-            indices.append(idx.detach().cpu()[mine])
+        bounds = torch.searchsorted(ids, torch.tensor(dirs.offsets, dtype=ids.dtype)).tolist()
+        indices = [idx.detach().cpu()[ids[bounds[j]:bounds[j + 1]] - dirs.offsets[j]]
+                   for j, idx in enumerate(dirs.indices)]
         return Coordinates(indices, dirs.mus, dirs.scheme)
     if isinstance(dirs, RandomDirections):
         return SeedSubset(dirs, ids)

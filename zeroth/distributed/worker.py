@@ -123,7 +123,7 @@ class EvaluatorWorker:
         objective.targets = move(objective.targets, self.device)
         params = [self.parameters[i] for i in step["param_index"]]
         dirs = split.to_device(piece, [p.device for p in params])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         losses: Losses = self.inner.evaluate(objective, params, dirs)
         if cuda:
             torch.cuda.synchronize(self.device)
@@ -131,6 +131,7 @@ class EvaluatorWorker:
             "base": losses.base.detach().cpu() if losses.base is not None else None,
             "perturbed": losses.perturbed.detach().cpu(),
             "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.thread_time() - cpu,
         }
         if report:
             out["buffers"] = [b.detach().cpu().clone() for b in self.model.buffers()]
@@ -152,11 +153,12 @@ class ProgramWorker:
 
     def call(self, points: Tensor, context: Sequence[Any], rows: Sequence[bool]) -> Dict[str, Any]:
         """The program at each of ``points`` (K, ...); ``rows[c]``: context ``c`` has one row per point."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         if self.program.batched:
             out = self.program(points, *context)
         else:
             outs = [self.program(points[k], *(c[k] if r else c for c, r in zip(context, rows)))
                     for k in range(points.shape[0])]
             out = torch.stack([torch.as_tensor(o) for o in outs]) if outs else torch.empty(0)
-        return {"out": torch.as_tensor(out).detach().cpu(), "seconds": time.perf_counter() - start}
+        return {"out": torch.as_tensor(out).detach().cpu(), "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.thread_time() - cpu}
