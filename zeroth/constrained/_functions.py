@@ -3,14 +3,24 @@ their Jacobians, in float64 numpy — whatever the user's functions take and ret
 
 * ``jac`` callable → exact; ``"2-point"``/``"3-point"`` → finite differences that step
   inwards near a bound; ``"zo"`` → zeroth's estimators through
-  :func:`zeroth.estimators.zo_gradient` / :func:`zo_jacobian` (default: central CGE).
+  :func:`zeroth.estimators.zo_gradient` / :func:`zo_jacobian` (default: CGE, below).
 * Every function value passes a finiteness check (:class:`NonFiniteError`) and the objective
   budget check (:class:`BudgetError`), so failures surface with context, not deep inside.
+  ``nfev`` counts every call of ``fun`` (line searches, differences, ZO estimates alike),
+  ``njev`` the gradients (calls of ``jac``, or estimates), ``ncev``/``ncjev`` the same for
+  the constraints. Values are cached at the last few points, so no point is paid for twice.
 * If ``x0`` was a torch tensor, the user's functions receive tensors of its dtype/device.
 
-Default ZO step (choice): central CGE with μ = ε^{1/3}·max(1, ‖x‖∞) ≈ 6e-6·max(1, ‖x‖∞)
-in float64 — the step that balances the O(μ²) truncation error of central differences
-against the O(ε/μ) rounding error, giving gradients accurate to ~1e-10 relative.
+Default ZO estimate (choice): CGE on coordinates scaled by dⱼ = max(1, |xⱼ|) (zeroth's CGE has
+one μ per tensor, so it runs on u ↦ f(x + D u) and ∇f = D⁻¹∇ᵤ). *Precise*: central
+differences, μ = ε^{1/3} ≈ 6e-6 — balances the O(μ²) truncation and O(ε/μ) rounding
+errors, gradients to ~1e-10 relative, 2n values. *Rough*: forward differences, μ = √ε,
+stepping inwards at a bound, f(x) reused from the cache — ~1e-8 relative, n values (n + 1
+if f(x) is new). The solver sets :attr:`Functions.rough_ok` while it is far from a solution
+(its error estimates are far above that accuracy) and clears it before any convergence test;
+a gradient cached as rough is recomputed when a precise one is asked for. ``"3-point"``
+differences have the same rough variant (``"2-point"`` ones). A user-given ``zo_estimator``
+is used as given, always.
 """
 from __future__ import annotations
 
@@ -71,7 +81,8 @@ class Functions:
         self.maxfev = maxfev
         self.zo_estimator, self.zo_generator = zo_estimator, zo_generator
         self.nfev = self.njev = self.nhev = self.ncev = self.ncjev = 0
-        self._fc, self._gc, self._cc, self._jc = _Cache(), _Cache(), _Cache(), _Cache()
+        self._fc, self._gc, self._cc, self._jc = _Cache(), _Cache(), _Cache(), _Cache()  # g, J: (value, rough)
+        self.rough_ok = False  # set by the solver: one-sided differences are accurate enough for now
         self.eps = EPS
         if torch is not None and isinstance(like, torch.Tensor) and like.is_floating_point():
             self.eps = max(EPS, float(torch.finfo(like.dtype).eps))  # differences sized for the user's dtype
@@ -85,12 +96,6 @@ class Functions:
             return torch.as_tensor(x, dtype=self._like.dtype, device=self._like.device).clone()
         return np.array(x, dtype=float)
 
-    def _tensor_fun(self, call):
-        """Wrap a numpy-level call for zeroth's functional estimators (float64 tensors)."""
-        def wrapped(t):
-            return torch.as_tensor(call(t.detach().cpu().numpy().astype(float)), dtype=torch.float64)
-        return wrapped
-
     # --- objective ----------------------------------------------------------------------
     def _raw_f(self, x):
         if self.nfev >= self.maxfev:
@@ -99,7 +104,7 @@ class Functions:
         out = self._fun(self.to_user(x), *self._args)
         if self._jac is True:
             out, g = out
-            self._gc.put(x, self._grad_out(g, x))
+            self._gc.put(x, (self._grad_out(g, x), False))
         try:
             val = float(as_array(out, "fun output").reshape(()))
         except ValueError as exc:
@@ -122,18 +127,23 @@ class Functions:
 
     def g(self, x):
         hit = self._gc.get(x)
-        if hit is not None:
-            return hit
+        if hit is not None and (self.rough_ok or not hit[1]):
+            return hit[0]
+        self.njev += 1
         if self._jac is True:
             self._fc.put(x, self._raw_f(x))
-            self.njev += 1
-            return self._gc.get(x)
-        self.njev += 1
+            return self._gc.get(x)[0]
+        rough = self.rough_ok and self._has_rough(self._jac)
         if callable(self._jac):
-            return self._gc.put(x, self._grad_out(self._jac(self.to_user(x), *self._args), x))
-        if self._jac == "zo":
-            return self._gc.put(x, self._zo(lambda y: self._raw_f(y), x, vector=False))
-        return self._gc.put(x, self._fd(lambda y: np.array([self._raw_f(y)]), x, self._jac, self.f(x))[0])
+            g = self._grad_out(self._jac(self.to_user(x), *self._args), x)
+        elif self._jac == "zo":
+            g = self._zo(self._raw_f, self.f, x, rough, vector=False)
+        else:
+            g = self._fd(lambda y: np.array([self._raw_f(y)]), x, self._jac, self.f(x), rough)[0]
+        if not np.all(np.isfinite(g)):
+            raise NonFiniteError("jac", x)
+        self._gc.put(x, (g, rough))
+        return g
 
     def hess_f(self, x):
         """Exact Hessian of f if the user gave one, else None."""
@@ -150,12 +160,20 @@ class Functions:
         out = as_array(part.fun(self.to_user(x), *part.args), f"{part.label} fun output")
         return np.atleast_1d(out).reshape(-1)
 
+    def _raw_c(self, x):
+        """All nonlinear constraint values at x, one call per part (counted once)."""
+        self.ncev += 1
+        values = [self._raw_part(part, x) for part in self.parts]
+        c = np.concatenate(values) if values else np.zeros(0)
+        if not np.all(np.isfinite(c)):
+            raise NonFiniteError("constraints", x)
+        return values, c
+
     def setup_constraints(self, x):
         """Evaluate the nonlinear constraints once at x0 to learn their sizes; fill cl, cu."""
-        values, cls, cus = [], [], []
-        self.ncev += 1
-        for part in self.parts:
-            v = self._raw_part(part, x)
+        values, c = self._raw_c(x)
+        cls, cus = [], []
+        for part, v in zip(self.parts, values):
             lo, up = part.raw_bounds
             try:
                 lo = np.broadcast_to(as_array(-np.inf if lo is None else lo, part.label + ".lb"), v.shape).copy()
@@ -165,13 +183,10 @@ class Functions:
             if np.any(lo > up):
                 raise ValueError(f"{part.label} is infeasible: lb > ub in some component")
             part.cl, part.cu, part.size = lo, up, v.size
-            values.append(v), cls.append(lo), cus.append(up)
-        self.m = int(sum(v.size for v in values))
+            cls.append(lo), cus.append(up)
+        self.m = c.size
         self.cl = np.concatenate(cls) if cls else np.zeros(0)
         self.cu = np.concatenate(cus) if cus else np.zeros(0)
-        c = np.concatenate(values) if values else np.zeros(0)
-        if not np.all(np.isfinite(c)):
-            raise NonFiniteError("constraints", x)
         return self._cc.put(x, c)
 
     def c(self, x):
@@ -180,26 +195,20 @@ class Functions:
             return hit
         if not self.parts:
             return np.zeros(0)
-        self.ncev += 1
-        vals = []
-        for part in self.parts:
-            v = self._raw_part(part, x)
+        values, c = self._raw_c(x)
+        for part, v in zip(self.parts, values):
             if v.size != part.size:
                 raise ValueError(f"{part.label} fun returned {v.size} values, expected {part.size}")
-            vals.append(v)
-        c = np.concatenate(vals)
-        if not np.all(np.isfinite(c)):
-            raise NonFiniteError("constraints", x)
         return self._cc.put(x, c)
 
     def J(self, x):
         hit = self._jc.get(x)
-        if hit is not None:
-            return hit
+        if hit is not None and (self.rough_ok or not hit[1]):
+            return hit[0]
         if not self.parts:
             return np.zeros((0, self.n))
         self.ncjev += 1
-        blocks = []
+        blocks, rough_any = [], False
         for part in self.parts:
             if callable(part.jac):
                 Jp = np.atleast_2d(as_array(part.jac(self.to_user(x), *part.args), f"{part.label} jac output"))
@@ -208,15 +217,18 @@ class Functions:
             else:
                 call = lambda y, part=part: self._counted_part(part, y)
                 mode = "zo" if self._jac == "zo" else part.jac
+                rough = self.rough_ok and self._has_rough(mode)
+                rough_any |= rough
                 if mode == "zo":
-                    Jp = self._zo(call, x, vector=True)
+                    Jp = self._zo(call, lambda y, part=part: self._part_value(part, y), x, rough, vector=True)
                 else:
-                    Jp = self._fd(call, x, mode, self._part_value(part, x))
+                    Jp = self._fd(call, x, mode, self._part_value(part, x), rough)
             blocks.append(Jp)
         Jm = np.vstack(blocks)
         if not np.all(np.isfinite(Jm)):
             raise NonFiniteError("constraint jac", x)
-        return self._jc.put(x, Jm)
+        self._jc.put(x, (Jm, rough_any))
+        return Jm
 
     def _counted_part(self, part, y):
         self.ncev += 1
@@ -251,14 +263,18 @@ class Functions:
         return callable(self._hess) and all(p.hess is not None for p in self.parts)
 
     # --- derivative approximations --------------------------------------------------------
-    def _fd(self, call, x, mode, f0):
+    def _has_rough(self, mode):
+        """Whether ``mode`` has a cheaper one-sided variant (see the module notes)."""
+        return mode == "3-point" or (mode == "zo" and self.zo_estimator is None)
+
+    def _fd(self, call, x, mode, f0, rough=False):
         """Finite-difference Jacobian of a vector function (rows = outputs), stepping inside bounds."""
         f0 = np.atleast_1d(f0)
         lb, ub = self.spec.lb, self.spec.ub
         Jt = np.empty((self.n, f0.size))
         for j in range(self.n):
             scale = max(1.0, abs(x[j]))
-            if mode == "3-point":
+            if mode == "3-point" and not rough:
                 h = self.eps ** (1 / 3) * scale
                 if x[j] - h >= lb[j] and x[j] + h <= ub[j]:
                     xp, xm = x.copy(), x.copy()
@@ -274,19 +290,30 @@ class Functions:
             Jt[j] = (call(xp) - f0) / (xp[j] - x[j])
         return Jt.T
 
-    def _zo(self, call, x, vector):
-        """zeroth's ZO estimate of a gradient (vector=False) or Jacobian (vector=True)."""
+    def _zo(self, raw, cached, x, rough, vector):
+        """zeroth's ZO estimate of the gradient (scalar ``raw``) or Jacobian (vector ``raw``) at x;
+        ``cached`` gives the value at x itself (a forward scheme's base point) from the cache."""
         from zeroth.estimators import CGE, zo_gradient, zo_jacobian
 
-        est = self.zo_estimator
+        est, d = self.zo_estimator, np.ones(self.n)
         if est is None:
-            est = CGE(mu=self.eps ** (1 / 3) * max(1.0, float(np.max(np.abs(x)))), scheme="central")
-        xt = torch.as_tensor(x, dtype=torch.float64)
+            d = np.maximum(1.0, np.abs(x))
+            if rough:
+                mu = float(np.sqrt(self.eps))
+                lb, ub = self.spec.lb, self.spec.ub
+                d[(x + mu * d > ub) & (x - mu * d >= lb)] *= -1.0  # step inwards at an upper bound
+                est = CGE(mu=mu, scheme="forward")
+            else:
+                est = CGE(mu=float(self.eps ** (1 / 3)), scheme="central")
+
+        def call(u):
+            u = u.detach().cpu().numpy().astype(float)
+            y = cached(x) if not np.any(u) else raw(x + d * u)
+            return torch.as_tensor(y, dtype=torch.float64)
+
+        u0 = torch.zeros(self.n, dtype=torch.float64)
         if vector:
-            _, Jt, _ = zo_jacobian(self._tensor_fun(call), xt, est, generator=self.zo_generator)
-            return Jt.detach().cpu().numpy().astype(float).reshape(-1, self.n)
-        _, gt, _ = zo_gradient(self._tensor_fun(lambda y: call(y)), xt, est, generator=self.zo_generator)
-        g = gt.detach().cpu().numpy().astype(float).reshape(-1)
-        if not np.all(np.isfinite(g)):
-            raise NonFiniteError("jac", x)
-        return g
+            _, Ju, _ = zo_jacobian(call, u0, est, generator=self.zo_generator)
+            return Ju.detach().cpu().numpy().astype(float).reshape(-1, self.n) / d
+        _, gu, _ = zo_gradient(call, u0, est, generator=self.zo_generator)
+        return gu.detach().cpu().numpy().astype(float).reshape(-1) / d

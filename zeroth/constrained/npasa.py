@@ -97,6 +97,22 @@ def _errors(nlp, z, lam):
     return Ec, Em, scale
 
 
+ROUGH = 1e-4  # above this relative error level one-sided differences are accurate enough
+
+
+def _measured(nlp, z, lam, errs):
+    """The errors ``errs`` at (z, λ), measured with gradients accurate enough for them: one-sided
+    (rough) differences are allowed while max(E_c, E_m/s) > ROUGH (``Functions.rough_ok``);
+    below it they are measured again with precise ones (exact gradients: from the cache)."""
+    Ec, Em, scale = errs
+    far = max(Ec, Em / scale) > ROUGH
+    if nlp.F.rough_ok and not far:
+        nlp.F.rough_ok = False
+        return _errors(nlp, z, lam)
+    nlp.F.rough_ok = far
+    return errs
+
+
 def _converged(run, Ec, Em, scale):
     return Ec <= run.opts.ctol and Em <= run.opts.gtol * scale
 
@@ -111,11 +127,14 @@ def run_npasa(nlp, z0, opts: NPASAOptions, callback=None):
     """Run NPASA from z0 ∈ Ω; returns (z, λ, status, run). Raises StopSolver/NonFiniteError/BudgetError
     with ``run`` attached so the caller can report the best point reached."""
     run = _Run(nlp, opts, callback, z=z0.copy())
+    nlp.F.rough_ok = True  # until the errors say otherwise (see _measured)
     try:
         return _solve(run)
     except Exception as exc:  # attach the run for failure reporting
         exc.run = run
         raise
+    finally:
+        nlp.F.rough_ok = False
 
 
 def _solve(run):
@@ -142,8 +161,9 @@ def _solve(run):
                 return nlp.g(y) + nlp.J(y).T @ (lam + rho * nlp.h(y))
         else:
             value, grad = nlp.f, nlp.g
+        nlp.F.rough_ok = omega > ROUGH
         B = _al_hessian(nlp, hess, z, lam, rho)
-        res = minimize_polyhedral(value, grad, z, nlp.poly, omega, opts.maxiter, B=B, on_iter=run.tick)
+        res = minimize_polyhedral(value, grad, z, nlp.poly, omega, max(200, 20 * nlp.N), B=B, on_iter=run.tick)
         z, B = res.z, res.B
         if mh:
             h = nlp.h(z)
@@ -156,7 +176,7 @@ def _solve(run):
         else:
             omega = max(omega / 10, 1e-3 * opts.gtol)
         run.z, run.lam = z, lam
-        Ec, Em, scale = _errors(nlp, z, lam)
+        Ec, Em, scale = _measured(nlp, z, lam, _errors(nlp, z, lam))
         _remember(run, z, lam, Ec, Em, scale)
         run.history.append({"phase": 1, "nit": run.nit, "E_c": Ec, "E_m": Em, "penalty": rho})
         if _converged(run, Ec, Em, scale):
@@ -344,6 +364,10 @@ def _phase_two(run, z, lam, hess):
     _remember(run, z, lam, Ec, Em, scale)
     E_best, nu = max(Ec, Em), np.zeros(mh)
     for _ in range(opts.max_phase_two_steps):
+        try:
+            Ec, Em, scale = _measured(nlp, z, lam, (Ec, Em, scale))
+        except NonFiniteError:
+            break
         if _converged(run, Ec, Em, scale):
             return z, lam, True
         try:
@@ -364,6 +388,8 @@ def _phase_two(run, z, lam, hess):
         E_best = min(E_best, max(Ec, Em))
         _remember(run, z, lam, Ec, Em, scale)
         run.tick(z)
+    if nlp.F.rough_ok:
+        return z, lam, False
     return z, lam, _converged(run, Ec, Em, scale)
 
 

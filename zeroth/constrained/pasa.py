@@ -116,8 +116,8 @@ def minimize_polyhedral(value, grad, z0, poly: Polyhedron, tol, maxiter, B=None,
             except np.linalg.LinAlgError:
                 p = -gz
             slope = float(g @ p)
-            if slope < 0:
-                tmax, _ = poly.max_step(z, p)
+            tmax = poly.max_step(z, p)[0] if slope < 0 else 0.0
+            if tmax * float(np.max(np.abs(p), initial=0.0)) > 1e-14 * (1.0 + float(np.max(np.abs(z)))):
                 t, znew, val = _armijo(value, z, p, phi, slope, min(1.0, tmax))
                 if t is not None:
                     step = (_snap(poly, znew) if np.isfinite(tmax) and t >= tmax else znew, val)
@@ -140,6 +140,8 @@ def minimize_polyhedral(value, grad, z0, poly: Polyhedron, tol, maxiter, B=None,
                 mode = "face"
             prev_active = (tuple(f2), tuple(r2))
         znew, val = step
+        if np.array_equal(znew, z):
+            return PolyhedralResult(z, phi, g, B, nit, E, "linesearch")
         try:
             gnew = grad(znew)
         except NonFiniteError:
