@@ -1,0 +1,226 @@
+// CUDA kernels of zeroth.ops (torch-free; see kernels.cuh). Arithmetic in double, as on CPU.
+#include "kernels.cuh"
+#include "../zeroth_math.h"
+
+namespace zeroth {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+
+template <typename T>
+__global__ void activation_difference_kernel(const T* a, const T* d, T* out, int64_t n, int64_t total, int kind,
+                                             double slope) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = static_cast<T>(activation_diff(kind, static_cast<double>(a[i % n]), static_cast<double>(d[i]), slope));
+  }
+}
+
+template <typename T>
+__global__ void activation_difference_confined_kernel(const T* a, const int64_t* channels, const T* d, T* out,
+                                                      int64_t K, int64_t B, int64_t C, int64_t S, int kind,
+                                                      double slope) {
+  const int64_t total = K * B * S;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = i % S, b = (i / S) % B, k = i / (B * S);
+    const double base = a[(b * C + channels[k]) * S + s];
+    out[i] = static_cast<T>(activation_diff(kind, base, static_cast<double>(d[i]), slope));
+  }
+}
+
+// Sum over the block of one double per thread (kThreads threads).
+__device__ double block_sum(double v, double* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int step = kThreads / 2; step > 0; step >>= 1) {
+    if (threadIdx.x < step) shared[threadIdx.x] += shared[threadIdx.x + step];
+    __syncthreads();
+  }
+  const double out = shared[0];
+  __syncthreads();
+  return out;
+}
+
+// Block (k, c): statistics of base and base + d over (B, S), then the difference of the two
+// normalised outputs (beta cancels).
+template <typename T>
+__global__ void batchnorm_difference_kernel(const T* a, const T* d, const int64_t* channels, const double* gamma,
+                                            T* out, int64_t B, int64_t C, int64_t S, double eps) {
+  __shared__ double shared[kThreads];
+  const int64_t block = blockIdx.x;
+  int64_t c, d_off, d_sb;
+  if (channels != nullptr) {  // confined: block = k
+    c = channels[block];
+    d_off = block * B * S;
+    d_sb = S;
+  } else {  // dense: block = k * C + c
+    c = block % C;
+    d_off = (block / C) * B * C * S + c * S;
+    d_sb = C * S;
+  }
+  const int64_t count = B * S;
+  double s0 = 0, s1 = 0;
+  for (int64_t e = threadIdx.x; e < count; e += kThreads) {
+    const int64_t b = e / S, s = e % S;
+    const double x0 = a[(b * C + c) * S + s];
+    s0 += x0;
+    s1 += x0 + static_cast<double>(d[d_off + b * d_sb + s]);
+  }
+  const double m0 = block_sum(s0, shared) / count, m1 = block_sum(s1, shared) / count;
+  double v0 = 0, v1 = 0;
+  for (int64_t e = threadIdx.x; e < count; e += kThreads) {
+    const int64_t b = e / S, s = e % S;
+    const double x0 = a[(b * C + c) * S + s];
+    const double x1 = x0 + static_cast<double>(d[d_off + b * d_sb + s]);
+    v0 += (x0 - m0) * (x0 - m0);
+    v1 += (x1 - m1) * (x1 - m1);
+  }
+  const double g = gamma != nullptr ? gamma[c] : 1.0;
+  const double r0 = g * rsqrt(block_sum(v0, shared) / count + eps);
+  const double r1 = g * rsqrt(block_sum(v1, shared) / count + eps);
+  for (int64_t e = threadIdx.x; e < count; e += kThreads) {
+    const int64_t b = e / S, s = e % S;
+    const double x0 = a[(b * C + c) * S + s];
+    const double x1 = x0 + static_cast<double>(d[d_off + b * d_sb + s]);
+    out[d_off + b * d_sb + s] = static_cast<T>((x1 - m1) * r1 - (x0 - m0) * r0);
+  }
+}
+
+// Block k: mean over the batch of the per-row cross-entropy change.
+__global__ void cross_entropy_difference_kernel(const double* p, const int64_t* targets, const double* d,
+                                                const int64_t* channels, double* out, int64_t B, int64_t C) {
+  __shared__ double shared[kThreads];
+  const int64_t k = blockIdx.x;
+  double acc = 0;
+  for (int64_t b = threadIdx.x; b < B; b += kThreads) {
+    const int64_t y = targets[b];
+    if (channels != nullptr) {
+      const int64_t c = channels[k];
+      const double dk = d[k * B + b];
+      acc += log_mix1(p[b * C + c], dk) - (y == c ? dk : 0.0);
+    } else {
+      const double* row = d + (k * B + b) * C;
+      double s = 0;
+      for (int64_t j = 0; j < C; ++j) s += p[b * C + j] * expm1(row[j]);
+      acc += log1p(s) - row[y];
+    }
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) out[k] = total / B;
+}
+
+// One thread per coordinate (o, i) of the last Linear layer; O(B) each.
+__global__ void head_cross_entropy_difference_kernel(const double* x, const double* p, const int64_t* targets,
+                                                     double* out, int64_t B, int64_t I, int64_t O, int64_t cols,
+                                                     double mu) {
+  const int64_t oi = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (oi >= O * cols) return;
+  const int64_t o = oi / cols, i = oi % cols;
+  double acc = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const double dv = mu * (i < I ? x[b * I + i] : 1.0);
+    acc += log_mix1(p[b * O + o], dv) - (targets[b] == o ? dv : 0.0);
+  }
+  out[oi] = acc / B;
+}
+
+template <typename T>
+__global__ void conv_weight_patches_kernel(const T* x, const int64_t* c, const int64_t* ki, const int64_t* kj, T* out,
+                                           int64_t K, int64_t B, int64_t C, int64_t H, int64_t W, int64_t out_h,
+                                           int64_t out_w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                                           int64_t dw) {
+  const int64_t total = K * B * out_h * out_w;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t z = e % out_w, y = (e / out_w) % out_h, b = (e / (out_w * out_h)) % B, k = e / (out_w * out_h * B);
+    const int64_t iy = y * sh - ph + ki[k] * dh, ix = z * sw - pw + kj[k] * dw;
+    out[e] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((b * C + c[k]) * H + iy) * W + ix] : T(0);
+  }
+}
+
+template <typename T>
+__global__ void scatter_scaled_add_kernel(T* grad, const int64_t* indices, const double* coeffs, int64_t K,
+                                          double scale) {
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (k < K) atomicAdd(grad + indices[k], static_cast<T>(coeffs[k] * scale));
+}
+
+}  // namespace
+
+template <typename T>
+void activation_difference(const T* a, const T* d, T* out, int64_t n, int64_t total, int kind, double slope,
+                           cudaStream_t stream) {
+  if (total == 0) return;
+  activation_difference_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(a, d, out, n, total, kind, slope);
+}
+
+template <typename T>
+void activation_difference_confined(const T* a, const int64_t* channels, const T* d, T* out, int64_t K, int64_t B,
+                                    int64_t C, int64_t S, int kind, double slope, cudaStream_t stream) {
+  if (K * B * S == 0) return;
+  activation_difference_confined_kernel<T><<<blocks_for(K * B * S), kThreads, 0, stream>>>(a, channels, d, out, K, B,
+                                                                                          C, S, kind, slope);
+}
+
+template <typename T>
+void batchnorm_difference(const T* a, const T* d, const int64_t* channels, const double* gamma, T* out, int64_t K,
+                          int64_t B, int64_t C, int64_t S, double eps, cudaStream_t stream) {
+  const int64_t blocks = channels != nullptr ? K : K * C;
+  if (blocks == 0) return;
+  batchnorm_difference_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, d, channels, gamma, out,
+                                                                                        B, C, S, eps);
+}
+
+void cross_entropy_difference(const double* p, const int64_t* targets, const double* d, const int64_t* channels,
+                              double* out, int64_t K, int64_t B, int64_t C, cudaStream_t stream) {
+  if (K == 0) return;
+  cross_entropy_difference_kernel<<<static_cast<unsigned>(K), kThreads, 0, stream>>>(p, targets, d, channels, out, B,
+                                                                                    C);
+}
+
+void head_cross_entropy_difference(const double* x, const double* p, const int64_t* targets, double* out, int64_t B,
+                                   int64_t I, int64_t O, bool with_bias, double mu, cudaStream_t stream) {
+  const int64_t cols = I + (with_bias ? 1 : 0);
+  if (O * cols == 0) return;
+  head_cross_entropy_difference_kernel<<<blocks_for(O * cols), kThreads, 0, stream>>>(x, p, targets, out, B, I, O,
+                                                                                     cols, mu);
+}
+
+template <typename T>
+void conv_weight_patches(const T* x, const int64_t* c, const int64_t* ki, const int64_t* kj, T* out, int64_t K,
+                         int64_t B, int64_t C, int64_t H, int64_t W, int64_t out_h, int64_t out_w, int64_t sh,
+                         int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, cudaStream_t stream) {
+  const int64_t total = K * B * out_h * out_w;
+  if (total == 0) return;
+  conv_weight_patches_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(x, c, ki, kj, out, K, B, C, H, W, out_h,
+                                                                           out_w, sh, sw, ph, pw, dh, dw);
+}
+
+template <typename T>
+void scatter_scaled_add(T* grad, const int64_t* indices, const double* coeffs, int64_t K, double scale,
+                        cudaStream_t stream) {
+  if (K == 0) return;
+  scatter_scaled_add_kernel<T><<<blocks_for(K), kThreads, 0, stream>>>(grad, indices, coeffs, K, scale);
+}
+
+#define ZEROTH_INSTANTIATE(T)                                                                                      \
+  template void activation_difference<T>(const T*, const T*, T*, int64_t, int64_t, int, double, cudaStream_t);     \
+  template void activation_difference_confined<T>(const T*, const int64_t*, const T*, T*, int64_t, int64_t,         \
+                                                  int64_t, int64_t, int, double, cudaStream_t);                     \
+  template void batchnorm_difference<T>(const T*, const T*, const int64_t*, const double*, T*, int64_t, int64_t,    \
+                                        int64_t, int64_t, double, cudaStream_t);                                    \
+  template void conv_weight_patches<T>(const T*, const int64_t*, const int64_t*, const int64_t*, T*, int64_t,       \
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,      \
+                                       int64_t, int64_t, int64_t, int64_t, cudaStream_t);                           \
+  template void scatter_scaled_add<T>(T*, const int64_t*, const double*, int64_t, double, cudaStream_t);
+
+ZEROTH_INSTANTIATE(float)
+ZEROTH_INSTANTIATE(double)
+#undef ZEROTH_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace zeroth
