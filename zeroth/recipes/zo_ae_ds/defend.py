@@ -326,7 +326,7 @@ def plot(report: Report, path: str) -> str:
         if row.certificates:
             ax.plot(grid, [100 * a for a in certified_accuracy(row.certificates, grid)], label=row.name)
         else:
-            ax.plot([0, 0], [0, 100 * row.accuracy[0]], "k:", marker="o", label=row.name)
+            ax.plot([0], [100 * row.accuracy[0]], "ko", label=row.name)  # no certificate beyond r = 0
     for r in report.config.radii:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
     ax.set(xlabel="L2 radius", ylabel="certified accuracy (%)",
