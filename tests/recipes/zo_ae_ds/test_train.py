@@ -19,8 +19,10 @@ class Classifier(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(192, 10))
         self.strict = strict
+        self.rows = 0  # images actually seen, to check the counter
 
     def forward(self, x):
+        self.rows += x.shape[0]
         if self.strict and torch.is_grad_enabled():
             raise RuntimeError("the black-box classifier was called with autograd on")
         return self.net(x)
@@ -100,13 +102,14 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
         f, denoiser, enc, dec, x = parts()
         log = train_denoiser(denoiser, f, x, sigma=0.25, estimator=RGE(q=2, mu=5e-3), encoder=enc, decoder=dec,
                              epochs=epochs, batch_size=2, seed=3, checkpoint=path, resume=resume, progress=False)
-        return [p.detach().clone() for p in list(denoiser.parameters()) + list(enc.parameters())], log
+        return [p.detach().clone() for p in list(denoiser.parameters()) + list(enc.parameters())], log, f.rows
 
-    straight, log_straight = train(2, tmp_path / "a.pt", False)
-    train(1, tmp_path / "b.pt", False)
-    resumed, log_resumed = train(2, tmp_path / "b.pt", True)
+    straight, log_straight, _ = train(2, tmp_path / "a.pt", False)
+    _, log_first, _ = train(1, tmp_path / "b.pt", False)
+    resumed, log_resumed, rows = train(2, tmp_path / "b.pt", True)
     assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
     assert log_resumed.losses == log_straight.losses and log_resumed.queries == log_straight.queries
+    assert rows == log_resumed.queries - log_first.queries  # the resumed run re-queried no pseudo-labels
 
 
 def test_classifier_and_autoencoder_training_reduce_their_losses():

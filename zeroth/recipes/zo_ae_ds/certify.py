@@ -15,7 +15,6 @@ writes σ² = 0.25, its code and README use σ = 0.25: we follow the code).
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._optional import require
+from ._checks import positive
 
 ABSTAIN = -1
 """The prediction of a smoothed classifier that declines to answer."""
@@ -48,21 +48,10 @@ class Certificate:
         return self.prediction != ABSTAIN and self.prediction == self.label
 
 
-def _check_positive(name: str, value, integer: bool = False, upper: Optional[float] = None):
-    kind = numbers.Integral if integer else numbers.Real
-    ok = not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and value > 0
-    if ok and upper is not None:
-        ok = value < upper
-    if not ok:
-        bound = f" and < {upper}" if upper is not None else ""
-        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be {'an integer' if integer else 'a number'} > 0{bound})")
-    return int(value) if integer else float(value)
-
-
 def _check_test(sigma, n, alpha):
     """``sigma > 0``, integer ``n > 0`` and ``0 < alpha < 1/2``, validated (ValueError naming each)."""
-    return (_check_positive("sigma", sigma), _check_positive("n", n, integer=True),
-            _check_positive("alpha", alpha, upper=0.5))
+    return (positive("sigma", sigma), positive("n", n, integer=True),
+            positive("alpha", alpha, upper=0.5))
 
 
 def _check_input(x) -> Tensor:
@@ -87,9 +76,9 @@ def sample_counts(
     a seeded generator gives the same votes on every run; ``batch`` bounds one model call.
     """
     x = _check_input(x)
-    sigma = _check_positive("sigma", sigma)
-    num = _check_positive("num", num, integer=True)
-    batch = _check_positive("batch", batch, integer=True)
+    sigma = positive("sigma", sigma)
+    num = positive("num", num, integer=True)
+    batch = positive("batch", batch, integer=True)
     noise_device = generator.device if generator is not None else torch.device("cpu")
     counts: Optional[Tensor] = None
     with torch.no_grad():
@@ -138,7 +127,7 @@ def certify(
     smoothed classifier's and is constant on the ball. Put ``model`` in eval mode first.
     """
     sigma, n, alpha = _check_test(sigma, n, alpha)
-    n0 = _check_positive("n0", n0, integer=True)
+    n0 = positive("n0", n0, integer=True)
     stats = require("scipy.stats", "science")
     selection = sample_counts(model, x, sigma, n0, batch=batch, generator=generator, num_classes=num_classes)
     candidate = int(selection.argmax())

@@ -16,21 +16,19 @@ pixels, ``q`` = the largest ``q``) · ZO-AE-DS RGE for each ``q`` · ZO-AE-DS CG
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..._optional import require
-from ...blackbox.program import check_count
 from ...data import Split, accuracy, load_digits
 from ...estimators import CGE, RGE
 from ...models import DigitsCNN, resnet20
+from ._checks import positive
 from .autoencoder import build_decoder, build_encoder
 from .certify import Certificate, certified_accuracy, certify_dataset
 from .data import CIFAR10_MEAN, CIFAR10_STD, Normalize, load_cifar10
@@ -84,13 +82,6 @@ PRESETS: Dict[str, Preset] = {
 ESTIMATOR_CHOICES = ("cge", "rge", "all")
 
 
-def _positive(name: str, value, integer: bool = False):
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be {'an integer' if integer else 'a number'} > 0)")
-    return int(value) if integer else float(value)
-
-
 @dataclass
 class DefendConfig:
     """Everything ``zeroth defend`` needs; ``None`` budgets come from the dataset's :class:`Preset`.
@@ -130,19 +121,17 @@ class DefendConfig:
         if self.estimator not in ESTIMATOR_CHOICES:
             raise ValueError(f"Invalid estimator value: {self.estimator!r} (expected one of {', '.join(ESTIMATOR_CHOICES)})")
         self.preset = p = PRESETS[self.dataset]
-        self.sigma, self.mu, self.lr = _positive("sigma", self.sigma), _positive("mu", self.mu), _positive("lr", self.lr)
-        self.alpha = _positive("alpha", self.alpha)
-        if self.alpha >= 0.5:
-            raise ValueError(f"Invalid alpha value: {self.alpha!r} (alpha must be < 0.5)")
-        self.n0 = _positive("n0", self.n0, integer=True)
+        self.sigma, self.mu, self.lr = positive("sigma", self.sigma), positive("mu", self.mu), positive("lr", self.lr)
+        self.alpha = positive("alpha", self.alpha, upper=0.5)
+        self.n0 = positive("n0", self.n0, integer=True)
         for name in ("latent_dim", "epochs", "classifier_epochs", "ae_epochs", "batch_size", "n", "num_certify"):
             value = getattr(self, name)
-            setattr(self, name, getattr(p, name) if value is None else _positive(name, value, integer=True))
+            setattr(self, name, getattr(p, name) if value is None else positive(name, value, integer=True))
         d_z = self.latent_dim
         qs = (2, max(1, d_z // 4), d_z) if self.q is None else tuple(self.q)
         if not qs:
             raise ValueError("Invalid q value: () (give at least one number of directions)")
-        self.q = tuple(sorted(set(_positive("q", v, integer=True) for v in qs)))
+        self.q = tuple(sorted(set(positive("q", v, integer=True) for v in qs)))
         radii = p.radii if self.radii is None else tuple(self.radii)
         for r in radii:
             if isinstance(r, bool) or not isinstance(r, numbers.Real) or not r >= 0:
@@ -181,7 +170,7 @@ class Report:
 
 def _load(config: DefendConfig) -> Split:
     if config.dataset == "digits":
-        return load_digits(seed=config.seed)
+        return load_digits()  # one fixed split: seeds vary the training, not the test set
     return load_cifar10(config.data_dir)
 
 

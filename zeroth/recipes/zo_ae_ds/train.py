@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from ...blackbox import BlackBox, batched
 from ...blackbox.program import check_count
 from ...data import batches
 from ...estimators import CGE
+from ._checks import positive
 from .queries import QueryCounter
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -97,13 +97,6 @@ def _check_images(name: str, x: Any) -> Tensor:
         got = f"shape {tuple(x.shape)} dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a floating tensor of images (N, C, H, W), got {got}")
     return x
-
-
-def _check_rate(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be a number {'>=' if allow_zero else '>'} 0)")
-    return float(value)
 
 
 def _fit(
@@ -195,8 +188,8 @@ def train_classifier(
 ) -> TrainLog:
     """First-order Adam on cross-entropy: the stand-in for the owner's (clean-trained) model."""
     x = _check_images("x", x)
-    opt = torch.optim.Adam(model.parameters(), lr=_check_rate("lr", lr),
-                           weight_decay=_check_rate("weight_decay", weight_decay, allow_zero=True))
+    opt = torch.optim.Adam(model.parameters(), lr=positive("lr", lr),
+                           weight_decay=positive("weight_decay", weight_decay, allow_zero=True))
 
     step = _autograd_step(opt, lambda xb, yb: F.cross_entropy(model(xb), yb))
     with _modes([model], []):
@@ -221,7 +214,7 @@ def train_autoencoder(
     """Adam on the reconstruction MSE ``‖Dec(Enc(x)) − x‖²`` of clean images (the paper's stage a)."""
     x = _check_images("x", x)
     params = list(encoder.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=_check_rate("lr", lr))
+    opt = torch.optim.Adam(params, lr=positive("lr", lr))
 
     step = _autograd_step(opt, lambda xb, _: F.mse_loss(decoder(encoder(xb)), xb))
     with _modes([encoder, decoder], []):
@@ -343,7 +336,7 @@ def train_denoiser(
     if mode not in ("fo", "zo"):
         raise ValueError(f"Invalid mode value: {mode!r} (expected 'fo' or 'zo')")
     x = _check_images("x", x)
-    sigma = _check_rate("sigma", sigma)
+    sigma = positive("sigma", sigma)
     if not isinstance(through_ae, bool):
         raise TypeError(f"through_ae must be a bool, got {type(through_ae).__name__}")
     if through_ae and (encoder is None or decoder is None):
@@ -357,8 +350,8 @@ def train_denoiser(
     counter = _counter_for(classifier, mode)
     trained = [denoiser] + ([encoder] if through_ae and train_encoder else [])
     params = [p for m in trained for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=_check_rate("lr", lr),
-                           weight_decay=_check_rate("weight_decay", weight_decay, allow_zero=True))
+    opt = torch.optim.Adam(params, lr=positive("lr", lr),
+                           weight_decay=positive("weight_decay", weight_decay, allow_zero=True))
     head = classifier_head(counter, mode=mode, decoder=decoder, estimator=estimator, seed=seed, max_points=max_points)
     noise = torch.Generator().manual_seed(int(seed) + 1)
 
@@ -373,6 +366,9 @@ def train_denoiser(
         stateful["encoder"] = encoder
     if isinstance(head, BlackBox):
         stateful["black_box"] = head
+    if targets is None and resume and checkpoint is not None and os.path.exists(checkpoint):
+        targets = torch.load(checkpoint, map_location="cpu", weights_only=True)["targets"]  # not queried again
+    stateful["targets"] = _Stateful(lambda: targets, lambda _: None)
     log = TrainLog()
     fixed = [counter.classifier, decoder] + ([encoder] if through_ae and not train_encoder else [])
     with _frozen(*fixed), _modes(trained, fixed):
