@@ -13,7 +13,9 @@ workers (``--gpu``: one GPU each, and the local baseline on the GPU). Times are 
   θ and the batch in the object store, scheduling, fetching, merging the losses;
 * core share = CPU time / wall time of the evaluating thread (workers: their mean): below 1
   when other processes take the cores — then the speedup says more about the machine than
-  about the scaling;
+  about the scaling; "eff. per core" = efficiency × local share / worker share, the
+  efficiency per core actually obtained (derived, not measured: what to expect on idle cores,
+  less whatever the overhead column adds);
 * a tiny step (SPSA, 2 evaluations) shows the fixed latency of one distributed step.
 
 The machine's load average is printed before and after: on a shared machine other processes
@@ -90,10 +92,11 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
         masks = [m.to(device) for m in masks] if masks is not None else None
     rows = [f"{title}: full CGE gradient, {n:,} coordinates",
             f"{'run':<22}{'s/step':>9}{'coords/s':>11}{'speedup':>9}{'efficiency':>12}{'overhead s':>12}"
-            f"{'core share':>12}"]
+            f"{'core share':>12}{'eff. per core':>15}"]
     t_local, _, share = _median_step(lambda: estimate_gradient(obj, params, est, local, masks=masks), repeat)
     rows.append(f"{'local, 1 thread' if device == 'cpu' else 'local ' + device:<22}{t_local:>9.3f}"
-                f"{n / t_local:>11,.0f}{1.0:>9.2f}{'-':>12}{'-':>12}{share:>12.2f}")
+                f"{n / t_local:>11,.0f}{1.0:>9.2f}{'-':>12}{'-':>12}{share:>12.2f}{'-':>15}")
+    local_share = share
     resources = {"GPU": 1} if device != "cpu" else {"CPU": 1}
     for w in workers:
         with RayEvaluator(inner, num_workers=w, resources_per_worker=resources) as ev:
@@ -101,7 +104,7 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
                                               _ray_stats(ev))
         speed = t_local / t
         rows.append(f"{f'ray, {w} worker' + ('s' if w > 1 else ''):<22}{t:>9.3f}{n / t:>11,.0f}{speed:>9.2f}"
-                    f"{speed / w:>12.2f}{overhead:>12.4f}{share:>12.2f}")
+                    f"{speed / w:>12.2f}{overhead:>12.4f}{share:>12.2f}{speed / w * local_share / share:>15.2f}")
     rows.append(f"  load average (1 min) before / after: {load:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     return rows
 

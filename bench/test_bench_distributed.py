@@ -11,17 +11,7 @@ from zeroth.engine import Sequential
 
 from .engine import problem
 
-ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+pytest.importorskip("ray")
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2], ids=lambda w: f"ray-{w}" if w else "local")
@@ -31,7 +21,9 @@ def test_full_cge_gradient_over_ray_workers(benchmark, workers):
     torch.set_num_threads(1)
     _, obj, params = problem("digits_cnn", 64)
     benchmark.group = "digits_cnn full CGE (inner Sequential), batch 64"
-    ev = RayEvaluator("sequential", num_workers=workers).start() if workers else Sequential()
+    # the evaluator starts Ray on this machine when none is running (and it stays up for the next rows)
+    ev = RayEvaluator("sequential", num_workers=workers, ray_init={"log_to_driver": False}).start() \
+        if workers else Sequential()
     try:
         benchmark.pedantic(lambda: estimate_gradient(obj, params, CGE(), ev), rounds=3, warmup_rounds=1)
     finally:

@@ -42,3 +42,22 @@ def test_pieces_evaluated_apart_give_the_whole(estimator):
         part = Sequential().evaluate(objective, params, split.to_device(split.subset(dirs, ids), [p.device for p in params]))
         split.scatter(dirs, ids, part.perturbed, out)
     assert torch.equal(out, whole.perturbed)
+
+
+def test_shares_follow_measured_speeds_only_when_a_step_was_out_of_balance():
+    from zeroth.distributed.pool import WorkerPool, _Slot
+
+    pool = WorkerPool(object, (), num_workers=2, resources_per_worker=None, address=None, max_failures=0)
+    slots = [_Slot(0, None, None), _Slot(1, None, None)]
+    for s in slots:
+        s.started = True
+    pool.slots = slots
+    pool._reweigh(slots)
+    assert pool._weights == {0: 1.0, 1: 1.0}  # nothing measured yet: equal shares
+    pool._measure({0: slots[0], 1: slots[1]}, [100, 100], [{"seconds": 1.0}, {"seconds": 1.05}])
+    assert pool._weights == {0: 1.0, 1: 1.0}  # within 10 %: the pieces stay as they are
+    pool._measure({0: slots[0], 1: slots[1]}, [100, 100], [{"seconds": 1.0}, {"seconds": 3.0}])
+    w = pool._weights
+    assert w[0] / w[1] == pytest.approx((100 + 100) / 2 / ((100 / 1.05 + 100 / 3) / 2))  # EMA of units/s
+    sizes = [split.piece_size(p) for p in split.assign(split.blocks(1000, 64), [w[0], w[1]])]
+    assert sizes[0] > 1.5 * sizes[1]
