@@ -29,6 +29,7 @@ def _downsamplings(image_size: int) -> int:
 
 
 def _check(channels, latent_dim, width):
+    """The three sizes, validated."""
     return check_count("channels", channels, 1), check_count("latent_dim", latent_dim, 1), check_count("width", width, 1)
 
 

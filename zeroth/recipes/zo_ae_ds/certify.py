@@ -55,6 +55,7 @@ def _check_test(sigma, n, alpha):
 
 
 def _check_input(x) -> Tensor:
+    """One floating-point input (no batch dimension), or a TypeError."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point torch.Tensor (one input, without batch dimension), got {type(x).__name__}")
     return x

@@ -24,11 +24,13 @@ class Normalize(nn.Module):
     """``(x − mean) / std`` per channel, as the classifier's first layer (inputs stay in [0, 1])."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        """Buffers, so they follow ``.to(device)`` and the state dict."""
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Normalised ``x``."""
         return (x - self.mean) / self.std
 
 
@@ -43,6 +45,7 @@ def _cifar_folder(data_dir: str) -> str:
 
 
 def _read_batches(folder: str, names: List[str]) -> Tuple[Tensor, Tensor]:
+    """Images ``(N, 3, 32, 32)`` in [0, 1] and labels of the named pickle batches."""
     xs, ys = [], []
     for name in names:
         path = os.path.join(folder, name)

@@ -60,6 +60,7 @@ class Preset:
 
 
 def _cifar_classifier() -> nn.Module:
+    """ResNet-20 taking [0, 1] pixels (normalisation inside)."""
     return nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD), resnet20())
 
 
@@ -114,6 +115,7 @@ class DefendConfig:
     preset: Preset = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Validate every argument and fill the preset's defaults."""
         if self.dataset not in PRESETS:
             raise ValueError(f"Invalid dataset value: {self.dataset!r} (expected one of {', '.join(PRESETS)})")
         if self.dataset == "cifar10" and not self.data_dir:
@@ -165,10 +167,12 @@ class Report:
     plot: Optional[str] = None
 
     def row(self, name: str) -> Row:
+        """The row called ``name``."""
         return next(r for r in self.rows if r.name == name)
 
 
 def _load(config: DefendConfig) -> Split:
+    """The dataset's split, pixels in [0, 1]."""
     if config.dataset == "digits":
         return load_digits()  # one fixed split: seeds vary the training, not the test set
     return load_cifar10(config.data_dir)
@@ -225,6 +229,7 @@ def run(config: DefendConfig) -> Report:
              f"f(Dec(Enc(x))) accuracy {100 * accuracy(f, recon, ys):.1f} %"]
 
     def certify_row(name: str, model: nn.Module, log: Optional[TrainLog] = None) -> Row:
+        """Certify one smoothed model on the shared test images with the shared noise."""
         gen = torch.Generator(device=device).manual_seed(config.seed + 2)  # the same noise for every row
         t = time.perf_counter()
         certs = certify_dataset(model, xs, ys, config.sigma, config.n0, config.n, config.alpha,
@@ -257,6 +262,7 @@ def run(config: DefendConfig) -> Report:
 
 
 def _cell(value, fmt: str) -> str:
+    """A table cell: formatted, or a dash for not applicable."""
     return "—" if value is None else format(value, fmt)
 
 

@@ -22,6 +22,7 @@ class DnCNN(nn.Module):
     """
 
     def __init__(self, channels: int = 1, depth: int = 17, width: int = 64):
+        """Build the layers; the last conv starts at zero."""
         super().__init__()
         channels = check_count("channels", channels, 1)
         depth = check_count("depth", depth, 2)
@@ -36,4 +37,5 @@ class DnCNN(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The denoised image ``x − net(x)``."""
         return x - self.net(x)

@@ -23,6 +23,7 @@ class QueryCounter(nn.Module):
     """
 
     def __init__(self, classifier: nn.Module, *, white_box: bool = False):
+        """Validate and start the counts at zero."""
         super().__init__()
         if isinstance(classifier, QueryCounter):
             raise TypeError("classifier is already a QueryCounter (queries would be counted twice)")
@@ -36,6 +37,7 @@ class QueryCounter(nn.Module):
         self.queries = 0
 
     def forward(self, x: Tensor) -> Tensor:
+        """Count the rows of ``x``, then query the classifier."""
         self.calls += 1
         self.queries += int(x.shape[0])
         if self.white_box:
@@ -48,10 +50,13 @@ class QueryCounter(nn.Module):
         return {"calls": self.calls, "queries": self.queries}
 
     def get_extra_state(self) -> Dict[str, Any]:
+        """The counts travel in ``state_dict`` (checkpoints)."""
         return self.counts()
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
+        """Restore the counts from ``state_dict``."""
         self.calls, self.queries = int(state["calls"]), int(state["queries"])
 
     def extra_repr(self) -> str:
+        """Mode and counts in ``repr``."""
         return f"white_box={self.white_box}, calls={self.calls}, queries={self.queries}"

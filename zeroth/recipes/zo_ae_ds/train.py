@@ -50,6 +50,7 @@ class TrainLog:
 
     @property
     def epochs(self) -> int:
+        """Epochs completed."""
         return len(self.losses)
 
 
@@ -57,10 +58,12 @@ class _Stateful:
     """Adapter giving ``state_dict``/``load_state_dict`` to a getter/setter pair."""
 
     def __init__(self, get: Callable[[], Any], set: Callable[[Any], None]):
+        """Keep the two functions."""
         self.state_dict, self.load_state_dict = get, set
 
 
 def _generator_state(g: torch.Generator) -> _Stateful:
+    """A generator as a checkpointable object."""
     return _Stateful(g.get_state, g.set_state)
 
 
@@ -93,6 +96,7 @@ def _modes(train: List[Any], evaluate: List[Any]) -> Iterator[None]:
 
 
 def _check_images(name: str, x: Any) -> Tensor:
+    """``x`` as a floating ``(N, C, H, W)`` tensor, or a ValueError naming it."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4:
         got = f"shape {tuple(x.shape)} dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a floating tensor of images (N, C, H, W), got {got}")
@@ -163,6 +167,7 @@ def _fit(
 def _autograd_step(opt: torch.optim.Optimizer, loss_of: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
     """One optimiser step on ``loss_of(xb, yb)`` by ``backward()`` (a black box inside does its ZO VJP there)."""
     def step(xb: Tensor, yb: Tensor) -> Tensor:
+        """Loss, backward, step; the detached loss."""
         loss = loss_of(xb, yb)
         opt.zero_grad()
         loss.backward()
@@ -246,10 +251,12 @@ class OwnerSide(nn.Module):
     """``u ↦ f(Dec(u))`` (or ``f(u)`` without a decoder): everything after the trained part."""
 
     def __init__(self, classifier: QueryCounter, decoder: Optional[nn.Module] = None):
+        """Keep both (the decoder is optional)."""
         super().__init__()
         self.classifier, self.decoder = classifier, decoder
 
     def forward(self, u: Tensor) -> Tensor:
+        """``f(Dec(u))`` or ``f(u)``."""
         return self.classifier(u if self.decoder is None else self.decoder(u))
 
 
@@ -356,6 +363,7 @@ def train_denoiser(
     noise = torch.Generator().manual_seed(int(seed) + 1)
 
     def loss_of(xb: Tensor, yb: Tensor) -> Tensor:
+        """Fresh noise for the batch, then the denoised loss."""
         delta = torch.randn(xb.shape, generator=noise, dtype=xb.dtype).to(xb.device) * sigma
         return denoised_loss(denoiser, head, xb, yb, delta, encoder=encoder)
 
