@@ -7,7 +7,16 @@ over the small latent ``z`` (CGE or RGE); the defended model ``f∘Dec∘Enc∘D
 randomized smoothing (Cohen et al.). ``zeroth defend`` runs the whole comparison.
 """
 from .autoencoder import build_decoder, build_encoder
-from .certify import ABSTAIN, Certificate, certified_accuracy, certify, certify_dataset, lower_confidence_bound, predict, sample_counts
+from .certify import (
+    ABSTAIN,
+    Certificate,
+    certified_accuracy,
+    certify,
+    certify_dataset,
+    lower_confidence_bound,
+    predict,
+    sample_counts,
+)
 from .data import Normalize, load_cifar10
 from .defend import PRESETS, DefendConfig, Report, Row, run
 from .denoiser import DnCNN
