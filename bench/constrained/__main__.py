@@ -1,10 +1,15 @@
-"""``python -m bench.constrained [--problems hs071 ...] [--solvers NPASA SLSQP ...]``
+"""``python -m bench.constrained [--problems hs071 ...] [--solvers NPASA SLSQP ...] [--slow-large]``
 
 One run, one table: for every problem and solver, success (|f − f*| ≤ 1e-6·max(1, |f*|) and
 violation ≤ 1e-6), objective evaluations, gradient evaluations and time; then per solver the
-success rate and median nfev (over the problems a solver ran). NPASA and SLSQP get exact gradients, trust-constr exact gradients
-and Hessians, NPASA-zo / COBYLA / COBYQA only function values within the same budget
-(``runners.budget``: 300·(n+1) objective evaluations, at most 6 000).
+success rate and median counts (over the problems a solver ran), and the issue's two goals.
+
+Counting is the same for every solver (``runners.Counted`` wraps ``fun`` and ``jac``): nfev is
+every call of the objective — line searches, finite differences, zeroth-order estimates and a
+final value at the returned point included — and njev every call of the gradient. Constraint
+evaluations are not counted for any solver. NPASA and SLSQP get exact gradients, trust-constr
+exact gradients and Hessians; NPASA-zo, COBYLA and COBYQA only function values, within the same
+budget (``runners.budget``: 300·(n+1) objective evaluations, at most 6 000).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import numpy as np
 
 from zeroth.constrained import problems
 
-from .runners import SOLVERS
+from .runners import SOLVERS, budget
 
 SLOW_ON_LARGE = {"trust-constr", "COBYQA", "COBYLA"}
 
@@ -41,6 +46,17 @@ def main(argv=None):
                 print(f"  {p.name} {s} ...", file=sys.stderr, flush=True)
             f, x, nfev, njev, t = SOLVERS[s](p)
             results[p.name, s] = (p.solved(f, x), nfev, njev, t)
+    _table(probs, solvers, results)
+    _summary(probs, solvers, results)
+    if not args.slow_large:
+        print(f"skipped: {', '.join(sorted(SLOW_ON_LARGE))} on n >= 100 (5 to 40+ min each here; --slow-large runs them)")
+    print("nfev = every objective call (line searches, differences, ZO estimates, final value); njev = gradient "
+          "calls; constraint calls not counted")
+    print("derivative-free budget per problem (NPASA-zo, COBYLA, COBYQA): 300*(n+1) objective evaluations, at most 6000")
+    _goals(probs, results)
+
+
+def _table(probs, solvers, results):
     cell = 22
     head = f"{'problem':11s}{'n':>4s} {'kind':24s}" + "".join(f"{s:>{cell}s}" for s in solvers)
     print("cell = solved(Y/-) nfev/njev time[s]")
@@ -56,20 +72,42 @@ def main(argv=None):
             row += f"{('Y' if ok else '-') + f' {nfev}/{njev} {t:.2f}':>{cell}s}"
         print(row)
     print("-" * len(head))
-    print(f"{'solver':14s}{'solved':>10s}{'rate':>8s}{'median nfev':>13s}{'median nfev (solved)':>22s}"
-          f"{'median njev':>13s}{'total time[s]':>15s}")
+
+
+def _summary(probs, solvers, results):
+    print(f"{'solver':14s}{'solved':>10s}{'rate':>8s}{'median nfev':>13s}{'(solved)':>10s}{'median njev':>13s}"
+          f"{'median nfev+njev':>18s}{'total time[s]':>15s}")
     for s in solvers:
         vals = [results[p.name, s] for p in probs if (p.name, s) in results]
+        if not vals:
+            continue
         solved = sum(v[0] for v in vals)
-        med = np.median([v[1] for v in vals])
         med_ok = np.median([v[1] for v in vals if v[0]]) if solved else float("nan")
-        medj = np.median([v[2] for v in vals])
-        tot = sum(v[3] for v in vals)
-        print(f"{s:14s}{f'{solved}/{len(vals)}':>10s}{100 * solved / len(vals):7.1f}%{med:13.0f}{med_ok:22.0f}"
-              f"{medj:13.0f}{tot:15.1f}")
-    if not args.slow_large:
-        print(f"skipped: {', '.join(sorted(SLOW_ON_LARGE))} on n >= 100 (5 to 40+ min each here; --slow-large runs them)")
-    print("derivative-free budget per problem: 300*(n+1) objective evaluations, at most 6000")
+        print(f"{s:14s}{f'{solved}/{len(vals)}':>10s}{100 * solved / len(vals):7.1f}%"
+              f"{np.median([v[1] for v in vals]):13.0f}{med_ok:10.0f}{np.median([v[2] for v in vals]):13.0f}"
+              f"{np.median([v[1] + v[2] for v in vals]):18.0f}{sum(v[3] for v in vals):15.1f}")
+
+
+def _goals(probs, results):
+    """The issue's two goals, judged on this run (only where the solvers involved all ran)."""
+    def stats(solver, names):
+        vals = [results[n, solver] for n in names]
+        return sum(v[0] for v in vals), len(vals), float(np.median([v[1] for v in vals]))
+
+    names = [p.name for p in probs]
+    ran = lambda *ss: [n for n in names if all((n, s) in results for s in ss)]
+    common = ran("NPASA", "SLSQP")
+    if common:
+        (ok, tot, med), (_, _, med_slsqp) = stats("NPASA", common), stats("SLSQP", common)
+        met = ok >= 0.95 * tot and med < med_slsqp
+        print(f"goal 1 {'MET' if met else 'MISSED'}: NPASA (exact gradients) solves {ok}/{tot} "
+              f"({100 * ok / tot:.1f}%, needs >= 95%) with median nfev {med:.0f} vs SLSQP's {med_slsqp:.0f}")
+    common = ran("NPASA-zo", "COBYLA", "COBYQA")
+    if common:
+        zo, cobyla, cobyqa = (stats(s, common)[0] for s in ("NPASA-zo", "COBYLA", "COBYQA"))
+        met = zo > cobyla and zo > cobyqa
+        print(f"goal 2 {'MET' if met else 'MISSED'}: within the same budget NPASA (jac='zo') solves {zo}/{len(common)}, "
+              f"COBYLA {cobyla}, COBYQA {cobyqa}")
 
 
 if __name__ == "__main__":

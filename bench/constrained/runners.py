@@ -1,8 +1,11 @@
 """One function per solver: run it on a problem and return (f, x, nfev, njev, seconds).
 
 Every runner counts objective and gradient calls itself (wrapping ``fun``/``jac``), so nfev and
-njev mean the same thing for all solvers: calls of the objective and of its gradient.
-Constraint evaluations are not counted for any solver.
+njev mean the same thing for all solvers: calls of the objective and of its gradient, whatever
+the solver calls them for. Constraint evaluations are not counted for any solver.
+
+trust-constr starts its barrier at 1e-8: from scipy's default (0.1) it stops with ``gtol``
+met while f is still ~1e-5 off on about a third of the HS problems (42/62 solved instead of 56).
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ SOLVERS = {
         options={"maxiter": 1000, "ftol": 1e-12}), p),
     "trust-constr": lambda p: _run(lambda p, f, g: scipy_minimize(
         f, p.x0, jac=g, hess=p.hess, bounds=p.bounds(), constraints=p.constraints(), method="trust-constr",
-        options={"maxiter": 3000, "gtol": 1e-10, "xtol": 1e-12}), p),
+        options={"maxiter": 1000, "gtol": 1e-12, "xtol": 1e-14,
+                 "initial_barrier_parameter": 1e-8, "initial_barrier_tolerance": 1e-8}), p),
     "COBYLA": lambda p: _run(lambda p, f, g: scipy_minimize(
         f, p.x0, bounds=p.bounds(), constraints=p.constraints_dict(derivatives=False), method="COBYLA",
         options={"maxiter": budget(p), "tol": 1e-10}), p),

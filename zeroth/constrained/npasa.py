@@ -258,17 +258,20 @@ class _LagrangianHessian:
 
 
 def _positive_definite(H, J):
-    """A matrix with the QP solution of H on {∇h d = −h}, positive definite (δI shift, then +ρJᵀJ);
-    returns (H', ρ)."""
+    """A positive definite matrix for the step QP, returned with ρ: on the null space Z of ∇h the
+    reduced Hessian ZᵀHZ = VΛVᵀ gets |Λ| (floored) for Λ — unchanged where it is already positive
+    definite, as near a strict minimiser — then ρ∇hᵀ∇h is added, which leaves the solution on
+    {∇h d = −h} unchanged (the caller corrects λ by −ρh)."""
     N = H.shape[0]
     H = 0.5 * (H + H.T)
     size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
     floor = 1e-8 * size
     Z = null_space(J, N)
     if Z.shape[1]:
-        lo = float(np.linalg.eigvalsh(Z.T @ H @ Z).min())
-        if lo < floor:
-            H = H + (floor - lo + 1e-3 * size * (lo < -floor)) * np.eye(N)
+        w, V = np.linalg.eigh(Z.T @ H @ Z)
+        if w.min() < floor:
+            ZV = Z @ V
+            H = H + (ZV * (np.maximum(np.abs(w), floor) - w)) @ ZV.T
     if J.shape[0] == 0:
         return H, 0.0
     JJ = J.T @ J
@@ -292,13 +295,13 @@ def _step_rows(nlp, z, h, J):
 
 
 def _multiplier_step(nlp, z, h, J, g, H):
-    """SQP step over Ω and the new λ, or (None, None) when the linearisation is inconsistent."""
+    """SQP step d over Ω, the new λ and dᵀH'd, or Nones when the linearisation is inconsistent."""
     Hp, rho = _positive_definite(H, J)
     C, lo, hi = _step_rows(nlp, z, h, J)
     res = solve_qp(Hp, g, C, lo, hi)
     if res.status != "optimal":
-        return None, None
-    return res.x, res.w[: nlp.mh] - rho * h
+        return None, None, None
+    return res.x, res.w[: nlp.mh] - rho * h, float(res.x @ Hp @ res.x)
 
 
 def _constraint_step(nlp, z, h, J):
@@ -322,12 +325,18 @@ def _negligible(d, z):
     return float(np.max(np.abs(d), initial=0.0)) <= 1e-12 * (1.0 + float(np.max(np.abs(z), initial=0.0)))
 
 
-def _merit_search(nlp, z, d, new_lam, g, h, nu):
+def _merit_search(nlp, z, d, new_lam, g, h, nu, curv):
     """Armijo backtracking on the ℓ1 merit φ = f + Σ νᵢ|hᵢ| (slacks at their best values, so |hᵢ| is
     the violation of cᵢ) along the Newton step d, the unit step first: a step the merit accepts
     costs one objective value. νᵢ ≥ 1.1|λ⁺ᵢ| makes d a descent direction; a weight may fall again
-    (Powell's rule, as in SLSQP). Returns (t, ν), t = None when the search fails."""
+    (Powell's rule, as in SLSQP); and Σνᵢ|hᵢ| ≥ 2(∇fᵀd + ½dᵀHd), so that half the predicted merit
+    decrease comes from feasibility (Nocedal & Wright 18.36) — without it a small ν lets an
+    objective unbounded off the constraints run away. Returns (t, ν), t = None when the search fails."""
     nu = np.maximum(1.1 * np.abs(new_lam) + 1e-10, 0.5 * (nu + np.abs(new_lam)))
+    habs = np.abs(h)
+    need = 2.0 * (float(g @ d) + 0.5 * curv)
+    if need > 0 and float(habs.sum()) > 0 and float(nu @ habs) < need:
+        nu = nu + (need - float(nu @ habs)) / float(habs.sum())
     slope = float(g @ d) - float(nu @ np.abs(h))
     if not slope < 0:
         return None, nu
@@ -404,9 +413,9 @@ def _balanced_step(nlp, opts, hess, z, lam, Ec, Em, E_best, nu):
         errs = _errors(nlp, znew, lam)
         if errs[0] <= 0.5 * Ec:  # a constraint step must halve the violation; E_m is judged next
             return "constraint", "estimators", znew, lam, errs, nu, g + J.T @ lam
-    d, new_lam = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
+    d, new_lam, curv = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
     if d is not None and _negligible(d, z) and hess.reset():
-        d, new_lam = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
+        d, new_lam, curv = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
     if d is None or _negligible(d, z):
         return None
     gL_old = g + J.T @ new_lam if mh else g
@@ -414,7 +423,7 @@ def _balanced_step(nlp, opts, hess, z, lam, Ec, Em, E_best, nu):
     errs = _errors(nlp, znew, new_lam)
     if max(errs[0], errs[1]) <= 0.9 * E_best:
         return "multiplier", "estimators", znew, new_lam, errs, nu, gL_old
-    t, nu = _merit_search(nlp, z, d, new_lam, g, h, nu)
+    t, nu = _merit_search(nlp, z, d, new_lam, g, h, nu, curv)
     if t is None:
         return "multiplier", None, znew, new_lam, errs, nu, gL_old
     if t < 1.0:
