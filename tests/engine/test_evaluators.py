@@ -138,6 +138,22 @@ def test_auto_prefers_feature_reuse_and_measures_the_rest():
     assert isinstance(auto.last, Sequential)
 
 
+def test_auto_measuring_step_moves_batchnorm_statistics_once():
+    model, obj, params, _ = _problem("bn_mlp", torch.float32)
+    model.train()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ref_losses = Sequential().evaluate(obj, params, RGE(q=3).directions(params, generator=torch.Generator().manual_seed(0)))
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(start)
+    auto = Auto()
+    got = auto.evaluate(obj, params, RGE(q=3).directions(params, generator=torch.Generator().manual_seed(0)))
+    assert len(next(iter(auto.timings.values()))) == 2  # two candidates ran
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-6, atol=1e-7)
+    assert int(model.state_dict()["2.num_batches_tracked"]) == int(start["2.num_batches_tracked"]) + 1
+    torch.testing.assert_close(got.perturbed, ref_losses.perturbed, rtol=1e-6, atol=0)
+
+
 def test_auto_choice_is_saved_with_the_optimizer():
     model, obj, params, _ = _problem("digits_cnn", torch.float32)
     opt = ZOOptimizer(params, lr=0.01, estimator=RGE(q=2), seed=0)

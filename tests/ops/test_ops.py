@@ -108,6 +108,8 @@ def test_head_reference_matches_perturbed_linear_layers():
                 want[o, i] = F.cross_entropy(head(x), y) - base
                 p[idx] -= mu
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-13)
+    bias_only = reference.head_cross_entropy_difference(x[:, :0], z, y, mu, True)  # FeatureReuse's bias call
+    torch.testing.assert_close(bias_only, want[:, 6:])
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 0, 2), (2, 2, 1)])
@@ -240,3 +242,14 @@ def test_backend_reports_the_cpu_kernels_where_a_compiler_exists():
     if os.environ.get("ZEROTH_OPS", "auto") == "python" or shutil.which("c++") is None:
         pytest.skip("reference forced or no C++ compiler")
     assert ops.backend() in ("cpp", "cpp+cuda")
+
+
+def test_reference_only_switches_the_implementation(monkeypatch):
+    calls = []
+    monkeypatch.setattr(reference, "scatter_scaled_add", lambda *a: calls.append(a) or a[0])
+    g = torch.zeros(3)
+    with ops.reference_only():
+        ops.scatter_scaled_add(g, torch.tensor([1]), torch.ones(1, dtype=torch.float64), 2.0)
+    assert len(calls) == 1
+    ops.scatter_scaled_add(g, torch.tensor([1]), torch.ones(1, dtype=torch.float64), 2.0)
+    assert len(calls) == (2 if ops.backend() == "python" else 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from ..estimators.directions import Directions
@@ -70,7 +71,10 @@ class Auto(Evaluator):
             return self.last.evaluate(objective, params, dirs)
         times: Dict[str, float] = {}
         result = None
-        for ev in usable:
+        snapshot = _Snapshot(objective)
+        for i, ev in enumerate(usable):
+            if i:  # each candidate starts from the same state: BN buffers move once per step
+                snapshot.restore()
             start = time.perf_counter()
             result = ev.evaluate(objective, params, dirs)
             times[repr(ev)] = time.perf_counter() - start
@@ -81,3 +85,22 @@ class Auto(Evaluator):
 
     def __repr__(self) -> str:
         return f"Auto(preferred={self.preferred!r}, candidates={self.candidates!r})"
+
+
+class _Snapshot:
+    """The objective's model buffers and the global RNG state, to rerun a step from the same start."""
+
+    def __init__(self, objective: Any):
+        model = getattr(objective, "model", None)
+        self.buffers = list(model.buffers()) if model is not None else []
+        self.values = [b.detach().clone() for b in self.buffers]
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for b, v in zip(self.buffers, self.values):
+                b.copy_(v)
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)

@@ -17,8 +17,9 @@ The ops (shapes in each docstring):
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ from ._build import KernelBuildWarning, cuda_buildable, load, mode
 __all__ = [
     "ACTIVATIONS", "KernelBuildWarning", "activation_difference", "activation_difference_confined",
     "activation_kind", "backend", "batchnorm_difference", "conv_weight_patches", "cross_entropy_difference",
-    "cuda_buildable", "head_cross_entropy_difference", "mode", "reference", "scatter_scaled_add",
+    "cuda_buildable", "head_cross_entropy_difference", "mode", "reference", "reference_only", "scatter_scaled_add",
 ]
 
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
@@ -37,6 +38,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid")
 _lock = threading.Lock()
 _loaded: Optional[str] = None
 _tried = False
+_reference_only = threading.local()
 
 
 def backend() -> str:
@@ -49,8 +51,21 @@ def backend() -> str:
     return _loaded or "python"
 
 
+@contextlib.contextmanager
+def reference_only() -> Iterator[None]:
+    """Run the PyTorch references inside this block (this thread), e.g. to compare timings."""
+    saved = getattr(_reference_only, "on", False)
+    _reference_only.on = True
+    try:
+        yield
+    finally:
+        _reference_only.on = saved
+
+
 def _compiled(*tensors: Tensor) -> bool:
     """True when a compiled kernel serves tensors on this device."""
+    if getattr(_reference_only, "on", False):
+        return False
     active = backend()
     if active == "python":
         return False

@@ -94,7 +94,7 @@ def head_cross_entropy_difference(x: Tensor, logits: Tensor, targets: Tensor, mu
     p = torch.softmax(logits.double(), dim=1)  # (B, O)
     xd = x.double()
     if with_bias:
-        xd = torch.cat([xd, torch.ones_like(xd[:, :1])], dim=1)
+        xd = torch.cat([xd, xd.new_ones(xd.shape[0], 1)], dim=1)
     d = mu * xd  # (B, I')
     out = _log_mix1(p.unsqueeze(2), d.unsqueeze(1))  # (B, O, I')
     hit = F.one_hot(targets, logits.shape[1]).double().unsqueeze(2) * d.unsqueeze(1)
