@@ -1,12 +1,15 @@
-"""``python -m bench`` (``make bench``): the engine tables, then the constrained-solver table
+"""``python -m bench`` (``make bench``): the engine tables, the kernel/precision tables, the
+sparse-CGE table, then the constrained-solver table
 (``--no-constrained`` skips it), then the Ray scaling table when ray is installed
 (``--no-distributed`` skips it)."""
 import sys
 
-from . import engine
+from . import engine, kernels, sparsity
 
 args = [a for a in sys.argv[1:] if a not in ("--no-constrained", "--no-distributed")]
 engine.main(args)
+kernels.main([])
+sparsity.main([])
 if "--no-constrained" not in sys.argv:
     from .constrained.__main__ import main as constrained_main
 

@@ -1,5 +1,6 @@
 """zeroth: train PyTorch models and couple them to black-box programs without backpropagation."""
 from .blackbox import BlackBox, Subprocess, batched, from_numpy
+from .distributed import RayEvaluator, RayPool
 from .engine import Batched, Evaluator, FeatureReuse, Sequential
 from .errors import EvaluationError, NonFiniteLossWarning, ZerothError
 from .estimators import CGE, RGE, SPSA, Estimator, zo_gradient, zo_jacobian
@@ -11,7 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlackBox", "Batched", "CGE", "DynamicMask", "EvaluationError", "Estimator", "Evaluator", "FeatureReuse",
-    "FixedMask", "NonFiniteLossWarning", "Objective", "RGE", "SPSA", "Sequential", "Subprocess", "ZOOptimizer",
+    "FixedMask", "NonFiniteLossWarning", "Objective", "RGE", "RayEvaluator", "RayPool", "SPSA", "Sequential", "Subprocess", "ZOOptimizer",
     "ZerothError", "batched", "estimate_gradient", "from_numpy", "grasp_ratios", "minimize", "zo_gradient",
     "zo_jacobian",
 ]
