@@ -257,9 +257,13 @@ class _LagrangianHessian:
         return True
 
 
+FLIP_FLOOR = 1e-4  # smallest curvature (relative to max|H|) a flipped eigenvalue gets: keeps the QP well conditioned
+
+
 def _positive_definite(H, J):
     """A positive definite matrix for the step QP, returned with ρ: on the null space Z of ∇h the
-    reduced Hessian ZᵀHZ = VΛVᵀ gets |Λ| (floored) for Λ — unchanged where it is already positive
+    reduced Hessian ZᵀHZ = VΛVᵀ gets max(|Λ|, FLIP_FLOOR·max|H|) for Λ when it is not positive
+    definite — unchanged where it is already positive
     definite, as near a strict minimiser — then ρ∇hᵀ∇h is added, which leaves the solution on
     {∇h d = −h} unchanged (the caller corrects λ by −ρh)."""
     N = H.shape[0]
@@ -271,17 +275,19 @@ def _positive_definite(H, J):
         w, V = np.linalg.eigh(Z.T @ H @ Z)
         if w.min() < floor:
             ZV = Z @ V
-            H = H + (ZV * (np.maximum(np.abs(w), floor) - w)) @ ZV.T
+            H = H + (ZV * (np.maximum(np.abs(w), FLIP_FLOOR * size) - w)) @ ZV.T
     if J.shape[0] == 0:
         return H, 0.0
     JJ = J.T @ J
     rho = 0.0
-    for _ in range(14):
+    for _ in range(8):
         Hr = H + rho * JJ
         if float(np.linalg.eigvalsh(Hr).min()) > floor:
             return Hr, rho
         rho = size / max(float(np.max(np.abs(JJ))), 1e-300) if rho == 0 else 10.0 * rho
-    raise np.linalg.LinAlgError("could not make the Newton matrix positive definite")
+    # ∇h nearly rank-deficient (no moderate ρ works): flip H's eigenvalues in the full space
+    w, V = np.linalg.eigh(H)
+    return (V * np.maximum(np.abs(w), FLIP_FLOOR * size)) @ V.T, 0.0
 
 
 def _step_rows(nlp, z, h, J):
@@ -299,6 +305,13 @@ def _multiplier_step(nlp, z, h, J, g, H):
     Hp, rho = _positive_definite(H, J)
     C, lo, hi = _step_rows(nlp, z, h, J)
     res = solve_qp(Hp, g, C, lo, hi)
+    if res.status != "optimal" and nlp.mh:
+        # inconsistent linearisation (or dependent rows that round-off made so): ask only for the
+        # change in h that the least-squares constraint step achieves (Byrd–Omojokun relaxation)
+        target = J @ _constraint_step(nlp, z, h, J)
+        lo[: nlp.mh] = hi[: nlp.mh] = target
+        res = solve_qp(Hp, g, C, lo, hi)
+        h = -target
     if res.status != "optimal":
         return None, None, None
     return res.x, res.w[: nlp.mh] - rho * h, float(res.x @ Hp @ res.x)
