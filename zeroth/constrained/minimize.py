@@ -49,21 +49,28 @@ def minimize(fun, x0, args=(), jac=None, hess=None, bounds=None, constraints=(),
     Parameters follow :func:`scipy.optimize.minimize`. ``jac`` is a callable, ``True`` (fun returns
     (f, g)), ``None``/``"2-point"``/``"3-point"`` (finite differences) or ``"zo"`` (zeroth-order
     estimates of ∇f and of constraint Jacobians without a ``jac``, via :mod:`zeroth.estimators`).
-    ``hess`` is a callable (with constraint Hessians from ``NonlinearConstraint.hess``), ``"bfgs"``
-    or ``"2-point"``; ``None`` picks differences of exact gradients when ``jac`` is a callable,
-    BFGS otherwise. ``x0`` may be a torch tensor: ``fun`` then receives tensors of its dtype and
-    device and ``result.x`` is such a tensor.
+    ``hess`` is a callable (with constraint Hessians from ``NonlinearConstraint.hess``: exact
+    Newton steps), ``"2-point"`` (differences of gradients, n extra gradients per step) or
+    ``"bfgs"``; ``None`` means damped BFGS of the Lagrangian. ``x0`` may be a torch tensor:
+    ``fun`` then receives tensors of its dtype and device and ``result.x`` is such a tensor.
 
     Options (method ``"npasa"``): ``gtol`` (stationarity, relative to max(1, ‖∇f‖∞); default 1e-8
     or ``tol``), ``ctol`` (constraint violation; default 1e-8 or ``tol``), ``maxiter`` (3000),
     ``maxfev`` (objective evaluations incl. differences; 100000), ``penalty`` (initial ρ, 10),
-    ``theta`` (balanced-reduction ratio, 1), ``zo_estimator``/``zo_generator`` (for ``jac="zo"``).
+    ``theta`` (balanced-reduction ratio, 1), ``max_phase_two_steps`` (per visit, 200),
+    ``zo_estimator``/``zo_generator`` (for ``jac="zo"``; default: one-sided CGE far from a
+    solution, central CGE near it).
 
     Returns an :class:`~scipy.optimize.OptimizeResult` with ``x, fun, success, status, message,
     nit, nfev, njev, nhev, ncev, constr_violation, multipliers`` (dict: ``eq``, ``ineq`` for the
     nonlinear equality / inequality components in the order given, ``linear`` for the rows of the
     linear constraints, ``bounds`` per variable; convention ∇f + Σ multiplier·∇constraint = 0,
-    ≥ 0 where an upper side is active, ≤ 0 where a lower side is) and ``phase_history``.
+    ≥ 0 where an upper side is active, ≤ 0 where a lower side is) and ``phase_history`` (one dict
+    per phase-one outer iteration — ``phase`` 1, ``E_c``, ``E_m``, ``penalty`` — and per phase-two
+    step — ``phase`` 2, ``step`` "constraint" | "multiplier", ``accept`` "estimators" | "merit" |
+    None (rejected), ``E_c``, ``E_m`` at the new point). ``nfev`` counts every call of ``fun``
+    (line searches, differences, ZO estimates, the value at the returned point), ``njev`` every
+    gradient (a call of ``jac`` or one estimate).
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
@@ -146,7 +153,6 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, tol, options, callb
         jac_mode = "3-point" if jac_mode == "cs" else "2-point"
     fns = Functions(fun, args, jac_mode, hess, spec, x0_user, maxfev,
                     options.pop("zo_estimator", None), options.pop("zo_generator", None))
-    exact_jac = callable(jac_mode) or jac_mode is True
     if callable(hess) and fns.has_exact_hessian():
         opts.hess_mode = "exact"
     elif isinstance(hess, str):

@@ -3,8 +3,10 @@ arXiv:2107.07479 / 2107.07478).
 
 **Phase one** — augmented Lagrangian L_A = f + λᵀh + ρ/2‖h‖², each subproblem minimised over
 the polyhedron Ω by :func:`.pasa.minimize_polyhedral` (linear constraints and bounds never
-penalised). Updates (Conn–Gould–Toint style, our constants): if ‖h‖∞ ≤ η then λ ← λ + ρh,
-η ← η/10, ω ← ω/10; else ρ ← 10ρ, η ← 0.1ρ^-0.1, ω ← 0.1/ρ.
+penalised), starting from B = ∇²L(λ + ρh) + ρ∇hᵀ∇h (the phase-two Hessian of the Lagrangian
+plus the exact Gauss–Newton part), at most max(200, 20N) iterations each. Updates (Conn–Gould–
+Toint style, our constants): if ‖h‖∞ ≤ η then λ ← λ + ρh, η ← η/10, ω ← ω/10; else ρ ← 10ρ,
+η ← 0.1ρ^-0.1, ω ← 0.1/ρ.
 
 **Phase two** — two error estimators at (z, λ):
 
@@ -21,20 +23,26 @@ whose multipliers on the linearised rows are the new λ (Goldfarb–Idnani, :mod
 polyhedral constraints stay exact, so the QP also picks the active face). θ = 1.
 Choices where the papers leave them open, all ours:
 
-* H is ∇²_zz L: exact when the user gives ``hess`` (and constraint Hessians), otherwise
-  forward differences of ∇L (exact gradients) or a damped BFGS matrix of the Lagrangian (kept
-  across phase-two visits; ZO and finite-difference gradients). The QP needs H positive
-  definite: H + ρ∇hᵀ∇h (same solution, since ∇h d = −h is fixed; λ corrected by −ρh), and if H
-  is not positive definite on the null space of ∇h, a shift δI first.
-* A step is judged by the estimators only — no objective value is needed, as in NPASA's
-  local phase: a multiplier step is accepted when E = max(E_c, E_m/s) decreases (s = max(1,
-  ‖∇f‖∞)), a constraint step when it halves E_c. Three accepted steps in a row that do not
-  halve E, any rejected step, an infeasible or failed QP, or NaN return control to phase one
-  (from the best point seen).
+* H is ∇²_zz L: exact when the user gives ``hess`` (and constraint Hessians), forward
+  differences of ∇L with ``hess="2-point"``, otherwise (the default) a damped BFGS matrix of
+  the Lagrangian, B₀ sized so the first step is at most max(1, ‖x‖∞), kept across visits. The QP
+  needs a positive definite matrix: the reduced Hessian on the null space of ∇h gets its
+  eigenvalues flipped and floored where it is not positive definite, then ρ∇hᵀ∇h is added (same
+  solution, since ∇h d = −h is fixed; λ corrected by −ρh). If the linearisation is
+  inconsistent with Ω, the rows ask only for the change in h the constraint step achieves.
+* Acceptance. A step is accepted by the *estimators* — no objective value needed, as in
+  NPASA's local phase — when it cuts E = max(E_c, E_m) to ≤ 0.9 of the best E of the visit
+  (a constraint step: when it halves E_c). A multiplier step they reject is tried along an
+  Armijo search on the ℓ1 merit f + Σνᵢ|hᵢ| (unit step first; per-constraint weights, Powell's
+  update plus a feasibility-steering lower bound), which globalises phase two like SLSQP; if
+  that fails too, or the QP does, or a value is NaN, control returns to phase one from the
+  last accepted point. Slacks are reset to clip(c(x)) after every step.
 * Phase two runs first, from x0 with least-squares multipliers (argmin ‖∇f + ∇hᵀλ + Wᵀμ‖ over
-  the constraints W of Ω active at x0): when x0 is in the region of fast local convergence the
-  solver never enters phase one. Otherwise phase two is retried after every phase-one
-  iteration, so asymptotically only phase two runs.
+  the constraints W of Ω active at x0): on most problems the solver never enters phase one.
+  Otherwise phase two is retried after every phase-one iteration, so asymptotically only
+  phase two runs; its unit Newton steps give the local quadratic rate.
+* Differences: while max(E_c, E_m/s) > ROUGH (s = max(1, ‖∇f‖∞)) gradients may be one-sided
+  (``Functions.rough_ok``); convergence is only ever declared on precise ones.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ Branching (our choices where PASA leaves constants open): global error
 E = ‖P_Ω(z − g) − z‖∞, local (face) error e = ‖ZZᵀg‖∞. GP → face once a GP step leaves the
 active set unchanged and e ≥ θE; face → GP when e < θE (the face is nearly optimal but a
 constraint should be released) or the face line search fails; θ = 0.1.
-Stop when E ≤ tol.
+Stop when E ≤ tol; give up ("linesearch") when no step makes progress (a face step blocked at
+once falls back to GP; a step that does not move z ends the solve).
 """
 from __future__ import annotations
 
