@@ -151,6 +151,11 @@ class _StepContext:
             copies = perturbed_stage_outputs(stage, name, p, sel, step, acts[s])
         t = s + 1
         while copies is None and t < len(chain):
+            if self.precision == "fp32" and delta.channels is None and is_residual(chain[t]):
+                # a dense Δ entering a residual block costs as much as the copies themselves, and
+                # more on a CPU (float64 differences); in fp32 the copies run directly
+                copies = acts[t].unsqueeze(0) + delta.values
+                break
             nxt = propagate(chain[t], acts[t], acts[t + 1], delta, self.precision, self.traces)
             if nxt is None:
                 copies = acts[t].unsqueeze(0) + delta.dense(acts[t])
