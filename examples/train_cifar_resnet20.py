@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 import sys
 import time
 from typing import Optional, Sequence, Tuple
@@ -32,34 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zeroth import CGE, Objective, ZOOptimizer
-from zeroth.data import accuracy
+from zeroth import CGE, Objective, ZOOptimizer, data
+from zeroth.data import CIFAR10_MEAN, CIFAR10_STD, accuracy
 from zeroth.models import resnet20
 from zeroth.sparsity import DynamicMask, balanced_batch, grasp_ratios, kept_fraction, load_ratios, save_ratios
 
-MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+MEAN = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
 
 
 def load_cifar10(folder: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The python-pickle CIFAR-10 batches in ``folder`` as normalised ``(N, 3, 32, 32)`` tensors."""
-
-    def read(names):
-        xs, ys = [], []
-        for name in names:
-            path = os.path.join(folder, name)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"--data-dir: {path} not found (expected the cifar-10-batches-py files)")
-            with open(path, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
-            xs.append(torch.as_tensor(d[b"data"], dtype=torch.uint8).view(-1, 3, 32, 32))
-            ys.append(torch.as_tensor(d[b"labels"], dtype=torch.long))
-        x = torch.cat(xs).float().div_(255)
-        return (x - MEAN) / STD, torch.cat(ys)
-
-    x_train, y_train = read([f"data_batch_{i}" for i in range(1, 6)])
-    x_test, y_test = read(["test_batch"])
-    return x_train, y_train, x_test, y_test
+    split = data.load_cifar10(folder)
+    return (split.x_train - MEAN) / STD, split.y_train, (split.x_test - MEAN) / STD, split.y_test
 
 
 def synthetic(n_train: int, n_test: int, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

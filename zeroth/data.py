@@ -1,7 +1,9 @@
-"""Data that ships inside packages (no downloads): scikit-learn's 8×8 digits, and batching."""
+"""Data without downloads: scikit-learn's 8×8 digits, CIFAR-10 read from a folder you provide, batching."""
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Optional, Tuple
+import os
+import pickle
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -10,7 +12,7 @@ from ._optional import require
 
 
 class Split(NamedTuple):
-    """A deterministic train/test split of images ``(N, 1, 8, 8)`` in [0, 1] and labels ``(N,)``."""
+    """A train/test split of images ``(N, C, H, W)`` in [0, 1] and labels ``(N,)``."""
 
     x_train: Tensor
     y_train: Tensor
@@ -71,3 +73,39 @@ def accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 102
         correct += int((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
     model.train(was)
     return correct / x.shape[0]
+
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _cifar_folder(data_dir: str) -> str:
+    """``data_dir`` itself or its ``cifar-10-batches-py`` subfolder, whichever holds ``test_batch``."""
+    for folder in (data_dir, os.path.join(data_dir, "cifar-10-batches-py")):
+        if os.path.isfile(os.path.join(folder, "test_batch")):
+            return folder
+    raise FileNotFoundError(
+        f"data_dir: no CIFAR-10 python batches in {data_dir!r} (expected data_batch_1..5 and test_batch there or in "
+        "its cifar-10-batches-py/ folder; nothing is downloaded)")
+
+
+def _read_batches(folder: str, names: List[str]) -> Tuple[Tensor, Tensor]:
+    """Images ``(N, 3, 32, 32)`` in [0, 1] and labels of the named pickle batches."""
+    xs, ys = [], []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data_dir: {path} is missing")
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        xs.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))  # (N, 3, 32, 32)
+        ys.append(torch.as_tensor(batch[b"labels"], dtype=torch.long))
+    return torch.cat(xs).float().div_(255), torch.cat(ys)
+
+
+def load_cifar10(data_dir: str) -> Split:
+    """CIFAR-10 from the python-pickle batches in ``data_dir``: images ``(N, 3, 32, 32)`` in [0, 1]."""
+    folder = _cifar_folder(os.fspath(data_dir))
+    x_train, y_train = _read_batches(folder, [f"data_batch_{i}" for i in range(1, 6)])
+    x_test, y_test = _read_batches(folder, ["test_batch"])
+    return Split(x_train, y_train, x_test, y_test)
