@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "zeroth_checks.h"
 #include "zeroth_math.h"
 
 namespace zeroth {
@@ -28,11 +29,10 @@ void check_cpu(const Tensor& t, const char* name) {
 // sigma(a + d) - sigma(a) for delta (K, N) against base a (N), broadcast over the K copies.
 Tensor activation_difference_cpu(const Tensor& a_in, const Tensor& delta_in, int64_t kind, double slope) {
   check_cpu(a_in, "a");
-  TORCH_CHECK(kind >= 0 && kind < kNumActivations, "activation_difference: unknown kind ", kind);
+  checks::activation(a_in, delta_in, kind);
   auto a = a_in.contiguous();
   auto delta = delta_in.contiguous();
   const int64_t n = a.numel();
-  TORCH_CHECK(n > 0 && delta.numel() % n == 0, "activation_difference: delta must be K copies of a");
   auto out = at::empty_like(delta);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "activation_difference", [&] {
     const scalar_t* pa = a.data_ptr<scalar_t>();
@@ -52,14 +52,11 @@ Tensor activation_difference_cpu(const Tensor& a_in, const Tensor& delta_in, int
 Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& channels_in, const Tensor& delta_in,
                                           int64_t kind, double slope) {
   check_cpu(a_in, "a");
-  TORCH_CHECK(kind >= 0 && kind < kNumActivations, "activation_difference_confined: unknown kind ", kind);
-  TORCH_CHECK(a_in.dim() == 3 && delta_in.dim() == 3, "activation_difference_confined: a (B, C, S), delta (K, B, S)");
+  auto channels = channels_in.to(at::kLong).contiguous();
+  checks::activation_confined(a_in, channels, delta_in, kind);
   auto a = a_in.contiguous();
   auto delta = delta_in.contiguous();
-  auto channels = channels_in.to(at::kLong).contiguous();
   const int64_t B = a.size(0), C = a.size(1), S = a.size(2), K = delta.size(0);
-  TORCH_CHECK(delta.size(1) == B && delta.size(2) == S && channels.numel() == K,
-              "activation_difference_confined: shapes do not match");
   auto out = at::empty_like(delta);
   const int64_t* pc = channels.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "activation_difference_confined", [&] {
@@ -69,7 +66,6 @@ Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& chan
     at::parallel_for(0, K * B, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t kb = lo; kb < hi; ++kb) {
         const int64_t k = kb / B, b = kb % B, c = pc[k];
-        TORCH_CHECK(c >= 0 && c < C, "activation_difference_confined: channel out of range");
         const scalar_t* row_a = pa + (b * C + c) * S;
         for (int64_t s = 0; s < S; ++s) {
           po[kb * S + s] = static_cast<scalar_t>(
@@ -123,21 +119,13 @@ double affine_at(const Tensor& t, int64_t c, double fallback) {
 Tensor batchnorm_difference_cpu(const Tensor& a_in, const Tensor& delta_in, const Tensor& channels_in,
                                 const Tensor& weight_in, const Tensor& bias_in, double eps) {
   check_cpu(a_in, "a");
-  TORCH_CHECK(a_in.dim() == 3, "batchnorm_difference: a must be (B, C, S)");
+  auto channels = channels_in.to(at::kLong).contiguous();
+  const bool confined = checks::batchnorm(a_in, delta_in, channels);
   auto a = a_in.contiguous();
   auto delta = delta_in.contiguous();
-  const bool confined = channels_in.numel() > 0 || delta.dim() == 3;
   const int64_t B = a.size(0), C = a.size(1), S = a.size(2), K = delta.size(0);
   auto weight = weight_in.numel() ? weight_in.to(at::kDouble).contiguous() : weight_in;
   auto bias = bias_in.numel() ? bias_in.to(at::kDouble).contiguous() : bias_in;
-  auto channels = channels_in.to(at::kLong).contiguous();
-  if (confined) {
-    TORCH_CHECK(delta.dim() == 3 && delta.size(1) == B && delta.size(2) == S && channels.numel() == K,
-                "batchnorm_difference: confined delta must be (K, B, S) with K channels");
-  } else {
-    TORCH_CHECK(delta.dim() == 4 && delta.size(1) == B && delta.size(2) == C && delta.size(3) == S,
-                "batchnorm_difference: dense delta must be (K, B, C, S)");
-  }
   auto out = at::empty_like(delta);
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "batchnorm_difference", [&] {
     const scalar_t* pa = a.data_ptr<scalar_t>();
@@ -148,7 +136,6 @@ Tensor batchnorm_difference_cpu(const Tensor& a_in, const Tensor& delta_in, cons
       at::parallel_for(0, K, 1, [&](int64_t lo, int64_t hi) {
         for (int64_t k = lo; k < hi; ++k) {
           const int64_t c = pc[k];
-          TORCH_CHECK(c >= 0 && c < C, "batchnorm_difference: channel out of range");
           bn_channel_difference<scalar_t>(pa + c * S, C * S, pd + k * B * S, S, po + k * B * S, B, S,
                                           affine_at(weight, c, 1.0), affine_at(bias, c, 0.0), eps);
         }
@@ -188,16 +175,12 @@ std::vector<double> softmax_rows(const Tensor& logits) {
 Tensor cross_entropy_difference_cpu(const Tensor& logits, const Tensor& targets_in, const Tensor& delta_in,
                                     const Tensor& channels_in) {
   check_cpu(logits, "logits");
-  TORCH_CHECK(logits.dim() == 2, "cross_entropy_difference: logits must be (B, C)");
+  auto channels = channels_in.to(at::kLong).contiguous();
+  const bool confined = checks::cross_entropy(logits, delta_in, channels);
   const int64_t B = logits.size(0), C = logits.size(1);
   auto targets = targets_in.to(at::kLong).contiguous();
   auto delta = delta_in.to(at::kDouble).contiguous();
-  auto channels = channels_in.to(at::kLong).contiguous();
-  const bool confined = channels.numel() > 0;
   const int64_t K = delta.size(0);
-  TORCH_CHECK(confined ? (delta.dim() == 2 && delta.size(1) == B && channels.numel() == K)
-                       : (delta.dim() == 3 && delta.size(1) == B && delta.size(2) == C),
-              "cross_entropy_difference: delta must be (K, B, C), or (K, B) with K channels");
   const std::vector<double> p = softmax_rows(logits);
   const int64_t* py = targets.data_ptr<int64_t>();
   const double* pd = delta.data_ptr<double>();
@@ -230,8 +213,7 @@ Tensor cross_entropy_difference_cpu(const Tensor& logits, const Tensor& targets_
 Tensor head_cross_entropy_difference_cpu(const Tensor& x_in, const Tensor& logits, const Tensor& targets_in,
                                          double mu, bool with_bias) {
   check_cpu(x_in, "x");
-  TORCH_CHECK(x_in.dim() == 2 && logits.dim() == 2 && x_in.size(0) == logits.size(0),
-              "head_cross_entropy_difference: x (B, I) and logits (B, O)");
+  checks::head(x_in, logits);
   auto x = x_in.to(at::kDouble).contiguous();
   auto targets = targets_in.to(at::kLong).contiguous();
   const int64_t B = x.size(0), I = x.size(1), O = logits.size(1), cols = I + (with_bias ? 1 : 0);
@@ -260,9 +242,9 @@ Tensor conv_weight_patches_cpu(const Tensor& x_in, const Tensor& c_in, const Ten
                                int64_t out_h, int64_t out_w, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                                int64_t dh, int64_t dw) {
   check_cpu(x_in, "x");
-  TORCH_CHECK(x_in.dim() == 4, "conv_weight_patches: x must be (B, C, H, W)");
-  auto x = x_in.contiguous();
   auto c = c_in.to(at::kLong).contiguous(), ki = i_in.to(at::kLong).contiguous(), kj = j_in.to(at::kLong).contiguous();
+  checks::patches(x_in, c);
+  auto x = x_in.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = c.numel();
   auto out = at::empty({K, B, out_h, out_w}, x.options());
   const int64_t *pc = c.data_ptr<int64_t>(), *pi = ki.data_ptr<int64_t>(), *pj = kj.data_ptr<int64_t>();
@@ -272,7 +254,6 @@ Tensor conv_weight_patches_cpu(const Tensor& x_in, const Tensor& c_in, const Ten
     at::parallel_for(0, K * B, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t kb = lo; kb < hi; ++kb) {
         const int64_t k = kb / B, b = kb % B;
-        TORCH_CHECK(pc[k] >= 0 && pc[k] < C, "conv_weight_patches: channel out of range");
         const scalar_t* plane = px + (b * C + pc[k]) * H * W;
         scalar_t* dst = po + kb * out_h * out_w;
         for (int64_t y = 0; y < out_h; ++y) {
@@ -291,17 +272,14 @@ Tensor conv_weight_patches_cpu(const Tensor& x_in, const Tensor& c_in, const Ten
 // grad[indices[k]] += coeffs[k] * scale (in place; repeated indices accumulate).
 Tensor scatter_scaled_add_cpu(Tensor grad, const Tensor& indices_in, const Tensor& coeffs_in, double scale) {
   check_cpu(grad, "grad");
-  TORCH_CHECK(grad.dim() == 1 && grad.is_contiguous(), "scatter_scaled_add: grad must be flat and contiguous");
   auto indices = indices_in.to(at::kLong).contiguous();
   auto coeffs = coeffs_in.to(at::kDouble).contiguous();
-  TORCH_CHECK(indices.numel() == coeffs.numel(), "scatter_scaled_add: one coefficient per index");
-  const int64_t n = grad.numel();
+  checks::scatter(grad, indices, coeffs);
   const int64_t* pi = indices.data_ptr<int64_t>();
   const double* pcf = coeffs.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scatter_scaled_add", [&] {
     scalar_t* pg = grad.data_ptr<scalar_t>();
     for (int64_t k = 0; k < indices.numel(); ++k) {
-      TORCH_CHECK(pi[k] >= 0 && pi[k] < n, "scatter_scaled_add: index out of range");
       pg[pi[k]] = static_cast<scalar_t>(static_cast<double>(pg[pi[k]]) + pcf[k] * scale);
     }
   });

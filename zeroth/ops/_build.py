@@ -57,7 +57,7 @@ def sources(root: Path, with_cuda: bool) -> List[Path]:
 
 def build_directory(root: Path, files: List[Path]) -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
-    for f in sorted(files + [root / "zeroth_math.h", *sorted((root / "cuda").glob("*.h"))]):
+    for f in sorted(files + sorted(root.glob("*.h")) + sorted((root / "cuda").glob("*.cuh"))):
         digest.update(f.read_bytes())
     base = Path(os.environ.get("ZEROTH_BUILD_DIR", Path.home() / ".cache" / "zeroth" / "ops"))
     return base / digest.hexdigest()[:16]
