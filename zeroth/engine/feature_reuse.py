@@ -108,7 +108,6 @@ class FeatureReuse(Evaluator):
             state.after()
             owner = _owners(chain)
             ctx = _StepContext(chain, acts, objective, base, self.precision)
-            ctx.closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
             diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
             n = dirs.num_directions
             per_copy = max(a.numel() for a in acts) * acts[0].element_size() * 6
@@ -135,7 +134,7 @@ class _StepContext:
         self.chain, self.acts, self.objective, self.base = chain, acts, objective, base
         self.precision = precision
         self.traces = Traces()
-        self.closed_form = False
+        self.closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
         self._heads: Dict[Tuple[int, float], Tensor] = {}
 
     def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float) -> Tensor:
