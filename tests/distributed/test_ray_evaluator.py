@@ -116,6 +116,23 @@ def test_a_black_box_inside_the_model_runs_on_the_workers(shared):
     assert_identical(local, remote)
 
 
+def test_program_calls_on_the_workers_are_counted_by_the_drivers_black_box(shared):
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 3),  # noqa: E731
+                                 BlackBox(from_numpy(lambda a: a**2, batched=True)), nn.Linear(3, 10))
+    x, y = batch()
+    counts = []
+    for ev in (Sequential(), shared):
+        model = make()
+        estimate_gradient(Objective(model, F.cross_entropy, x, y), list(model[1].parameters()), CGE(), ev)
+        counts.append(model[2].counts())
+    pieces = len(shared.stats["last_step"]["pieces"])
+    assert counts[0]["calls"] == 1 + 64 * 3 + 3  # the base, then one forward per coordinate
+    # each piece evaluates the base loss once
+    assert counts[1] == {"calls": counts[0]["calls"] + pieces - 1, "points": 16 * (counts[0]["calls"] + pieces - 1),
+                         "failed_points": 0}
+
+
 def model_copy(model):
     import copy
 

@@ -154,6 +154,12 @@ class BlackBox(nn.Module):
         """Program calls, query points sent, and points that failed (under ``"nan"``/``"skip"``)."""
         return {"calls": self.num_calls, "points": self.num_points, "failed_points": self.num_failed_points}
 
+    def add_counts(self, delta: Dict[str, int]) -> None:
+        """Add calls made elsewhere (a Ray worker's copy of this module) to the counters."""
+        self.num_calls += int(delta.get("calls", 0))
+        self.num_points += int(delta.get("points", 0))
+        self.num_failed_points += int(delta.get("failed_points", 0))
+
     def get_extra_state(self) -> Dict[str, Any]:
         return {"generator": self.generator.get_state(), **self.counts()}
 

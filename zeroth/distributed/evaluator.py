@@ -12,6 +12,9 @@ bitwise the local ``Sequential`` result; with ``FeatureReuse``/``Batched`` equal
 rounding (their internal chunks follow the pieces). Every evaluation starts from the
 driver's RNG state and buffers (common random numbers, as locally); afterwards the driver's
 buffers and RNG are left as after the first evaluation — exactly what a local evaluator does.
+A :class:`~zeroth.blackbox.BlackBox` inside the model counts the program calls its worker copies
+made (each piece that needs the base loss evaluates it once: N pieces, N − 1 calls more than
+locally; the calls of a worker that died mid-piece are not counted).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from ..estimators.directions import Directions
 from ..objective import Objective
 from . import split
 from .pool import WorkerPool, check_options, import_ray
-from .worker import EvaluatorWorker, move
+from .worker import EvaluatorWorker, counters, move
 
 
 def structure(model: nn.Module) -> tuple:
@@ -188,6 +191,11 @@ class RayEvaluator(Evaluator):
         perturbed = torch.empty(len(dirs), dtype=torch.float64)
         for i, res in zip(ids, results):
             split.scatter(dirs, i, res["perturbed"], perturbed)
+        counted = counters(model)
+        for res in results:  # black boxes in the workers' copies called their programs: count it here
+            for i, delta in res.get("counts", {}).items():
+                if i in counted:
+                    counted[i].add_counts(delta)
         lead = results[first]
         base = lead["base"].to(device) if dirs.needs_base else None
         with torch.no_grad():  # buffers and RNG as after the first evaluation, as a local evaluator leaves them

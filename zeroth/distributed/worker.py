@@ -70,6 +70,12 @@ def local_evaluator(inner: Any):
     return ev
 
 
+def counters(model: Any) -> Dict[int, Any]:
+    """The modules of ``model`` that count their program calls (BlackBox), by position in ``modules()``."""
+    return {i: m for i, m in enumerate(model.modules()) if callable(getattr(m, "counts", None))
+            and callable(getattr(m, "add_counts", None))}
+
+
 class EvaluatorWorker:
     """One Ray actor: a model copy and a local evaluator (see module doc)."""
 
@@ -123,6 +129,8 @@ class EvaluatorWorker:
         objective.targets = move(objective.targets, self.device)
         params = [self.parameters[i] for i in step["param_index"]]
         dirs = split.to_device(piece, [p.device for p in params])
+        counted = counters(self.model)
+        before = {i: m.counts() for i, m in counted.items()}
         start, cpu = time.perf_counter(), time.thread_time()
         losses: Losses = self.inner.evaluate(objective, params, dirs)
         if cuda:
@@ -132,6 +140,8 @@ class EvaluatorWorker:
             "perturbed": losses.perturbed.detach().cpu(),
             "seconds": time.perf_counter() - start,
             "cpu_seconds": time.thread_time() - cpu,
+            # program calls made by black boxes inside this copy, for the driver's counters
+            "counts": {i: {k: v - before[i][k] for k, v in m.counts().items()} for i, m in counted.items()},
         }
         if report:
             out["buffers"] = [b.detach().cpu().clone() for b in self.model.buffers()]
