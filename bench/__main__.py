@@ -1,13 +1,14 @@
-"""``python -m bench`` (``make bench``): the engine tables, the kernel/precision tables, the
-sparse-CGE table, then the constrained-solver table
+"""``python -m bench`` (``make bench``): the engine tables, the peak-memory tables, the
+kernel/precision tables, the sparse-CGE table, then the constrained-solver table
 (``--no-constrained`` skips it), then the Ray scaling table when ray is installed
 (``--no-distributed`` skips it)."""
 import sys
 
-from . import engine, kernels, sparsity
+from . import engine, kernels, memory, sparsity
 
 args = [a for a in sys.argv[1:] if a not in ("--no-constrained", "--no-distributed")]
 engine.main(args)
+memory.main([])
 kernels.main([])
 sparsity.main([])
 if "--no-constrained" not in sys.argv:

@@ -253,6 +253,10 @@ BAD_CONSTRUCTION = [
     (dict(seed="abc"), TypeError, r"seed must be an int"),
     (dict(mu=0.0), ValueError, r"Invalid mu value"),
     (dict(sparsity=object()), TypeError, r"sparsity must provide select"),
+    (dict(inplace=1), TypeError, r"inplace must be a bool"),
+    (dict(inplace=True, base="adam"), ValueError, r"base: inplace=True applies SGD itself"),
+    (dict(inplace=True, momentum=0.9), ValueError, r"momentum: inplace=True has no momentum buffer"),
+    (dict(inplace=True, evaluator="batched"), ValueError, r"evaluator: inplace=True evaluates with Sequential"),
 ]
 
 
@@ -283,6 +287,80 @@ def test_step_needs_an_objective_and_a_scalar():
     with pytest.raises(ValueError, match="scalar loss"):
         opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("estimator", [SPSA(mu=1e-4), RGE(q=3, mu=1e-4, dist="sphere"), CGE(mu=1e-4)],
+                         ids=["spsa", "rge-sphere", "cge"])
+def test_inplace_step_equals_the_stored_gradient_step(estimator):
+    runs = []
+    for inplace in (False, True):
+        model, x, y = _setup(dtype=torch.float64)
+        groups = [{"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
+                  {"params": model[2].parameters(), "maximize": False}]
+        opt = ZOOptimizer(groups, lr=0.05, estimator=estimator, seed=3, inplace=inplace)
+        losses = _run(model, opt, x, y, 3)
+        runs.append((losses, [p.detach().clone() for p in model.parameters()], [p.grad for p in model.parameters()]))
+    (loss_a, params_a, grads_a), (loss_b, params_b, grads_b) = runs
+    assert loss_b == pytest.approx(loss_a, rel=1e-9)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)  # rounding, amplified by 1/mu
+    assert all(g is not None for g in grads_a) and all(g is None for g in grads_b)  # no gradient stored
+
+
+def _largest_new_storage(step, params):
+    """Bytes of the largest tensor storage an op created during ``step()`` (views of ``params`` excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    own = {p.untyped_storage().data_ptr() for p in params}
+    seen = [0]
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own:
+                    seen[0] = max(seen[0], t.untyped_storage().nbytes())
+            return out
+
+    with Spy():
+        step()
+    return seen[0]
+
+
+@pytest.mark.parametrize("estimator", ["spsa", "rge"])
+def test_inplace_step_allocates_nothing_of_parameter_size(monkeypatch, estimator):
+    """(CGE keeps one float64 loss and one int64 index per coordinate whatever the step does.)"""
+    from zeroth.estimators import directions
+
+    monkeypatch.setattr(directions, "CHUNK", 1000)
+    torch.manual_seed(0)
+    model = nn.Linear(300, 40)  # weight: 12,000 entries, 48 kB
+    x, y = torch.randn(4, 300), torch.randint(0, 40, (4,))
+    obj = Objective(model, F.cross_entropy, x, y)
+    params = list(model.parameters())
+    stored = ZOOptimizer(params, lr=0.1, estimator=estimator, seed=0, evaluator="sequential")
+    lean = ZOOptimizer(params, lr=0.1, estimator=estimator, seed=0, inplace=True)
+    assert _largest_new_storage(lambda: stored.step(obj), params) >= 48_000  # the gradient (and the copy)
+    assert _largest_new_storage(lambda: lean.step(obj), params) <= 4 * 1000 + 4 * 300 * 4  # a chunk, or the input
+
+
+def test_inplace_step_with_a_failed_evaluation_applies_nothing():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.05, estimator=SPSA(), seed=0, inplace=True)
+    _run(model, opt, x, y, 1)
+    gen, params = opt.generator.get_state(), [p.clone() for p in model.parameters()]
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        loss = F.cross_entropy(model(x), y)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    with pytest.raises(EvaluationError, match="non-finite"):
+        opt.step(closure)
+    assert torch.equal(opt.generator.get_state(), gen) and opt.zo_steps == 1
+    for a, b in zip(params, model.parameters()):  # restored by subtraction: equal up to rounding
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
 def test_zo_training_of_the_digits_mlp_reaches_85_percent():

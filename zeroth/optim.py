@@ -51,13 +51,54 @@ def estimate_gradient(
     ``loss`` is ℓ(θ) (for two-sided schemes the mean of ℓ(θ ± μd), equal to ℓ(θ) up to O(μ²)).
     Raises :class:`EvaluationError` if any evaluated loss is NaN or infinite.
     """
-    dirs = estimator.directions(params, mus=mus, generator=generator, masks=masks)
-    losses = evaluator.evaluate(objective, params, dirs)
-    check_finite(losses)
-    coeffs = estimator.combine(dirs, losses.base, losses.perturbed)
+    dirs, losses, coeffs = estimate_coefficients(objective, params, estimator, evaluator, mus=mus,
+                                                 generator=generator, masks=masks)
     grads = [torch.zeros_like(p) for p in params]
     dirs.accumulate(coeffs, grads)
     return step_loss(losses), grads, losses
+
+
+def estimate_coefficients(
+    objective: Callable[[], Any],
+    params: Sequence[Tensor],
+    estimator: Estimator,
+    evaluator: Evaluator,
+    *,
+    mus: Optional[Sequence[float]] = None,
+    generator: Optional[torch.Generator] = None,
+    masks: Optional[Sequence[Optional[Tensor]]] = None,
+) -> Tuple[Any, Losses, Tensor]:
+    """``(dirs, losses, coeffs)``: the gradient in factored form, ``ĝ_j = Σ_i c_i d_ij / μ_j``.
+
+    Nothing of parameter size is allocated here (random directions are regenerated from
+    their seed), so :func:`sgd_step_` can apply ĝ without ever storing it.
+    """
+    dirs = estimator.directions(params, mus=mus, generator=generator, masks=masks)
+    losses = evaluator.evaluate(objective, params, dirs)
+    check_finite(losses)
+    return dirs, losses, estimator.combine(dirs, losses.base, losses.perturbed)
+
+
+def sgd_step_(
+    params: Sequence[Tensor],
+    dirs: Any,
+    coeffs: Tensor,
+    lrs: Sequence[float],
+    weight_decays: Sequence[float],
+    maximize: Union[bool, Sequence[bool]] = False,
+) -> None:
+    """``θ_j ← θ_j − lr_j (ĝ_j + wd_j θ_j)`` in place, ĝ never materialised (MeZO's update).
+
+    The same step as ``torch.optim.SGD`` without momentum on ``p.grad = ĝ`` (up to rounding):
+    weight decay scales θ first, then each direction is regenerated and added a chunk at a
+    time (coordinates: one scatter). ``maximize`` (one flag, or one per parameter) ascends.
+    """
+    ascend = [maximize] * len(params) if isinstance(maximize, bool) else list(maximize)
+    with torch.no_grad():
+        for p, lr, wd in zip(params, lrs, weight_decays):
+            if wd:
+                p.mul_(1.0 - lr * wd)
+        dirs.accumulate(coeffs, list(params), scales=[lr if up else -lr for lr, up in zip(lrs, ascend)])
 
 
 def step_loss(losses: Losses) -> Tensor:
@@ -100,6 +141,18 @@ def _base_class(base: Union[str, Type[torch.optim.Optimizer]]) -> Type[torch.opt
     raise TypeError(f"base must be a name ({', '.join(BASE_OPTIMIZERS)}) or a torch.optim.Optimizer class, got {base!r}")
 
 
+def _inplace_evaluator(evaluator: Any) -> Any:
+    """The evaluator of an ``inplace=True`` optimizer: ``Sequential(restore="inverse")`` (nothing copied)."""
+    from .engine import Sequential
+
+    if isinstance(evaluator, str) and evaluator.lower() in ("auto", "sequential"):
+        return Sequential(restore="inverse")
+    if isinstance(evaluator, Sequential) and evaluator.restore == "inverse":
+        return evaluator
+    raise ValueError(f"evaluator: inplace=True evaluates with Sequential(restore='inverse') (no parameter copy), "
+                     f"got {evaluator!r}")
+
+
 class ZOOptimizer(torch.optim.Optimizer):
     r"""Zeroth-order optimizer: estimates gradients from loss values, then takes a base step.
 
@@ -119,7 +172,14 @@ class ZOOptimizer(torch.optim.Optimizer):
             saved in ``state_dict``). ``None`` draws one from torch's global RNG.
         nan_policy: ``"raise"`` (default) raises :class:`~zeroth.errors.EvaluationError` when a
             loss is NaN/inf; ``"skip"`` warns and skips the step. Either way parameters and
-            optimizer state are left exactly as they were.
+            optimizer state are left exactly as they were (with ``inplace=True``: up to the
+            rounding of the inverse restore).
+        inplace: MeZO's memory-lean step (default ``False``). Perturbations are applied and
+            undone in place (``Sequential(restore="inverse")``: no parameter copy, rounding of
+            about one ulp per evaluation) and the SGD update is applied straight from the
+            regenerated directions (:func:`sgd_step_`): no gradient tensor, so a step needs
+            the memory of inference plus one chunk of a direction. Needs ``base="sgd"``
+            without momentum; ``p.grad`` is left untouched.
 
     ``step(objective)`` takes an :class:`~zeroth.Objective` or any closure returning a scalar
     loss, runs under ``torch.no_grad()`` (no backward), *sets* ``p.grad`` to the estimate,
@@ -138,12 +198,20 @@ class ZOOptimizer(torch.optim.Optimizer):
         seed: Optional[int] = None,
         nan_policy: str = "raise",
         mu: Optional[float] = None,
+        inplace: bool = False,
         **base_kwargs: Any,
     ):
         _check_lr(lr)
         estimator = ESTIMATORS.create(estimator, "estimator")
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+        if inplace:
+            evaluator = _inplace_evaluator(evaluator)
         evaluator = EVALUATORS.create(evaluator, "evaluator")
         base_cls = _base_class(base)
+        if inplace and base_cls is not torch.optim.SGD:
+            raise ValueError(f"base: inplace=True applies SGD itself (no gradient is stored), got base={base!r}; "
+                             "use base='sgd' or inplace=False")
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"Invalid nan_policy value: {nan_policy!r} (expected 'raise' or 'skip')")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -171,6 +239,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         # schedulers read defaults (OneCycleLR looks for momentum/betas there)
         self.defaults = {**self.base.defaults, **self.defaults}
 
+        self.inplace = inplace
+        if inplace:
+            self._check_inplace_groups()
         self.estimator = estimator
         self.evaluator = evaluator
         self.sparsity = sparsity
@@ -194,20 +265,29 @@ class ZOOptimizer(torch.optim.Optimizer):
                     groups.append(group)
         return params, mus, groups
 
+    def _check_inplace_groups(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            if group.get("momentum", 0) or group.get("nesterov", False):
+                raise ValueError(f"momentum: inplace=True has no momentum buffer (MeZO's SGD), param group {gi} has "
+                                 f"momentum={group.get('momentum')}, nesterov={group.get('nesterov')}; "
+                                 "use momentum=0 or inplace=False")
+
     # -- the step -----------------------------------------------------------------------
     @torch.no_grad()
     def step(self, objective: Callable[[], Any] = None) -> Optional[Tensor]:  # type: ignore[override]
         """One ZO step on ``objective`` (an Objective or a closure returning the loss)."""
         if objective is None or not callable(objective):
             raise TypeError("ZOOptimizer.step needs an objective: an Objective or a closure returning the loss")
-        params, mus, _ = self.trainable()
+        params, mus, groups = self.trainable()
         if not params:
             return None
         gen_state = self.generator.get_state()
         sparsity_state = self.sparsity.state_dict() if self.sparsity is not None else None
+        if self.inplace:
+            self._check_inplace_groups()  # a group added or changed since __init__
         try:
             masks = self.sparsity.select(params, self.zo_steps, self.generator) if self.sparsity is not None else None
-            loss, grads, losses = estimate_gradient(
+            dirs, losses, coeffs = estimate_coefficients(
                 objective, params, self.estimator, self.evaluator, mus=mus, generator=self.generator, masks=masks
             )
         except BaseException as err:  # a failed step leaves generator and mask schedule as they were
@@ -218,13 +298,20 @@ class ZOOptimizer(torch.optim.Optimizer):
                 warnings.warn(f"step skipped: {err}", NonFiniteLossWarning, stacklevel=2)
                 return None
             raise
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.base.step()
+        if self.inplace:
+            sgd_step_(params, dirs, coeffs, [float(g["lr"]) for g in groups],
+                      [float(g.get("weight_decay", 0.0)) for g in groups],
+                      maximize=[bool(g.get("maximize", False)) for g in groups])
+        else:
+            grads = [torch.zeros_like(p) for p in params]
+            dirs.accumulate(coeffs, grads)
+            for p, g in zip(params, grads):
+                p.grad = g
+            self.base.step()
         self.zo_steps += 1
         self.num_evaluations += losses.count
         self.last_losses = losses
-        return loss
+        return step_loss(losses)
 
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

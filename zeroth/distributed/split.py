@@ -96,11 +96,11 @@ class SeedSubset(RandomDirections):
         self.targets = list(devices)
         return self
 
-    def _raw(self, i: int, j: int) -> Tensor:
-        return super()._raw(self.ids[i], j)
+    def _raw(self, i: int, j: int, chunk: int = 0) -> Tensor:
+        return super()._raw(self.ids[i], j, chunk)
 
-    def direction(self, i: int, j: int) -> Tensor:
-        return super().direction(i, j).to(self.targets[j])
+    def _place(self, j: int, values: Tensor) -> Tensor:
+        return values.to(self.targets[j])
 
 
 def to_device(dirs: Directions, devices: Sequence[torch.device]) -> Directions:

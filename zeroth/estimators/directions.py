@@ -27,12 +27,28 @@ from .. import ops
 _MASK64 = (1 << 64) - 1
 
 
-def _mix_seed(seed: int, i: int, j: int) -> int:
-    """A well-spread 63-bit seed for direction ``i`` of parameter ``j`` (splitmix64 rounds)."""
-    z = (seed + 0x9E3779B97F4A7C15 * (i + 1) + 0xBF58476D1CE4E5B9 * (j + 1)) & _MASK64
+CHUNK = 1 << 20
+"""Entries of a random direction drawn at once: perturbing, restoring and accumulating never
+hold more of a direction than this (4 MiB in float32), whatever the size of a parameter."""
+
+
+def _mix_seed(seed: int, i: int, j: int, chunk: int = 0) -> int:
+    """A well-spread 63-bit seed for chunk ``chunk`` of direction ``i`` of parameter ``j`` (splitmix64 rounds)."""
+    z = (seed + 0x9E3779B97F4A7C15 * (i + 1) + 0xBF58476D1CE4E5B9 * (j + 1) + 0x94D049BB133111EB * chunk) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return (z ^ (z >> 31)) >> 1
+
+
+def _element(t: Tensor, k: int):
+    """Index of the ``k``-th element of ``t`` in row-major (logical) order, whatever its strides."""
+    if t.dim() <= 1:
+        return (k,) if t.dim() else ()
+    at = []
+    for size in reversed(t.shape):
+        k, r = divmod(k, size)
+        at.append(r)
+    return tuple(reversed(at))
 
 
 class Directions:
@@ -92,26 +108,29 @@ class Coordinates(Directions):
 
     def perturb(self, params: Sequence[Tensor], e: int, exact: bool = True):
         j, k, s = self.locate(e)
-        flat = params[j].view(-1)
-        old = flat[k].clone()
-        flat[k] = old + s * self.mus[j]
-        return (j, k, old)
+        at = _element(params[j], k)
+        old = params[j][at].clone()
+        params[j][at] = old + s * self.mus[j]
+        return (j, at, old)
 
     def restore(self, params: Sequence[Tensor], e: int, token) -> None:
-        j, k, old = token
-        params[j].view(-1)[k] = old
+        j, at, old = token
+        params[j][at] = old
 
-    def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor]) -> None:
-        """``grads[j].flat[k] += c_k / μ_j`` for every selected coordinate ``k``."""
+    def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
+        """``grads[j].flat[k] += scales[j] · c_k / μ_j`` for every selected coordinate ``k``."""
         for j, idx in enumerate(self.indices):
             if idx.numel() == 0:
                 continue
             g = grads[j]
             c = coeffs[self.offsets[j]:self.offsets[j + 1]]
+            scale = (1.0 if scales is None else scales[j]) / self.mus[j]
             if g.is_contiguous():  # the fused scatter kernel (zeroth.ops)
-                ops.scatter_scaled_add(g.view(-1), idx.to(g.device), c.to(g.device), 1.0 / self.mus[j])
-            else:
-                g.view(-1).index_add_(0, idx.to(g.device), c.to(device=g.device, dtype=g.dtype) / self.mus[j])
+                ops.scatter_scaled_add(g.view(-1), idx.to(g.device), c.to(g.device), scale)
+            else:  # e.g. channels_last: flat indices are in row-major (logical) order
+                step = torch.zeros(g.numel(), dtype=g.dtype, device=g.device)
+                step.index_add_(0, idx.to(g.device), c.to(device=g.device, dtype=g.dtype) * scale)
+                g.add_(step.view(g.shape))
 
 
 class RandomDirections(Directions):
@@ -151,16 +170,37 @@ class RandomDirections(Directions):
     def num_directions(self) -> int:
         return self.q
 
-    def _raw(self, i: int, j: int) -> Tensor:
-        """The unnormalised entries of direction ``i`` in parameter ``j`` (selected entries only)."""
+    def _size(self, j: int) -> int:
+        """Number of selected entries of parameter ``j``."""
         mask = self.masks[j]
-        n = int(mask.numel()) if mask is not None else int(math.prod(self.shapes[j]))
+        return int(mask.numel()) if mask is not None else int(math.prod(self.shapes[j]))
+
+    def _raw(self, i: int, j: int, chunk: int = 0) -> Tensor:
+        """Chunk ``chunk`` (entries ``chunk·CHUNK ...``) of the unnormalised direction ``i`` in parameter ``j``.
+
+        Each chunk has a generator of its own, so any chunk can be drawn alone.
+        """
+        n = max(0, min(CHUNK, self._size(j) - chunk * CHUNK))
         g = torch.Generator(device=self.devices[j])
-        g.manual_seed(_mix_seed(self.seed, i, j))
+        g.manual_seed(_mix_seed(self.seed, i, j, chunk))
         if self.dist == "rademacher":
-            r = torch.randint(0, 2, (n,), generator=g, device=self.devices[j]).to(self.dtypes[j])
-            return r.mul_(2).sub_(1)
+            r = torch.randint(0, 2, (n,), generator=g, device=self.devices[j], dtype=self.dtypes[j])
+            return r.mul_(2).sub_(1)  # drawn in the parameter dtype: no int64 chunk
         return torch.randn(n, generator=g, device=self.devices[j], dtype=self.dtypes[j])
+
+    def _place(self, j: int, values: Tensor) -> Tensor:
+        """Values drawn for parameter ``j`` on the device that parameter lives on."""
+        return values
+
+    def _pieces(self, i: int, j: int):
+        """``(start, stop, values)``: direction ``i`` on the selected entries of parameter ``j``, a chunk at a time."""
+        n = self._size(j)
+        scale = 1.0 / self.norm(i) if self.dist == "sphere" else None
+        for c in range(max(1, -(-n // CHUNK))):
+            raw = self._raw(i, j, c)
+            if scale is not None:
+                raw = raw.mul_(scale)
+            yield c * CHUNK, c * CHUNK + raw.numel(), self._place(j, raw)
 
     def norm(self, i: int) -> float:
         """Euclidean norm of raw direction ``i`` (computed once for all ``q``, then cached)."""
@@ -169,27 +209,42 @@ class RandomDirections(Directions):
             for ii in range(self.q):
                 sq = 0.0
                 for j in range(len(self.shapes)):
-                    sq += float(self._raw(ii, j).double().pow(2).sum())
+                    for c in range(max(1, -(-self._size(j) // CHUNK))):
+                        sq += float(self._raw(ii, j, c).double().pow(2).sum())
                 self._norms.append(math.sqrt(sq))
         return self._norms[i]
 
     def direction(self, i: int, j: int) -> Tensor:
-        """Direction ``i`` restricted to parameter ``j``, shaped like that parameter."""
-        raw = self._raw(i, j)
-        if self.dist == "sphere":
-            raw = raw / self.norm(i)
+        """Direction ``i`` restricted to parameter ``j``, shaped like that parameter (materialised)."""
+        parts = [v for _, _, v in self._pieces(i, j)]
+        raw = parts[0] if len(parts) == 1 else torch.cat(parts)
         mask = self.masks[j]
         if mask is None:
             return raw.view(self.shapes[j])
-        full = torch.zeros(math.prod(self.shapes[j]), device=self.devices[j], dtype=self.dtypes[j])
-        full[mask.to(self.devices[j])] = raw
+        full = torch.zeros(math.prod(self.shapes[j]), device=raw.device, dtype=self.dtypes[j])
+        full[mask.to(raw.device)] = raw
         return full.view(self.shapes[j])
+
+    def add_to(self, tensors: Sequence[Tensor], i: int, alphas: Sequence[float]) -> None:
+        """``tensors[j] += alphas[j] · u_ij`` for every ``j``, a chunk at a time (never a whole direction)."""
+        for j, t in enumerate(tensors):
+            alpha = alphas[j]
+            if alpha == 0.0:
+                continue
+            if not t.is_contiguous():
+                t.add_(self.direction(i, j).to(t.dtype), alpha=alpha)
+                continue
+            flat, mask = t.view(-1), self.masks[j]
+            for a, b, v in self._pieces(i, j):
+                if mask is None:
+                    flat[a:b].add_(v.to(t.dtype), alpha=alpha)
+                else:
+                    flat.index_add_(0, mask[a:b].to(t.device), v.to(t.dtype), alpha=alpha)
 
     def perturb(self, params: Sequence[Tensor], e: int, exact: bool = True):
         i, s = e % self.q, self.sign(e)
         backup = [p.clone() for p in params] if exact else None
-        for j, p in enumerate(params):
-            p.add_(self.direction(i, j), alpha=s * self.mus[j])
+        self.add_to(params, i, [s * mu for mu in self.mus])
         return backup
 
     def restore(self, params: Sequence[Tensor], e: int, token) -> None:
@@ -198,13 +253,11 @@ class RandomDirections(Directions):
                 p.copy_(b)
             return
         i, s = e % self.q, self.sign(e)
-        for j, p in enumerate(params):
-            p.sub_(self.direction(i, j), alpha=s * self.mus[j])
+        self.add_to(params, i, [-s * mu for mu in self.mus])
 
-    def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor]) -> None:
-        """``grads[j] += Σ_i c_i u_ij / μ_j``, regenerating each ``u_i``."""
-        cs = coeffs.tolist()
-        for j, g in enumerate(grads):
-            for i, c in enumerate(cs):
-                if c != 0.0:
-                    g.add_(self.direction(i, j).to(g.dtype), alpha=c / self.mus[j])
+    def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
+        """``grads[j] += scales[j] · Σ_i c_i u_ij / μ_j``, regenerating each ``u_i`` a chunk at a time."""
+        scales = [1.0] * len(grads) if scales is None else scales
+        for i, c in enumerate(coeffs.tolist()):
+            if c != 0.0:
+                self.add_to(grads, i, [c * sc / mu for sc, mu in zip(scales, self.mus)])
