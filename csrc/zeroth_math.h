@@ -1,6 +1,7 @@
 // Scalar math shared by the CPU (zeroth_ops.cpp) and CUDA (cuda/kernels.cu) kernels.
-// Everything is computed in double: the differences formed here are tiny next to their
-// operands, so rounding a + d to float first would throw the difference away.
+// Smooth functions are computed in double: the differences formed here are tiny next to their
+// operands, so rounding a + d to float first would throw the difference away (the
+// piecewise-linear activations have an exact form, piecewise_linear_diff).
 #pragma once
 
 #include <cmath>
@@ -31,6 +32,22 @@ ZEROTH_HD double activation(int kind, double x, double slope) {
 ZEROTH_HD double activation_diff(int kind, double a, double d, double slope) {
   return activation(kind, a + d, slope) - activation(kind, a, slope);
 }
+
+// The same difference for the piecewise-linear kinds (ReLU: slope 0, LeakyReLU), in the
+// operands' own precision: on one side of 0 it is d or slope*d exactly, and crossing 0 needs
+// |a| < |d|, so no term is larger than d and nothing cancels. a + d <= 0 is tested (not > 0)
+// so that a NaN in d reaches the result.
+// (Both branches are computed and then selected: no data-dependent jump, so loops vectorise.)
+template <typename T>
+ZEROTH_HD T piecewise_linear_diff(T a, T d, T slope) {
+  const T x1 = a + d;
+  const bool pos0 = a > T(0);
+  const T down = pos0 ? slope * x1 - a : slope * d;  // a + d ends at or below 0
+  const T up = pos0 ? d : x1 - slope * a;            // a + d ends above 0
+  return x1 <= T(0) ? down : up;
+}
+
+ZEROTH_HD bool is_piecewise_linear(int kind) { return kind == kReLU || kind == kLeakyReLU; }
 
 // log(1 - p + p e^d) = log sum_j p_j e^{d_j} when only one logit (probability p) moves by d:
 // the per-row cross-entropy change is this minus d (if that logit is the target).

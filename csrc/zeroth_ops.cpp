@@ -10,6 +10,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -38,10 +39,22 @@ Tensor activation_difference_cpu(const Tensor& a_in, const Tensor& delta_in, int
     const scalar_t* pa = a.data_ptr<scalar_t>();
     const scalar_t* pd = delta.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, delta.numel(), 2048, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const double x = pa[i % n];
-        po[i] = static_cast<scalar_t>(activation_diff(kind, x, static_cast<double>(pd[i]), slope));
+    const scalar_t s = static_cast<scalar_t>(slope);
+    at::parallel_for(0, delta.numel(), 4096, [&](int64_t lo, int64_t hi) {
+      // runs of one copy at a time: the inner loops index a directly (no i % n) and vectorise
+      for (int64_t i = lo; i < hi;) {
+        const int64_t start = i % n, len = std::min(n - start, hi - i);
+        const scalar_t* ra = pa + start;
+        const scalar_t* rd = pd + i;
+        scalar_t* ro = po + i;
+        if (is_piecewise_linear(static_cast<int>(kind))) {
+          for (int64_t j = 0; j < len; ++j) ro[j] = piecewise_linear_diff<scalar_t>(ra[j], rd[j], s);
+        } else {
+          for (int64_t j = 0; j < len; ++j)
+            ro[j] = static_cast<scalar_t>(
+                activation_diff(static_cast<int>(kind), static_cast<double>(ra[j]), static_cast<double>(rd[j]), slope));
+        }
+        i += len;
       }
     });
   });
@@ -67,6 +80,11 @@ Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& chan
       for (int64_t kb = lo; kb < hi; ++kb) {
         const int64_t k = kb / B, b = kb % B, c = pc[k];
         const scalar_t* row_a = pa + (b * C + c) * S;
+        if (is_piecewise_linear(static_cast<int>(kind))) {
+          const scalar_t sl = static_cast<scalar_t>(slope);
+          for (int64_t s = 0; s < S; ++s) po[kb * S + s] = piecewise_linear_diff<scalar_t>(row_a[s], pd[kb * S + s], sl);
+          continue;
+        }
         for (int64_t s = 0; s < S; ++s) {
           po[kb * S + s] = static_cast<scalar_t>(
               activation_diff(kind, static_cast<double>(row_a[s]), static_cast<double>(pd[kb * S + s]), slope));

@@ -130,6 +130,40 @@ def test_conv_patches_reference_is_the_weight_derivative(stride, padding, dilati
 
 
 # -- kernels against the references ---------------------------------------------------------
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+@pytest.mark.parametrize("impl", ["kernel", "vectorized"])
+def test_piecewise_linear_differences_are_exact_in_fp32(slope, impl):
+    """ReLU/LeakyReLU form σ(a + Δ) − σ(a) in fp32 without float64 and without cancellation:
+    within a few ulp of Δ of the float64 reference, crossings of 0 and exact zeros included."""
+    if impl == "kernel" and ops.backend() == "python":
+        pytest.skip("compiled kernels unavailable")
+    from zeroth.ops import vectorized
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 50, generator=g) * 1e-2  # many |a| < |Δ|: crossings both ways
+    a[0, 0, :5] = 0.0
+    d = torch.randn(6, 4, 3, 50, generator=g) * 1e-2
+    d[1, 0, 0, :3] = 0.0
+    kind = 0 if slope == 0.0 else 1
+    fn = (lambda a, d: kernel("activation_difference")(a, d, kind, slope)) if impl == "kernel" else \
+        (lambda a, d: vectorized.piecewise_linear_difference(a, d, slope))
+    got = fn(a, d)
+    want = reference.activation_difference(a.double(), d.double(), kind, slope)
+    assert got.dtype == torch.float32
+    assert bool(((got.double() - want).abs() <= 4 * torch.finfo(torch.float32).eps * d.double().abs()).all())
+    crossing = (a > 0) != (a + d > 0)
+    assert int(crossing.sum()) > 100
+    d[2, 1, 1, 7] = float("nan")
+    assert torch.isnan(fn(a, d)[2, 1, 1, 7])  # a NaN in Δ reaches the loss (and the step's check)
+    if impl == "kernel":
+        ch = torch.tensor([2, 0, 1, 2, 0, 1])
+        dc = d[:, :, 0].clone()
+        dc[2, 1, 7] = 0.0
+        got = kernel("activation_difference_confined")(a, ch, dc, kind, slope)
+        want = reference.activation_difference_confined(a.double(), ch, dc.double(), kind, slope)
+        assert bool(((got.double() - want).abs() <= 4 * torch.finfo(torch.float32).eps * dc.double().abs()).all())
+
+
 @compiled
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: type(m).__name__)

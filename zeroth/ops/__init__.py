@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import reference
+from . import reference, vectorized
 from ._build import KernelBuildWarning, cuda_buildable, load, mode
 
 __all__ = [
@@ -62,9 +62,10 @@ def reference_only() -> Iterator[None]:
         _reference_only.on = saved
 
 
-# On CPU the dense activation difference is faster as vectorised ATen calls than as the
-# scalar float64 loop of csrc/zeroth_ops.cpp (bench.kernels: GELU 0.6×; a full ResNet-20
-# CGE sample 2.3 s vs 3.6 s), so on CPU it runs the reference; its kernel is still built,
+# On CPU the dense difference of a smooth activation is faster as vectorised ATen calls than
+# as the scalar float64 loop of csrc/zeroth_ops.cpp (bench.kernels: GELU 0.6×; a full ResNet-20
+# CGE sample 2.3 s vs 3.6 s), so on CPU it runs the reference (ReLU/LeakyReLU run the kernel's
+# exact fp32 form, see activation_difference); its kernel is still built,
 # tested and used on CUDA. (The head and cross-entropy kernels lose in isolation at K = 512
 # dense copies but win inside a full digits-CNN gradient, where their inputs are confined.)
 _CPU_PREFERS_REFERENCE = frozenset({"activation_difference"})
@@ -108,6 +109,10 @@ def activation_difference(a: Tensor, delta: Tensor, kind: int, slope: float = 0.
     """``σ(a + Δ_k) − σ(a)`` for ``Δ: (K, *a.shape)``."""
     if _compiled(a, op="activation_difference"):
         return torch.ops.zeroth.activation_difference(a, delta, kind, slope)
+    if kind in vectorized.PIECEWISE_LINEAR and not getattr(_reference_only, "on", False):
+        if a.device.type == "cpu" and backend() != "python":  # exact fp32 form, one pass
+            return torch.ops.zeroth.activation_difference(a, delta, kind, slope)
+        return vectorized.piecewise_linear_difference(a, delta, slope)
     return reference.activation_difference(a, delta, kind, slope)
 
 

@@ -55,8 +55,14 @@ def sources(root: Path, with_cuda: bool) -> List[Path]:
     return files
 
 
+CFLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+"""No trapping math: branches of a select may be computed speculatively, so loops such as
+the piecewise-linear activation difference vectorise instead of mispredicting on signs
+(IEEE results, NaN and inf are unchanged; only floating-point exception flags are)."""
+
+
 def build_directory(root: Path, files: List[Path]) -> Path:
-    digest = hashlib.sha256(torch.__version__.encode())
+    digest = hashlib.sha256((torch.__version__ + " ".join(CFLAGS)).encode())
     for f in sorted(files + sorted(root.glob("*.h")) + sorted((root / "cuda").glob("*.cuh"))):
         digest.update(f.read_bytes())
     base = Path(os.environ.get("ZEROTH_BUILD_DIR", Path.home() / ".cache" / "zeroth" / "ops"))
@@ -83,7 +89,7 @@ def load() -> Optional[str]:
             sources=[str(f) for f in files],
             build_directory=str(build),
             extra_include_paths=[str(root)],
-            extra_cflags=["-O3"],
+            extra_cflags=CFLAGS,
             extra_cuda_cflags=["-O3"],
             is_python_module=False,
             verbose=os.environ.get("ZEROTH_OPS_VERBOSE") == "1",
