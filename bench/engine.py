@@ -1,8 +1,9 @@
 """Side-by-side timing of one full CGE gradient per evaluator, in one run (ratios to a baseline).
 
 Run: ``python -m bench.engine [--batch 256 32] [--resnet-batch 8] [--repeat 3]``.
-Times are the median of ``--repeat`` runs after one warm-up; every row of a table is
-measured in the same process, so the ratios compare like with like.
+Times are the median of at least ``--repeat`` runs after one warm-up (fast rows rerun for
+at least a second); every row of a table is measured in the same process, so the ratios
+compare like with like.
 """
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ from zeroth.engine import Batched, FeatureReuse, Sequential
 from zeroth.models import DigitsCNN, resnet20
 
 
-def median_time(fn: Callable[[], object], repeat: int) -> float:
+def median_time(fn: Callable[[], object], repeat: int, min_seconds: float = 1.0, max_repeat: int = 200) -> float:
+    """Median seconds of ``fn()`` after a warm-up: at least ``repeat`` runs, and fast functions
+    rerun until ``min_seconds`` have passed (at most ``max_repeat`` runs), so a short slow spell
+    of this shared machine does not decide a fast row."""
     fn()  # warm-up
-    times = []
-    for _ in range(repeat):
+    times: List[float] = []
+    began = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - began < min_seconds and len(times) < max_repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)

@@ -85,12 +85,38 @@ def frozen_batchnorm_buffers(module: nn.Module) -> Iterator[None]:
 def run_copies(module: nn.Module, x: Tensor) -> Tensor:
     """``module`` applied to each of K copies ``x: (K, B, ...)`` -> ``(K, B, ...)``.
 
-    Without batch statistics the copies run as one batch of K·B rows; with them, each copy
-    gets its own statistics through ``torch.func.vmap`` (buffers are left untouched).
+    Without batch statistics the copies run as one batch of K·B rows. With them each copy gets
+    its own statistics (buffers are left untouched): a train-mode BatchNorm runs once with the
+    copies folded into its channels (:func:`batchnorm_copies`); ``nn.Sequential`` and residual
+    blocks (``zo_residual``) recurse into their parts; anything else goes through
+    ``torch.func.vmap`` (measured on ResNet-20: vmap's BatchNorm cost a third of a copy's time).
     """
     k, b = x.shape[:2]
     if not has_batch_statistics(module):
         out = module(x.reshape(k * b, *x.shape[2:]))
         return out.reshape(k, b, *out.shape[1:])
+    if isinstance(module, _BN):
+        return batchnorm_copies(module, x)
+    if isinstance(module, nn.Sequential):
+        for m in module:
+            x = run_copies(m, x)
+        return x
+    if getattr(module, "zo_residual", False) and isinstance(getattr(module, "main", None), nn.Sequential):
+        return run_copies(module.post, run_copies(module.main, x) + run_copies(module.shortcut, x))
     with frozen_batchnorm_buffers(module):
         return torch.func.vmap(module)(x)
+
+
+def batchnorm_copies(bn: nn.Module, x: Tensor) -> Tensor:
+    """Train-mode BatchNorm of each copy of ``x: (K, B, C, ...)`` with its own batch statistics.
+
+    The copies become K·C channels of one batch, ``(B, K·C, ...)``, normalised by one call
+    with the affine parameters repeated K times; running statistics are not touched.
+    """
+    k, b, c = x.shape[:3]
+    rest = x.shape[3:]
+    folded = x.transpose(0, 1).reshape(b, k * c, *rest)
+    weight = bn.weight.repeat(k) if bn.weight is not None else None
+    bias = bn.bias.repeat(k) if bn.bias is not None else None
+    out = torch.nn.functional.batch_norm(folded, None, None, weight, bias, True, 0.0, bn.eps)
+    return out.reshape(b, k, c, *rest).transpose(0, 1)
