@@ -216,8 +216,8 @@ Tensor cross_entropy_difference_cpu(const Tensor& logits, const Tensor& targets_
         } else {
           const double* row = pd + (k * B + b) * C;
           double s = 0;
-          for (int64_t j = 0; j < C; ++j) s += p[b * C + j] * std::expm1(row[j]);
-          acc += std::log1p(s) - row[y];
+          for (int64_t j = 0; j < C; ++j) s += p[b * C + j] * expm1_small(row[j]);
+          acc += log1p_small(s) - row[y];
         }
       }
       po[k] = acc / static_cast<double>(B);
