@@ -289,15 +289,19 @@ def test_step_needs_an_objective_and_a_scalar():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("estimator", [SPSA(mu=1e-4), RGE(q=3, mu=1e-4, dist="sphere"), CGE(mu=1e-4)],
-                         ids=["spsa", "rge-sphere", "cge"])
-def test_inplace_step_equals_the_stored_gradient_step(estimator):
+@pytest.mark.parametrize("estimator,sparse", [(SPSA(mu=1e-4), False), (RGE(q=3, mu=1e-4, dist="sphere"), False),
+                                              (CGE(mu=1e-4), False), (RGE(q=2, mu=1e-4), True), (CGE(mu=1e-4), True)],
+                         ids=["spsa", "rge-sphere", "cge", "rge-masked", "cge-masked"])
+def test_inplace_step_equals_the_stored_gradient_step(estimator, sparse):
+    from zeroth import DynamicMask
+
     runs = []
     for inplace in (False, True):
         model, x, y = _setup(dtype=torch.float64)
         groups = [{"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
                   {"params": model[2].parameters(), "maximize": False}]
-        opt = ZOOptimizer(groups, lr=0.05, estimator=estimator, seed=3, inplace=inplace)
+        opt = ZOOptimizer(groups, lr=0.05, estimator=estimator, seed=3, inplace=inplace,
+                          sparsity=DynamicMask(0.5, resample_every=1) if sparse else None)
         losses = _run(model, opt, x, y, 3)
         runs.append((losses, [p.detach().clone() for p in model.parameters()], [p.grad for p in model.parameters()]))
     (loss_a, params_a, grads_a), (loss_b, params_b, grads_b) = runs
