@@ -125,7 +125,7 @@ class FeatureReuse(Evaluator):
                     step = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
                     for lo in range(0, idx.numel(), chunk):
                         sel = idx[lo:lo + chunk]
-                        d = ctx.chunk(s, name, p, sel, step)
+                        d = ctx.chunk(s, name, p, sel, step, selected=idx.numel())
                         start = sign_block * n + dirs.offsets[j] + lo
                         diffs[start:start + sel.numel()] = d
         state.finish()
@@ -154,13 +154,18 @@ class _StepContext:
         self.closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
         self._heads: Dict[Tuple[int, float], Tensor] = {}
 
-    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float) -> Tensor:
-        """Loss differences of the copies perturbing coordinates ``sel`` of parameter ``p`` by ``step``."""
+    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float, selected: Optional[int] = None) -> Tensor:
+        """Loss differences of the copies perturbing coordinates ``sel`` of parameter ``p`` by ``step``
+        (``selected``: how many coordinates of ``p`` this step estimates in all)."""
         chain, acts = self.chain, self.acts
         stage = chain[s]
         if (self.closed_form and s == len(chain) - 1 and isinstance(stage, nn.Linear) and acts[s].dim() == 2
                 and name in ("weight", "bias")):
-            return self._head(stage, name, p, step)[sel]
+            if 2 * (selected if selected is not None else sel.numel()) >= p.numel():
+                return self._head(stage, name, p, step)[sel]
+            # a sparse selection: only its coordinates, each a one-logit change (O(B) apiece)
+            return cross_entropy_difference(acts[-1], self.objective.targets,
+                                            initial_delta(stage, name, p, sel, step, acts[s], acts[s + 1]))
         delta = stage_delta(stage, name, p, sel, step, acts[s], acts[s + 1], self.precision, self.traces)
         copies = None
         if delta is None:  # generic: re-run the stage on K perturbed copies of the parameter
