@@ -117,7 +117,8 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
         masks = [m.to(device) for m in masks] if masks is not None else None
     resources = {"GPU": 1} if device != "cpu" else {"CPU": 1}
     step = lambda ev: (lambda: estimate_gradient(obj, params, est, ev, masks=masks))
-    rounds = {0: []}
+    rounds: Dict[int, List[tuple]] = {0: []}
+    ratios: Dict[int, List[float]] = {}  # local s / Ray s of the same round
     # CPU: every pool is up at once (logical slots; idle actors sleep), so the runs alternate
     # round by round. GPU: one pool at a time (a GPU is not shared), each against the local run.
     groups = [workers] if device == "cpu" else [[w] for w in workers]
@@ -125,8 +126,11 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
         pools = {w: RayEvaluator(inner, num_workers=w, resources_per_worker=resources).start() for w in group}
         try:
             runs = {0: (step(local), None), **{w: (step(ev), _ray_stats(ev)) for w, ev in pools.items()}}
-            for w, got in interleaved(runs, repeat).items():
-                rounds.setdefault(w, []).extend(got)
+            got = interleaved(runs, repeat)
+            for w, timed in got.items():
+                rounds.setdefault(w, []).extend(timed)
+                if w:
+                    ratios[w] = [a[0] / b[0] for a, b in zip(got[0], timed)]
         finally:
             for ev in pools.values():
                 ev.close()
@@ -140,8 +144,7 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
                 f"{n / local_t:>11,.0f}{1.0:>9.2f}{'-':>12}{'-':>12}{local_share:>12.2f}{'-':>12}")
     for w in workers:
         t, overhead, share = med[w]
-        paired = rounds[0][-len(rounds[w]):] if device == "cpu" else rounds[0][workers.index(w) * repeat:][:repeat]
-        speed = statistics.median(a[0] / b[0] for a, b in zip(paired, rounds[w]))  # per-round ratios
+        speed = statistics.median(ratios[w])
         rows.append(f"{f'ray, {w} worker' + ('s' if w > 1 else ''):<22}{t:>9.3f}{spread(w):>14}{n / t:>11,.0f}"
                     f"{speed:>9.2f}{speed / w:>12.2f}{overhead:>12.4f}{share:>12.2f}"
                     + (f"{speed / ceiling[w]:>12.2f}" if ceiling else f"{'-':>12}"))
@@ -155,7 +158,7 @@ def machine_ceiling(workers: List[int], seconds: float = 1.5, rounds: int = 3) -
 
     Each process runs digits-CNN forwards for ``seconds``; the ratio (median of ``rounds``)
     is the best speedup any N-worker scheme can reach on this machine. On this 2-core VM it
-    is below N: the two cores' speeds differ and drift (a spin test gave 70 M vs 54 M
+    was 1.64–2.02 for N = 2: the two cores' speeds differ and drift (a spin test gave 70 M vs 54 M
     iterations in 10 s, each process at 98 % of a core), so "efficiency ÷ ceiling" is the
     part of the loss that Ray and the split cause.
     """

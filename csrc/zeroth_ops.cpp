@@ -76,12 +76,12 @@ Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& chan
     const scalar_t* pa = a.data_ptr<scalar_t>();
     const scalar_t* pd = delta.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
+    const scalar_t sl = static_cast<scalar_t>(slope);
     at::parallel_for(0, K * B, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t kb = lo; kb < hi; ++kb) {
         const int64_t k = kb / B, b = kb % B, c = pc[k];
         const scalar_t* row_a = pa + (b * C + c) * S;
         if (is_piecewise_linear(static_cast<int>(kind))) {
-          const scalar_t sl = static_cast<scalar_t>(slope);
           for (int64_t s = 0; s < S; ++s) po[kb * S + s] = piecewise_linear_diff<scalar_t>(row_a[s], pd[kb * S + s], sl);
           continue;
         }

@@ -77,7 +77,8 @@ class FeatureReuse(Evaluator):
     """Coordinate losses from cached features and propagated differences (see module doc).
 
     ``max_memory`` (bytes) bounds the per-chunk working set: K copies of the largest
-    activation are processed at a time (on CPU also at most :data:`CPU_CHUNK_BYTES` of them). ``precision``: arithmetic of the linear ops on Δ.
+    activation are processed at a time (on CPU also at most :data:`CPU_CHUNK_BYTES` of them).
+    ``precision``: arithmetic of the linear ops on Δ.
     """
 
     name = "feature_reuse"
@@ -125,13 +126,12 @@ class FeatureReuse(Evaluator):
                     step = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
                     for lo in range(0, idx.numel(), chunk):
                         sel = idx[lo:lo + chunk]
-                        d = ctx.chunk(s, name, p, sel, step, selected=idx.numel())
+                        d = ctx.chunk(s, name, p, sel, step, idx.numel())
                         start = sign_block * n + dirs.offsets[j] + lo
                         diffs[start:start + sel.numel()] = d
         state.finish()
         perturbed = base.double() + diffs
         return Losses(base if dirs.needs_base else None, perturbed)
-
 
     def _chunk_size(self, acts: List[Tensor], first: int) -> int:
         """Copies per chunk: K copies of the largest activation from ``acts[first]`` on (what the
@@ -154,14 +154,14 @@ class _StepContext:
         self.closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
         self._heads: Dict[Tuple[int, float], Tensor] = {}
 
-    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float, selected: Optional[int] = None) -> Tensor:
+    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float, selected: int) -> Tensor:
         """Loss differences of the copies perturbing coordinates ``sel`` of parameter ``p`` by ``step``
         (``selected``: how many coordinates of ``p`` this step estimates in all)."""
         chain, acts = self.chain, self.acts
         stage = chain[s]
         if (self.closed_form and s == len(chain) - 1 and isinstance(stage, nn.Linear) and acts[s].dim() == 2
                 and name in ("weight", "bias")):
-            if 2 * (selected if selected is not None else sel.numel()) >= p.numel():
+            if 2 * selected >= p.numel():
                 return self._head(stage, name, p, step)[sel]
             # a sparse selection: only its coordinates, each a one-logit change (O(B) apiece)
             return cross_entropy_difference(acts[-1], self.objective.targets,

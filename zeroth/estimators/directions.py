@@ -175,6 +175,10 @@ class RandomDirections(Directions):
         mask = self.masks[j]
         return int(mask.numel()) if mask is not None else int(math.prod(self.shapes[j]))
 
+    def _chunks(self, j: int) -> range:
+        """The chunk numbers of parameter ``j`` (at least one, possibly empty)."""
+        return range(max(1, -(-self._size(j) // CHUNK)))
+
     def _raw(self, i: int, j: int, chunk: int = 0) -> Tensor:
         """Chunk ``chunk`` (entries ``chunk·CHUNK ...``) of the unnormalised direction ``i`` in parameter ``j``.
 
@@ -194,9 +198,8 @@ class RandomDirections(Directions):
 
     def _pieces(self, i: int, j: int):
         """``(start, stop, values)``: direction ``i`` on the selected entries of parameter ``j``, a chunk at a time."""
-        n = self._size(j)
         scale = 1.0 / self.norm(i) if self.dist == "sphere" else None
-        for c in range(max(1, -(-n // CHUNK))):
+        for c in self._chunks(j):
             raw = self._raw(i, j, c)
             if scale is not None:
                 raw = raw.mul_(scale)
@@ -209,7 +212,7 @@ class RandomDirections(Directions):
             for ii in range(self.q):
                 sq = 0.0
                 for j in range(len(self.shapes)):
-                    for c in range(max(1, -(-self._size(j) // CHUNK))):
+                    for c in self._chunks(j):
                         sq += float(self._raw(ii, j, c).double().pow(2).sum())
                 self._norms.append(math.sqrt(sq))
         return self._norms[i]

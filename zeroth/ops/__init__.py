@@ -107,11 +107,10 @@ def activation_kind(module: nn.Module) -> Optional[Tuple[int, float]]:
 
 def activation_difference(a: Tensor, delta: Tensor, kind: int, slope: float = 0.0) -> Tensor:
     """``σ(a + Δ_k) − σ(a)`` for ``Δ: (K, *a.shape)``."""
-    if _compiled(a, op="activation_difference"):
+    piecewise = kind in vectorized.PIECEWISE_LINEAR  # exact fp32 form in one pass: the kernel wins on CPU too
+    if _compiled(a, op="" if piecewise else "activation_difference"):
         return torch.ops.zeroth.activation_difference(a, delta, kind, slope)
-    if kind in vectorized.PIECEWISE_LINEAR and not getattr(_reference_only, "on", False):
-        if a.device.type == "cpu" and backend() != "python":  # exact fp32 form, one pass
-            return torch.ops.zeroth.activation_difference(a, delta, kind, slope)
+    if piecewise and not getattr(_reference_only, "on", False):
         return vectorized.piecewise_linear_difference(a, delta, slope)
     return reference.activation_difference(a, delta, kind, slope)
 

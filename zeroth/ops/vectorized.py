@@ -1,4 +1,5 @@
-"""Vectorised ATen forms that beat both the float64 reference and the scalar C++ loop on CPU.
+"""Pure-PyTorch fast forms, used where the compiled kernels are not (``ZEROTH_OPS=python``,
+a failed build, CUDA without the CUDA kernels); faster than the float64 reference.
 
 The piecewise-linear activations (ReLU, LeakyReLU) need no float64 to form
 ``σ(a + Δ) − σ(a)`` accurately: on the same side of 0 the difference is ``Δ`` or ``slope·Δ``
