@@ -56,12 +56,10 @@ def test_rough_gradient_is_recomputed_when_precision_is_asked():
 
     x, spec = check_inputs(np.array([0.3, -0.2]), None, ())
     fns = Functions(lambda y: float(np.sum(np.exp(y))), (), "zo", None, spec, x, 1000)
-    fns.rough_ok = True
-    rough = fns.g(x)
+    rough = fns.g(x, rough=True)
     assert fns.nfev == 3  # forward differences: f(x) and one value per coordinate
     assert np.allclose(rough, np.exp(x), rtol=1e-6)
-    assert fns.g(x) is rough and fns.nfev == 3  # cached while rough is good enough
-    fns.rough_ok = False
+    assert fns.g(x, rough=True) is rough and fns.nfev == 3  # cached while rough is good enough
     precise = fns.g(x)
     assert fns.nfev == 3 + 4  # central differences: two values per coordinate
     assert np.allclose(precise, np.exp(x), rtol=1e-9)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint
 
 try:  # torch is a hard dependency of zeroth, but keep this module importable without it
@@ -19,7 +20,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["Spec", "NonlinearPart", "as_array", "check_inputs", "JAC_MODES", "HESS_MODES"]
 
-JAC_MODES = ("2-point", "3-point", "zo")
+JAC_MODES = ("2-point", "3-point", "cs", "zo")
 HESS_MODES = ("bfgs", "2-point")
 
 
@@ -61,7 +62,7 @@ class Spec:
     n: int
     lb: np.ndarray
     ub: np.ndarray
-    A: np.ndarray
+    A: object  # (m, n) dense ndarray or scipy sparse csr_array
     al: np.ndarray
     au: np.ndarray
     nonlinear: list
@@ -119,7 +120,7 @@ def _check_jac_like(jac, name: str):
     if jac is None or jac is False:
         return "2-point"
     if isinstance(jac, str):
-        key = {"cs": "3-point"}.get(jac.lower(), jac.lower())
+        key = jac.lower()
         if key in JAC_MODES:
             return key
     raise ValueError(f"{name} must be a callable or one of {JAC_MODES}, got {jac!r}")
@@ -140,8 +141,7 @@ def check_constraints(constraints, n: int):
     for k, con in enumerate(items):
         where = f"constraints[{k}]"
         if isinstance(con, LinearConstraint):
-            A = con.A.toarray() if hasattr(con.A, "toarray") else as_array(con.A, where + ".A")
-            A = np.atleast_2d(A)
+            A = sp.csr_array(con.A, dtype=float) if sp.issparse(con.A) else np.atleast_2d(as_array(con.A, where + ".A"))
             if A.ndim != 2 or A.shape[1] != n:
                 raise ValueError(f"{where}.A must have {n} columns (the size of x0), got shape {A.shape}")
             m = A.shape[0]
@@ -172,7 +172,10 @@ def check_constraints(constraints, n: int):
         else:
             raise TypeError(f"{where} must be a dict, LinearConstraint or NonlinearConstraint, "
                             f"got {type(con).__name__}")
-    A = np.vstack(rows) if rows else np.zeros((0, n))
+    if any(sp.issparse(A) for A in rows):
+        A = sp.vstack([sp.csr_array(A) for A in rows], format="csr")
+    else:
+        A = np.vstack(rows) if rows else np.zeros((0, n))
     al = np.concatenate(lows) if lows else np.zeros(0)
     au = np.concatenate(ups) if ups else np.zeros(0)
     return A, al, au, parts

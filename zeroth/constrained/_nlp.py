@@ -2,11 +2,14 @@
 
 z = (x, s): nonlinear inequalities cl ≤ c(x) ≤ cu become h = c(x) − s = 0 with the slack
 bounds cl ≤ s ≤ cu put into Ω (NPASA's reduction); equalities give h = c(x) − cl.
-Linear constraints and bounds stay explicit in Ω.
+Linear constraints and bounds stay explicit in Ω. Derivative precision is an explicit
+argument (``rough``) of every method that needs one.
 """
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.optimize._numdiff import approx_derivative
 
 from .polyhedron import Polyhedron
 
@@ -28,7 +31,10 @@ class NLP:
         self.mh = self.eq_idx.size + self.ns
         lb = np.concatenate([spec.lb, F.cl[self.in_idx]])
         ub = np.concatenate([spec.ub, F.cu[self.in_idx]])
-        A = np.hstack([spec.A, np.zeros((spec.A.shape[0], self.ns))])
+        if sp.issparse(spec.A):
+            A = sp.hstack([spec.A, sp.csr_array((spec.A.shape[0], self.ns))], format="csr")
+        else:
+            A = np.hstack([spec.A, np.zeros((spec.A.shape[0], self.ns))])
         self.poly = Polyhedron(lb, ub, A, spec.al, spec.au)
 
     def x(self, z):
@@ -49,8 +55,8 @@ class NLP:
     def f(self, z):
         return self.F.f(self.x(z))
 
-    def g(self, z):
-        return np.concatenate([self.F.g(self.x(z)), np.zeros(self.ns)])
+    def g(self, z, rough=False):
+        return np.concatenate([self.F.g(self.x(z), rough), np.zeros(self.ns)])
 
     def h(self, z):
         if self.mh == 0:
@@ -58,10 +64,10 @@ class NLP:
         c = self.F.c(self.x(z))
         return np.concatenate([c[self.eq_idx] - self.F.cl[self.eq_idx], c[self.in_idx] - z[self.n:]])
 
-    def J(self, z):
+    def J(self, z, rough=False):
         if self.mh == 0:
             return np.zeros((0, self.N))
-        Jc = self.F.J(self.x(z))
+        Jc = self.F.J(self.x(z), rough)
         top = np.hstack([Jc[self.eq_idx], np.zeros((self.eq_idx.size, self.ns))])
         bottom = np.hstack([Jc[self.in_idx], -np.eye(self.ns)])
         return np.vstack([top, bottom])
@@ -73,34 +79,45 @@ class NLP:
         v[self.in_idx] = lam[self.eq_idx.size:]
         return v
 
-    def grad_lagrangian(self, z, lam):
-        g = self.g(z)
-        return g + self.J(z).T @ lam if self.mh else g
+    def grad_lagrangian(self, z, lam, rough=False):
+        g = self.g(z, rough)
+        return g + self.J(z, rough).T @ lam if self.mh else g
 
-    def hess_lagrangian(self, z, lam, mode):
-        """∇²_zz L (x-block only; slacks enter linearly) — exact or by differences of ∇L."""
+    def hess_lagrangian_x(self, z, lam, mode):
+        """∇²_xx L (slacks enter L linearly): exact (``mode="exact"``, dense or sparse as the user's
+        ``hess`` returns it) or forward differences of ∇_x L on the free variables (``"2-point"``,
+        scipy's approx_derivative, steps inside the bounds; fixed variables get zero rows/columns)."""
         x = self.x(z)
-        H = np.zeros((self.N, self.N))
+        F = self.F
+        v = self.c_multipliers(lam)
         if mode == "exact":
-            Hx = self.F.hess_f(x)
-            if self.mh:
-                Hx = Hx + self.F.hess_c(x, self.c_multipliers(lam))
-        else:  # "2-point": forward differences of ∇_x L along coordinates
-            v = self.c_multipliers(lam)
-            base = self.F.g(x) + (self.F.J(x).T @ v if self.F.m else 0.0)
-            Hx = np.empty((self.n, self.n))
-            for j in range(self.n):
-                step = np.sqrt(np.finfo(float).eps) * max(1.0, abs(x[j]))
-                xp = x.copy()
-                xp[j] += step
-                gp = self.F.g(xp) + (self.F.J(xp).T @ v if self.F.m else 0.0)
-                Hx[:, j] = (gp - base) / step
-            Hx = 0.5 * (Hx + Hx.T)
-        H[: self.n, : self.n] = Hx
+            Hf = F.hess_f(x)
+            if not F.m:
+                return Hf
+            Hc = F.hess_c(x, v)
+            if sp.issparse(Hf) or sp.issparse(Hc):
+                return sp.csr_array(Hf) + sp.csr_array(Hc)
+            return Hf + Hc
+        free = np.flatnonzero(F.free)
+        H = np.zeros((self.n, self.n))
+        if free.size == 0:
+            return H
+
+        def grad_l(u):
+            y = x.copy()
+            y[free] = u
+            gl = F.g(y) + (F.J(y).T @ v if F.m else 0.0)
+            return gl[free]
+
+        base = grad_l(x[free])
+        Hff = approx_derivative(grad_l, x[free], method="2-point", f0=base,
+                                bounds=(F.spec.lb[free], F.spec.ub[free]))
+        H[np.ix_(free, free)] = 0.5 * (Hff + Hff.T)
         return H
 
     def violation_x(self, x):
-        """Largest violation of any original constraint (bounds, linear, nonlinear) at x."""
+        """Largest violation of any original constraint (bounds, linear, nonlinear) at x; inf
+        when a nonlinear constraint is NaN/inf there (raises NonFiniteError otherwise unchanged)."""
         spec, F = self.F.spec, self.F
         v = float(np.max(np.maximum(spec.lb - x, x - spec.ub), initial=0.0))
         if spec.A.shape[0]:

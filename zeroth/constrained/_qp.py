@@ -1,154 +1,239 @@
-"""Dense strictly convex QP by the Goldfarb–Idnani dual active-set method.
+"""Convex QP subproblems, solved by maintained libraries.
 
-    minimise ½ dᵀHd + gᵀd   subject to   lo ≤ C d ≤ hi      (H positive definite)
+    minimise ½ dᵀHd + gᵀd   subject to   lo ≤ C d ≤ hi,   lb ≤ d ≤ ub      (H positive definite
+                                                                           on the feasible directions)
 
-Used for two jobs: the Euclidean projection onto the polyhedron (H = I) and the
-feasibility (constraint) steps of phase two. We write our own instead of depending on
-a QP library (OSQP, Clarabel via ``qpsolvers``) because (a) the problems here are small
-and dense, (b) a dual active-set method returns an *exact* vertex/face solution with
-exact multipliers and an exact active set — what an active-set outer method needs —
-whereas ADMM/interior-point codes return approximate ones, and (c) it detects an empty
-feasible set (``status="infeasible"``) with a certificate, which gives us the
-"inconsistent constraints" status without extra machinery.
+Used for the Euclidean projection onto the polyhedron (H = I) and for the steps of phase two.
+Rows with ``lo == hi`` are equalities. Two back ends, both exact on the returned face:
 
-Multiplier convention (everywhere in :mod:`zeroth.constrained`): ``Hd + g + Cᵀw = 0`` with
-``w_i ≥ 0`` when the upper side of row i is active, ``w_i ≤ 0`` when the lower side is.
+* **DAQP** (Arnström, Bemporad & Axehill, *A dual active-set solver for embedded quadratic
+  programming using recursive LDLᵀ updates*, IEEE TAC 2022; ``pip install daqp``) for dense
+  problems up to :data:`DENSE_LIMIT` variables: a dual active-set method, so the active face and
+  the multipliers are exact, and an empty feasible set is certified (exit flag −1). Chosen over
+  quadprog (same Goldfarb–Idnani family, but no native bounds, no warm start and no separate
+  infeasibility flag), OSQP/proxsuite (ADMM/augmented-Lagrangian: approximate faces) and
+  Clarabel alone (interior point: approximate faces).
+* **sparse** (larger problems, or a sparse ``C``/``H``): the *equality-constrained QP on a
+  guessed active set* — one sparse KKT factorisation (:func:`scipy.sparse.linalg.splu`) — is
+  accepted only when its solution is feasible and its multipliers have the right signs, which
+  makes it the exact optimum (KKT conditions of a convex QP). The guess is the active set of the
+  previous, similar QP (``warm``) or that of **Clarabel**'s interior-point solution (Goulart &
+  Chen, *Clarabel: an interior-point solver for conic programs with quadratic objectives*,
+  2024; sparse LDLᵀ, infeasibility certificates). If neither guess verifies, DAQP solves the
+  dense problem warm-started from Clarabel's multipliers.
+
+Multiplier convention (everywhere in :mod:`zeroth.constrained`): ``Hd + g + Cᵀw + wb = 0`` with
+``w_i ≥ 0`` when the upper side of row i is active and ``w_i ≤ 0`` when the lower side is (the
+same for the bound multipliers ``wb``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import clarabel
+import daqp
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, LinAlgError
+import scipy.sparse as sp
+from scipy.sparse.linalg import splu
 
-__all__ = ["QPResult", "solve_qp"]
+__all__ = ["QPResult", "solve_qp", "DENSE_LIMIT"]
+
+DENSE_LIMIT = 400  # variables + rows up to which DAQP (dense) is used when the data are dense
+FEAS_TOL = 1e-9  # relative primal feasibility accepted from a guessed active set
+SIGN_TOL = 1e-9  # relative wrong-sign multiplier accepted from a guessed active set
 
 
 @dataclass
 class QPResult:
-    """Solution ``x``, row multipliers ``w``, ``active`` row indices and ``status``."""
+    """Solution ``x``, row multipliers ``w``, bound multipliers ``wb``, ``status``
+    ("optimal" | "infeasible" | "failed"), the active set ``active`` = (row sides, bound sides),
+    each an int8 array of −1 (lower side), +1 (upper side), 0 (inactive) — pass it back as
+    ``warm`` for a similar QP — and ``solver`` (which back end produced it)."""
 
     x: np.ndarray
     w: np.ndarray
-    active: np.ndarray
-    status: str  # "optimal" | "infeasible" | "maxiter"
+    wb: np.ndarray
+    status: str
+    active: Optional[tuple] = None
+    solver: str = ""
 
 
-def _constraint_list(C, lo, hi):
-    """Split two-sided rows into GI half-spaces nᵀd ≥ b: (row, sign, is_equality)."""
-    items = []
-    for i in range(C.shape[0]):
-        l, u = lo[i], hi[i]
-        if np.isfinite(l) and np.isfinite(u) and abs(u - l) <= 1e-14 * (1.0 + abs(l)):
-            items.append((i, 1.0, True))
-            continue
-        if np.isfinite(l):
-            items.append((i, 1.0, False))
-        if np.isfinite(u):
-            items.append((i, -1.0, False))
-    return items
+def _is_equality(lo, hi):
+    return np.isfinite(lo) & (lo == hi)
 
 
-def solve_qp(H, g, C, lo, hi, *, feastol=1e-11, maxiter=None) -> QPResult:
-    """Solve the QP above; ``status`` says whether the answer is optimal or the rows are inconsistent."""
-    n = g.shape[0]
-    C = np.asarray(C, dtype=float).reshape(-1, n)
-    try:
-        factor = cho_factor(H)
-    except LinAlgError as exc:  # pragma: no cover - callers pass PD matrices
-        raise ValueError("solve_qp needs a positive definite H") from exc
-    Hinv = cho_solve(factor, np.eye(n))
-    x = -Hinv @ g
-    items = _constraint_list(C, lo, hi)
-    normals = [s * C[i] for i, s, _ in items]
-    rhs = [s * (lo[i] if s > 0 else hi[i]) for i, s, _ in items]
-    is_eq = [e for _, _, e in items]
-    scale = [max(1e-300, float(np.linalg.norm(v))) for v in normals]
-    active: list[int] = []
-    u: list[float] = []
-    if maxiter is None:
-        maxiter = 10 * (len(items) + n) + 50
-    it = 0
-
-    def add(p: int) -> str:
-        """Make half-space p active (the GI step loop); return 'ok', 'skip' or 'infeasible'."""
-        nonlocal x, it
-        n_p, b_p = normals[p], rhs[p]
-        u_p = 0.0
-        hn = Hinv @ n_p
-        while True:
-            it += 1
-            if it > maxiter:
-                return "maxiter"
-            q = len(active)
-            if q:
-                N = np.stack([normals[j] for j in active], axis=1)
-                HN = Hinv @ N
-                M = N.T @ HN
-                r = np.linalg.solve(M, HN.T @ n_p)
-                z = hn - HN @ r
-            else:
-                r = np.zeros(0)
-                z = hn
-            s_p = float(n_p @ x - b_p)
-            zn = float(z @ n_p)
-            t1, k = np.inf, -1
-            for idx, j in enumerate(active):
-                if not is_eq[j] and r[idx] > 1e-14:
-                    ratio = u[idx] / r[idx]
-                    if ratio < t1:
-                        t1, k = ratio, idx
-            dependent = zn <= 1e-12 * float(n_p @ hn)
-            t2 = np.inf if dependent else -s_p / zn
-            if dependent and is_eq[p] and abs(s_p) <= feastol * (1 + abs(b_p)) * 10:
-                return "skip"  # redundant equality
-            t = min(t1, t2)
-            if not np.isfinite(t):
-                return "infeasible"
-            if np.isfinite(t2):
-                x = x + t * z
-            for idx in range(q):
-                u[idx] -= t * r[idx]
-            u_p += t
-            if t2 <= t1:
-                active.append(p)
-                u.append(u_p)
-                return "ok"
-            del active[k]
-            del u[k]
-
-    # equalities first (orient each so that it is "violated" from below)
-    for p in range(len(items)):
-        if is_eq[p]:
-            if normals[p] @ x - rhs[p] > 0:
-                normals[p], rhs[p] = -normals[p], -rhs[p]
-            status = add(p)
-            if status in ("infeasible", "maxiter"):
-                return _finish(x, active, u, items, normals, C, status)
-    while True:
-        worst, p = 0.0, -1
-        xs = max(1.0, float(np.max(np.abs(x)))) if n else 1.0
-        for j in range(len(items)):
-            if is_eq[j] or j in active:
-                continue
-            viol = (normals[j] @ x - rhs[j]) / scale[j]
-            if viol < -feastol * (xs + abs(rhs[j]) / scale[j]) and viol < worst:
-                worst, p = viol, j
-        if p < 0:
-            return _finish(x, active, u, items, normals, C, "optimal")
-        status = add(p)
-        if status in ("infeasible", "maxiter"):
-            return _finish(x, active, u, items, normals, C, status)
+def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> QPResult:
+    """Solve the QP above. ``H``: (n, n) dense or scipy sparse, symmetric; ``C``: (m, n) dense or
+    sparse; ``lo``, ``hi``: (m,), ±inf allowed; ``lb``, ``ub``: (n,) or None (no bounds).
+    ``method``: "auto" (DAQP when dense and n + m ≤ :data:`DENSE_LIMIT`, else sparse),
+    "daqp" or "sparse". ``warm``: an ``active`` of an earlier result, tried first by "sparse".
+    Returns a :class:`QPResult`; raises ValueError on inconsistent shapes."""
+    g = np.asarray(g, dtype=float)
+    n = g.size
+    m = C.shape[0]
+    if C.shape[1] != n or H.shape != (n, n) or len(lo) != m or len(hi) != m:
+        raise ValueError(f"solve_qp: inconsistent shapes H {H.shape}, g {g.shape}, C {C.shape}")
+    lb = np.full(n, -np.inf) if lb is None else np.asarray(lb, dtype=float)
+    ub = np.full(n, np.inf) if ub is None else np.asarray(ub, dtype=float)
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    if np.any(lb > ub) or np.any(lo > hi):
+        return QPResult(np.zeros(n), np.zeros(m), np.zeros(n), "infeasible", None, "input")
+    if method == "auto":
+        dense = not (sp.issparse(H) or sp.issparse(C))
+        method = "daqp" if dense and n + m <= DENSE_LIMIT else "sparse"
+    if method == "daqp":
+        return _daqp(H, g, C, lo, hi, lb, ub)
+    if method != "sparse":
+        raise ValueError(f"solve_qp: method must be 'auto', 'daqp' or 'sparse', got {method!r}")
+    H, C = sp.csc_array(H), sp.csr_array(C)
+    if warm is not None:
+        res = _on_active_set(H, g, C, lo, hi, lb, ub, warm)
+        if res is not None:
+            res.solver = "active-set guess"
+            return res
+    res, guess = _clarabel(H, g, C, lo, hi, lb, ub)
+    if res is not None and res.status == "infeasible":
+        return res
+    if guess is not None:
+        polished = _on_active_set(H, g, C, lo, hi, lb, ub, guess)
+        if polished is not None:
+            polished.solver = "clarabel + active set"
+            return polished
+    dual = None if res is None else np.concatenate([res.wb, res.w])
+    return _daqp(H.toarray(), g, C.toarray(), lo, hi, lb, ub, dual_start=dual)
 
 
-def _finish(x, active, u, items, normals, C, status) -> QPResult:
-    w = np.zeros(C.shape[0])
-    rows = []
-    for j, uj in zip(active, u):
-        i, s, eq = items[j]
-        # GI: Hx + g = Σ u_j n_j with n_j = s·C_i  →  Hx + g + Cᵀw = 0 with w_i = −s·u_j
-        # (for an equality flipped by orientation, the sign lives in normals[j] itself)
-        sign = float(np.sign(normals[j] @ C[i])) if eq else s
-        w[i] += -sign * uj
-        rows.append(i)
-    return QPResult(x=x, w=w, active=np.array(sorted(set(rows)), dtype=int), status=status)
+def _daqp(H, g, C, lo, hi, lb, ub, dual_start=None):
+    n, m = g.size, C.shape[0]
+    H = np.ascontiguousarray(H.toarray() if sp.issparse(H) else H, dtype=float)
+    C = np.ascontiguousarray(C.toarray() if sp.issparse(C) else C, dtype=float).reshape(m, n)
+    bl, bu = np.concatenate([lb, lo]), np.concatenate([ub, hi])
+    sense = np.zeros(n + m, dtype=np.int32)
+    sense[_is_equality(bl, bu)] = 5
+    kwargs = {} if dual_start is None else {"dual_start": np.ascontiguousarray(dual_start, dtype=float)}
+    x, _, flag, info = daqp.solve(0.5 * (H + H.T), g, C, bu, bl, sense, iter_limit=max(10000, 20 * (n + m)),
+                                  **kwargs)
+    x = np.asarray(x, dtype=float)
+    if flag == -1:
+        return QPResult(x, np.zeros(m), np.zeros(n), "infeasible", None, "daqp")
+    if flag not in (1, 2):
+        return QPResult(x, np.zeros(m), np.zeros(n), "failed", None, "daqp")
+    lam = np.asarray(info["lam"], dtype=float)
+    wb, w = lam[:n], lam[n:]
+    active = (np.sign(w).astype(np.int8), np.sign(wb).astype(np.int8))
+    return QPResult(x, w, wb, "optimal", active, "daqp")
+
+
+def _clarabel(H, g, C, lo, hi, lb, ub):
+    """Clarabel's solution (approximate multipliers) and the active set it suggests, or
+    ("infeasible" result, None), or (None, None) when it fails."""
+    n, m = g.size, C.shape[0]
+    eq = _is_equality(lo, hi)
+    up = ~eq & np.isfinite(hi)
+    dn = ~eq & np.isfinite(lo)
+    bup, bdn = np.isfinite(ub), np.isfinite(lb)
+    eye = sp.identity(n, format="csr")
+    blocks = [C[eq], C[up], -C[dn], eye[bup], -eye[bdn]]
+    A = sp.vstack(blocks, format="csc")
+    b = np.concatenate([lo[eq], hi[up], -lo[dn], ub[bup], -lb[bdn]])
+    cones = []
+    if eq.any():
+        cones.append(clarabel.ZeroConeT(int(eq.sum())))
+    rest = A.shape[0] - int(eq.sum())
+    if rest:
+        cones.append(clarabel.NonnegativeConeT(rest))
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = 1e-10
+    settings.max_iter = 200
+    P = sp.triu(0.5 * (H + H.T), format="csc")
+    sol = clarabel.DefaultSolver(P, g, A, b, cones, settings).solve()
+    status = str(sol.status)
+    if "PrimalInfeasible" in status and "Almost" not in status:
+        return QPResult(np.asarray(sol.x), np.zeros(m), np.zeros(n), "infeasible", None, "clarabel"), None
+    if status not in ("Solved", "AlmostSolved"):
+        return None, None
+    x, z, s = np.asarray(sol.x), np.asarray(sol.z), np.asarray(sol.s)
+    counts = np.cumsum([0, eq.sum(), up.sum(), dn.sum(), bup.sum(), bdn.sum()])
+    part = lambda k: slice(counts[k], counts[k + 1])
+    w, wb = np.zeros(m), np.zeros(n)
+    w[eq] = z[part(0)]
+    w[up] += z[part(1)]
+    w[dn] -= z[part(2)]
+    wb[bup] += z[part(3)]
+    wb[bdn] -= z[part(4)]
+    on = lambda k: z[part(k)] > s[part(k)]  # complementary pair: the larger one says active or not
+    row_side, bound_side = np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8)
+    row_side[np.flatnonzero(up)[on(1)]] = 1
+    row_side[np.flatnonzero(dn)[on(2)]] = -1
+    row_side[eq] = 1
+    bound_side[np.flatnonzero(bup)[on(3)]] = 1
+    bound_side[np.flatnonzero(bdn)[on(4)]] = -1
+    bound_side[(lb == ub)] = 1
+    return QPResult(x, w, wb, "optimal", (row_side, bound_side), "clarabel"), (row_side, bound_side)
+
+
+def _on_active_set(H, g, C, lo, hi, lb, ub, active):
+    """Solve the QP with the given active set held as equalities (one sparse KKT solve); return
+    the result if it satisfies every KKT condition of the full QP, else None."""
+    row_side, bound_side = active
+    n, m = g.size, C.shape[0]
+    if row_side.shape != (m,) or bound_side.shape != (n,):
+        return None
+    eq = _is_equality(lo, hi)
+    row_side = np.where(eq, 1, row_side)
+    bound_side = np.where(lb == ub, 1, bound_side)
+    rows = np.flatnonzero(row_side)
+    fixed = np.flatnonzero(bound_side)
+    free = np.flatnonzero(bound_side == 0)
+    if np.any(~np.isfinite(np.where(bound_side > 0, ub, np.where(bound_side < 0, lb, 0.0)))):
+        return None
+    rhs_rows = np.where(row_side[rows] > 0, hi[rows], lo[rows])
+    if not np.all(np.isfinite(rhs_rows)):
+        return None
+    x = np.zeros(n)
+    x[fixed] = np.where(bound_side[fixed] > 0, ub[fixed], lb[fixed])
+    Cr = C[rows]
+    Cf = Cr[:, free]
+    Hff = H[free][:, free]
+    k = rows.size
+    K = sp.bmat([[Hff, Cf.T], [Cf, None]], format="csc") if k else sp.csc_array(Hff)
+    r1 = -g[free] - (H[free][:, fixed] @ x[fixed] if fixed.size else 0.0)
+    r2 = rhs_rows - (Cr[:, fixed] @ x[fixed] if fixed.size else 0.0)
+    rhs = np.concatenate([r1, r2])
+    if K.shape[0] == 0:
+        sol = np.zeros(0)
+    else:
+        try:
+            lu = splu(K)
+        except RuntimeError:  # singular: dependent active rows, or H singular on the face
+            return None
+        sol = lu.solve(rhs)
+        sol = sol + lu.solve(rhs - K @ sol)  # one step of iterative refinement
+        if not np.all(np.isfinite(sol)):
+            return None
+    x[free] = sol[: free.size]
+    w = np.zeros(m)
+    w[rows] = sol[free.size:]
+    grad = H @ x + g + C.T @ w
+    wb = np.zeros(n)
+    wb[fixed] = -grad[fixed]
+    # KKT checks: primal feasibility and multiplier signs
+    scale_x = 1.0 + float(np.max(np.abs(x), initial=0.0))
+    Cx = C @ x
+    tol_r = FEAS_TOL * (1.0 + np.abs(Cx)) * max(1.0, float(np.max(np.abs(C.data), initial=0.0)))
+    if np.any(Cx < lo - tol_r) or np.any(Cx > hi + tol_r):
+        return None
+    if np.any(x < lb - FEAS_TOL * scale_x) or np.any(x > ub + FEAS_TOL * scale_x):
+        return None
+    wscale = 1.0 + float(np.max(np.abs(g), initial=0.0)) + float(np.max(np.abs(w), initial=0.0)) \
+        + float(np.max(np.abs(wb), initial=0.0))
+    ineq = ~eq
+    if np.any(w[ineq] * row_side[ineq] < -SIGN_TOL * wscale):
+        return None
+    nonfixed_bounds = lb < ub
+    if np.any((wb * bound_side)[nonfixed_bounds] < -SIGN_TOL * wscale):
+        return None
+    x = np.clip(x, lb, ub)
+    return QPResult(x, w, wb, "optimal", (row_side.astype(np.int8), bound_side.astype(np.int8)), "active set")

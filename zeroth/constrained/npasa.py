@@ -30,31 +30,49 @@ Choices where the papers leave them open, all ours:
   eigenvalues flipped and floored where it is not positive definite, then ρ∇hᵀ∇h is added (same
   solution, since ∇h d = −h is fixed; λ corrected by −ρh). If the linearisation is
   inconsistent with Ω, the rows ask only for the change in h the constraint step achieves.
-* Acceptance. A step is accepted by the *estimators* — no objective value needed, as in
-  NPASA's local phase — when it cuts E = max(E_c, E_m) to ≤ 0.9 of the best E of the visit
-  (a constraint step: when it halves E_c). A multiplier step they reject is tried along an
+* Acceptance. A step is accepted by the *estimators*, as in NPASA's local phase, when it cuts
+  E = max(E_c, E_m) to ≤ 0.9 of the best E of the visit (a constraint step: when it halves
+  E_c) *and* f is finite there (one objective value per accepted step: a point where f is
+  NaN/inf is never accepted). A multiplier step they reject is tried along an
   Armijo search on the ℓ1 merit f + Σνᵢ|hᵢ| (unit step first; per-constraint weights, Powell's
   update plus a feasibility-steering lower bound), which globalises phase two like SLSQP; if
-  that fails too, or the QP does, or a value is NaN, control returns to phase one from the
-  last accepted point. Slacks are reset to clip(c(x)) after every step.
+  that fails too, or the QP does, control returns to phase one from the last accepted point.
+  A NaN/inf at a trial point counts as a failed trial (backtracking); at an accepted point it
+  ends the run (status 3 for the objective and its gradient, 4 for the constraints), and a run
+  that ends without progress after meeting one reports that status instead of 7. Slacks are reset to clip(c(x)) after every step.
 * Phase two runs first, from x0 with least-squares multipliers (argmin ‖∇f + ∇hᵀλ + Wᵀμ‖ over
   the constraints W of Ω active at x0): on most problems the solver never enters phase one.
   Otherwise phase two is retried after every phase-one iteration, so asymptotically only
   phase two runs; its unit Newton steps give the local quadratic rate.
 * Differences: while max(E_c, E_m/s) > ROUGH (s = max(1, ‖∇f‖∞)) gradients may be one-sided
-  (``Functions.rough_ok``); convergence is only ever declared on precise ones.
+  (``rough=True`` passed to the gradient calls; the run's own setting, shared with nothing
+  else); convergence is only ever declared on precise ones.
+* E_m is computed as ‖P_{Ω−z}(−∇L)‖∞ (the projection of −∇L onto Ω shifted to z), not as
+  ‖P_Ω(z − ∇L) − z‖∞, which rounds to 0 once |z| ≳ 2⁵³|∇L|. An iterate with ‖x‖∞ > 1e20
+  (IPOPT's ``diverging_iterates_tol``) ends the run with status 9.
+* On a stop other than success the returned point is the best iterate by the merit
+  (max(violation, ctol), f), compared lexicographically: the least violation first, then f.
+* Large problems (N + rows > :data:`._qp.DENSE_LIMIT`, or sparse data): the step QPs go to
+  the sparse back end of :mod:`._qp` with H's x-block made positive definite by a multiple of
+  I (Cholesky/LDLᵀ tests, as IPOPT's inertia correction) instead of the dense eigenvalue flip.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from scipy.sparse.linalg import lsqr, splu
 
 from ._functions import NonFiniteError
-from ._qp import solve_qp
-from .pasa import bfgs_update, minimize_polyhedral, null_space
+from ._qp import DENSE_LIMIT, solve_qp
+from .pasa import DampedBFGS, minimize_polyhedral, null_space
 
-__all__ = ["NPASAOptions", "run_npasa", "StopSolver"]
+__all__ = ["NPASAOptions", "Run", "run_npasa", "StopSolver", "DIVERGING"]
+
+DIVERGING = 1e20  # ‖x‖∞ beyond which the iterates are declared diverging (status 9)
+ROUGH = 1e-4  # above this relative error level one-sided differences are accurate enough
 
 
 @dataclass
@@ -69,7 +87,7 @@ class NPASAOptions:
 
 
 class StopSolver(Exception):
-    """Ends the run with a status code (budget, iteration limit, callback, infeasibility)."""
+    """Ends the run with a status code (iteration limit, divergence, infeasibility, no progress)."""
 
     def __init__(self, status: int):
         super().__init__(status)
@@ -77,7 +95,10 @@ class StopSolver(Exception):
 
 
 @dataclass
-class _Run:
+class Run:
+    """State of one solve: the current and best iterates, counters, history, the derivative
+    precision in use (``rough``) and the last non-finite value met at a trial point."""
+
     nlp: object
     opts: NPASAOptions
     callback: object
@@ -85,39 +106,53 @@ class _Run:
     lam: np.ndarray = None
     nit: int = 0
     history: list = field(default_factory=list)
-    best: tuple = None  # (E, z, lam)
+    best: tuple = None  # (merit key, z, lam)
+    rough: bool = True
+    nonfinite: NonFiniteError = None
 
     def tick(self, z):
         self.nit += 1
+        if float(np.max(np.abs(z[: self.nlp.n]), initial=0.0)) > DIVERGING:
+            raise StopSolver(9)
         if self.callback is not None:
             self.callback(self.nlp.x(z))
         if self.nit >= self.opts.maxiter:
             raise StopSolver(1)
 
+    def note_nonfinite(self, exc):
+        self.nonfinite = exc
 
-def _errors(nlp, z, lam):
+    def remember(self, z, lam, Ec):
+        """Keep (z, λ) if it beats the best iterate by (max(E_c, ctol), f) (f from the cache)."""
+        try:
+            key = (max(Ec, self.opts.ctol), self.nlp.f(z))
+        except NonFiniteError as exc:
+            self.note_nonfinite(exc)
+            return
+        if self.best is None or key < self.best[0]:
+            self.best = (key, z.copy(), lam.copy())
+
+
+def _errors(nlp, z, lam, rough=False):
     """(E_c, E_m, gradient scale) at (z, λ)."""
     h = nlp.h(z)
     Ec = float(np.max(np.abs(h), initial=0.0))
-    gL = nlp.grad_lagrangian(z, lam)
-    Em = float(np.max(np.abs(nlp.poly.project(z - gL) - z), initial=0.0))
-    scale = max(1.0, float(np.max(np.abs(nlp.g(z)), initial=0.0)))
+    gL = nlp.grad_lagrangian(z, lam, rough)
+    Em = float(np.max(np.abs(nlp.poly.project_step(z, -gL)), initial=0.0))
+    scale = max(1.0, float(np.max(np.abs(nlp.g(z, rough)), initial=0.0)))
     return Ec, Em, scale
 
 
-ROUGH = 1e-4  # above this relative error level one-sided differences are accurate enough
-
-
-def _measured(nlp, z, lam, errs):
+def _measured(run, z, lam, errs):
     """The errors ``errs`` at (z, λ), measured with gradients accurate enough for them: one-sided
-    (rough) differences are allowed while max(E_c, E_m/s) > ROUGH (``Functions.rough_ok``);
-    below it they are measured again with precise ones (exact gradients: from the cache)."""
+    (rough) differences are allowed while max(E_c, E_m/s) > ROUGH; below it they are measured again
+    with precise ones (exact gradients: from the cache)."""
     Ec, Em, scale = errs
     far = max(Ec, Em / scale) > ROUGH
-    if nlp.F.rough_ok and not far:
-        nlp.F.rough_ok = False
-        return _errors(nlp, z, lam)
-    nlp.F.rough_ok = far
+    if run.rough and not far:
+        run.rough = False
+        return _errors(run.nlp, z, lam, False)
+    run.rough = far
     return errs
 
 
@@ -125,40 +160,22 @@ def _converged(run, Ec, Em, scale):
     return Ec <= run.opts.ctol and Em <= run.opts.gtol * scale
 
 
-def _remember(run, z, lam, Ec, Em, scale):
-    E = max(Ec, Em / scale)
-    if run.best is None or E < run.best[0]:
-        run.best = (E, z.copy(), lam.copy())
-
-
-def run_npasa(nlp, z0, opts: NPASAOptions, callback=None):
-    """Run NPASA from z0 ∈ Ω; returns (z, λ, status, run). Raises StopSolver/NonFiniteError/BudgetError
-    with ``run`` attached so the caller can report the best point reached."""
-    run = _Run(nlp, opts, callback, z=z0.copy())
-    nlp.F.rough_ok = True  # until the errors say otherwise (see _measured)
-    try:
-        return _solve(run)
-    except Exception as exc:  # attach the run for failure reporting
-        exc.run = run
-        raise
-    finally:
-        nlp.F.rough_ok = False
-
-
-def _solve(run):
+def run_npasa(run: Run, z0):
+    """Run NPASA from z0 ∈ Ω; returns (z, λ, status 0). Raises StopSolver / NonFiniteError /
+    BudgetError / StopIteration; ``run`` keeps the best point reached for the report."""
     nlp, opts = run.nlp, run.opts
-    z, mh = run.z, nlp.mh
+    z, mh = z0.copy(), nlp.mh
+    run.z = z
     lam = np.zeros(mh)
     if mh:
-        lam = _ls_multipliers(nlp, z, nlp.poly.active_matrix(z, 1e-9)[0])[0]
+        lam = _ls_multipliers(nlp, z, run.rough)
     run.lam = lam
     hess = _LagrangianHessian(nlp, opts.hess_mode)
     z, lam, done = _phase_two(run, z, lam, hess)
     run.z, run.lam = z, lam
     if done:
-        return z, lam, 0, run
+        return z, lam, 0
     rho, omega, eta = opts.penalty, 1e-1, 1e-1
-    B = None
     for outer in range(200):
         if mh:
             def value(y, lam=lam, rho=rho):
@@ -166,13 +183,16 @@ def _solve(run):
                 return nlp.f(y) + lam @ h + 0.5 * rho * (h @ h)
 
             def grad(y, lam=lam, rho=rho):
-                return nlp.g(y) + nlp.J(y).T @ (lam + rho * nlp.h(y))
+                return nlp.g(y, run.rough) + nlp.J(y, run.rough).T @ (lam + rho * nlp.h(y))
         else:
-            value, grad = nlp.f, nlp.g
-        nlp.F.rough_ok = omega > ROUGH
-        B = _al_hessian(nlp, hess, z, lam, rho)
+            value = nlp.f
+
+            def grad(y):
+                return nlp.g(y, run.rough)
+        run.rough = omega > ROUGH
+        B = _al_hessian(nlp, hess, z, lam, rho, run.rough)
         res = minimize_polyhedral(value, grad, z, nlp.poly, omega, max(200, 20 * nlp.N), B=B, on_iter=run.tick)
-        z, B = res.z, res.B
+        z = res.z
         if mh:
             h = nlp.h(z)
             if np.max(np.abs(h)) <= eta:
@@ -184,15 +204,15 @@ def _solve(run):
         else:
             omega = max(omega / 10, 1e-3 * opts.gtol)
         run.z, run.lam = z, lam
-        Ec, Em, scale = _measured(nlp, z, lam, _errors(nlp, z, lam))
-        _remember(run, z, lam, Ec, Em, scale)
+        Ec, Em, scale = _measured(run, z, lam, _errors(nlp, z, lam, run.rough))
+        run.remember(z, lam, Ec)
         run.history.append({"phase": 1, "nit": run.nit, "E_c": Ec, "E_m": Em, "penalty": rho})
         if _converged(run, Ec, Em, scale):
-            return z, lam, 0, run
+            return z, lam, 0
         z, lam, done = _phase_two(run, z, lam, hess)
         run.z, run.lam = z, lam
         if done:
-            return z, lam, 0, run
+            return z, lam, 0
         if mh and rho > 1e12:
             Ec, Em, scale = _errors(nlp, z, lam)
             raise StopSolver(6 if Ec > opts.ctol else 7)
@@ -201,13 +221,59 @@ def _solve(run):
     raise StopSolver(7)
 
 
-def _al_hessian(nlp, hess, z, lam, rho):
+def _large(nlp):
+    """Whether the step QPs go to the sparse back end (no dense O(N³) work per step)."""
+    return nlp.poly.sparse or nlp.N + nlp.mh + nlp.poly.m > DENSE_LIMIT
+
+
+def _z_matrix(nlp, Hx):
+    """The z-space matrix blockdiag(Hx, 0) (slacks enter L linearly), dense or sparse like Hx."""
+    if sp.issparse(Hx) or _large(nlp):
+        return sp.block_diag([sp.csr_array(Hx), sp.csr_array((nlp.ns, nlp.ns))], format="csc")
+    H = np.zeros((nlp.N, nlp.N))
+    H[: nlp.n, : nlp.n] = Hx
+    return H
+
+
+def _shift_to_positive_definite(Hx, floor_rel=1e-8):
+    """Hx + δI positive definite, δ ≥ 0 the smallest of 0, 1e-4·s, 1e-3·s, … (s = max(1, max|Hx|))
+    that passes a Cholesky (dense) or diagonal-pivot LDLᵀ (sparse) test — the inertia correction
+    of IPOPT without an inertia-revealing factorisation."""
+    n = Hx.shape[0]
+    size = max(1.0, float(np.max(np.abs(Hx.data if sp.issparse(Hx) else Hx), initial=0.0)))
+    delta = 0.0
+    for _ in range(12):
+        M = Hx + delta * (sp.identity(n, format="csc") if sp.issparse(Hx) else np.eye(n)) if delta else Hx
+        if _positive_definite_test(M, floor_rel * size):
+            return M
+        delta = 1e-4 * size if delta == 0 else 10.0 * delta
+    return Hx + delta * (sp.identity(n, format="csc") if sp.issparse(Hx) else np.eye(n))
+
+
+def _positive_definite_test(M, floor):
+    if sp.issparse(M):
+        try:
+            lu = splu(sp.csc_array(M), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                      options={"SymmetricMode": True})
+        except RuntimeError:
+            return False
+        d = lu.U.diagonal()
+        return bool(np.all(d > floor)) and np.array_equal(lu.perm_r, lu.perm_c)
+    try:
+        L = np.linalg.cholesky(0.5 * (M + M.T))
+    except np.linalg.LinAlgError:
+        return False
+    return bool(np.min(np.diag(L)) ** 2 > floor)
+
+
+def _al_hessian(nlp, hess, z, lam, rho, rough):
     """Starting matrix of a phase-one subproblem: ∇²L(z, λ + ρh) + ρ∇hᵀ∇h, shifted positive definite."""
     if nlp.mh:
-        h, J = nlp.h(z), nlp.J(z)
+        h, J = nlp.h(z), nlp.J(z, rough)
         H = hess.at(z, lam + rho * h) + rho * (J.T @ J)
     else:
         H = hess.at(z, lam)
+    H = H.toarray() if sp.issparse(H) else H
     H = 0.5 * (H + H.T)
     size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
     lo = float(np.linalg.eigvalsh(H).min())
@@ -216,64 +282,80 @@ def _al_hessian(nlp, hess, z, lam, rho):
     return H
 
 
-def _ls_multipliers(nlp, z, W):
-    """Least-squares multipliers (λ, μ) of ∇f + ∇hᵀλ + Wᵀμ = 0."""
-    M = np.vstack([nlp.J(z), W])
-    if M.shape[0] == 0:
-        return np.zeros(0), np.zeros(0)
-    y = np.linalg.lstsq(M.T, -nlp.g(z), rcond=None)[0]
-    return y[: nlp.mh], y[nlp.mh:]
+def _ls_multipliers(nlp, z, rough):
+    """Least-squares multipliers λ of ∇f + ∇hᵀλ + Wᵀμ = 0, W the constraints of Ω active at z
+    (active bounds removed by dropping their coordinates)."""
+    fixed, rows = nlp.poly.active_sets(z, 1e-9)
+    keep = np.ones(nlp.N, dtype=bool)
+    keep[fixed] = False
+    J = nlp.J(z, rough)[:, keep]
+    g = nlp.g(z, rough)[keep]
+    Ar = nlp.poly.A[rows]
+    Ar = Ar[:, keep] if sp.issparse(Ar) else Ar[:, keep]
+    if sp.issparse(Ar) or _large(nlp):
+        M = sp.vstack([sp.csr_array(J), sp.csr_array(Ar)], format="csr")
+        if M.shape[0] == 0:
+            return np.zeros(0)
+        y = lsqr(M.T, -g, atol=1e-14, btol=1e-14, iter_lim=10 * (M.shape[0] + 10))[0]
+    else:
+        M = np.vstack([J, Ar])
+        if M.shape[0] == 0:
+            return np.zeros(0)
+        y = np.linalg.lstsq(M.T, -g, rcond=None)[0]
+    return y[: nlp.mh]
 
 
 class _LagrangianHessian:
-    """∇²_zz L for the multiplier steps: exact, forward differences of ∇L, or damped BFGS on the
-    x-block (slacks enter L linearly). The BFGS matrix lives across phase-two visits."""
+    """∇²_zz L for the multiplier steps: exact, forward differences of ∇L, or scipy's damped
+    BFGS on the x-block (slacks enter L linearly), kept across phase-two visits."""
 
     def __init__(self, nlp, mode):
-        self.nlp, self.mode, self.Bx, self.scaled = nlp, mode, None, False
+        self.nlp, self.mode, self.bfgs = nlp, mode, None
 
     def at(self, z, lam):
         nlp = self.nlp
         if self.mode != "bfgs":
-            return nlp.hess_lagrangian(z, lam, self.mode)
-        if self.Bx is None:  # first step no longer than max(1, ‖x‖∞)
-            x, gx = z[: nlp.n], nlp.F.g(z[: nlp.n])
-            self.Bx = max(1.0, float(np.max(np.abs(gx))) / max(1.0, float(np.max(np.abs(x))))) * np.eye(nlp.n)
-        H = np.zeros((nlp.N, nlp.N))
-        H[: nlp.n, : nlp.n] = self.Bx
-        return H
+            return _z_matrix(nlp, nlp.hess_lagrangian_x(z, lam, self.mode))
+        if self.bfgs is None:  # first step no longer than max(1, ‖x‖∞)
+            x, gx = z[: nlp.n], nlp.F.g(z[: nlp.n], True)
+            scale = max(1.0, float(np.max(np.abs(gx))) / max(1.0, float(np.max(np.abs(x)))))
+            self.bfgs = DampedBFGS(scale * np.eye(nlp.n), init_scale="auto")
+        return _z_matrix(nlp, self.bfgs.matrix())
 
     def update(self, s, y):
-        """Damped BFGS update with s = Δx, y = Δ∇_x L at the new multipliers; before the first update
-        B₀ = I is rescaled to yᵀy/sᵀy·I (Shanno–Phua) when s and y are not nearly orthogonal."""
+        """Damped BFGS update with s = Δx, y = Δ∇_x L at the new multipliers."""
         if self.mode != "bfgs":
             return
         n = self.nlp.n
-        s, y = s[:n], y[:n]
-        sy = float(s @ y)
-        if self.Bx is None:
-            self.Bx = np.eye(n)
-        if not self.scaled and sy > 1e-2 * float(np.linalg.norm(s) * np.linalg.norm(y)):
-            self.Bx, self.scaled = (float(y @ y) / sy) * np.eye(n), True
-        self.Bx = bfgs_update(self.Bx, s, y)
+        if self.bfgs is None:
+            self.bfgs = DampedBFGS(np.eye(n), init_scale="auto")
+        self.bfgs.update(s[:n], y[:n])
 
     def reset(self):
         """Forget the BFGS matrix (a step it gave was negligible); False if there is none to forget."""
-        if self.mode != "bfgs" or self.Bx is None:
+        if self.mode != "bfgs" or self.bfgs is None:
             return False
-        self.Bx, self.scaled = None, False
+        self.bfgs = None
         return True
 
 
 FLIP_FLOOR = 1e-4  # smallest curvature (relative to max|H|) a flipped eigenvalue gets: keeps the QP well conditioned
 
 
-def _positive_definite(H, J):
-    """A positive definite matrix for the step QP, returned with ρ: on the null space Z of ∇h the
-    reduced Hessian ZᵀHZ = VΛVᵀ gets max(|Λ|, FLIP_FLOOR·max|H|) for Λ when it is not positive
-    definite — unchanged where it is already positive
-    definite, as near a strict minimiser — then ρ∇hᵀ∇h is added, which leaves the solution on
-    {∇h d = −h} unchanged (the caller corrects λ by −ρh)."""
+def _positive_definite(nlp, H, J, mode):
+    """The matrix for the step QP, returned with ρ. Small dense problems: on the null space Z of
+    ∇h the reduced Hessian ZᵀHZ = VΛVᵀ gets max(|Λ|, FLIP_FLOOR·max|H|) for Λ when it is not
+    positive definite — unchanged where it already is, as near a strict minimiser — then ρ∇hᵀ∇h
+    is added, which leaves the solution on {∇h d = −h} unchanged (the caller corrects λ by −ρh).
+    Large ones: the x-block shifted positive definite (:func:`_shift_to_positive_definite`),
+    slacks with zero curvature, ρ = 0."""
+    if sp.issparse(H) or _large(nlp):
+        Hs = sp.csr_array(H)
+        n = nlp.n
+        Hx = Hs[:n][:, :n]
+        if mode != "bfgs":
+            Hx = _shift_to_positive_definite(Hx)
+        return sp.block_diag([sp.csr_array(Hx), sp.csr_array((nlp.ns, nlp.ns))], format="csc"), 0.0
     N = H.shape[0]
     H = 0.5 * (H + H.T)
     size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
@@ -299,44 +381,60 @@ def _positive_definite(H, J):
 
 
 def _step_rows(nlp, z, h, J):
-    """The rows of the step QP: linearised h (equalities) and Ω shifted to the step d."""
+    """The rows of the step QP — linearised h (equalities), then the linear rows of Ω — shifted
+    to the step d, with the bounds of d."""
     poly = nlp.poly
-    C = np.vstack([J, poly._C])
-    Cz = poly._C @ z
-    lo = np.concatenate([-h, poly._lo - Cz])
-    hi = np.concatenate([-h, poly._hi - Cz])
-    return C, lo, hi
+    if poly.sparse or _large(nlp):
+        C = sp.vstack([sp.csr_array(J), sp.csr_array(poly.A)], format="csr")
+    else:
+        C = np.vstack([J, poly.A])
+    Az = poly.A @ z
+    lo = np.concatenate([-h, poly.l - Az])
+    hi = np.concatenate([-h, poly.u - Az])
+    return C, lo, hi, poly.lb - z, poly.ub - z
 
 
-def _multiplier_step(nlp, z, h, J, g, H):
-    """SQP step d over Ω, the new λ and dᵀH'd, or Nones when the linearisation is inconsistent."""
-    Hp, rho = _positive_definite(H, J)
-    C, lo, hi = _step_rows(nlp, z, h, J)
-    res = solve_qp(Hp, g, C, lo, hi)
+class _StepWarm:
+    """Active sets of the last step QPs (guesses for the sparse back end, verified there)."""
+
+    def __init__(self):
+        self.multiplier = None
+        self.constraint = None
+
+
+def _multiplier_step(nlp, z, h, J, g, H, warm, mode):
+    """SQP step d over Ω, the new λ and dᵀH'd, or Nones when the QP has no solution."""
+    Hp, rho = _positive_definite(nlp, H, J, mode)
+    C, lo, hi, lb, ub = _step_rows(nlp, z, h, J)
+    res = solve_qp(Hp, g, C, lo, hi, lb, ub, warm=warm.multiplier)
     if res.status != "optimal" and nlp.mh:
         # inconsistent linearisation (or dependent rows that round-off made so): ask only for the
         # change in h that the least-squares constraint step achieves (Byrd–Omojokun relaxation)
-        target = J @ _constraint_step(nlp, z, h, J)
+        target = J @ _constraint_step(nlp, z, h, J, warm)
         lo[: nlp.mh] = hi[: nlp.mh] = target
-        res = solve_qp(Hp, g, C, lo, hi)
+        res = solve_qp(Hp, g, C, lo, hi, lb, ub)
         h = -target
     if res.status != "optimal":
         return None, None, None
-    return res.x, res.w[: nlp.mh] - rho * h, float(res.x @ Hp @ res.x)
+    warm.multiplier = res.active
+    d = res.x
+    return d, res.w[: nlp.mh] - rho * h, float(d @ (Hp @ d))
 
 
-def _constraint_step(nlp, z, h, J):
+def _constraint_step(nlp, z, h, J, warm):
     """Least-norm step onto {h + ∇h d = 0} ∩ (Ω − z); if that set is empty, a Levenberg–Marquardt
     step for min ‖h + ∇h d‖ inside Ω."""
     N = nlp.N
-    C, lo, hi = _step_rows(nlp, z, h, J)
-    res = solve_qp(np.eye(N), np.zeros(N), C, lo, hi)
+    C, lo, hi, lb, ub = _step_rows(nlp, z, h, J)
+    eye = sp.identity(N, format="csc") if _large(nlp) else np.eye(N)
+    res = solve_qp(eye, np.zeros(N), C, lo, hi, lb, ub, warm=warm.constraint)
     if res.status == "optimal":
+        warm.constraint = res.active
         return res.x
     JJ = J.T @ J
     reg = 1e-6 * max(1.0, float(np.max(np.abs(JJ), initial=0.0)))
     mh = nlp.mh
-    res = solve_qp(JJ + reg * np.eye(N), J.T @ h, C[mh:], lo[mh:], hi[mh:])
+    res = solve_qp(JJ + reg * np.eye(N), J.T @ h, C[mh:], lo[mh:], hi[mh:], lb, ub)
     if res.status != "optimal":
         raise np.linalg.LinAlgError("no constraint step")
     return res.x
@@ -346,13 +444,14 @@ def _negligible(d, z):
     return float(np.max(np.abs(d), initial=0.0)) <= 1e-12 * (1.0 + float(np.max(np.abs(z), initial=0.0)))
 
 
-def _merit_search(nlp, z, d, new_lam, g, h, nu, curv):
+def _merit_search(run, z, d, new_lam, g, h, nu, curv):
     """Armijo backtracking on the ℓ1 merit φ = f + Σ νᵢ|hᵢ| (slacks at their best values, so |hᵢ| is
     the violation of cᵢ) along the Newton step d, the unit step first: a step the merit accepts
     costs one objective value. νᵢ ≥ 1.1|λ⁺ᵢ| makes d a descent direction; a weight may fall again
     (Powell's rule, as in SLSQP); and Σνᵢ|hᵢ| ≥ 2(∇fᵀd + ½dᵀHd), so that half the predicted merit
-    decrease comes from feasibility (Nocedal & Wright 18.36) — without it a small ν lets an
-    objective unbounded off the constraints run away. Returns (t, ν), t = None when the search fails."""
+    decrease comes from feasibility (Nocedal & Wright 18.36). A NaN/inf at a trial point is a
+    failed trial (the step shrinks tenfold). Returns (t, ν), t = None when the search fails."""
+    nlp = run.nlp
     nu = np.maximum(1.1 * np.abs(new_lam) + 1e-10, 0.5 * (nu + np.abs(new_lam)))
     habs = np.abs(h)
     need = 2.0 * (float(g @ d) + 0.5 * curv)
@@ -363,7 +462,7 @@ def _merit_search(nlp, z, d, new_lam, g, h, nu, curv):
         return None, nu
     phi0 = nlp.f(z) + float(nu @ np.abs(h))
     t = 1.0
-    for _ in range(8):
+    for _ in range(30):
         try:
             y = nlp.with_best_slacks(np.clip(z + t * d, nlp.poly.lb, nlp.poly.ub))
             phi = nlp.f(y) + float(nu @ np.abs(nlp.h(y)))
@@ -371,38 +470,36 @@ def _merit_search(nlp, z, d, new_lam, g, h, nu, curv):
                 return t, nu
             denom = 2.0 * (phi - phi0 - slope * t)
             tq = -slope * t * t / denom if denom > 0 else 0.5 * t
-        except NonFiniteError:
+        except NonFiniteError as exc:
+            run.note_nonfinite(exc)
             tq = 0.1 * t
         t = min(0.5 * t, max(0.1 * t, tq))
+        if _negligible(t * d, z):
+            break
     return None, nu
 
 
 def _phase_two(run, z, lam, hess):
     """Balanced-reduction Newton steps from (z, λ); returns (z, λ, converged) at the last point
     accepted (the given one when no step was)."""
-    nlp, opts, poly = run.nlp, run.opts, run.nlp.poly
+    nlp, opts = run.nlp, run.opts
     mh = nlp.mh
-    try:
-        Ec, Em, scale = _errors(nlp, z, lam)
-        if mh:
-            lam_ls = _ls_multipliers(nlp, z, poly.active_matrix(z, 1e-9)[0])[0]
-            Ec2, Em2, _ = _errors(nlp, z, lam_ls)
-            if Em2 < Em:
-                lam, Em = lam_ls, Em2
-    except NonFiniteError:
-        return z, lam, False
-    _remember(run, z, lam, Ec, Em, scale)
+    Ec, Em, scale = _errors(nlp, z, lam, run.rough)
+    if mh:
+        lam_ls = _ls_multipliers(nlp, z, run.rough)
+        Ec2, Em2, _ = _errors(nlp, z, lam_ls, run.rough)
+        if Em2 < Em:
+            lam, Em = lam_ls, Em2
+    run.remember(z, lam, Ec)
     E_best, nu = max(Ec, Em), np.zeros(mh)
+    warm = _StepWarm()
     for _ in range(opts.max_phase_two_steps):
-        try:
-            Ec, Em, scale = _measured(nlp, z, lam, (Ec, Em, scale))
-        except NonFiniteError:
-            break
+        Ec, Em, scale = _measured(run, z, lam, (Ec, Em, scale))
         if _converged(run, Ec, Em, scale):
             return z, lam, True
         try:
-            step = _balanced_step(nlp, opts, hess, z, lam, Ec, Em, E_best, nu)
-        except (NonFiniteError, np.linalg.LinAlgError):
+            step = _balanced_step(run, hess, z, lam, Ec, Em, E_best, nu, warm)
+        except np.linalg.LinAlgError:
             step = None  # phase two cannot go on from here: back to phase one
         if step is None:
             break
@@ -410,46 +507,66 @@ def _phase_two(run, z, lam, hess):
         run.history.append({"phase": 2, "step": kind, "accept": accept, "nit": run.nit + 1, "E_c": Ecn, "E_m": Emn})
         if accept is None:
             break
-        try:
-            hess.update(znew - z, nlp.grad_lagrangian(znew, new_lam) - gL_old)
-        except NonFiniteError:
-            break
+        hess.update(znew - z, nlp.grad_lagrangian(znew, new_lam, run.rough) - gL_old)
         z, lam, Ec, Em, scale = znew, new_lam, Ecn, Emn, scalen
         E_best = min(E_best, max(Ec, Em))
-        _remember(run, z, lam, Ec, Em, scale)
+        run.remember(z, lam, Ec)
         run.tick(z)
-    if nlp.F.rough_ok:
+    if run.rough:
         return z, lam, False
     return z, lam, _converged(run, Ec, Em, scale)
 
 
-def _balanced_step(nlp, opts, hess, z, lam, Ec, Em, E_best, nu):
+def _trial(run, znew, lam):
+    """Errors at a trial point and f there (so that no point with a non-finite f is accepted);
+    None when a value is NaN/inf (noted in the run)."""
+    try:
+        errs = _errors(run.nlp, znew, lam, run.rough)
+        run.nlp.f(znew)
+    except NonFiniteError as exc:
+        run.note_nonfinite(exc)
+        return None
+    return errs
+
+
+def _balanced_step(run, hess, z, lam, Ec, Em, E_best, nu, warm):
     """One phase-two step: (kind, accepted by "estimators" | "merit" | None, z⁺, λ⁺, errors at z⁺, ν,
     ∇L(z, λ⁺)), or None when no step can be formed."""
+    nlp, opts = run.nlp, run.opts
     poly, mh = nlp.poly, nlp.mh
-    h, J, g = nlp.h(z), nlp.J(z), nlp.g(z)
+    h, J, g = nlp.h(z), nlp.J(z, run.rough), nlp.g(z, run.rough)
     if mh and Ec > opts.theta * Em:
-        d = _constraint_step(nlp, z, h, J)
-        znew = nlp.with_best_slacks(np.clip(z + d, poly.lb, poly.ub))
-        errs = _errors(nlp, znew, lam)
-        if errs[0] <= 0.5 * Ec:  # a constraint step must halve the violation; E_m is judged next
+        d = _constraint_step(nlp, z, h, J, warm)
+        znew = _clipped_point(run, z, d)
+        errs = None if znew is None else _trial(run, znew, lam)
+        if errs is not None and errs[0] <= 0.5 * Ec:  # a constraint step must halve the violation
             return "constraint", "estimators", znew, lam, errs, nu, g + J.T @ lam
-    d, new_lam, curv = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
+    d, new_lam, curv = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam), warm, hess.mode)
     if d is not None and _negligible(d, z) and hess.reset():
-        d, new_lam, curv = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam))
+        d, new_lam, curv = _multiplier_step(nlp, z, h, J, g, hess.at(z, lam), warm, hess.mode)
     if d is None or _negligible(d, z):
         return None
     gL_old = g + J.T @ new_lam if mh else g
-    znew = nlp.with_best_slacks(np.clip(z + d, poly.lb, poly.ub))
-    errs = _errors(nlp, znew, new_lam)
-    if max(errs[0], errs[1]) <= 0.9 * E_best:
+    znew = _clipped_point(run, z, d)
+    errs = None if znew is None else _trial(run, znew, new_lam)
+    if errs is not None and max(errs[0], errs[1]) <= 0.9 * E_best:
         return "multiplier", "estimators", znew, new_lam, errs, nu, gL_old
-    t, nu = _merit_search(nlp, z, d, new_lam, g, h, nu, curv)
+    t, nu = _merit_search(run, z, d, new_lam, g, h, nu, curv)
     if t is None:
-        return "multiplier", None, znew, new_lam, errs, nu, gL_old
-    if t < 1.0:
+        return "multiplier", None, z, lam, (Ec, Em, 1.0), nu, gL_old
+    if t < 1.0 or errs is None:
         znew = nlp.with_best_slacks(np.clip(z + t * d, poly.lb, poly.ub))
         new_lam = lam + t * (new_lam - lam)
         gL_old = g + J.T @ new_lam if mh else g
-        errs = _errors(nlp, znew, new_lam)
+        errs = _errors(nlp, znew, new_lam, run.rough)
     return "multiplier", "merit", znew, new_lam, errs, nu, gL_old
+
+
+def _clipped_point(run, z, d):
+    """z + d inside the bounds with the best slacks, or None if c is NaN/inf there (noted)."""
+    nlp = run.nlp
+    try:
+        return nlp.with_best_slacks(np.clip(z + d, nlp.poly.lb, nlp.poly.ub))
+    except NonFiniteError as exc:
+        run.note_nonfinite(exc)
+        return None

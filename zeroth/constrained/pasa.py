@@ -20,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import BFGS
 
 from ._functions import NonFiniteError
 from .polyhedron import Polyhedron
 
-__all__ = ["PolyhedralResult", "minimize_polyhedral", "null_space", "bfgs_update"]
+__all__ = ["PolyhedralResult", "minimize_polyhedral", "null_space", "DampedBFGS"]
 
 THETA = 0.1
 ARMIJO = 1e-4
@@ -51,18 +52,26 @@ def null_space(W, n):
     return Q[:, rank:]
 
 
-def bfgs_update(B, s, y):
-    """Powell-damped BFGS update (keeps B positive definite)."""
-    Bs = B @ s
-    sBs = float(s @ Bs)
-    if sBs <= 1e-300 or not np.all(np.isfinite(y)):
-        return B
-    sy = float(s @ y)
-    if sy < 0.2 * sBs:
-        phi = 0.8 * sBs / (sBs - sy)
-        y = phi * y + (1 - phi) * Bs
-        sy = float(s @ y)
-    return B - np.outer(Bs, Bs) / sBs + np.outer(y, y) / sy
+class DampedBFGS:
+    """scipy's ``BFGS(exception_strategy="damp_update")`` (Powell damping, Nocedal & Wright
+    p. 536) with a known initial matrix ``B0``: ``matrix()`` is B0 until the first update, then
+    scipy's matrix. ``init_scale`` as in scipy ("auto": yᵀy/yᵀs·I at the first update) or None
+    (B0 itself). Updates with s = 0, y = 0 or non-finite data are skipped."""
+
+    def __init__(self, B0, init_scale=None):
+        self.B0 = 0.5 * (B0 + B0.T)
+        self._bfgs = BFGS(exception_strategy="damp_update", init_scale=self.B0 if init_scale is None else init_scale)
+        self._bfgs.initialize(self.B0.shape[0], "hess")
+        self.updated = False
+
+    def matrix(self):
+        return self._bfgs.get_matrix() if self.updated else self.B0
+
+    def update(self, s, y):
+        if not (np.any(s) and np.any(y) and np.all(np.isfinite(s)) and np.all(np.isfinite(y))):
+            return
+        self._bfgs.update(s, y)
+        self.updated = True
 
 
 def _armijo(value, z, d, phi0, slope, t0, maxback=40):
@@ -93,11 +102,11 @@ def minimize_polyhedral(value, grad, z0, poly: Polyhedron, tol, maxiter, B=None,
     n = z0.size
     z = z0.copy()
     phi, g = value(z), grad(z)
-    if B is None:
-        B = np.eye(n)
+    bfgs = DampedBFGS(np.eye(n) if B is None else B)
     mode, alpha, prev_active, nit = "gp", None, None, 0
     while True:
-        E = float(np.max(np.abs(poly.project(z - g) - z), initial=0.0))
+        E = float(np.max(np.abs(poly.project_step(z, -g)), initial=0.0))
+        B = bfgs.matrix()
         if E <= tol:
             return PolyhedralResult(z, phi, g, B, nit, E, "converged")
         if nit >= maxiter:
@@ -150,7 +159,7 @@ def minimize_polyhedral(value, grad, z0, poly: Polyhedron, tol, maxiter, B=None,
         s, y = znew - z, gnew - g
         sy = float(s @ y)
         alpha = min(1e10, max(1e-10, float(s @ s) / sy)) if sy > 0 else (alpha or 1.0) * 2.0
-        B = bfgs_update(B, s, y)
+        bfgs.update(s, y)
         z, phi, g = znew, val, gnew
         if on_iter is not None:
             on_iter(z)

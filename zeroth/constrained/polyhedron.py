@@ -1,12 +1,15 @@
 """The polyhedron Ω = {z : lb ≤ z ≤ ub, l ≤ A z ≤ u} and the operations the active-set
 methods need: Euclidean projection, active constraints, ratio test, violation.
 
-Projection: bounds only → ``clip`` (exact, O(n)); general rows → the Goldfarb–Idnani QP
-of :mod:`._qp` with H = I (exact face and multipliers, detects Ω = ∅).
+Projection: bounds only → ``clip`` (exact, O(n)); general rows → the QP of :mod:`._qp` with
+H = I (DAQP for small dense data, else a sparse active-set guess verified by its KKT conditions,
+from the previous projection or from Clarabel): exact face and multipliers, Ω = ∅ detected.
+``A`` may be dense or scipy sparse (kept sparse).
 """
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from ._qp import solve_qp
 
@@ -24,36 +27,55 @@ class Polyhedron:
         self.lb = np.asarray(lb, dtype=float)
         self.ub = np.asarray(ub, dtype=float)
         self.n = self.lb.size
-        self.A = np.zeros((0, self.n)) if A is None else np.asarray(A, dtype=float).reshape(-1, self.n)
-        self.l = np.full(self.A.shape[0], -np.inf) if l is None else np.asarray(l, dtype=float)
-        self.u = np.full(self.A.shape[0], np.inf) if u is None else np.asarray(u, dtype=float)
+        if A is None:
+            A = np.zeros((0, self.n))
+        self.A = sp.csr_array(A, dtype=float) if sp.issparse(A) else np.asarray(A, dtype=float).reshape(-1, self.n)
+        self.sparse = sp.issparse(self.A)
         self.m = self.A.shape[0]
-        self._row_norms = np.linalg.norm(self.A, axis=1) if self.m else np.zeros(0)
-        finite = np.isfinite(self.lb) | np.isfinite(self.ub)
-        self._bound_rows = np.flatnonzero(finite)
-        self._C = np.vstack([self.A, np.eye(self.n)[self._bound_rows]])
-        self._lo = np.concatenate([self.l, self.lb[self._bound_rows]])
-        self._hi = np.concatenate([self.u, self.ub[self._bound_rows]])
+        self.l = np.full(self.m, -np.inf) if l is None else np.asarray(l, dtype=float)
+        self.u = np.full(self.m, np.inf) if u is None else np.asarray(u, dtype=float)
+        if self.sparse:
+            self._row_norms = np.sqrt(np.asarray(self.A.multiply(self.A).sum(axis=1)).reshape(-1))
+        else:
+            self._row_norms = np.linalg.norm(self.A, axis=1) if self.m else np.zeros(0)
+        self._eye = sp.identity(self.n, format="csr") if self.sparse or self.n > 400 else np.eye(self.n)
+        self._warm = None  # active set of the last projection: a guess for the next (verified, never trusted)
 
     # --- projection -------------------------------------------------------------------
+    def _project_qp(self, y, lo, hi, lb, ub):
+        res = solve_qp(self._eye, -y, self.A, lo, hi, lb, ub, warm=self._warm)
+        if res.status == "infeasible":
+            raise EmptyPolyhedronError("the linear constraints and bounds are inconsistent")
+        if res.status != "optimal":
+            raise np.linalg.LinAlgError(f"projection onto the polyhedron failed ({res.solver})")
+        self._warm = res.active
+        return res
+
     def project(self, y, with_multipliers=False):
-        """argmin ‖z − y‖ over Ω (raises :class:`EmptyPolyhedronError` when Ω = ∅)."""
+        """argmin ‖z − y‖ over Ω (raises :class:`EmptyPolyhedronError` when Ω = ∅); with
+        ``with_multipliers`` also the row and bound multipliers (convention of :mod:`._qp`)."""
         y = np.asarray(y, dtype=float)
         if self.m == 0:
             z = np.clip(y, self.lb, self.ub)
             if with_multipliers:
                 return z, np.zeros(0), y - z
             return z
-        res = solve_qp(np.eye(self.n), -y, self._C, self._lo, self._hi)
-        if res.status == "infeasible":
-            raise EmptyPolyhedronError("the linear constraints and bounds are inconsistent")
+        res = self._project_qp(y, self.l, self.u, self.lb, self.ub)
         z = np.clip(res.x, self.lb, self.ub)
         if with_multipliers:
-            w = res.w
-            wb = np.zeros(self.n)
-            wb[self._bound_rows] = w[self.m:]
-            return z, w[: self.m], wb
+            return z, res.w, res.wb
         return z
+
+    def project_step(self, z, v):
+        """P_Ω(z + v) − z, computed as the projection of v onto Ω − z (no cancellation in
+        (z + v) − z when |z| ≫ |v|: the stationarity measure stays meaningful far out)."""
+        v = np.asarray(v, dtype=float)
+        lb, ub = self.lb - z, self.ub - z
+        if self.m == 0:
+            return np.clip(v, lb, ub)
+        Az = self.A @ z
+        res = self._project_qp(v, self.l - Az, self.u - Az, lb, ub)
+        return np.clip(res.x, lb, ub)
 
     # --- faces --------------------------------------------------------------------------
     def active(self, z, tol=1e-10):
@@ -67,12 +89,17 @@ class Polyhedron:
         at_u = Az >= self.u - sr
         return at_lb, at_ub, at_l, at_u
 
-    def active_matrix(self, z, tol=1e-10):
-        """Rows (unit vectors for bounds, rows of A) of the constraints active at z."""
+    def active_sets(self, z, tol=1e-10):
+        """Indices of the active bounds and of the active general rows at z."""
         at_lb, at_ub, at_l, at_u = self.active(z, tol)
-        fixed = np.flatnonzero(at_lb | at_ub)
-        rows = np.flatnonzero(at_l | at_u)
-        W = np.vstack([np.eye(self.n)[fixed], self.A[rows]])
+        return np.flatnonzero(at_lb | at_ub), np.flatnonzero(at_l | at_u)
+
+    def active_matrix(self, z, tol=1e-10):
+        """Dense rows (unit vectors for bounds, rows of A) of the constraints active at z."""
+        fixed, rows = self.active_sets(z, tol)
+        Ar = self.A[rows]
+        Ar = Ar.toarray() if sp.issparse(Ar) else Ar
+        W = np.vstack([np.eye(self.n)[fixed], Ar])
         return W, fixed, rows
 
     def max_step(self, z, d):
