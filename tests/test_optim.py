@@ -281,7 +281,7 @@ def test_params_are_validated():
 def test_step_needs_an_objective_and_a_scalar():
     model, x, y = _setup()
     opt = ZOOptimizer(model.parameters(), lr=0.1)
-    with pytest.raises(TypeError, match="needs an objective"):
+    with pytest.raises(TypeError, match="needs a closure"):
         opt.step()
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="scalar loss"):
@@ -289,7 +289,7 @@ def test_step_needs_an_objective_and_a_scalar():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("estimator,sparse", [(SPSA(mu=1e-4), False), (RGE(q=3, mu=1e-4, dist="sphere"), False),
+@pytest.mark.parametrize("estimator,sparse", [(SPSA(mu=1e-4, dist="gaussian"), False), (RGE(q=3, mu=1e-4, dist="sphere"), False),
                                               (CGE(mu=1e-4), False), (RGE(q=2, mu=1e-4), True), (CGE(mu=1e-4), True)],
                          ids=["spsa", "rge-sphere", "cge", "rge-masked", "cge-masked"])
 def test_inplace_step_equals_the_stored_gradient_step(estimator, sparse):
@@ -345,7 +345,8 @@ def test_inplace_step_allocates_nothing_of_parameter_size(monkeypatch, estimator
     stored = ZOOptimizer(params, lr=0.1, estimator=estimator, seed=0, evaluator="sequential")
     lean = ZOOptimizer(params, lr=0.1, estimator=estimator, seed=0, inplace=True)
     assert _largest_new_storage(lambda: stored.step(obj), params) >= 48_000  # the gradient (and the copy)
-    assert _largest_new_storage(lambda: lean.step(obj), params) <= 4 * 1000 + 4 * 300 * 4  # a chunk, or the input
+    # a chunk of a direction (exact Rademacher: its signs unpacked to int64), or the input
+    assert _largest_new_storage(lambda: lean.step(obj), params) <= 8 * 1000 + 4 * 300 * 4
 
 
 def test_inplace_step_with_a_failed_evaluation_applies_nothing():
