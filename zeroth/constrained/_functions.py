@@ -364,8 +364,11 @@ class Functions:
             est = self.zo_estimator
             mu = float(getattr(est, "mu", 0.0) or 0.0)
             center = x.copy()
-            mid = 0.5 * (lb[free] + ub[free])
-            center[free] = np.clip(x[free], np.minimum(lb[free] + mu, mid), np.maximum(ub[free] - mu, mid))
+            lo_c, hi_c = lb[free] + mu, ub[free] - mu
+            narrow = lo_c > hi_c  # a box narrower than 2μ (both bounds finite): its midpoint
+            inner = np.clip(x[free], np.where(narrow, -np.inf, lo_c), np.where(narrow, np.inf, hi_c))
+            inner[narrow] = 0.5 * (lb[free][narrow] + ub[free][narrow])
+            center[free] = inner
             groups = [(free, np.ones(free.size), est, center, True, 1.0)]
         else:
             scale = np.maximum(1.0, np.abs(x[free]))

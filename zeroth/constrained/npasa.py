@@ -358,7 +358,10 @@ def _positive_definite(nlp, H, J, mode):
         return sp.block_diag([sp.csr_array(Hx), sp.csr_array((nlp.ns, nlp.ns))], format="csc"), 0.0
     N = H.shape[0]
     H = 0.5 * (H + H.T)
-    size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
+    size = float(np.max(np.abs(H), initial=0.0))
+    # floors relative to max|H| itself for BFGS (positive definite by construction; a matrix that
+    # shrank along an unbounded direction must keep its long steps), to max(1, max|H|) otherwise
+    size = (size if size > 0 else 1.0) if mode == "bfgs" else max(1.0, size)
     floor = 1e-8 * size
     Z = null_space(J, N)
     if Z.shape[1]:

@@ -56,11 +56,13 @@ class DampedBFGS:
     """scipy's ``BFGS(exception_strategy="damp_update")`` (Powell damping, Nocedal & Wright
     p. 536) with a known initial matrix ``B0``: ``matrix()`` is B0 until the first update, then
     scipy's matrix. ``init_scale`` as in scipy ("auto": yᵀy/yᵀs·I at the first update) or None
-    (B0 itself). Updates with s = 0, y = 0 or non-finite data are skipped."""
+    (B0 itself). Updates with s = 0 or non-finite data are skipped."""
 
     def __init__(self, B0, init_scale=None):
         self.B0 = 0.5 * (B0 + B0.T)
-        self._bfgs = BFGS(exception_strategy="damp_update", init_scale=self.B0 if init_scale is None else init_scale)
+        if init_scale is None:  # scipy reads a size-1 array as a scalar (float() of a (1, 1) array fails)
+            init_scale = float(self.B0[0, 0]) if self.B0.size == 1 else self.B0
+        self._bfgs = BFGS(exception_strategy="damp_update", init_scale=init_scale)
         self._bfgs.initialize(self.B0.shape[0], "hess")
         self.updated = False
 
@@ -68,8 +70,15 @@ class DampedBFGS:
         return self._bfgs.get_matrix() if self.updated else self.B0
 
     def update(self, s, y):
-        if not (np.any(s) and np.any(y) and np.all(np.isfinite(s)) and np.all(np.isfinite(y))):
+        if not (np.any(s) and np.all(np.isfinite(s)) and np.all(np.isfinite(y))):
             return
+        if not np.any(y):
+            # f linear along s: scipy skips y = 0 (with a warning); pass the limit of the damped
+            # update instead (sᵀy ≈ 0: the curvature along s shrinks fivefold, so steps along an
+            # unbounded direction grow geometrically and divergence is detected)
+            y = s * (1e-12 * float(s @ (self.matrix() @ s)) / float(s @ s))
+            if not np.any(y):
+                return
         self._bfgs.update(s, y)
         self.updated = True
 
