@@ -14,13 +14,14 @@ Rows with ``lo == hi`` are equalities. Two back ends, both exact on the returned
   infeasibility flag), OSQP/proxsuite (ADMM/augmented-Lagrangian: approximate faces) and
   Clarabel alone (interior point: approximate faces).
 * **sparse** (larger problems, or a sparse ``C``/``H``): the *equality-constrained QP on a
-  guessed active set* — one sparse KKT factorisation (:func:`scipy.sparse.linalg.splu`) — is
-  accepted only when its solution is feasible and its multipliers have the right signs, which
-  makes it the exact optimum (KKT conditions of a convex QP). The guess is the active set of the
-  previous, similar QP (``warm``) or that of **Clarabel**'s interior-point solution (Goulart &
-  Chen, *Clarabel: an interior-point solver for conic programs with quadratic objectives*,
-  2024; sparse LDLᵀ, infeasibility certificates). If neither guess verifies, DAQP solves the
-  dense problem warm-started from Clarabel's multipliers.
+  guessed active set* — one sparse KKT factorisation (:func:`scipy.sparse.linalg.splu`) —
+  corrected by a few primal–dual active-set rounds and accepted only when its solution is
+  feasible and its multipliers have the right signs, which makes it the exact optimum (KKT
+  conditions of a convex QP). The guess is the active set of the previous, similar QP
+  (``warm``) or that of **Clarabel**'s interior-point solution (Goulart & Chen, *Clarabel: an
+  interior-point solver for conic programs with quadratic objectives*, 2024; sparse LDLᵀ,
+  infeasibility certificates). If neither verifies, DAQP solves the dense problem
+  warm-started from Clarabel's multipliers.
 
 Multiplier convention (everywhere in :mod:`zeroth.constrained`): ``Hd + g + Cᵀw + wb = 0`` with
 ``w_i ≥ 0`` when the upper side of row i is active and ``w_i ≤ 0`` when the lower side is (the
@@ -174,37 +175,43 @@ def _clarabel(H, g, C, lo, hi, lb, ub):
     return QPResult(x, w, wb, "optimal", (row_side, bound_side), "clarabel"), (row_side, bound_side)
 
 
-def _on_active_set(H, g, C, lo, hi, lb, ub, active):
-    """Solve the QP with the given active set held as equalities (one sparse KKT solve); return
-    the result if it satisfies every KKT condition of the full QP, else None."""
-    row_side, bound_side = active
-    n, m = g.size, C.shape[0]
-    if row_side.shape != (m,) or bound_side.shape != (n,):
+def _diagonal(H):
+    """H's diagonal if H is a diagonal sparse matrix, else None."""
+    if not sp.issparse(H) or H.nnz > H.shape[0]:
         return None
-    eq = _is_equality(lo, hi)
-    row_side = np.where(eq, 1, row_side)
-    bound_side = np.where(lb == ub, 1, bound_side)
+    coo = H.tocoo()
+    if np.any(coo.row != coo.col):
+        return None
+    return H.diagonal()
+
+
+def _eqp(H, g, C, lo, hi, lb, ub, row_side, bound_side):
+    """The QP with the rows/bounds of the given sides held as equalities (one sparse KKT solve
+    by :func:`scipy.sparse.linalg.splu`): (x, w, wb), or None when the KKT matrix is singular."""
+    n, m = g.size, C.shape[0]
     rows = np.flatnonzero(row_side)
     fixed = np.flatnonzero(bound_side)
     free = np.flatnonzero(bound_side == 0)
-    if np.any(~np.isfinite(np.where(bound_side > 0, ub, np.where(bound_side < 0, lb, 0.0)))):
-        return None
-    rhs_rows = np.where(row_side[rows] > 0, hi[rows], lo[rows])
-    if not np.all(np.isfinite(rhs_rows)):
-        return None
     x = np.zeros(n)
     x[fixed] = np.where(bound_side[fixed] > 0, ub[fixed], lb[fixed])
+    rhs_rows = np.where(row_side[rows] > 0, hi[rows], lo[rows])
+    if not (np.all(np.isfinite(x[fixed])) and np.all(np.isfinite(rhs_rows))):
+        return None
     Cr = C[rows]
     Cf = Cr[:, free]
-    Hff = H[free][:, free]
-    k = rows.size
-    K = sp.bmat([[Hff, Cf.T], [Cf, None]], format="csc") if k else sp.csc_array(Hff)
-    r1 = -g[free] - (H[free][:, fixed] @ x[fixed] if fixed.size else 0.0)
+    diag = _diagonal(H)
+    if diag is not None:  # the projections (H = I) and diagonal Hessians: no sparse indexing of H
+        Hff = sp.diags_array(diag[free], format="csc")
+        cross = 0.0
+    else:
+        Hf = H[free]
+        Hff = Hf[:, free]
+        cross = Hf[:, fixed] @ x[fixed] if fixed.size else 0.0
+    K = sp.bmat([[Hff, Cf.T], [Cf, None]], format="csc") if rows.size else sp.csc_array(Hff)
+    r1 = -g[free] - cross
     r2 = rhs_rows - (Cr[:, fixed] @ x[fixed] if fixed.size else 0.0)
     rhs = np.concatenate([r1, r2])
-    if K.shape[0] == 0:
-        sol = np.zeros(0)
-    else:
+    if K.shape[0]:
         try:
             lu = splu(K)
         except RuntimeError:  # singular: dependent active rows, or H singular on the face
@@ -213,27 +220,50 @@ def _on_active_set(H, g, C, lo, hi, lb, ub, active):
         sol = sol + lu.solve(rhs - K @ sol)  # one step of iterative refinement
         if not np.all(np.isfinite(sol)):
             return None
-    x[free] = sol[: free.size]
+        x[free] = sol[: free.size]
     w = np.zeros(m)
-    w[rows] = sol[free.size:]
-    grad = H @ x + g + C.T @ w
+    w[rows] = sol[free.size:] if K.shape[0] else 0.0
     wb = np.zeros(n)
-    wb[fixed] = -grad[fixed]
-    # KKT checks: primal feasibility and multiplier signs
-    scale_x = 1.0 + float(np.max(np.abs(x), initial=0.0))
-    Cx = C @ x
-    tol_r = FEAS_TOL * (1.0 + np.abs(Cx)) * max(1.0, float(np.max(np.abs(C.data), initial=0.0)))
-    if np.any(Cx < lo - tol_r) or np.any(Cx > hi + tol_r):
+    wb[fixed] = -(H @ x + g + C.T @ w)[fixed]
+    return x, w, wb
+
+
+def _on_active_set(H, g, C, lo, hi, lb, ub, active, rounds=8):
+    """Primal–dual active-set iterations from a guessed active set (Hintermüller, Ito & Kunisch,
+    SIAM J. Optim. 13, 2003): solve the QP on the guess; add every violated row/bound on the
+    violated side, drop every row/bound whose multiplier has the wrong sign; repeat at most
+    ``rounds`` times. Returns the result only once it satisfies every KKT condition of the full
+    QP (then it is the optimum, exactly), else None."""
+    row_side, bound_side = (np.array(a, dtype=np.int8) for a in active)
+    n, m = g.size, C.shape[0]
+    if row_side.shape != (m,) or bound_side.shape != (n,):
         return None
-    if np.any(x < lb - FEAS_TOL * scale_x) or np.any(x > ub + FEAS_TOL * scale_x):
-        return None
-    wscale = 1.0 + float(np.max(np.abs(g), initial=0.0)) + float(np.max(np.abs(w), initial=0.0)) \
-        + float(np.max(np.abs(wb), initial=0.0))
-    ineq = ~eq
-    if np.any(w[ineq] * row_side[ineq] < -SIGN_TOL * wscale):
-        return None
-    nonfixed_bounds = lb < ub
-    if np.any((wb * bound_side)[nonfixed_bounds] < -SIGN_TOL * wscale):
-        return None
-    x = np.clip(x, lb, ub)
-    return QPResult(x, w, wb, "optimal", (row_side.astype(np.int8), bound_side.astype(np.int8)), "active set")
+    eq = _is_equality(lo, hi)
+    fixed_var = lb == ub
+    row_side[eq] = 1
+    bound_side[fixed_var] = 1
+    row_side[(row_side > 0) & ~np.isfinite(hi)] = 0
+    row_side[(row_side < 0) & ~np.isfinite(lo)] = 0
+    bound_side[(bound_side > 0) & ~np.isfinite(ub)] = 0
+    bound_side[(bound_side < 0) & ~np.isfinite(lb)] = 0
+    cmax = max(1.0, float(np.max(np.abs(C.data), initial=0.0))) if sp.issparse(C) else 1.0
+    for _ in range(rounds):
+        sol = _eqp(H, g, C, lo, hi, lb, ub, row_side, bound_side)
+        if sol is None:
+            return None
+        x, w, wb = sol
+        scale_x = 1.0 + float(np.max(np.abs(x), initial=0.0))
+        Cx = C @ x
+        tol_r = FEAS_TOL * (1.0 + np.abs(Cx)) * cmax
+        up_r, dn_r = (Cx > hi + tol_r) & (row_side == 0), (Cx < lo - tol_r) & (row_side == 0)
+        up_b = (x > ub + FEAS_TOL * scale_x) & (bound_side == 0)
+        dn_b = (x < lb - FEAS_TOL * scale_x) & (bound_side == 0)
+        wscale = 1.0 + float(np.max(np.abs(g), initial=0.0)) + float(np.max(np.abs(w), initial=0.0)) \
+            + float(np.max(np.abs(wb), initial=0.0))
+        wrong_r = ~eq & (w * row_side < -SIGN_TOL * wscale)
+        wrong_b = ~fixed_var & (wb * bound_side < -SIGN_TOL * wscale)
+        if not (up_r.any() or dn_r.any() or up_b.any() or dn_b.any() or wrong_r.any() or wrong_b.any()):
+            return QPResult(np.clip(x, lb, ub), w, wb, "optimal", (row_side, bound_side), "active set")
+        row_side[up_r], row_side[dn_r], row_side[wrong_r] = 1, -1, 0
+        bound_side[up_b], bound_side[dn_b], bound_side[wrong_b] = 1, -1, 0
+    return None
