@@ -4,37 +4,99 @@
 so it works wherever a closure does; fast evaluators read ``model``/``inputs``/``targets``
 to reuse features across perturbations. A plain closure is accepted by every optimizer
 entry point too and is evaluated by the always-correct sequential evaluator.
+
+Real batches (Hugging Face and the like) are objectives too: a mapping of inputs is passed
+as keyword arguments (``model(**batch)``), and without ``loss_fn`` the loss is read from the
+model's output (``output.loss``, ``output["loss"]`` or a scalar tensor output)::
+
+    Objective(model, inputs=batch)                            # model(**batch).loss
+    Objective(model, lambda out, b: ..., batch, targets=batch)  # loss_fn(output, batch)
+
+Only the *standard form* — a tensor input and a ``loss_fn`` — can be taken apart by the fast
+evaluators (:attr:`Objective.standard_form`); every other objective runs on the sequential one.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 
+def output_loss(output: Any) -> Tensor:
+    """The loss a model returned: ``output.loss``, ``output["loss"]``, or the output itself if a scalar tensor.
+
+    Raises ``ValueError`` naming what the output was when none of these holds (e.g. a Hugging
+    Face model called without ``labels``).
+    """
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if loss is None and isinstance(output, Tensor) and output.numel() == 1:
+        loss = output
+    if loss is None:
+        what = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"loss_fn=None reads the loss from the model output (output.loss), but the model returned "
+                         f"{what} without a loss (Hugging Face models need 'labels' in the batch); pass a loss_fn")
+    return loss
+
+
 class Objective:
-    """``loss_fn(model(inputs), targets)`` (or ``loss_fn(model(inputs))`` when targets is None)."""
+    """``loss_fn(model(inputs), targets)`` (or ``loss_fn(model(inputs))`` when targets is None).
+
+    Args:
+        model: the ``nn.Module`` whose parameters are trained.
+        loss_fn: ``loss_fn(output, targets)`` / ``loss_fn(output)`` → scalar tensor; ``None``
+            reads the loss from the output (:func:`output_loss`: ``output.loss``).
+        inputs: a tensor (``model(inputs)``), a mapping (``model(**inputs)``, e.g. a Hugging
+            Face batch with ``input_ids``/``attention_mask``/``labels``) or any other object,
+            passed as the single argument (tuples and nested structures included).
+        targets: second argument of ``loss_fn`` (anything, e.g. the batch itself); needs a ``loss_fn``.
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable[..., Tensor],
-        inputs: Any,
+        loss_fn: Optional[Callable[..., Tensor]] = None,
+        inputs: Any = None,
         targets: Optional[Any] = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+        if loss_fn is None and targets is not None:
+            raise ValueError("targets: given without a loss_fn (with loss_fn=None the loss is read from the model output)")
+        if inputs is None:
+            raise TypeError("inputs: the model input is missing (a tensor, a mapping for model(**inputs), or an object)")
         self.model = model
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn if loss_fn is not None else output_loss
         self.inputs = inputs
         self.targets = targets
+        self._reads_output_loss = loss_fn is None
+
+    @property
+    def standard_form(self) -> bool:
+        """True when the objective is ``loss_fn(model(x), targets)`` with a tensor ``x`` and a user ``loss_fn``.
+
+        Only then may an evaluator call the model on ``inputs`` itself (stages, vmap) and
+        apply ``loss_fn`` to what it computed; every other objective must be called as is.
+        """
+        return isinstance(self.inputs, Tensor) and not self._reads_output_loss
+
+    def forward(self) -> Any:
+        """The model output on ``inputs`` (``model(**inputs)`` for a mapping, else ``model(inputs)``)."""
+        if isinstance(self.inputs, Mapping):
+            return self.model(**self.inputs)
+        return self.model(self.inputs)
+
+    def loss_of(self, output: Any) -> Tensor:
+        """The loss of a model output: ``loss_fn(output, targets)`` / ``loss_fn(output)`` / ``output.loss``."""
+        return self.loss_fn(output) if self.targets is None else self.loss_fn(output, self.targets)
 
     def __call__(self) -> Tensor:
-        out = self.model(self.inputs)
-        return self.loss_fn(out) if self.targets is None else self.loss_fn(out, self.targets)
+        return self.loss_of(self.forward())
 
     def state_tensors(self) -> List[Tensor]:
         """Tensors a forward may change besides parameters (BatchNorm running statistics)."""
@@ -45,7 +107,13 @@ class Objective:
         return {id(p): n for n, p in self.model.named_parameters()}
 
     def __repr__(self) -> str:
-        shape = tuple(self.inputs.shape) if isinstance(self.inputs, Tensor) else type(self.inputs).__name__
+        if isinstance(self.inputs, Tensor):
+            shape = tuple(self.inputs.shape)
+        elif isinstance(self.inputs, Mapping):
+            shape = "{" + ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}"
+                                    for k, v in self.inputs.items()) + "}"
+        else:
+            shape = type(self.inputs).__name__
         return f"Objective({type(self.model).__name__}, {getattr(self.loss_fn, '__name__', self.loss_fn)}, inputs={shape})"
 
 

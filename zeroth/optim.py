@@ -139,16 +139,33 @@ _BACKWARD_HINT = (
 )
 
 
-def _guard_backward(closure: Callable[[], Any]) -> Callable[[], Any]:
-    """``closure`` that turns autograd's error for a backward() under no_grad into :class:`BackwardInClosureError`."""
+def _grad_marks(params: Sequence[Tensor]) -> List[Any]:
+    return [None if p.grad is None else (id(p.grad), p.grad._version) for p in params]
+
+
+def _guard_backward(closure: Callable[[], Any], params: Sequence[Tensor]) -> Callable[[], Any]:
+    """``closure``, checked for ``backward()`` calls: raises :class:`BackwardInClosureError` instead.
+
+    Caught two ways: autograd's error for a backward() under ``no_grad`` (the loss has no
+    graph), and — for closures that enable grad themselves, as Lightning's automatic
+    optimization does — a parameter's ``.grad`` created or written during the call (the
+    gradients it created are removed again).
+    """
 
     def guarded():
+        before = _grad_marks(params)
         try:
-            return closure()
+            value = closure()
         except RuntimeError as err:
             if "does not require grad" in str(err) and "grad_fn" in str(err):
                 raise BackwardInClosureError(_BACKWARD_HINT) from err
             raise
+        if _grad_marks(params) != before:
+            for p, mark in zip(params, before):
+                if mark is None:
+                    p.grad = None
+            raise BackwardInClosureError(_BACKWARD_HINT)
+        return value
 
     return guarded
 
@@ -472,10 +489,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _run(self, objective: Callable[[], Any], apply: bool) -> Optional[Tensor]:
         if not callable(objective):
             raise TypeError(f"ZOOptimizer.step needs a callable closure returning the loss, got {type(objective).__name__}")
-        if not isinstance(objective, Objective):
-            objective = _guard_backward(objective)
         self._pending = None
         params, mus, groups = self.trainable()
+        if not isinstance(objective, Objective):
+            objective = _guard_backward(objective, params)
         if not params:
             return None
         gen_state = self.generator.get_state()
