@@ -378,3 +378,292 @@ def test_zo_training_of_the_digits_mlp_reaches_85_percent():
         for xb, yb in batches(data.x_train, data.y_train, 64, g):
             opt.step(Objective(model, F.cross_entropy, xb, yb))
     assert accuracy(model, data.x_test, data.y_test) >= 0.85
+
+
+# -- the torch.optim contract, checked with torch's own optimizer test inputs ---------------------
+from torch.testing._internal import common_optimizers as torch_optims  # noqa: E402
+
+_BASES = {"sgd": torch_optims.optim_inputs_func_sgd, "adam": torch_optims.optim_inputs_func_adam,
+          "adamw": torch_optims.optim_inputs_func_adamw, "rmsprop": torch_optims.optim_inputs_func_rmsprop,
+          "adagrad": torch_optims.optim_inputs_func_adagrad}
+_TORCH_INPUTS = [(name, inp) for name, fn in _BASES.items() for inp in fn("cpu")
+                 if not {"capturable", "fused", "foreach", "differentiable", "decoupled_weight_decay"} & set(inp.kwargs)
+                 and not isinstance(inp.kwargs.get("lr"), torch.Tensor)]
+
+
+@pytest.mark.parametrize("base,inp", _TORCH_INPUTS, ids=[f"{b}-{i.desc}" for b, i in _TORCH_INPUTS])
+def test_torch_optimizer_inputs_run_and_resume(base, inp):
+    """Every configuration torch tests its own optimizers with: keyword/positional closure, shared
+    param_groups/state, state_dict round trip (bit-identical continuation)."""
+    model, x, y = _setup(dtype=torch.float64)
+    obj = Objective(model, F.cross_entropy, x, y)
+    kwargs = dict(inp.kwargs)
+    opt = ZOOptimizer(model.parameters(), estimator=SPSA(mu=1e-4), base=base, seed=0, **kwargs)
+    assert opt.param_groups is opt.base.param_groups and opt.state is opt.base.state
+    opt.step(closure=obj)
+    opt.step(obj)
+    assert len(opt.state) > 0 or base == "sgd"  # Adam's moments are visible in optimizer.state
+    sd = copy.deepcopy(opt.state_dict())
+    snapshot = [p.detach().clone() for p in model.parameters()]
+    ref = [float(opt.step(closure=obj)) for _ in range(2)]
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), snapshot):
+            p.copy_(s)
+    opt2 = ZOOptimizer(model.parameters(), estimator=SPSA(mu=1e-4), base=base, seed=7, **kwargs)
+    opt2.load_state_dict(sd)
+    assert [float(opt2.step(closure=obj)) for _ in range(2)] == ref
+
+
+def test_torch_error_inputs_raise_the_same_errors():
+    for err in torch_optims.get_error_inputs_for_all_optims("cpu", torch.float32):
+        inp = err.optimizer_error_input
+        params = inp.params if inp.params is not None else [nn.Parameter(torch.randn(2))]
+        if err.error_type is UserWarning:
+            with pytest.warns(UserWarning, match=err.error_regex):
+                ZOOptimizer(params, **inp.kwargs)
+        else:
+            with pytest.raises(err.error_type, match=err.error_regex):
+                ZOOptimizer(params, **inp.kwargs)
+
+
+def test_add_param_group_moves_the_new_group_before_and_after_load_state_dict():
+    model, x, y = _setup()
+    obj = Objective(model, F.cross_entropy, x, y)
+    opt = ZOOptimizer(model[0].parameters(), lr=0.1, base="adam", estimator=SPSA(), seed=0)
+    opt.step(obj)
+    opt.add_param_group({"params": model[2].parameters(), "lr": 0.05})  # progressive unfreezing
+    assert len(opt.base.param_groups) == 2 and opt.param_groups[1]["mu"] is None
+    head = [p.detach().clone() for p in model[2].parameters()]
+    opt.step(obj)
+    assert all(not torch.equal(a, b) for a, b in zip(head, model[2].parameters()))
+    assert all(p in opt.state for p in model[2].parameters())  # the base rule's state, seen by tools
+    opt.load_state_dict(opt.state_dict())
+    opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))]})
+    assert len(opt.param_groups) == 3 and opt.param_groups is opt.base.param_groups
+
+
+def test_step_hooks_zero_grad_and_keyword_closure():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1, estimator="spsa", seed=0)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", sorted(kwargs))))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", sorted(kwargs))))
+    global_calls = []
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda o, a, k: global_calls.append(o))
+    try:
+        opt.step(closure=lambda: F.cross_entropy(model(x), y))
+    finally:
+        handle.remove()
+    assert calls == [("pre", ["closure"]), ("post", ["closure"])]
+    assert global_calls == [opt]  # once: the base rule's own step does not fire hooks again
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_estimate_then_step_equals_one_step():
+    runs = []
+    for split in (False, True):
+        for inplace in (False, True):
+            model, x, y = _setup(dtype=torch.float64)
+            opt = ZOOptimizer(model.parameters(), lr=0.1, estimator=SPSA(mu=1e-4), seed=0, inplace=inplace)
+            obj = Objective(model, F.cross_entropy, x, y)
+            if split:
+                loss = opt.estimate(obj)
+                assert opt.step() is None
+            else:
+                loss = opt.step(obj)
+            runs.append((float(loss), [p.detach().clone() for p in model.parameters()]))
+    for (la, pa), (lb, pb) in ((runs[0], runs[2]), (runs[1], runs[3])):
+        assert la == lb and all(torch.equal(a, b) for a, b in zip(pa, pb))
+    with pytest.raises(TypeError, match="needs a closure"):
+        ZOOptimizer(_setup()[0].parameters(), lr=0.1).step()
+
+
+def test_lr_schedulers_all_run():
+    """Every scheduler in torch.optim.lr_scheduler drives the ZOOptimizer's (shared) groups."""
+    makers = {
+        "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.9 ** t),
+        "MultiplicativeLR": lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda t: 0.9),
+        "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, 1),
+        "MultiStepLR": lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 2]),
+        "ConstantLR": lambda o: torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=2),
+        "LinearLR": lambda o: torch.optim.lr_scheduler.LinearLR(o, 0.5, total_iters=3),
+        "ExponentialLR": lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9),
+        "PolynomialLR": lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=4),
+        "CosineAnnealingLR": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 4),
+        "CyclicLR": lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, step_size_up=2),
+        "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=10),
+        "CosineAnnealingWarmRestarts": lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 2),
+        "SequentialLR": lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o, [torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=1), torch.optim.lr_scheduler.ExponentialLR(o, 0.9)], [1]),
+        "ChainedScheduler": lambda o: torch.optim.lr_scheduler.ChainedScheduler(
+            [torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=1), torch.optim.lr_scheduler.ExponentialLR(o, 0.9)]),
+        "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0),
+    }
+    for name, make in makers.items():
+        model, x, y = _setup()
+        opt = ZOOptimizer(model.parameters(), lr=0.1, estimator="spsa", seed=0, base="sgd", momentum=0.9)
+        sched = make(opt)
+        lrs = []
+        for _ in range(4):
+            loss = opt.step(closure=Objective(model, F.cross_entropy, x, y))
+            sched.step(1.0) if name == "ReduceLROnPlateau" else sched.step()
+            lrs.append(opt.base.param_groups[0]["lr"])
+        assert len(set(lrs)) > 1, name
+
+
+def test_default_step_writes_into_the_existing_grad():
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1, estimator="spsa", seed=0)
+    opt.step(Objective(model, F.cross_entropy, x, y))
+    grads = [p.grad for p in model.parameters()]
+    opt.step(Objective(model, F.cross_entropy, x, y))
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads))  # the same tensors: no second gradient
+
+
+def test_inplace_without_an_estimator_is_spsa():
+    model, _, _ = _setup()
+    assert isinstance(ZOOptimizer(model.parameters(), lr=0.1, inplace=True).estimator, SPSA)
+    assert isinstance(ZOOptimizer(model.parameters(), lr=0.1).estimator, CGE)
+
+
+@pytest.mark.parametrize("closure", ["backward", "zero_grad-backward", "enable_grad-backward"])
+def test_closure_calling_backward_raises_a_zeroth_error(closure):
+    from zeroth import ZerothError
+
+    model, x, y = _setup()
+    opt = ZOOptimizer(model.parameters(), lr=0.1, estimator="spsa", inplace=True, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def f():
+        if closure.startswith("zero_grad"):
+            opt.zero_grad()
+        with torch.enable_grad() if closure.startswith("enable_grad") else torch.no_grad():
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+        return loss
+
+    with pytest.raises(ZerothError, match="closure called backward.*automatic_optimization = False"):
+        opt.step(f)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
+# -- exact in-place restore ---------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_inplace_step_at_lr_zero_is_bitwise_in_every_dtype(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8)).to(dtype)
+    with torch.no_grad():
+        model[0].bias.zero_()
+        model[0].bias[:3] = -0.0
+        model[2].weight.mul_(40.0)  # large values: beyond bf16's exact ±a range
+    x, y = torch.randn(16, 64, dtype=dtype), torch.randint(0, 8, (16,))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = ZOOptimizer(model.parameters(), lr=0.0, inplace=True, seed=0, weight_decay=0.0)
+    for _ in range(20):
+        opt.step(lambda: F.cross_entropy(model(x).float(), y))
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a.view(torch.uint8), b.detach().view(torch.uint8))  # bit patterns, -0.0 included
+
+
+def test_exact_involution_against_a_slow_reference():
+    """Each coordinate: x ± σ(x)·a exactly representable (checked with fractions) ⇒ moved there, else kept."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from zeroth.estimators.exact_perturbation import ExactRademacher, _rademacher_words, _unpack
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(600, generator=g) * 0.01, torch.randn(200, generator=g) * 30,
+                   torch.tensor([0.0, -0.0, 1e-30, 2.0 ** -9, 2.0 ** -9 - 2.0 ** -33])]).to(torch.float32)
+    params = [x.clone()]
+    dirs = ExactRademacher(params, seed=11, q=1, mus=[1e-3], antithetic=True)
+    a = dirs.mus[0]
+    assert a == 2.0 ** -10
+    bits = _unpack(_rademacher_words(11, 0, 0, 0, x.numel(), x.device), 0, x.numel()).tolist()
+    for sign, e in ((1, 0), (-1, 1)):
+        out = params[0].clone()
+        dirs.perturb([out], e)
+        for k, v in enumerate(x.tolist()):
+            r = sign * (2 * bits[k] - 1)
+            sigma = -1 if (Fraction(v) / Fraction(a)).__floor__() % 2 else 1
+            target = Fraction(v) + r * sigma * Fraction(a)
+            exact = Fraction(float(np.float32(float(target)))) == target
+            neg_zero = v == 0.0 and np.signbit(np.float32(x[k].item()))
+            want = float(target) if exact and not neg_zero else v
+            assert np.float32(out[k].item()).tobytes() == np.float32(want).tobytes() or (want == v and out[k] == x[k] and np.signbit(out[k].item()) == np.signbit(x[k].item())), k
+        dirs.restore([out], e, None)
+        assert torch.equal(out.view(torch.int32), x.view(torch.int32))
+
+
+def test_exact_inplace_step_equals_the_stored_gradient_step_on_the_same_directions():
+    """The fused MeZO step (exact directions, update from the applied perturbation) equals accumulate + torch SGD."""
+    from zeroth.estimators.exact_perturbation import ExactRademacher
+
+    class Exact(SPSA):
+        def directions(self, params, *, mus=None, generator=None, masks=None):
+            d = super().directions(params, mus=mus, generator=generator, masks=masks)
+            return ExactRademacher.from_directions(d, params)
+
+    runs = []
+    for inplace in (False, True):
+        model, x, y = _setup(dtype=torch.float64)
+        groups = [{"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
+                  {"params": model[2].parameters(), "maximize": False}]
+        opt = ZOOptimizer(groups, lr=0.05, estimator=Exact(mu=1e-4) if not inplace else SPSA(mu=1e-4), seed=3,
+                          inplace=inplace, evaluator="sequential" if not inplace else "auto")
+        losses = _run(model, opt, x, y, 3)
+        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (la, pa), (lb, pb) = runs
+    assert lb == pytest.approx(la, rel=1e-12)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_inplace_bf16_transformer_drift_is_zero():
+    transformers = pytest.importorskip("transformers", reason="the [hf] extra (CI installs it)")
+    torch.manual_seed(0)
+    cfg = transformers.OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                                 max_position_embeddings=32, word_embed_proj_dim=32)
+    model = transformers.OPTForCausalLM(cfg).to(torch.bfloat16)
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = ZOOptimizer(model.parameters(), lr=0.0, inplace=True, seed=0)
+    for _ in range(10):
+        opt.step(Objective(model, inputs={"input_ids": ids, "labels": ids}))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# -- Objective for real batches ------------------------------------------------------------
+def test_objective_takes_mapping_batches_and_output_loss():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, features, labels=None, extra=None):
+            logits = self.lin(features["x"] if isinstance(features, dict) else features)
+            out = {"logits": logits}
+            if labels is not None:
+                out["loss"] = F.cross_entropy(logits, labels)
+            return out
+
+    model = Model()
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    batch = {"features": {"x": x}, "labels": y}  # nested structure
+    obj = Objective(model, inputs=batch)
+    torch.testing.assert_close(obj(), F.cross_entropy(model.lin(x), y))
+    assert not obj.standard_form
+    custom = Objective(model, lambda out, b: F.cross_entropy(out["logits"], b["labels"]), batch, targets=batch)
+    torch.testing.assert_close(custom(), obj())
+    assert Objective(model.lin, F.cross_entropy, x, y).standard_form
+    with pytest.raises(ValueError, match="without a loss"):
+        Objective(model, inputs={"features": x})()
+    with pytest.raises(ValueError, match="targets: given without a loss_fn"):
+        Objective(model, None, batch, targets=y)
+    opt = ZOOptimizer(model.parameters(), lr=0.1, inplace=True, seed=0)
+    assert torch.isfinite(opt.step(obj))

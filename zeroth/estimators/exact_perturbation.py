@@ -153,7 +153,7 @@ def update_(x: Tensor, step: Optional[Tensor], lr: float, wd: float, c: _Consts)
 
     ``step`` (wide, or None for weight decay alone) is the already scaled update.
     """
-    xw = x.to(c.wide)
+    xw = x.to(c.wide, copy=True)
     if wd:
         xw.mul_(1.0 - lr * wd)
     if step is not None:
