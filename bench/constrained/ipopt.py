@@ -60,6 +60,7 @@ def solve_scaling(p, fun, grad, hess=True, tol=1e-8):
     nlp.add_option("print_level", 0)
     nlp.add_option("sb", "yes")
     nlp.add_option("tol", tol)
+    nlp.add_option("constr_viol_tol", tol)
     if not hess:
         nlp.add_option("hessian_approximation", "limited-memory")
     x, info = nlp.solve(p.x0)

@@ -76,3 +76,60 @@ def scaling_problem(n: int, seed: int = 0) -> ScalingProblem:
     slack = np.where(rng.random(n // 5) < 0.5, 0.0, rng.uniform(0, 1, n // 5))
     b_in = A_in @ xf + slack
     return ScalingProblem(n, d, c, A_eq, b_eq, A_in, b_in, 2.0 * float(xf @ xf))
+
+
+def _counted(fn, counter, key):
+    def call(x, *args):
+        counter[key] += 1
+        return fn(x)
+    return call
+
+
+def run(p: ScalingProblem, solver: str):
+    """Run ``solver`` on ``p``: dict(time, nfev, njev, flag, f, viol, nit). nfev/njev count the
+    calls of the objective and of its gradient, whatever the solver calls them for."""
+    import time
+    import warnings
+
+    from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint
+    from scipy.optimize import minimize as scipy_minimize
+
+    from zeroth.constrained import minimize as npasa_minimize
+
+    counts = {"f": 0, "g": 0}
+    fun, grad = _counted(p.fun, counts, "f"), _counted(p.grad, counts, "g")
+    bounds = Bounds(-np.ones(p.n), np.ones(p.n))
+    lin = [LinearConstraint(p.A_eq, p.b_eq, p.b_eq), LinearConstraint(p.A_in, -np.inf, p.b_in)]
+    ball = NonlinearConstraint(p.ball, -np.inf, p.r2, jac=p.ball_jac, hess=p.ball_hess)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if solver == "npasa":
+            res = npasa_minimize(fun, p.x0, jac=grad, hess=p.hess, bounds=bounds, constraints=lin + [ball])
+            x, flag, nit = np.asarray(res.x), res.success, res.nit
+        elif solver == "npasa-bfgs":
+            res = npasa_minimize(fun, p.x0, jac=grad, bounds=bounds, constraints=lin + [ball])
+            x, flag, nit = np.asarray(res.x), res.success, res.nit
+        elif solver == "trust-constr":
+            res = scipy_minimize(fun, p.x0, jac=grad, hess=p.hess, bounds=bounds, constraints=lin + [ball],
+                                 method="trust-constr", options={"gtol": 1e-8, "xtol": 1e-12, "maxiter": 3000,
+                                                                 "sparse_jacobian": True})
+            x, flag, nit = res.x, res.success, res.nit
+        elif solver == "SLSQP":
+            Ae, Ai = p.A_eq.toarray(), p.A_in.toarray()
+            cons = [{"type": "eq", "fun": lambda x: Ae @ x - p.b_eq, "jac": lambda x: Ae},
+                    {"type": "ineq", "fun": lambda x: p.b_in - Ai @ x, "jac": lambda x: -Ai},
+                    {"type": "ineq", "fun": lambda x: p.r2 - p.ball(x), "jac": lambda x: -p.ball_jac(x)}]
+            res = scipy_minimize(fun, p.x0, jac=grad, bounds=bounds, constraints=cons, method="SLSQP",
+                                 options={"maxiter": 1000, "ftol": 1e-12})
+            x, flag, nit = res.x, res.success, res.nit
+        elif solver in ("IPOPT", "IPOPT-lbfgs"):
+            from .ipopt import solve_scaling
+
+            x, status, _ = solve_scaling(p, fun, grad, hess=solver == "IPOPT")
+            flag, nit = status == 0, None
+        else:
+            raise ValueError(f"unknown solver {solver!r}")
+    elapsed = time.perf_counter() - start
+    return {"time": elapsed, "nfev": counts["f"], "njev": counts["g"], "flag": bool(flag), "f": p.fun(x),
+            "viol": p.violation(x), "nit": nit}
