@@ -42,11 +42,12 @@ def kernel_cases(batch: int) -> Dict[str, Tuple[Callable, Callable]]:
     none = torch.empty(0, dtype=torch.long)
     empty = torch.empty(0)
     z, r = torch.ops.zeroth, ops.reference
+    RELU, GELU = int(ops.Activation.RELU), int(ops.Activation.GELU)
     return {
-        f"ReLU difference, confined ({k} copies)": (lambda: z.activation_difference_confined(a, ch, dc, 0, 0.0),
-                                                    lambda: r.activation_difference_confined(a, ch, dc, 0, 0.0)),
-        "GELU difference, dense (64 copies)": (lambda: z.activation_difference(a, dd, 2, 0.0),
-                                               lambda: r.activation_difference(a, dd, 2, 0.0)),
+        f"ReLU difference, confined ({k} copies)": (lambda: z.activation_difference_confined(a, ch, dc, RELU, 0.0),
+                                                    lambda: r.activation_difference_confined(a, ch, dc, RELU, 0.0)),
+        "GELU difference, dense (64 copies)": (lambda: z.activation_difference(a, dd, GELU, 0.0),
+                                               lambda: r.activation_difference(a, dd, GELU, 0.0)),
         f"BatchNorm difference, confined ({k})": (lambda: z.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
                                                   lambda: r.batchnorm_difference(a, dc, ch, w, empty, 1e-5)),
         "BatchNorm difference, dense (64)": (lambda: z.batchnorm_difference(a, dd, none, w, empty, 1e-5),

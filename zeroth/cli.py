@@ -12,12 +12,12 @@ def _info() -> None:
 
     import zeroth
 
-    from ._optional import available
+    from ._optional import EXTRAS, available, version
 
     print(f"zeroth {zeroth.__version__} (distribution zeroth-optim)")
     print(f"python {platform.python_version()}, torch {torch.__version__}")
-    print("extras: " + ", ".join(f"{m}={'yes' if available(m) else 'no'}" for m in
-                                  ("scipy", "sklearn", "matplotlib", "tqdm", "ray", "pytest_benchmark")))
+    # found and versioned from metadata, not imported: `import ray` alone takes seconds
+    print("extras: " + ", ".join(f"{m}={version(m) or 'yes'}" if available(m) else f"{m}=no" for m in EXTRAS))
     cuda = torch.cuda.is_available()
     devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())] if cuda else ["cpu"]
     print("devices: " + ", ".join(devices))

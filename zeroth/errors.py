@@ -1,4 +1,11 @@
-"""zeroth's error and warning classes."""
+"""zeroth's error and warning classes.
+
+Every warning zeroth issues derives from :class:`ZerothWarning`, so one filter silences or
+escalates them all::
+
+    import warnings, zeroth
+    warnings.simplefilter("error", zeroth.ZerothWarning)
+"""
 
 
 class ZerothError(Exception):
@@ -9,5 +16,9 @@ class EvaluationError(ZerothError, RuntimeError):
     """A loss evaluation failed (non-finite value or an exception); parameters were restored."""
 
 
-class NonFiniteLossWarning(RuntimeWarning):
+class ZerothWarning(UserWarning):
+    """Base class of every warning zeroth issues."""
+
+
+class NonFiniteLossWarning(ZerothWarning, RuntimeWarning):
     """A step was skipped because an evaluated loss was NaN or infinite."""

@@ -1,5 +1,6 @@
-"""The CUDA kernels: compiled with nvcc wherever it exists (even beside a CPU-only torch),
-and, on a machine with a GPU, equal to the PyTorch references."""
+"""The CUDA kernels: compiled with nvcc wherever it exists (even beside a CPU-only torch; slow:
+about two minutes on 2 cores), and, on a machine with a GPU, equal to the PyTorch references
+and refusing bad input as the CPU ops do."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ from zeroth.ops import reference
 from zeroth.ops._build import source_dir
 
 NVCC = shutil.which("nvcc")
-needs_nvcc = pytest.mark.skipif(NVCC is None or source_dir() is None, reason="nvcc or csrc/ not available")
+needs_nvcc = pytest.mark.skipif(NVCC is None or source_dir() is None, reason="nvcc or zeroth/csrc/ not available")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or ops.backend() != "cpp+cuda",
                                reason="no GPU with the CUDA kernels built")
 
@@ -26,11 +27,13 @@ def _nvcc(source: Path, out: Path, *includes: str) -> None:
     assert out.stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_cuda_kernels_compile_without_torch(tmp_path):
     _nvcc(source_dir() / "cuda" / "kernels.cu", tmp_path / "kernels.o")
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_cuda_bindings_compile_against_the_running_torch(tmp_path):
     include = Path(torch.__file__).parent / "include"
@@ -89,3 +92,17 @@ def test_cuda_kernels_equal_the_references(dtype):
     coeffs = torch.randn(4, dtype=torch.float64, device=dev)
     torch.testing.assert_close(z.scatter_scaled_add(g.clone(), idx, coeffs, 0.5),
                                reference.scatter_scaled_add(g.clone(), idx, coeffs, 0.5), **tol)
+
+
+@needs_gpu
+def test_cuda_ops_refuse_bad_input_as_the_references_do():
+    from .test_checks import BAD
+
+    for case, op, make, exc, message in BAD:
+        args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in make()]
+        with pytest.raises(exc) as err:
+            getattr(torch.ops.zeroth, op)(*args)
+        assert message in str(err.value), case
+    cpu, gpu = torch.randn(2, 3, dtype=torch.float64), torch.randn(1, 2, 3, dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match="delta is on cuda:0 but a is on cpu"):
+        torch.ops.zeroth.activation_difference(cpu, gpu, 0, 0.0)

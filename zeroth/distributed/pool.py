@@ -25,7 +25,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .._optional import require
-from ..errors import ZerothError
+from ..errors import ZerothError, ZerothWarning
 from . import split
 
 
@@ -36,7 +36,7 @@ class WorkerFailureError(ZerothError, RuntimeError):
     """
 
 
-class WorkerFailureWarning(RuntimeWarning):
+class WorkerFailureWarning(ZerothWarning, RuntimeWarning):
     """A Ray worker died; its work was re-run elsewhere, or a replacement could not start."""
 
 

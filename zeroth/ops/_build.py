@@ -1,10 +1,17 @@
-"""Find, build (JIT, cached) and load the compiled kernels of ``csrc/``.
+"""Find, build (JIT, cached) and load the compiled kernels of ``zeroth/csrc/``.
 
-The CPU extension builds with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja)
-the first time an op is used, into a cache keyed by the torch version and a hash of the
-sources, so it always matches the torch that is running (no build isolation, no second
-torch). CUDA sources join the build only where the running torch has CUDA and ``nvcc`` is
-found. Anything missing -> the pure-PyTorch reference, with one warning.
+The C++/CUDA sources ship inside the package (``zeroth/csrc/``, in the wheel and the sdist).
+The extension builds with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja) the
+first time an op is used, into a cache keyed by the torch version, the flags and a hash of
+the sources, so it always matches the torch that is running: a wheel built ahead of time
+would be tied to one torch's C++ ABI. CUDA sources join the build only where the running
+torch has CUDA and ``nvcc`` is found. Anything missing -> the pure-PyTorch reference, with
+one :class:`KernelBuildWarning`.
+
+To build ahead of time (a container image, a cluster's shared cache), run
+``python -m zeroth.ops`` once, with the same ``ZEROTH_BUILD_DIR`` the jobs will see.
+The cache is ``$ZEROTH_BUILD_DIR``, else ``$XDG_CACHE_HOME/zeroth/ops``, else
+``~/.cache/zeroth/ops``.
 """
 from __future__ import annotations
 
@@ -16,10 +23,12 @@ from typing import List, Optional
 
 import torch
 
+from ..errors import ZerothWarning
+
 MODES = ("auto", "cpp", "python")
 
 
-class KernelBuildWarning(UserWarning):
+class KernelBuildWarning(ZerothWarning):
     """The compiled kernels could not be built or loaded; the PyTorch reference runs instead."""
 
 
@@ -32,11 +41,9 @@ def mode() -> str:
 
 
 def source_dir() -> Optional[Path]:
-    """``csrc/`` next to the package (a source checkout or editable install), or None."""
-    for candidate in (Path(__file__).resolve().parents[2] / "csrc", Path(__file__).resolve().parent / "csrc"):
-        if (candidate / "zeroth_ops.cpp").is_file():
-            return candidate
-    return None
+    """The package's ``zeroth/csrc/`` (any install: wheel, sdist, editable), or None if absent."""
+    candidate = Path(__file__).resolve().parent.parent / "csrc"
+    return candidate if (candidate / "zeroth_ops.cpp").is_file() else None
 
 
 def cuda_buildable() -> bool:
@@ -65,8 +72,15 @@ def build_directory(root: Path, files: List[Path]) -> Path:
     digest = hashlib.sha256((torch.__version__ + " ".join(CFLAGS)).encode())
     for f in sorted(files + sorted(root.glob("*.h")) + sorted((root / "cuda").glob("*.cuh"))):
         digest.update(f.read_bytes())
-    base = Path(os.environ.get("ZEROTH_BUILD_DIR", Path.home() / ".cache" / "zeroth" / "ops"))
-    return base / digest.hexdigest()[:16]
+    return cache_root() / digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """``$ZEROTH_BUILD_DIR``, else ``$XDG_CACHE_HOME/zeroth/ops``, else ``~/.cache/zeroth/ops``."""
+    if os.environ.get("ZEROTH_BUILD_DIR"):
+        return Path(os.environ["ZEROTH_BUILD_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "zeroth" / "ops"
 
 
 def load() -> Optional[str]:
@@ -77,7 +91,7 @@ def load() -> Optional[str]:
     try:
         root = source_dir()
         if root is None:
-            raise RuntimeError("the csrc/ sources are not installed (use a source checkout)")
+            raise RuntimeError("the zeroth/csrc/ sources are missing from this install (reinstall zeroth-optim)")
         with_cuda = cuda_buildable()
         files = sources(root, with_cuda)
         build = build_directory(root, files)

@@ -1,8 +1,11 @@
 """Pure-PyTorch reference implementations of ``zeroth.ops`` (always available).
 
-Each function mirrors one compiled kernel of ``csrc/`` argument for argument; the tests
-compare the two. Float inputs are promoted to float64 for the arithmetic (as the kernels
-do), so a difference like ``σ(a + Δ) − σ(a)`` is not spoiled by rounding ``a + Δ`` first.
+Each function mirrors one compiled kernel of ``zeroth/csrc/`` argument for argument, checks
+its arguments as the kernel does (:mod:`zeroth.ops._checks`, the mirror of
+``zeroth_checks.h``: same exception types and messages) and computes the same values; the
+tests compare the two. Float inputs are promoted to float64 for the arithmetic (as the
+kernels do), so a difference like ``σ(a + Δ) − σ(a)`` is not spoiled by rounding ``a + Δ``
+first. Unlike the kernels, the references take every floating dtype (bfloat16, float16).
 """
 from __future__ import annotations
 
@@ -10,26 +13,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_ACTIVATIONS = {
-    0: lambda x, s: torch.relu(x),
-    1: lambda x, s: F.leaky_relu(x, s),
-    2: lambda x, s: F.gelu(x),
-    3: lambda x, s: F.silu(x),
-    4: lambda x, s: torch.tanh(x),
-    5: lambda x, s: torch.sigmoid(x),
+from . import _checks
+from .activations import Activation
+
+ACTIVATION_FUNCTIONS = {
+    Activation.RELU: lambda x, s: torch.relu(x),
+    Activation.LEAKY_RELU: lambda x, s: F.leaky_relu(x, s),
+    Activation.GELU: lambda x, s: F.gelu(x),
+    Activation.SILU: lambda x, s: F.silu(x),
+    Activation.TANH: lambda x, s: torch.tanh(x),
+    Activation.SIGMOID: lambda x, s: torch.sigmoid(x),
 }
+"""``σ(x, negative_slope)`` of each kind (the slope is LeakyReLU's; the others ignore it)."""
 
 
 def activation_difference(a: Tensor, delta: Tensor, kind: int, slope: float) -> Tensor:
     """``σ(a + Δ_k) − σ(a)`` for ``Δ: (K, *a.shape)``, ``a`` broadcast over the K copies."""
-    f = _ACTIVATIONS[kind]
+    _checks.activation(a, delta, kind)
+    f = ACTIVATION_FUNCTIONS[Activation(kind)]
     x = a.double().unsqueeze(0)
     return (f(x + delta.double(), slope) - f(x, slope)).to(delta.dtype)
 
 
 def activation_difference_confined(a: Tensor, channels: Tensor, delta: Tensor, kind: int, slope: float) -> Tensor:
     """Confined form: ``a: (B, C, S)``, ``Δ: (K, B, S)`` on channel ``channels[k]`` of copy k."""
-    f = _ACTIVATIONS[kind]
+    _checks.activation_confined(a, channels, delta, kind)
+    channels = channels.long()
+    f = ACTIVATION_FUNCTIONS[Activation(kind)]
     x = a.double().transpose(0, 1)[channels]  # (K, B, S)
     return (f(x + delta.double(), slope) - f(x, slope)).to(delta.dtype)
 
@@ -46,9 +56,11 @@ def batchnorm_difference(a: Tensor, delta: Tensor, channels: Tensor, weight: Ten
     ``a: (B, C, S)``; dense ``Δ: (K, B, C, S)``, or confined ``Δ: (K, B, S)`` with
     ``channels: (K,)``. ``weight``/``bias``: ``(C,)`` or empty (no affine; β cancels anyway).
     """
+    confined = _checks.batchnorm(a, delta, channels, weight, bias)
+    channels = channels.long()
     x0 = a.double()
     gamma = weight.double() if weight.numel() else torch.ones(a.shape[1], dtype=torch.float64, device=a.device)
-    if delta.dim() == 3:  # confined
+    if confined:
         base = x0.transpose(0, 1)[channels]  # (K, B, S)
         x1 = base + delta.double()
         dims = (1, 2)
@@ -62,7 +74,7 @@ def batchnorm_difference(a: Tensor, delta: Tensor, channels: Tensor, weight: Ten
 
 
 def _log_mix1(p: Tensor, d: Tensor) -> Tensor:
-    """``log(1 − p + p·e^d)`` without overflow (see csrc/zeroth_math.h)."""
+    """``log(1 − p + p·e^d)`` without overflow (see zeroth/csrc/zeroth_math.h)."""
     small = torch.log1p(p * torch.expm1(torch.clamp(d, max=30.0)))
     large = d + torch.log1p((1.0 - p) * torch.expm1(-torch.clamp(d, min=30.0)))
     return torch.where(d < 30.0, small, large)
@@ -73,11 +85,14 @@ def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Tensor, cha
 
     Dense ``Δ: (K, B, C)``, or ``Δ: (K, B)`` moving only logit ``channels[k]`` of copy k.
     Uses ``log Σ_j p_j e^{Δ_j}`` from the cached softmax, so no copy's logits are formed.
+    ``targets``: ``(B,)`` class indices in ``[0, C)`` (anything else raises ``IndexError``).
     """
+    confined = _checks.cross_entropy(logits, targets, delta, channels)
+    targets, channels = targets.long(), channels.long()
     p = torch.softmax(logits.double(), dim=1)
     d = delta.double()
     rows = torch.arange(logits.shape[0], device=logits.device)
-    if channels.numel():
+    if confined:
         lse = _log_mix1(p[:, channels].t(), d)
         picked = d * (targets.unsqueeze(0) == channels.unsqueeze(1))
     else:
@@ -91,6 +106,8 @@ def head_cross_entropy_difference(x: Tensor, logits: Tensor, targets: Tensor, mu
 
     Weight ``(o, i)`` changes logit ``o`` by ``μ·x[:, i]``; the bias column by ``μ``.
     """
+    _checks.head(x, logits, targets)
+    targets = targets.long()
     p = torch.softmax(logits.double(), dim=1)  # (B, O)
     xd = x.double()
     if with_bias:
@@ -104,6 +121,8 @@ def head_cross_entropy_difference(x: Tensor, logits: Tensor, targets: Tensor, mu
 def conv_weight_patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_h: int, out_w: int, sh: int, sw: int,
                         ph: int, pw: int, dh: int, dw: int) -> Tensor:
     """For Conv2d weight coordinates ``(·, c_k, i_k, j_k)``: the input values they multiply, ``(K, B, h, w)``."""
+    _checks.patches(x, c, i, j, out_h, out_w, sh, sw, ph, pw, dh, dw)
+    c, i, j = c.long(), i.long(), j.long()
     xp = F.pad(x, (pw, pw, ph, ph))
     rows = (torch.arange(out_h, device=x.device) * sh).unsqueeze(0) + (i * dh).unsqueeze(1)  # (K, h)
     cols = (torch.arange(out_w, device=x.device) * sw).unsqueeze(0) + (j * dw).unsqueeze(1)  # (K, w)
@@ -115,5 +134,6 @@ def conv_weight_patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_h: int, 
 
 def scatter_scaled_add(grad: Tensor, indices: Tensor, coeffs: Tensor, scale: float) -> Tensor:
     """``grad[indices[k]] += coeffs[k]·scale`` in place (repeated indices accumulate)."""
-    grad.index_add_(0, indices, (coeffs.double() * scale).to(grad.dtype))
+    _checks.scatter(grad, indices, coeffs)
+    grad.index_add_(0, indices.long(), (coeffs.double() * scale).to(grad.dtype))
     return grad

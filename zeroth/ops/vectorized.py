@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PIECEWISE_LINEAR = (0, 1)  # activation kinds of zeroth.ops.activation_kind: ReLU, LeakyReLU
+from .activations import PIECEWISE_LINEAR  # noqa: F401  (ReLU, LeakyReLU: the kinds this module serves)
 
 
 def piecewise_linear_difference(a: Tensor, delta: Tensor, slope: float) -> Tensor:

@@ -152,71 +152,80 @@ __global__ void scatter_scaled_add_kernel(T* grad, const int64_t* indices, const
 }  // namespace
 
 template <typename T>
-void activation_difference(const T* a, const T* d, T* out, int64_t n, int64_t total, int kind, double slope,
-                           cudaStream_t stream) {
-  if (total == 0) return;
+cudaError_t activation_difference(const T* a, const T* d, T* out, int64_t n, int64_t total, int kind, double slope,
+                                  cudaStream_t stream) {
+  if (total == 0) return cudaSuccess;
   activation_difference_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(a, d, out, n, total, kind, slope);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
 template <typename T>
-void activation_difference_confined(const T* a, const int64_t* channels, const T* d, T* out, int64_t K, int64_t B,
-                                    int64_t C, int64_t S, int kind, double slope, cudaStream_t stream) {
-  if (K * B * S == 0) return;
-  activation_difference_confined_kernel<T><<<blocks_for(K * B * S), kThreads, 0, stream>>>(a, channels, d, out, K, B,
-                                                                                          C, S, kind, slope);
+cudaError_t activation_difference_confined(const T* a, const int64_t* channels, const T* d, T* out, int64_t K,
+                                           int64_t B, int64_t C, int64_t S, int kind, double slope,
+                                           cudaStream_t stream) {
+  if (K * B * S == 0) return cudaSuccess;
+  activation_difference_confined_kernel<T>
+      <<<blocks_for(K * B * S), kThreads, 0, stream>>>(a, channels, d, out, K, B, C, S, kind, slope);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
 template <typename T>
-void batchnorm_difference(const T* a, const T* d, const int64_t* channels, const double* gamma, T* out, int64_t K,
-                          int64_t B, int64_t C, int64_t S, double eps, cudaStream_t stream) {
+cudaError_t batchnorm_difference(const T* a, const T* d, const int64_t* channels, const double* gamma, T* out,
+                                 int64_t K, int64_t B, int64_t C, int64_t S, double eps, cudaStream_t stream) {
   const int64_t blocks = channels != nullptr ? K : K * C;
-  if (blocks == 0) return;
-  batchnorm_difference_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, d, channels, gamma, out,
-                                                                                        B, C, S, eps);
+  if (blocks == 0) return cudaSuccess;
+  batchnorm_difference_kernel<T>
+      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, d, channels, gamma, out, B, C, S, eps);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
-void cross_entropy_difference(const double* p, const int64_t* targets, const double* d, const int64_t* channels,
-                              double* out, int64_t K, int64_t B, int64_t C, cudaStream_t stream) {
-  if (K == 0) return;
+cudaError_t cross_entropy_difference(const double* p, const int64_t* targets, const double* d, const int64_t* channels,
+                                     double* out, int64_t K, int64_t B, int64_t C, cudaStream_t stream) {
+  if (K == 0) return cudaSuccess;
   cross_entropy_difference_kernel<<<static_cast<unsigned>(K), kThreads, 0, stream>>>(p, targets, d, channels, out, B,
-                                                                                    C);
+                                                                                     C);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
-void head_cross_entropy_difference(const double* x, const double* p, const int64_t* targets, double* out, int64_t B,
-                                   int64_t I, int64_t O, bool with_bias, double mu, cudaStream_t stream) {
+cudaError_t head_cross_entropy_difference(const double* x, const double* p, const int64_t* targets, double* out,
+                                          int64_t B, int64_t I, int64_t O, bool with_bias, double mu,
+                                          cudaStream_t stream) {
   const int64_t cols = I + (with_bias ? 1 : 0);
-  if (O * cols == 0) return;
-  head_cross_entropy_difference_kernel<<<blocks_for(O * cols), kThreads, 0, stream>>>(x, p, targets, out, B, I, O,
-                                                                                     cols, mu);
+  if (O * cols == 0) return cudaSuccess;
+  head_cross_entropy_difference_kernel<<<blocks_for(O * cols), kThreads, 0, stream>>>(x, p, targets, out, B, I, O, cols,
+                                                                                      mu);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
 template <typename T>
-void conv_weight_patches(const T* x, const int64_t* c, const int64_t* ki, const int64_t* kj, T* out, int64_t K,
-                         int64_t B, int64_t C, int64_t H, int64_t W, int64_t out_h, int64_t out_w, int64_t sh,
-                         int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, cudaStream_t stream) {
+cudaError_t conv_weight_patches(const T* x, const int64_t* c, const int64_t* ki, const int64_t* kj, T* out, int64_t K,
+                                int64_t B, int64_t C, int64_t H, int64_t W, int64_t out_h, int64_t out_w, int64_t sh,
+                                int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, cudaStream_t stream) {
   const int64_t total = K * B * out_h * out_w;
-  if (total == 0) return;
+  if (total == 0) return cudaSuccess;
   conv_weight_patches_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(x, c, ki, kj, out, K, B, C, H, W, out_h,
-                                                                           out_w, sh, sw, ph, pw, dh, dw);
+                                                                            out_w, sh, sw, ph, pw, dh, dw);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
 template <typename T>
-void scatter_scaled_add(T* grad, const int64_t* indices, const double* coeffs, int64_t K, double scale,
-                        cudaStream_t stream) {
-  if (K == 0) return;
+cudaError_t scatter_scaled_add(T* grad, const int64_t* indices, const double* coeffs, int64_t K, double scale,
+                               cudaStream_t stream) {
+  if (K == 0) return cudaSuccess;
   scatter_scaled_add_kernel<T><<<blocks_for(K), kThreads, 0, stream>>>(grad, indices, coeffs, K, scale);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
 }
 
-#define ZEROTH_INSTANTIATE(T)                                                                                      \
-  template void activation_difference<T>(const T*, const T*, T*, int64_t, int64_t, int, double, cudaStream_t);     \
-  template void activation_difference_confined<T>(const T*, const int64_t*, const T*, T*, int64_t, int64_t,         \
-                                                  int64_t, int64_t, int, double, cudaStream_t);                     \
-  template void batchnorm_difference<T>(const T*, const T*, const int64_t*, const double*, T*, int64_t, int64_t,    \
-                                        int64_t, int64_t, double, cudaStream_t);                                    \
-  template void conv_weight_patches<T>(const T*, const int64_t*, const int64_t*, const int64_t*, T*, int64_t,       \
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,      \
-                                       int64_t, int64_t, int64_t, int64_t, cudaStream_t);                           \
-  template void scatter_scaled_add<T>(T*, const int64_t*, const double*, int64_t, double, cudaStream_t);
+#define ZEROTH_INSTANTIATE(T)                                                                                         \
+  template cudaError_t activation_difference<T>(const T*, const T*, T*, int64_t, int64_t, int, double, cudaStream_t); \
+  template cudaError_t activation_difference_confined<T>(const T*, const int64_t*, const T*, T*, int64_t, int64_t,    \
+                                                         int64_t, int64_t, int, double, cudaStream_t);                \
+  template cudaError_t batchnorm_difference<T>(const T*, const T*, const int64_t*, const double*, T*, int64_t,        \
+                                               int64_t, int64_t, int64_t, double, cudaStream_t);                      \
+  template cudaError_t conv_weight_patches<T>(const T*, const int64_t*, const int64_t*, const int64_t*, T*, int64_t,  \
+                                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                              int64_t, int64_t, int64_t, int64_t, cudaStream_t);                      \
+  template cudaError_t scatter_scaled_add<T>(T*, const int64_t*, const double*, int64_t, double, cudaStream_t);
 
 ZEROTH_INSTANTIATE(float)
 ZEROTH_INSTANTIATE(double)

@@ -14,17 +14,25 @@
 
 namespace zeroth {
 
-// Activation kinds, in the order of zeroth/ops/__init__.py's ACTIVATIONS.
+// The activation kinds of the kernels: the one definition of the enum shared by the CPU and CUDA
+// code; zeroth.ops.Activation (zeroth/ops/activations.py) is its Python spelling, and
+// tests/ops/test_checks.py fails when the two differ in a name or a value.
 enum Activation { kReLU = 0, kLeakyReLU = 1, kGELU = 2, kSiLU = 3, kTanh = 4, kSigmoid = 5, kNumActivations = 6 };
 
 ZEROTH_HD double activation(int kind, double x, double slope) {
   switch (kind) {
-    case kReLU: return x > 0 ? x : 0.0;
-    case kLeakyReLU: return x > 0 ? x : slope * x;
-    case kGELU: return 0.5 * x * (1.0 + erf(x * 0.70710678118654752440));
-    case kSiLU: return x / (1.0 + exp(-x));
-    case kTanh: return tanh(x);
-    default: return 1.0 / (1.0 + exp(-x));  // kSigmoid
+    case kReLU:
+      return x > 0 ? x : 0.0;
+    case kLeakyReLU:
+      return x > 0 ? x : slope * x;
+    case kGELU:
+      return 0.5 * x * (1.0 + erf(x * 0.70710678118654752440));
+    case kSiLU:
+      return x / (1.0 + exp(-x));
+    case kTanh:
+      return tanh(x);
+    default:
+      return 1.0 / (1.0 + exp(-x));  // kSigmoid
   }
 }
 
@@ -54,12 +62,17 @@ ZEROTH_HD bool is_piecewise_linear(int kind) { return kind == kReLU || kind == k
 // the result, so this is the library value to double rounding at a fraction of its cost.
 ZEROTH_HD double expm1_small(double d) {
   if (fabs(d) > 0.015625 || d != d) return expm1(d);
-  return d * (1.0 + d * (1.0 / 2 + d * (1.0 / 6 + d * (1.0 / 24 + d * (1.0 / 120 + d * (1.0 / 720 + d * (1.0 / 5040)))))));
+  return d *
+         (1.0 + d * (1.0 / 2 + d * (1.0 / 6 + d * (1.0 / 24 + d * (1.0 / 120 + d * (1.0 / 720 + d * (1.0 / 5040)))))));
 }
 
 ZEROTH_HD double log1p_small(double s) {
   if (fabs(s) > 0.015625 || s != s) return log1p(s);
-  return s * (1.0 - s * (1.0 / 2 - s * (1.0 / 3 - s * (1.0 / 4 - s * (1.0 / 5 - s * (1.0 / 6 - s * (1.0 / 7 - s * (1.0 / 8 - s * (1.0 / 9)))))))));
+  return s *
+         (1.0 -
+          s * (1.0 / 2 -
+               s * (1.0 / 3 -
+                    s * (1.0 / 4 - s * (1.0 / 5 - s * (1.0 / 6 - s * (1.0 / 7 - s * (1.0 / 8 - s * (1.0 / 9)))))))));
 }
 
 // log(1 - p + p e^d) = log sum_j p_j e^{d_j} when only one logit (probability p) moves by d:

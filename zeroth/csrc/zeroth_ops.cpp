@@ -23,13 +23,8 @@ using at::Tensor;
 
 namespace {
 
-void check_cpu(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "zeroth ops: ", name, " must be a CPU tensor here");
-}
-
 // sigma(a + d) - sigma(a) for delta (K, N) against base a (N), broadcast over the K copies.
 Tensor activation_difference_cpu(const Tensor& a_in, const Tensor& delta_in, int64_t kind, double slope) {
-  check_cpu(a_in, "a");
   checks::activation(a_in, delta_in, kind);
   auto a = a_in.contiguous();
   auto delta = delta_in.contiguous();
@@ -64,9 +59,8 @@ Tensor activation_difference_cpu(const Tensor& a_in, const Tensor& delta_in, int
 // Confined form: a (B, C, S), channels (K), delta (K, B, S) -> sigma(a[b, c_k] + d) - sigma(a[b, c_k]).
 Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& channels_in, const Tensor& delta_in,
                                           int64_t kind, double slope) {
-  check_cpu(a_in, "a");
+  checks::activation_confined(a_in, channels_in, delta_in, kind);
   auto channels = channels_in.to(at::kLong).contiguous();
-  checks::activation_confined(a_in, channels, delta_in, kind);
   auto a = a_in.contiguous();
   auto delta = delta_in.contiguous();
   const int64_t B = a.size(0), C = a.size(1), S = a.size(2), K = delta.size(0);
@@ -82,7 +76,8 @@ Tensor activation_difference_confined_cpu(const Tensor& a_in, const Tensor& chan
         const int64_t k = kb / B, b = kb % B, c = pc[k];
         const scalar_t* row_a = pa + (b * C + c) * S;
         if (is_piecewise_linear(static_cast<int>(kind))) {
-          for (int64_t s = 0; s < S; ++s) po[kb * S + s] = piecewise_linear_diff<scalar_t>(row_a[s], pd[kb * S + s], sl);
+          for (int64_t s = 0; s < S; ++s)
+            po[kb * S + s] = piecewise_linear_diff<scalar_t>(row_a[s], pd[kb * S + s], sl);
           continue;
         }
         for (int64_t s = 0; s < S; ++s) {
@@ -136,9 +131,8 @@ double affine_at(const Tensor& t, int64_t c, double fallback) {
 // channels (K), confined (K, B, S). weight/bias (C) may be empty (no affine).
 Tensor batchnorm_difference_cpu(const Tensor& a_in, const Tensor& delta_in, const Tensor& channels_in,
                                 const Tensor& weight_in, const Tensor& bias_in, double eps) {
-  check_cpu(a_in, "a");
+  const bool confined = checks::batchnorm(a_in, delta_in, channels_in, weight_in, bias_in);
   auto channels = channels_in.to(at::kLong).contiguous();
-  const bool confined = checks::batchnorm(a_in, delta_in, channels);
   auto a = a_in.contiguous();
   auto delta = delta_in.contiguous();
   const int64_t B = a.size(0), C = a.size(1), S = a.size(2), K = delta.size(0);
@@ -163,8 +157,8 @@ Tensor batchnorm_difference_cpu(const Tensor& a_in, const Tensor& delta_in, cons
         for (int64_t kc = lo; kc < hi; ++kc) {
           const int64_t k = kc / C, c = kc % C;
           const int64_t off = k * B * C * S + c * S;
-          bn_channel_difference<scalar_t>(pa + c * S, C * S, pd + off, C * S, po + off, B, S,
-                                          affine_at(weight, c, 1.0), affine_at(bias, c, 0.0), eps);
+          bn_channel_difference<scalar_t>(pa + c * S, C * S, pd + off, C * S, po + off, B, S, affine_at(weight, c, 1.0),
+                                          affine_at(bias, c, 0.0), eps);
         }
       });
     }
@@ -192,9 +186,8 @@ std::vector<double> softmax_rows(const Tensor& logits) {
 // confined delta (K, B) with channels (K): copy k moves logit c_k only.
 Tensor cross_entropy_difference_cpu(const Tensor& logits, const Tensor& targets_in, const Tensor& delta_in,
                                     const Tensor& channels_in) {
-  check_cpu(logits, "logits");
+  const bool confined = checks::cross_entropy(logits, targets_in, delta_in, channels_in);
   auto channels = channels_in.to(at::kLong).contiguous();
-  const bool confined = checks::cross_entropy(logits, delta_in, channels);
   const int64_t B = logits.size(0), C = logits.size(1);
   auto targets = targets_in.to(at::kLong).contiguous();
   auto delta = delta_in.to(at::kDouble).contiguous();
@@ -228,10 +221,9 @@ Tensor cross_entropy_difference_cpu(const Tensor& logits, const Tensor& targets_
 
 // Closed-form head: for the last Linear (logits = x W^T + b), weight coordinate (o, i) moved
 // by mu changes logit o by mu * x[b, i]; its CE difference is O(B). Returns (O, I + bias).
-Tensor head_cross_entropy_difference_cpu(const Tensor& x_in, const Tensor& logits, const Tensor& targets_in,
-                                         double mu, bool with_bias) {
-  check_cpu(x_in, "x");
-  checks::head(x_in, logits);
+Tensor head_cross_entropy_difference_cpu(const Tensor& x_in, const Tensor& logits, const Tensor& targets_in, double mu,
+                                         bool with_bias) {
+  checks::head(x_in, logits, targets_in);
   auto x = x_in.to(at::kDouble).contiguous();
   auto targets = targets_in.to(at::kLong).contiguous();
   const int64_t B = x.size(0), I = x.size(1), O = logits.size(1), cols = I + (with_bias ? 1 : 0);
@@ -257,11 +249,10 @@ Tensor head_cross_entropy_difference_cpu(const Tensor& x_in, const Tensor& logit
 // For Conv2d weight coordinates (c_k, i_k, j_k): the input values multiplying them at every
 // output position, (K, B, h, w) -- the perturbed channel's change divided by mu.
 Tensor conv_weight_patches_cpu(const Tensor& x_in, const Tensor& c_in, const Tensor& i_in, const Tensor& j_in,
-                               int64_t out_h, int64_t out_w, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                               int64_t dh, int64_t dw) {
-  check_cpu(x_in, "x");
+                               int64_t out_h, int64_t out_w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                               int64_t dw) {
+  checks::patches(x_in, c_in, i_in, j_in, out_h, out_w, sh, sw, ph, pw, dh, dw);
   auto c = c_in.to(at::kLong).contiguous(), ki = i_in.to(at::kLong).contiguous(), kj = j_in.to(at::kLong).contiguous();
-  checks::patches(x_in, c);
   auto x = x_in.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = c.numel();
   auto out = at::empty({K, B, out_h, out_w}, x.options());
@@ -289,10 +280,9 @@ Tensor conv_weight_patches_cpu(const Tensor& x_in, const Tensor& c_in, const Ten
 
 // grad[indices[k]] += coeffs[k] * scale (in place; repeated indices accumulate).
 Tensor scatter_scaled_add_cpu(Tensor grad, const Tensor& indices_in, const Tensor& coeffs_in, double scale) {
-  check_cpu(grad, "grad");
+  checks::scatter(grad, indices_in, coeffs_in);
   auto indices = indices_in.to(at::kLong).contiguous();
   auto coeffs = coeffs_in.to(at::kDouble).contiguous();
-  checks::scatter(grad, indices, coeffs);
   const int64_t* pi = indices.data_ptr<int64_t>();
   const double* pcf = coeffs.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scatter_scaled_add", [&] {
@@ -309,11 +299,13 @@ Tensor scatter_scaled_add_cpu(Tensor grad, const Tensor& indices_in, const Tenso
 TORCH_LIBRARY(zeroth, m) {
   m.def("activation_difference(Tensor a, Tensor delta, int kind, float slope) -> Tensor");
   m.def("activation_difference_confined(Tensor a, Tensor channels, Tensor delta, int kind, float slope) -> Tensor");
-  m.def("batchnorm_difference(Tensor a, Tensor delta, Tensor channels, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def(
+      "batchnorm_difference(Tensor a, Tensor delta, Tensor channels, Tensor weight, Tensor bias, float eps) -> Tensor");
   m.def("cross_entropy_difference(Tensor logits, Tensor targets, Tensor delta, Tensor channels) -> Tensor");
   m.def("head_cross_entropy_difference(Tensor x, Tensor logits, Tensor targets, float mu, bool with_bias) -> Tensor");
-  m.def("conv_weight_patches(Tensor x, Tensor c, Tensor i, Tensor j, int out_h, int out_w, int sh, int sw, int ph, "
-        "int pw, int dh, int dw) -> Tensor");
+  m.def(
+      "conv_weight_patches(Tensor x, Tensor c, Tensor i, Tensor j, int out_h, int out_w, int sh, int sw, int ph, "
+      "int pw, int dh, int dw) -> Tensor");
   m.def("scatter_scaled_add(Tensor(a!) grad, Tensor indices, Tensor coeffs, float scale) -> Tensor(a!)");
 }
 
