@@ -3,9 +3,12 @@
 Each failure mode (time-out, crash, NaN, malformed output) has its documented behaviour, and a
 failed step leaves the network's parameters and the optimizer's state untouched.
 """
+import contextlib
 import math
 import os
 import sys
+import tempfile
+import time
 import warnings
 
 import pytest
@@ -170,3 +173,59 @@ def test_npy_format_rejects_context():
     bb = BlackBox(program("ok", "npy"))
     with pytest.raises(ValueError, match="context: format='npy'"):
         bb(torch.ones(2, 2), torch.ones(2))
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def _wait_dead(pid: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_timeout_kills_the_whole_process_group_on_every_attempt(tmp_path, retries):
+    pids = tmp_path / "pids"
+    # the shell starts `sleep` as a child of its own, records its pid and waits: only the shell is the direct child
+    prog = Subprocess(["sh", "-c", f"sleep 30 & echo $! >> {pids}; wait"], timeout=1, retries=retries)
+    with pytest.warns(ProgramWarning) if retries else contextlib.nullcontext(), pytest.raises(ProgramError,
+                                                                                               match="timed out"):
+        prog(torch.zeros(1, 2))
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) == retries + 1
+    assert all(_wait_dead(pid) for pid in started), "an orphaned child of the program is still running"
+
+
+def test_children_left_running_by_a_successful_program_are_killed(tmp_path):
+    pids = tmp_path / "pids"
+    prog = Subprocess(["sh", "-c", f"sleep 30 & echo $! >> {pids}; echo '[1.5]'"], timeout=10)
+    out = prog(torch.zeros(1, 2))
+    assert out.tolist() == [1.5]
+    assert _wait_dead(int(pids.read_text().split()[0]))
+
+
+def test_no_temporary_file_is_left_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        ok = program("ok", files=True)
+        ok(torch.ones(2, 2))
+        bad = program("crash", files=True)
+        with pytest.raises(ProgramError, match=r"first \[1, 1\]"):
+            bad(torch.ones(2, 2))
+        slow = program("sleep", timeout=0.3)
+        with pytest.raises(ProgramError, match="timed out"):
+            slow(torch.ones(2, 2))
+    finally:
+        tempfile.tempdir = None
+    assert list(tmp_path.iterdir()) == []

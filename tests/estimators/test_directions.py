@@ -74,7 +74,7 @@ def test_non_contiguous_parameters_use_row_major_flat_indices():
     base = torch.arange(12.0).view(3, 4)
     p = base.t()  # (4, 3), not contiguous
     assert not p.is_contiguous()
-    dirs = Coordinates([torch.tensor([1, 5])], mus=[0.5])
+    dirs = Coordinates([torch.tensor([1, 5])], mus=[0.5], params=[p])
     token = dirs.perturb([p], 1)
     assert float(p.reshape(-1)[5]) == float(p.contiguous().view(-1)[5]) == 9.0 + 0.5  # p[1, 2] = base[2, 1] = 9
     dirs.restore([p], 1, token)

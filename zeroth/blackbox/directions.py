@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..estimators import CGE, RGE, Directions, Estimator
+from ..estimators import Directions, Estimator
 
 
 class PointDirections(Directions):
@@ -34,18 +34,20 @@ class PointDirections(Directions):
         self.batch, self.dim = int(batch), int(dim)
         self.mus = [estimator.mu]
         self.dtype, self.device = dtype, device
-        if isinstance(estimator, CGE):
+        kind = getattr(estimator, "kind", None)
+        if kind == "coordinates":
             self.dist = None
             self.q = self.dim
             self.num_signs = 2 if estimator.scheme == "central" else 1
             self.vectors: Optional[Tensor] = None  # coordinate k is e_k in every row
-        elif isinstance(estimator, RGE):
+        elif kind == "random":
             self.dist = estimator.dist
             self.q = estimator.q
             self.num_signs = 2 if estimator.antithetic else 1
             self.vectors = self._draw(generator).to(device=device, dtype=dtype)  # (q, B, d)
         else:
-            raise TypeError(f"estimator must be a CGE, RGE or SPSA instance, got {type(estimator).__name__}")
+            raise TypeError(f"estimator must estimate along coordinates (CGE) or random directions (RGE, SPSA), "
+                            f"got {type(estimator).__name__} (kind={kind!r})")
 
     def _draw(self, generator: Optional[torch.Generator]) -> Tensor:
         """``q`` random directions per row, drawn (on the CPU, in float64) from ``generator``."""

@@ -10,10 +10,16 @@ Data exchange (``io`` × ``format``):
   or ``{"outputs": [...]}``. ``NaN`` / ``Infinity`` are accepted as Python's json writes them;
 * ``format="npy"`` — input one ``.npy`` array of the points, output one ``.npy`` array.
 
-A non-zero exit status, a time-out (the process is killed), or output that does not parse is
-a failure: retried ``retries`` times, then handled by ``on_failure`` (see
-:mod:`zeroth.blackbox.program`). The message names the command, the reason (exit status and
-the tail of stderr) and the failing input, whose payload is kept in ``failed_dir`` for a rerun.
+A non-zero exit status, a time-out, or output that does not parse is a failure: retried
+``retries`` times, then handled by ``on_failure`` (see :mod:`zeroth.blackbox.program`). The
+message names the command, the reason (exit status and the tail of stderr) and the failing
+input (its shape and first values; the whole payload is saved in ``failed_dir`` when one is
+given, for a rerun).
+
+Every run starts the program in a session (process group) of its own; when the run ends —
+normally, by a time-out, an error or an interrupt — the whole group is killed, so a program
+that starts children (``sh -c "..."``, MPI launchers, solver wrappers) leaves none behind.
+The temporary folder of ``io="files"`` is removed whatever happens.
 """
 from __future__ import annotations
 
@@ -23,8 +29,10 @@ import math
 import numbers
 import os
 import shlex
+import signal
 import subprocess
 import tempfile
+import threading
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -62,7 +70,8 @@ class Subprocess(Program):
             (``batched=True`` by default: one run evaluates a whole stack of points).
         cwd, env: working directory and environment of the program.
         dtype: dtype of the returned tensor (default: the input's).
-        failed_dir: folder where the input of a failed run is kept (default: a temporary folder).
+        failed_dir: folder where the input of a failed run is saved for a rerun (default None: not saved,
+            the error shows its shape and first values).
     """
 
     def __init__(
@@ -146,6 +155,8 @@ class Subprocess(Program):
         try:
             out = self._run_process(payload)
         except Exception as err:
+            if self.failed_dir is None:  # the program's error names the input's first values
+                raise
             raise type(err)(f"{err}; input kept in {self._keep(payload)}") from None
         return torch.from_numpy(np.ascontiguousarray(out)).to(device=x.device, dtype=self.dtype or x.dtype)
 
@@ -160,26 +171,20 @@ class Subprocess(Program):
                 stdin = None
             else:
                 cmd, stdin = self.cmd, payload
-            try:
-                proc = subprocess.run(cmd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                                      capture_output=True, timeout=self.timeout, cwd=self.cwd, env=self.env)
-            except subprocess.TimeoutExpired:
-                raise TimeoutError(f"timed out after {self.timeout:g} s (killed)") from None
-            if proc.returncode != 0:
-                raise RuntimeError(f"exit status {proc.returncode}; stderr: {_tail(proc.stderr) or '(empty)'}")
+            stdout, stderr, returncode = run_in_own_group(cmd, stdin, self.timeout, self.cwd, self.env)
+            if returncode != 0:
+                raise RuntimeError(f"exit status {returncode}; stderr: {_tail(stderr) or '(empty)'}")
             if self.io == "files":
                 if not os.path.exists(paths["output"]):
                     raise ValueError("malformed output: the program wrote no output file")
                 with open(paths["output"], "rb") as f:
                     data = f.read()
             else:
-                data = proc.stdout
+                data = stdout
             return self._decode(data)
 
     def _keep(self, payload: bytes) -> str:
-        """Save the input of a failed run and return its path (named in the error)."""
-        if self.failed_dir is None:
-            self.failed_dir = tempfile.mkdtemp(prefix="zeroth-failed-")
+        """Save the input of a failed run in ``failed_dir`` and return its path (named in the error)."""
         os.makedirs(self.failed_dir, exist_ok=True)
         self.num_failed_inputs += 1
         path = os.path.join(self.failed_dir, f"failed-input-{self.num_failed_inputs}.{self.format}")
@@ -190,3 +195,57 @@ class Subprocess(Program):
     def __repr__(self) -> str:
         return (f"Subprocess({self.name!r}, io={self.io!r}, format={self.format!r}, timeout={self.timeout}, "
                 f"retries={self.retries}, on_failure={self.on_failure!r}, max_points={self.max_points})")
+
+
+def run_in_own_group(cmd: Sequence[str], stdin: Optional[bytes], timeout: Optional[float], cwd: Optional[str],
+                     env: Optional[Mapping[str, str]]):
+    """Run ``cmd`` in a new session and return ``(stdout, stderr, returncode)``.
+
+    The run ends when the program (the direct child) exits, or after ``timeout`` seconds with a
+    ``TimeoutError``. Either way every process of the program's group is then killed (SIGKILL)
+    and the child reaped, so nothing outlives the run — not even a background child that still
+    holds the output pipes open.
+    """
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+                            start_new_session=True)
+    chunks: dict = {"stdout": [], "stderr": []}
+
+    def pump(stream, key):
+        for block in iter(lambda: stream.read(65536), b""):
+            chunks[key].append(block)
+
+    def feed():
+        try:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):  # the program exited without reading all of it
+            pass
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True)]
+    if stdin is not None:
+        threads.append(threading.Thread(target=feed, daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"timed out after {timeout:g} s (the program's process group was killed)") from None
+    finally:
+        _kill_group(proc)
+        for t in threads:
+            t.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+    return b"".join(chunks["stdout"]), b"".join(chunks["stderr"]), proc.returncode
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the session ``proc`` leads (children included) and reap ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()

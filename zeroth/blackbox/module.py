@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..estimators import CGE, ESTIMATORS, RGE, Estimator
+from ..estimators import ESTIMATORS, Estimator
 from .directions import PointDirections
 from .program import Program, ProgramError, ProgramWarning, as_program, describe
 
@@ -127,8 +127,9 @@ class BlackBox(nn.Module):
         super().__init__()
         self.program: Program = as_program(fn)
         self.estimator = ESTIMATORS.create(estimator, "estimator")
-        if not isinstance(self.estimator, (CGE, RGE)):
-            raise TypeError(f"estimator must be CGE, RGE or SPSA, got {type(self.estimator).__name__}")
+        if getattr(self.estimator, "kind", None) not in ("coordinates", "random"):
+            raise TypeError(f"estimator must be CGE, RGE or SPSA (kind 'coordinates' or 'random'), "
+                            f"got {type(self.estimator).__name__}")
         if not isinstance(rowwise, bool):
             raise TypeError(f"rowwise must be a bool, got {type(rowwise).__name__}")
         self.rowwise = rowwise

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..estimators.directions import Coordinates, Directions, RandomDirections
+from ..estimators.directions import Directions, SeedSubset  # noqa: F401  (SeedSubset: old import path)
 
 Block = Tuple[int, int]  # directions [start, stop)
 
@@ -53,63 +53,20 @@ def members(piece: Sequence[Block]) -> Tensor:
 
 
 def can_split(dirs: Directions) -> bool:
-    return isinstance(dirs, (Coordinates, RandomDirections))
+    """True when ``dirs`` can hand out subsets of its directions (declares ``subset`` and ``to_devices``)."""
+    return callable(getattr(dirs, "subset", None)) and callable(getattr(dirs, "to_devices", None))
 
 
 def subset(dirs: Directions, ids: Tensor) -> Directions:
-    """The directions ``ids`` (ascending) of ``dirs`` as a direction set of their own, on the CPU.
-
-    Coordinates keep the parameter-major order, so the subset's evaluations come in the
-    order of the global ones; random directions are regenerated from the same seeds.
-    """
-    if isinstance(dirs, Coordinates):
-        bounds = torch.searchsorted(ids, torch.tensor(dirs.offsets, dtype=ids.dtype)).tolist()
-        indices = [idx.detach().cpu()[ids[bounds[j]:bounds[j + 1]] - dirs.offsets[j]]
-                   for j, idx in enumerate(dirs.indices)]
-        return Coordinates(indices, dirs.mus, dirs.scheme)
-    if isinstance(dirs, RandomDirections):
-        return SeedSubset(dirs, ids)
-    raise TypeError(f"cannot split a {type(dirs).__name__} direction set (Coordinates or RandomDirections only)")
-
-
-class SeedSubset(RandomDirections):
-    """Random directions ``ids`` of a :class:`RandomDirections`, regenerated from the same seeds.
-
-    Directions are drawn exactly as the driver draws them, on the device type it draws them
-    on (a CUDA generator gives other numbers than a CPU one), and then handed out on the
-    worker's parameter devices (``place``).
-    """
-
-    def __init__(self, parent: RandomDirections, ids: Tensor):
-        self.__dict__.update({k: v for k, v in parent.__dict__.items() if k != "_norms"})
-        self.ids = [int(i) for i in ids.tolist()]
-        self.q = len(self.ids)
-        self._norms = None
-        self.masks = [m.detach().cpu() if m is not None else None for m in parent.masks]
-        self.devices = [torch.device(d.type) for d in parent.devices]  # where directions are drawn
-        self.targets = list(self.devices)                               # where they are used
-
-    def place(self, devices: Sequence[torch.device]) -> "SeedSubset":
-        """Draw on the driver's device type (masks moved there), hand directions out on ``devices``."""
-        self.devices = [torch.device(d.type) for d in self.devices]
-        self.masks = [m.to(d) if m is not None else None for m, d in zip(self.masks, self.devices)]
-        self.targets = list(devices)
-        return self
-
-    def _raw(self, i: int, j: int, chunk: int = 0) -> Tensor:
-        return super()._raw(self.ids[i], j, chunk)
-
-    def _place(self, j: int, values: Tensor) -> Tensor:
-        return values.to(self.targets[j])
+    """The directions ``ids`` (ascending) of ``dirs`` as a direction set of their own (``dirs.subset``)."""
+    if not can_split(dirs):
+        raise TypeError(f"cannot split a {type(dirs).__name__} direction set (it declares no subset/to_devices)")
+    return dirs.subset(ids)
 
 
 def to_device(dirs: Directions, devices: Sequence[torch.device]) -> Directions:
-    """A subset ready for parameters on ``devices`` (index tensors moved, draws re-targeted)."""
-    if isinstance(dirs, Coordinates):
-        return Coordinates([idx.to(d) for idx, d in zip(dirs.indices, devices)], dirs.mus, dirs.scheme)
-    if isinstance(dirs, SeedSubset):
-        return dirs.place(devices)
-    return dirs
+    """A subset ready for parameters on ``devices`` (``dirs.to_devices``)."""
+    return dirs.to_devices(devices)
 
 
 def scatter(dirs: Directions, ids: Tensor, piece_losses: Tensor, out: Tensor) -> None:

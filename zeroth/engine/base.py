@@ -1,13 +1,45 @@
 """The evaluator interface: losses at θ + s·μ·dₑ for every evaluation of a direction set."""
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
+from ..errors import ZerothError
 from ..estimators.directions import Directions
 from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether an evaluator computes a case exactly; ``reason`` says why not (or what it uses).
+
+    Truthy when supported, so ``if evaluator.supports(...)`` reads naturally.
+    """
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @classmethod
+    def no(cls, reason: str) -> "Support":
+        return cls(False, reason)
+
+
+YES = Support(True, "")
+
+
+class Unsupported(ZerothError):
+    """Raised by a fast evaluator that finds, while evaluating, a case it cannot compute exactly.
+
+    Parameters, buffers and the RNG are restored before it is raised; ``evaluator="auto"``
+    catches it and runs the next evaluator.
+    """
 
 
 class Losses(NamedTuple):
@@ -32,9 +64,10 @@ class Evaluator:
     name = "evaluator"
 
     def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> bool:
-        """Whether this evaluator can evaluate ``dirs`` of ``params`` on ``objective``."""
-        return True
+                 params: Optional[Sequence[Tensor]] = None) -> Support:
+        """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (truthy
+        :class:`Support`; a false one carries the reason)."""
+        return YES
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
         raise NotImplementedError
@@ -49,22 +82,50 @@ EVALUATORS = Registry("evaluator", Evaluator)
 class StepState:
     """Common random numbers and module state for all evaluations of one step.
 
-    Every evaluation starts from the same RNG state (so dropout or noise is the same for
-    all perturbations and cancels in the differences) and the same module buffers (so
-    BatchNorm running statistics change once per step, as in one first-order step, not
-    once per evaluation). At the end the RNG and buffers are left as after the first
-    evaluation.
+    Every evaluation starts from the same RNG state (so dropout or noise is the same for all
+    perturbations and cancels in the differences) and the same module buffers (BatchNorm
+    running statistics, spectral norm's power-iteration vector, any buffer a forward changes),
+    so buffers change once per step, as in one first-order step, not once per evaluation. At
+    the end RNG and buffers are left as after the first evaluation.
+
+    The buffers are found without help from the caller: during the first evaluation a global
+    forward pre-hook (``torch.nn.modules.module.register_module_forward_pre_hook``) records
+    each module that runs and snapshots its own buffers before its forward; after it, the
+    buffers whose values changed are the ones put back before every later evaluation. A plain
+    closure therefore behaves like an :class:`~zeroth.Objective`. Buffers changed outside any
+    module's forward (by the closure's own code) are not seen; ``objective.state_tensors()``,
+    when defined, adds tensors to watch.
     """
 
     def __init__(self, objective: Any, params: Sequence[Tensor]):
         self._cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
         self._rng = self._get_rng()
+        self._watched: Dict[int, Tuple[Tensor, Tensor]] = {}     # id -> (buffer, value before the step)
+        self._owners: Dict[int, List[Tuple[nn.Module, str]]] = {}  # id -> where the buffer is registered
         getter = getattr(objective, "state_tensors", None)
-        self._buffers: List[Tensor] = list(getter()) if callable(getter) else []
-        self._initial = [b.clone() for b in self._buffers]
-        self._after_first = None
-        self._buffer_snapshot: Optional[List[Tensor]] = None
+        for t in (getter() if callable(getter) else []):
+            self._watch(t)
+        self._seen: set = set()
+        self._hook = None
+        self._evaluations = 0
+        self._changed: List[Tuple[Tensor, Tensor, Tensor]] = []   # (buffer, before, after the first evaluation)
 
+    # -- discovery ------------------------------------------------------------------------
+    def _watch(self, t: Tensor, owner: Optional[Tuple[nn.Module, str]] = None) -> None:
+        if id(t) not in self._watched:
+            self._watched[id(t)] = (t, t.detach().clone())
+        if owner is not None:
+            self._owners.setdefault(id(t), []).append(owner)
+
+    def _pre_hook(self, module: nn.Module, inputs: Any) -> None:
+        if id(module) in self._seen:
+            return
+        self._seen.add(id(module))
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                self._watch(buf, (module, name))
+
+    # -- the protocol every evaluator follows ----------------------------------------------
     def _get_rng(self):
         return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self._cuda]
 
@@ -75,25 +136,81 @@ class StepState:
             torch.cuda.set_rng_state(s, d)
 
     def before(self) -> None:
-        """Call before each evaluation."""
+        """Call before each evaluation: RNG and changed buffers as at the start of the step."""
         self._set_rng(self._rng)
+        if self._evaluations == 0:
+            if self._hook is None:
+                self._hook = register_module_forward_pre_hook(self._pre_hook)
+            return
+        with torch.no_grad():
+            for buf, before, _ in self._changed:
+                buf.copy_(before)
 
     def after(self) -> None:
         """Call after each evaluation (parameters already restored)."""
-        if self._after_first is None:
+        if self._evaluations == 0:
+            self._remove_hook()
             self._after_first = self._get_rng()
-            self._buffer_snapshot = [b.clone() for b in self._buffers]
-        else:
-            for b, s in zip(self._buffers, self._buffer_snapshot):
-                b.copy_(s)
+            self._reattach()
+            self._changed = [(buf, before, buf.detach().clone()) for buf, before in self._watched.values()
+                             if not _same(buf, before)]
+        self._evaluations += 1
+
+    def changed_buffers(self) -> List[Tuple[nn.Module, str]]:
+        """``(module, name)`` of every registered buffer the first evaluation changed."""
+        return [owner for buf, _, _ in self._changed for owner in self._owners.get(id(buf), [])]
 
     def finish(self) -> None:
-        """Leave the RNG as after one evaluation."""
-        if self._after_first is not None:
+        """Leave RNG and buffers as after one evaluation."""
+        self._remove_hook()
+        if self._evaluations:
             self._set_rng(self._after_first)
+            with torch.no_grad():
+                for buf, _, after in self._changed:
+                    buf.copy_(after)
 
     def abort(self) -> None:
-        """A failed step: put RNG and buffers back as they were before it."""
+        """A failed step: put RNG and every watched buffer back as they were before it."""
+        self._remove_hook()
         self._set_rng(self._rng)
-        for b, s in zip(self._buffers, self._initial):
-            b.copy_(s)
+        self._reattach()
+        with torch.no_grad():
+            for buf, before in self._watched.values():
+                buf.copy_(before)
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _reattach(self) -> None:
+        """A forward that replaced a buffer object (``self.buf = new``) gets the watched one back."""
+        for key, owners in self._owners.items():
+            buf = self._watched[key][0]
+            for module, name in owners:
+                current = module._buffers.get(name)
+                if current is not buf:
+                    if current is not None and current.shape == buf.shape:
+                        with torch.no_grad():
+                            buf.copy_(current)
+                    module._buffers[name] = buf
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Bitwise equality (NaN equal to NaN in the same place)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.equal(a, b) or ((a == b) | (a.isnan() & b.isnan())).all())
+    return bool(torch.equal(a, b))
+
+
+def only_batchnorm_statistics(state: StepState, who: str) -> None:
+    """Raise :class:`Unsupported` when the base pass changed a buffer other than BatchNorm's running
+    statistics (a copy could not reproduce it); the caller restores everything."""
+    for module, name in state.changed_buffers():
+        if not (isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and name in ("running_mean", "running_var", "num_batches_tracked")):
+            raise Unsupported(f"{who}: the forward changes buffer {name!r} of {type(module).__name__} "
+                          "(only BatchNorm running statistics can be kept once per step)")
+

@@ -8,24 +8,27 @@ GPUs); on a compute-bound CPU the plain loop can be as fast — ``auto`` measure
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..estimators.directions import Coordinates, Directions, RandomDirections
-from ..objective import Objective, scalar_loss
-from .base import EVALUATORS, Evaluator, Losses, StepState
+from ..estimators.directions import Directions
+from ..objective import scalar_loss
+from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
+from .rules import YES, Support, Unsupported, classic_objective
 from .stages import frozen_batchnorm_buffers, owns
-
-
-def _active_dropout(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in model.modules())
 
 
 @EVALUATORS.register("batched")
 class Batched(Evaluator):
-    """Evaluations in chunks of K vmapped parameter sets; ``chunk_size`` overrides the memory rule."""
+    """Evaluations in chunks of K vmapped parameter sets; ``chunk_size`` overrides the memory rule.
+
+    Random ops in the forward (dropout, noise) run under ``vmap(randomness="same")`` from the RNG
+    state every evaluation starts from, so each copy draws what the unbatched forward draws, as
+    in :class:`Sequential`. A parameter registered in several places (tied weights) is replaced
+    in all of them. See :func:`zeroth.engine.rules.batched_support` for what it declines.
+    """
 
     name = "batched"
 
@@ -36,74 +39,83 @@ class Batched(Evaluator):
             raise ValueError(f"Invalid chunk_size value: {chunk_size!r}")
         self.max_memory = max_memory
         self.chunk_size = chunk_size
+        self.last_activations: Optional[int] = None
 
-    def supports(self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None) -> bool:
-        if not isinstance(objective, Objective) or not isinstance(objective.inputs, Tensor):
-            return False
-        if _active_dropout(objective.model):  # copies must share the base pass's dropout mask
-            return False
-        if dirs is not None and not isinstance(dirs, (Coordinates, RandomDirections)):
-            return False
-        return params is None or owns([objective.model], params)
+    def supports(self, objective: Any, dirs: Optional[Directions] = None,
+                 params: Optional[Sequence[Tensor]] = None) -> Support:
+        """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (static checks;
+        buffer changes and untraceable forwards are found while evaluating)."""
+        form = classic_objective(objective)
+        if not form:
+            return form
+        if dirs is not None and not callable(getattr(dirs, "perturbed_stack", None)):
+            return Support.no(f"{type(dirs).__name__} declares no perturbed_stack")
+        if params is not None and not owns([objective.model], params):
+            return Support.no("a trained parameter is not a parameter of the objective's model")
+        return YES
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
-        if not self.supports(objective, dirs, params):
-            raise ValueError("Batched needs an Objective whose model owns the parameters, without active dropout")
+        """Losses at every evaluation of ``dirs``; raises ``Unsupported`` (everything restored) when
+        ``supports`` is false or the forward changes a buffer other than BatchNorm's statistics."""
+        support = self.supports(objective, dirs, params)
+        if not support:
+            raise Unsupported(f"Batched does not apply: {support.reason}")
         model = objective.model
-        names = {id(p): n for n, p in model.named_parameters()}
-        keys = [names[id(p)] for p in params]
+        places = _places(model)
+        keys = [[f"{prefix}{name}" for prefix, _, name, q in places if q is p] for p in params]
         state = StepState(objective, params)
-        with torch.no_grad():
-            state.before()
-            activations = _ActivationCounter(model)
-            with activations:
-                base = scalar_loss(objective())
-            state.after()
-            n = len(dirs)
-            param_numel = sum(p.numel() for p in params)
-            per_copy = (param_numel + 3 * activations.total) * params[0].element_size()
-            k = self.chunk_size or max(1, min(n, self.max_memory // max(per_copy, 1)))
-            out = torch.empty(n, dtype=torch.float64, device=base.device)
+        try:
+            with torch.no_grad():
+                state.before()
+                activations = _ActivationCounter(model)
+                with activations:
+                    base = scalar_loss(objective())
+                state.after()
+                only_batchnorm_statistics(state, "Batched")
+                self.last_activations = activations.total
+                n = len(dirs)
+                param_numel = sum(p.numel() for p in params)
+                per_copy = (param_numel + 3 * activations.total) * params[0].element_size()
+                k = self.chunk_size or max(1, min(n, self.max_memory // max(per_copy, 1)))
+                out = torch.empty(n, dtype=torch.float64, device=base.device)
 
-            def loss_of(param_set: Dict[str, Tensor]) -> Tensor:
-                pred = torch.func.functional_call(model, param_set, (objective.inputs,))
-                if objective.targets is None:
-                    return objective.loss_fn(pred).reshape(())
-                return objective.loss_fn(pred, objective.targets).reshape(())
+                def loss_of(param_set: Dict[str, Tensor]) -> Tensor:
+                    pred = torch.func.functional_call(model, param_set, (objective.inputs,), tie_weights=False)
+                    if objective.targets is None:
+                        return objective.loss_fn(pred).reshape(())
+                    return objective.loss_fn(pred, objective.targets).reshape(())
 
-            batched_loss = torch.func.vmap(loss_of)
-            with frozen_batchnorm_buffers(model):
-                for lo in range(0, n, k):
-                    hi = min(n, lo + k)
-                    stacked = perturbed_sets(params, dirs, lo, hi)
-                    out[lo:hi] = batched_loss(dict(zip(keys, stacked))).double()
+                batched_loss = torch.func.vmap(loss_of, randomness="same")
+                with frozen_batchnorm_buffers(model):
+                    for lo in range(0, n, k):
+                        hi = min(n, lo + k)
+                        stacked = dirs.perturbed_stack(params, lo, hi)
+                        state.before()
+                        try:
+                            out[lo:hi] = batched_loss({key: st for names, st in zip(keys, stacked)
+                                                       for key in names}).double()
+                        finally:
+                            _reattach(places)
+                        state.after()
+        except BaseException:
+            state.abort()
+            raise
         state.finish()
         return Losses(base if dirs.needs_base else None, out)
 
 
-def perturbed_sets(params: Sequence[Tensor], dirs: Directions, lo: int, hi: int) -> List[Tensor]:
-    """For evaluations ``lo..hi-1``: per parameter a ``(hi-lo, *shape)`` stack of perturbed values."""
-    k = hi - lo
-    stacks = [p.detach().unsqueeze(0).repeat((k,) + (1,) * p.dim()) for p in params]
-    if isinstance(dirs, Coordinates):
-        n = dirs.num_directions
-        for sb in range(dirs.num_signs):
-            sign = 1.0 if sb == 0 else -1.0
-            for j, idx in enumerate(dirs.indices):
-                first, last = sb * n + dirs.offsets[j], sb * n + dirs.offsets[j + 1]
-                a, b = max(first, lo), min(last, hi)
-                if a >= b:
-                    continue
-                rows = torch.arange(a - lo, b - lo, device=stacks[j].device)
-                cols = idx[a - first:b - first].to(stacks[j].device)
-                flat = stacks[j].view(k, -1)
-                flat[rows, cols] += sign * dirs.mus[j]
-        return stacks
-    for e in range(lo, hi):  # random directions, regenerated from the seed
-        i, sign = e % dirs.num_directions, dirs.sign(e)
-        for j, st in enumerate(stacks):
-            st[e - lo].add_(dirs.direction(i, j), alpha=sign * dirs.mus[j])
-    return stacks
+def _places(model: nn.Module) -> List[Tuple[str, nn.Module, str, Tensor]]:
+    """``(module prefix, module, name, parameter)`` for every place a parameter is registered."""
+    return [(f"{mname}." if mname else "", m, n, p)
+            for mname, m in model.named_modules(remove_duplicate=False)
+            for n, p in m._parameters.items() if p is not None]
+
+
+def _reattach(places) -> None:
+    """Put the model's own Parameters back (``functional_call`` leaves plain tensors in tied places)."""
+    for _, module, name, p in places:
+        if module._parameters.get(name) is not p:
+            module._parameters[name] = p
 
 
 class _ActivationCounter:

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from .precision import apply_linear
-from .stages import ELEMENTWISE, frozen_batchnorm_buffers, run_copies
+from .rules import rule_for
+from .stages import forward_cached, frozen_batchnorm_buffers, run_copies
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -108,8 +109,8 @@ class Traces:
             with torch.no_grad(), frozen_batchnorm_buffers(block):  # running stats move once, in the base pass
                 acts = [a_in]
                 for m in block.main:
-                    acts.append(m(acts[-1]))
-                short = block.shortcut(a_in)
+                    acts.append(forward_cached(m, acts[-1]))
+                short = forward_cached(block.shortcut, a_in)
                 self._residual[key] = ResidualTrace(acts, short, acts[-1] + short)
         return self._residual[key]
 
@@ -126,42 +127,44 @@ def propagate_chain(modules: Sequence[nn.Module], acts: Sequence[Tensor], delta:
 
 def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str = "fp32",
               traces: Optional[Traces] = None) -> Optional[Delta]:
-    """The Delta after ``module`` (base input ``a_in``, base output ``a_out``), or None if unsupported."""
-    if isinstance(module, (nn.Identity,)) or (isinstance(module, nn.Dropout) and (not module.training or module.p == 0)):
+    """The Delta after ``module`` (base input ``a_in``, base output ``a_out``), or None when the copies
+    must be materialised and run through ``module`` as a batch (the layer's kind in
+    :data:`~zeroth.engine.rules.LAYER_RULES` decides)."""
+    rule = rule_for(module)
+    if rule is None:  # composites
+        if is_residual(module):
+            return _residual(module, a_in, a_out, delta, precision, traces if traces is not None else Traces())
+        if getattr(module, "zo_linear", False):
+            return Delta(run_copies(module, delta.dense(a_in)))
+        return None
+    kind = rule.kind
+    if kind == "identity":
         return delta
-    if isinstance(module, ELEMENTWISE):
+    if kind == "elementwise":
         return _elementwise(module, a_in, a_out, delta)
-    if isinstance(module, nn.Flatten):
+    if kind == "flatten":
         if module.start_dim != 1 or module.end_dim != -1:
             return None
-        if delta.channels is None:
-            return Delta(delta.values.reshape(delta.k, a_in.shape[0], -1))
         return Delta(delta.values.reshape(delta.k, a_in.shape[0], -1), delta.channels)
-    if isinstance(module, nn.Linear):
+    if kind == "linear":
         return _linear(module, a_in, delta, precision)
-    if isinstance(module, nn.Conv2d):
+    if kind == "conv2d":
         return _conv2d(module, a_in, delta, precision)
-    if is_residual(module):
-        return _residual(module, a_in, a_out, delta, precision, traces if traces is not None else Traces())
+    if kind not in ("batchnorm", "pool", "maxpool"):
+        return None
     if not delta.same_layout(a_in):  # a block of flattened features: continue densely
         delta = Delta(delta.dense(a_in))
-    if getattr(module, "zo_linear", False):
-        return Delta(run_copies(module, delta.dense(a_in)))
-    if isinstance(module, _BN):
+    if kind == "batchnorm":
         return _batchnorm(module, a_in, a_out, delta)
-    if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+    if kind == "pool":
         return _per_channel(module, delta)  # linear: pool(Δ)
-    if isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-        if getattr(module, "return_indices", False):
-            return None
-        if delta.channels is None:
-            full = a_in.unsqueeze(0) + delta.values
-            return Delta(run_copies(module, full) - a_out.unsqueeze(0))
-        a_c = gather_channels(a_in, delta.channels)
-        pooled = module((a_c + delta.values).flatten(0, 1).unsqueeze(1)).squeeze(1)
-        return Delta(pooled.reshape(delta.k, a_in.shape[0], *pooled.shape[1:]) - gather_channels(a_out, delta.channels),
-                     delta.channels)
-    return None
+    if delta.channels is None:  # max pooling: pool(a + Δ) − pool(a)
+        full = a_in.unsqueeze(0) + delta.values
+        return Delta(run_copies(module, full) - a_out.unsqueeze(0))
+    a_c = gather_channels(a_in, delta.channels)
+    pooled = module((a_c + delta.values).flatten(0, 1).unsqueeze(1)).squeeze(1)
+    return Delta(pooled.reshape(delta.k, a_in.shape[0], *pooled.shape[1:]) - gather_channels(a_out, delta.channels),
+                 delta.channels)
 
 
 def _elementwise(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -> Delta:

@@ -37,22 +37,14 @@ from torch import Tensor, nn
 from .. import ops
 from ..estimators.directions import Coordinates, Directions
 from ..objective import Objective, scalar_loss
-from .base import EVALUATORS, Evaluator, Losses, StepState
+from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
 from .delta import Delta, Traces, is_residual, propagate, propagate_chain
 from .precision import check_precision
-from .stages import frozen_batchnorm_buffers, is_rowwise, owns, run_copies, stages
+from .rules import (Support, Unsupported, classic_objective, cross_entropy_closed_form, dtype_support, global_hooks,
+                    layer_support, shared_parameters, starts_delta)
+from .stages import forward_cached, frozen_batchnorm_buffers, owns, run_copies, stages
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def is_plain_cross_entropy(loss_fn: Any) -> bool:
-    """True for ``F.cross_entropy`` or an ``nn.CrossEntropyLoss`` with default options."""
-    if loss_fn is F.cross_entropy:
-        return True
-    if isinstance(loss_fn, nn.CrossEntropyLoss):
-        return (loss_fn.weight is None and loss_fn.reduction == "mean" and loss_fn.label_smoothing == 0.0
-                and loss_fn.ignore_index == -100)
-    return False
 
 
 def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Delta) -> Tensor:
@@ -90,48 +82,78 @@ class FeatureReuse(Evaluator):
         self.precision = check_precision(precision)
 
     # -- applicability --------------------------------------------------------------------
-    def supports(self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None) -> bool:
-        if not isinstance(objective, Objective) or not isinstance(objective.inputs, Tensor):
-            return False
-        if dirs is not None and not isinstance(dirs, Coordinates):
-            return False
+    def supports(self, objective: Any, dirs: Optional[Directions] = None,
+                 params: Optional[Sequence[Tensor]] = None) -> Support:
+        """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (the rules of
+        :mod:`zeroth.engine.rules`); a false :class:`Support` carries the reason."""
+        form = classic_objective(objective)
+        if not form:
+            return form
+        if dirs is not None and getattr(dirs, "kind", None) != "coordinates":
+            return Support.no("FeatureReuse evaluates CGE coordinates only (random directions change every layer)")
         chain = stages(objective.model)
-        if not chain or not all(is_rowwise(m) for m in chain):
-            return False
-        return params is None or owns(chain, params)
+        if not chain:
+            return Support.no(f"{type(objective.model).__name__} is not a chain of stages (nn.Sequential or zo_stages())")
+        if global_hooks():
+            return Support.no("global module forward hooks are registered")
+        for s, m in enumerate(chain):
+            sub = layer_support(m)
+            if not sub:
+                return Support.no(f"stage {s}: {sub.reason}")
+        shared = shared_parameters(chain)
+        if shared:
+            names = [n for n, p in objective.model.named_parameters(remove_duplicate=False) if id(p) in shared]
+            return Support.no(f"a parameter is used in more than one place ({', '.join(sorted(set(names))[:4])})")
+        if params is not None and not owns(chain, params):
+            return Support.no("a trained parameter is not a parameter of the model's stages")
+        return dtype_support(objective.model, objective.inputs)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
-        if not self.supports(objective, dirs, params):
-            raise ValueError("FeatureReuse needs an Objective over a chain of row-wise stages and CGE coordinates")
+        """Losses at every evaluation of ``dirs`` (see the module doc); raises ``Unsupported`` (everything
+        restored) when ``supports`` is false or the base pass changes a buffer other than BatchNorm's."""
+        support = self.supports(objective, dirs, params)
+        if not support:
+            raise Unsupported(f"FeatureReuse does not apply: {support.reason}")
         chain = stages(objective.model)
         state = StepState(objective, params)
-        with torch.no_grad():
-            state.before()
-            acts = [objective.inputs]
-            for m in chain:  # the unperturbed pass: updates BN running stats once, like one FO step
-                acts.append(m(acts[-1]))
-            base = scalar_loss(objective.loss_fn(acts[-1], objective.targets) if objective.targets is not None
-                               else objective.loss_fn(acts[-1]))
-            state.after()
-            owner = _owners(chain)
-            ctx = _StepContext(chain, acts, objective, base, self.precision)
-            diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
-            n = dirs.num_directions
-            for j, p in enumerate(params):
-                s, name = owner[id(p)]
-                idx = dirs.indices[j]
-                chunk = self._chunk_size(acts, s + (not is_residual(chain[s])))
-                for sign_block in range(dirs.num_signs):
-                    step = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
-                    for lo in range(0, idx.numel(), chunk):
-                        sel = idx[lo:lo + chunk]
-                        d = ctx.chunk(s, name, p, sel, step, idx.numel())
-                        start = sign_block * n + dirs.offsets[j] + lo
-                        diffs[start:start + sel.numel()] = d
+        try:
+            with torch.no_grad():
+                state.before()
+                acts = [objective.inputs]
+                for m in chain:  # the unperturbed pass: updates BN running stats once, like one FO step
+                    acts.append(forward_cached(m, acts[-1]))
+                base = scalar_loss(objective.loss_fn(acts[-1], objective.targets) if objective.targets is not None
+                                   else objective.loss_fn(acts[-1]))
+                state.after()
+                only_batchnorm_statistics(state, "FeatureReuse")
+                diffs = self._differences(chain, acts, objective, base, params, dirs)
+        except BaseException:
+            state.abort()
+            raise
         state.finish()
         perturbed = base.double() + diffs
         return Losses(base if dirs.needs_base else None, perturbed)
+
+    def _differences(self, chain, acts, objective, base, params, dirs) -> Tensor:
+        """``ℓ(θ + h e_k) − ℓ(θ)`` for every evaluation, in float64."""
+        owner = _owners(chain)
+        ctx = _StepContext(chain, acts, objective, base, self.precision)
+        diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
+        n = dirs.num_directions
+        for j, p in enumerate(params):
+            s, name = owner[id(p)]
+            idx = dirs.indices[j]
+            chunk = self._chunk_size(acts, s + (not is_residual(chain[s])))
+            for sign_block in range(dirs.num_signs):
+                nominal = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
+                steps, values = dirs.signed_steps(j, sign_block), dirs.values[sign_block][j]
+                for lo in range(0, idx.numel(), chunk):
+                    sel = idx[lo:lo + chunk]
+                    d = ctx.chunk(s, name, p, sel, steps[lo:lo + chunk], values[lo:lo + chunk], nominal, idx.numel())
+                    start = sign_block * n + dirs.offsets[j] + lo
+                    diffs[start:start + sel.numel()] = d
+        return diffs
 
     def _chunk_size(self, acts: List[Tensor], first: int) -> int:
         """Copies per chunk: K copies of the largest activation from ``acts[first]`` on (what the
@@ -151,25 +173,29 @@ class _StepContext:
         self.chain, self.acts, self.objective, self.base = chain, acts, objective, base
         self.precision = precision
         self.traces = Traces()
-        self.closed_form = is_plain_cross_entropy(objective.loss_fn) and acts[-1].dim() == 2
+        self.closed_form = bool(cross_entropy_closed_form(objective.loss_fn, acts[-1], objective.targets))
         self._heads: Dict[Tuple[int, float], Tensor] = {}
 
-    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, step: float, selected: int) -> Tensor:
-        """Loss differences of the copies perturbing coordinates ``sel`` of parameter ``p`` by ``step``
-        (``selected``: how many coordinates of ``p`` this step estimates in all)."""
+    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, steps: Tensor, values: Tensor, nominal: float,
+              selected: int) -> Tensor:
+        """Loss differences of the copies moving coordinate ``sel[k]`` of parameter ``p`` to ``values[k]``,
+        i.e. by ``steps[k]`` (the signed step actually taken, float64; ``nominal``: the signed μ);
+        ``selected``: how many coordinates of ``p`` this step estimates in all."""
         chain, acts = self.chain, self.acts
         stage = chain[s]
         if (self.closed_form and s == len(chain) - 1 and isinstance(stage, nn.Linear) and acts[s].dim() == 2
                 and name in ("weight", "bias")):
             if 2 * selected >= p.numel():
-                return self._head(stage, name, p, step)[sel]
+                # the table is made at the nominal step; the step actually taken differs by rounding
+                # (|h − μ| ≤ ulp(θ)), and D(h) − D(μ)·h/μ = O(h·|h − μ|·D''), far below the loss's own rounding
+                return self._head(stage, name, p, nominal)[sel] * (steps / nominal)
             # a sparse selection: only its coordinates, each a one-logit change (O(B) apiece)
             return cross_entropy_difference(acts[-1], self.objective.targets,
-                                            initial_delta(stage, name, p, sel, step, acts[s], acts[s + 1]))
-        delta = stage_delta(stage, name, p, sel, step, acts[s], acts[s + 1], self.precision, self.traces)
+                                            initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1]))
+        delta = stage_delta(stage, name, p, sel, steps, acts[s], acts[s + 1], self.precision, self.traces)
         copies = None
         if delta is None:  # generic: re-run the stage on K perturbed copies of the parameter
-            copies = perturbed_stage_outputs(stage, name, p, sel, step, acts[s])
+            copies = perturbed_stage_outputs(stage, name, p, sel, values, acts[s])
         t = s + 1
         while copies is None and t < len(chain):
             if self.precision == "fp32" and delta.channels is None and is_residual(chain[t]):
@@ -211,31 +237,42 @@ def _owners(chain: List[nn.Module]) -> Dict[int, Tuple[int, str]]:
     return out
 
 
-def initial_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor,
+def initial_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Tensor, a_in: Tensor,
                   a_out: Tensor) -> Optional[Delta]:
-    """Δ of the stage output for coordinates ``sel`` of a Linear/Conv2d/BatchNorm parameter, else None."""
+    """Δ of the stage output when coordinate ``sel[k]`` of a Linear/Conv2d/BatchNorm parameter moves by
+    ``steps[k]`` (signed, any float dtype), else None."""
+    if not starts_delta(stage, name):
+        return None
     k = sel.numel()
+    st = steps.to(dtype=a_in.dtype, device=a_in.device)
+
+    def per_copy(t: Tensor) -> Tensor:  # (K,) -> (K, 1, 1, ...) against a (K, B, ...) tensor
+        return st.view((k,) + (1,) * (t.dim() - 1))
+
     if isinstance(stage, nn.Linear) and a_in.dim() == 2:
         if name == "weight":
             o, i = sel // p.shape[1], sel % p.shape[1]
-            return Delta(step * a_in[:, i].t(), o)  # (K, B): μ·x_i enters logit/feature o
+            v = a_in[:, i].t()
+            return Delta(per_copy(v) * v, o)  # (K, B): h·x_i enters logit/feature o
         if name == "bias":
-            return Delta(a_in.new_full((k, a_in.shape[0]), step), sel)
+            return Delta(st.view(k, 1).repeat(1, a_in.shape[0]), sel)
     if isinstance(stage, nn.Conv2d) and stage.groups == 1 and stage.padding_mode == "zeros" and not isinstance(stage.padding, str):
         h, w = a_out.shape[2:]
         if name == "bias":
-            return Delta(a_in.new_full((k, a_in.shape[0], h, w), step), sel)
+            return Delta(st.view(k, 1, 1, 1).repeat(1, a_in.shape[0], h, w), sel)
         if name == "weight":
             per_out = p[0].numel()
             kh, kw = p.shape[2:]
             o, r = sel // per_out, sel % per_out
             c, i, jj = r // (kh * kw), (r % (kh * kw)) // kw, r % kw
             patches = ops.conv_weight_patches(a_in, c, i, jj, (h, w), stage.stride, stage.padding, stage.dilation)
-            return Delta(step * patches, o)
+            return Delta(per_copy(patches) * patches, o)
     if isinstance(stage, _BN) and name in ("weight", "bias"):
         if name == "bias":
-            return Delta(a_in.new_full((k,) + (a_in.shape[0],) + tuple(a_in.shape[2:]), step), sel)
-        return Delta(step * _normalized(stage, a_in).transpose(0, 1)[sel], sel)
+            shape = (k, a_in.shape[0]) + tuple(a_in.shape[2:])
+            return Delta(st.view((k,) + (1,) * (len(shape) - 1)).expand(shape).clone(), sel)
+        xhat = _normalized(stage, a_in).transpose(0, 1)[sel]
+        return Delta(per_copy(xhat) * xhat, sel)
     return None
 
 
@@ -251,15 +288,15 @@ def _normalized(bn: nn.Module, x: Tensor) -> Tensor:
     return (x - mean) * torch.rsqrt(var + bn.eps)
 
 
-def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor, a_out: Tensor,
+def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Tensor, a_in: Tensor, a_out: Tensor,
                 precision: str = "fp32", traces: Optional[Traces] = None) -> Optional[Delta]:
-    """Δ of the stage output for coordinates ``sel`` of ``p``, built locally, or None.
+    """Δ of the stage output when coordinate ``sel[k]`` of ``p`` moves by ``steps[k]``, built locally, or None.
 
     A Linear/Conv2d/BatchNorm stage: :func:`initial_delta`. A residual block whose ``main[t]``
     owns ``p``: Δ at that layer's output, pushed through ``main[t+1:]`` and ``post`` (the
     shortcut is unchanged, since the block's input is).
     """
-    direct = initial_delta(stage, name, p, sel, step, a_in, a_out)
+    direct = initial_delta(stage, name, p, sel, steps, a_in, a_out)
     if direct is not None or not is_residual(stage):
         return direct
     parts = name.split(".")
@@ -269,7 +306,7 @@ def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float
     traces = traces if traces is not None else Traces()
     tr = traces.residual(stage, a_in)
     layers = list(stage.main)
-    delta = initial_delta(layers[t], parts[2], p, sel, step, tr.main[t], tr.main[t + 1])
+    delta = initial_delta(layers[t], parts[2], p, sel, steps, tr.main[t], tr.main[t + 1])
     if delta is None:
         return None
     delta = propagate_chain(layers[t + 1:], tr.main[t + 1:], delta, precision, traces)
@@ -278,12 +315,12 @@ def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float
     return propagate(stage.post, tr.total, a_out, delta, precision, traces)
 
 
-def perturbed_stage_outputs(stage: nn.Module, name: str, p: Tensor, sel: Tensor, step: float, a_in: Tensor) -> Tensor:
-    """Stage outputs ``(K, B, ...)`` with coordinate ``sel[k]`` of ``p`` moved by ``step`` (via torch.func)."""
+def perturbed_stage_outputs(stage: nn.Module, name: str, p: Tensor, sel: Tensor, values: Tensor, a_in: Tensor) -> Tensor:
+    """Stage outputs ``(K, B, ...)`` with coordinate ``sel[k]`` of ``p`` set to ``values[k]`` (via torch.func)."""
     k = sel.numel()
     flat = p.detach().reshape(-1)
     stacked = flat.unsqueeze(0).repeat(k, 1)
-    stacked[torch.arange(k, device=p.device), sel] = flat[sel] + step
+    stacked[torch.arange(k, device=p.device), sel] = values.to(stacked.device, stacked.dtype)
     stacked = stacked.reshape((k,) + tuple(p.shape))
 
     def one(param):
@@ -301,3 +338,4 @@ def _per_copy_losses(objective: Objective, copies: Tensor) -> Tensor:
     else:
         losses = [objective.loss_fn(c, objective.targets) for c in copies]
     return torch.stack([scalar_loss(v) for v in losses]).double()
+

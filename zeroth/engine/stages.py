@@ -14,17 +14,7 @@ from typing import Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
-ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-    nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink,
-)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# leaf modules that act on each batch row on its own (BatchNorm in eval mode too)
-ROWWISE = ELEMENTWISE + (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Identity, nn.MaxPool1d, nn.MaxPool2d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-    nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Unflatten,
-) + _BN
 
 
 def stages(model: nn.Module) -> Optional[List[nn.Module]]:
@@ -47,21 +37,12 @@ def owns(modules, params) -> bool:
     return all(id(p) in owned for p in params)
 
 
-def is_rowwise(module: nn.Module) -> bool:
-    """True when ``module`` treats batch rows independently (so copies may share one batch).
-
-    Known leaf types qualify; a composite module qualifies by setting ``zo_rowwise = True``
-    (a promise that its forward mixes rows only through BatchNorm) and having only such
-    children. Dropout qualifies only when inactive (eval mode or p = 0), since every copy
-    must see the same mask as the unperturbed pass.
-    """
-    if isinstance(module, nn.Dropout):
-        return not module.training or module.p == 0
-    if isinstance(module, ROWWISE):
-        return True
-    if isinstance(module, nn.Sequential) or getattr(module, "zo_rowwise", False):
-        return all(is_rowwise(c) for c in module.children())
-    return False
+def forward_cached(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` that never overwrites ``x`` (a cached activation): a module containing an
+    in-place layer (``nn.ReLU(inplace=True)``, ...) gets a copy of its input."""
+    if any(getattr(m, "inplace", False) for m in module.modules()):
+        x = x.clone()
+    return module(x)
 
 
 def has_batch_statistics(module: nn.Module) -> bool:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import ops
 
 _MASK64 = (1 << 64) - 1
 
@@ -52,8 +51,12 @@ def _element(t: Tensor, k: int):
 
 
 class Directions:
-    """Base class: ``len()`` evaluations, ``needs_base`` says whether f(θ) is needed too."""
+    """Base class: ``len()`` evaluations, ``needs_base`` says whether f(θ) is needed too.
 
+    ``kind`` names the family (``"coordinates"``, ``"random"``) for evaluators whose support
+    depends on it (difference propagation needs coordinates)."""
+
+    kind: str = "directions"
     num_signs: int = 1
     mus: List[float]
 
@@ -73,63 +76,168 @@ class Directions:
         return 1.0 if e < self.num_directions else -1.0
 
 
-class Coordinates(Directions):
-    """Coordinate directions for CGE: ``indices[j]`` are flat indices into parameter ``j``.
+def _applied_steps(x: Tensor, mu: float, sign: float) -> Tuple[Tensor, Tensor]:
+    """``(values, steps)``: the perturbed values ``fl(x ± μ)`` in ``x``'s dtype and the steps actually
+    taken, ``|fl(x ± μ) − x|`` in float64.
 
-    ``scheme="forward"`` gives one evaluation per coordinate (plus f(θ)),
-    ``"central"`` two (``+μ`` then ``−μ`` blocks).
+    Rounding makes the step taken differ from μ (fp32 at 1.0 with μ = 1e-3: 0.99992e-3; fp16 at 8.0
+    with μ = 1e-2: 0.78e-2; bf16 at 8.0: 0, the value does not move). A coordinate whose value would
+    not move takes one step to the next representable value instead, so no difference is ever 0/0.
+    """
+    values = x + sign * mu
+    stuck = values == x
+    if bool(stuck.any()):
+        values = torch.where(stuck, torch.nextafter(x, torch.full_like(x, sign * math.inf)), values)
+    return values, (values.double() - x.double()).abs()
+
+
+class Coordinates(Directions):
+    """Coordinate directions for CGE: ``indices[j]`` are flat (row-major) indices into parameter ``j``.
+
+    ``scheme="forward"`` gives one evaluation per coordinate (plus f(θ)), ``"central"`` two
+    (``+`` block then ``−`` block). The perturbed values are fixed when the set is made from the
+    parameters: coordinate ``k`` moves to ``fl(θ_k ± μ_j)`` (:func:`_applied_steps`), every evaluator
+    sets exactly these values (or, for difference propagation, uses the steps actually taken), and
+    :meth:`accumulate` divides by the step actually taken — ``h₊`` (forward) or ``(h₊ + h₋)/2``
+    (central) — not by the nominal μ, which matters in low precision.
+
+    Args:
+        indices: per parameter, an int64 tensor of flat indices (on the parameter's device).
+        mus: per parameter, the nominal perturbation size μ_j (an absolute step in the
+            parameter's units).
+        scheme: ``"forward"`` or ``"central"``.
+        params: the parameters (their current values fix the perturbed values).
     """
 
-    def __init__(self, indices: Sequence[Tensor], mus: Sequence[float], scheme: str = "forward"):
+    kind = "coordinates"
+
+    def __init__(self, indices: Sequence[Tensor], mus: Sequence[float], scheme: str = "forward",
+                 params: Optional[Sequence[Tensor]] = None):
         if len(indices) != len(mus):
             raise ValueError("indices and mus must have one entry per parameter")
+        if params is None:
+            raise TypeError("params: Coordinates are made from the parameters they perturb (their values fix the steps)")
+        if len(params) != len(indices):
+            raise ValueError("indices and params must have one entry per parameter")
         self.indices = [idx.reshape(-1).to(torch.long) for idx in indices]
         self.mus = [float(m) for m in mus]
         self.scheme = scheme
         self.num_signs = 2 if scheme == "central" else 1
-        counts = [int(idx.numel()) for idx in self.indices]
+        self.values: List[List[Tensor]] = [[] for _ in range(self.num_signs)]   # [sign][j]: perturbed values
+        self.steps: List[List[Tensor]] = [[] for _ in range(self.num_signs)]    # [sign][j]: |step| taken, float64
+        with torch.no_grad():
+            for p, idx, mu in zip(params, self.indices, self.mus):
+                x = p.detach().reshape(-1)[idx.to(p.device)]
+                for s in range(self.num_signs):
+                    v, h = _applied_steps(x, mu, 1.0 if s == 0 else -1.0)
+                    self.values[s].append(v)
+                    self.steps[s].append(h)
+        self._set_offsets()
+
+    def _set_offsets(self) -> None:
         self.offsets = [0]
-        for c in counts:
-            self.offsets.append(self.offsets[-1] + c)
+        for idx in self.indices:
+            self.offsets.append(self.offsets[-1] + int(idx.numel()))
         self._lists: Optional[List[List[int]]] = None
+
+    @classmethod
+    def _from_parts(cls, indices, mus, scheme, values, steps) -> "Coordinates":
+        out = cls.__new__(cls)
+        out.indices, out.mus, out.scheme = list(indices), list(mus), scheme
+        out.num_signs = 2 if scheme == "central" else 1
+        out.values, out.steps = values, steps
+        out._set_offsets()
+        return out
 
     @property
     def num_directions(self) -> int:
         return self.offsets[-1]
 
+    def signed_steps(self, j: int, sign_block: int) -> Tensor:
+        """The steps actually taken for parameter ``j`` in block ``sign_block`` (0: ``+``, 1: ``−``), signed, float64."""
+        return self.steps[sign_block][j] if sign_block == 0 else -self.steps[sign_block][j]
+
+    def spans(self, j: int) -> Tensor:
+        """What the differences of parameter ``j`` are divided by: ``h₊`` or ``(h₊ + h₋)/2`` (float64)."""
+        if self.num_signs == 1:
+            return self.steps[0][j]
+        return (self.steps[0][j] + self.steps[1][j]) / 2
+
     def locate(self, e: int):
-        """(parameter j, flat index k, sign) of evaluation ``e``."""
+        """(parameter j, position c of the coordinate in ``indices[j]``, flat index k, sign block) of evaluation ``e``."""
         n = self.num_directions
         c = e % n
         j = bisect.bisect_right(self.offsets, c) - 1
         if self._lists is None:
             self._lists = [idx.tolist() for idx in self.indices]
-        return j, self._lists[j][c - self.offsets[j]], self.sign(e)
+        c -= self.offsets[j]
+        return j, c, self._lists[j][c], 0 if e < n else 1
 
     def perturb(self, params: Sequence[Tensor], e: int, exact: bool = True):
-        j, k, s = self.locate(e)
+        j, c, k, s = self.locate(e)
         at = _element(params[j], k)
         old = params[j][at].clone()
-        params[j][at] = old + s * self.mus[j]
+        params[j][at] = self.values[s][j][c]
         return (j, at, old)
 
     def restore(self, params: Sequence[Tensor], e: int, token) -> None:
         j, at, old = token
         params[j][at] = old
 
+    def perturbed_stack(self, params: Sequence[Tensor], lo: int, hi: int) -> List[Tensor]:
+        """For evaluations ``lo..hi-1``: per parameter a ``(hi-lo, *shape)`` stack of perturbed values."""
+        k = hi - lo
+        stacks = [p.detach().unsqueeze(0).repeat((k,) + (1,) * p.dim()) for p in params]
+        n = self.num_directions
+        for sb in range(self.num_signs):
+            for j, idx in enumerate(self.indices):
+                first, last = sb * n + self.offsets[j], sb * n + self.offsets[j + 1]
+                a, b = max(first, lo), min(last, hi)
+                if a >= b:
+                    continue
+                rows = torch.arange(a - lo, b - lo, device=stacks[j].device)
+                cols = idx[a - first:b - first].to(stacks[j].device)
+                flat = stacks[j].view(k, -1) if stacks[j].is_contiguous() else None
+                values = self.values[sb][j][a - first:b - first].to(stacks[j].device)
+                if flat is not None:
+                    flat[rows, cols] = values
+                else:  # row-major flat index of a strided stack
+                    for r, col, v in zip(rows.tolist(), cols.tolist(), values):
+                        stacks[j][r][_element(stacks[j][r], col)] = v
+        return stacks
+
+    def subset(self, ids: Tensor) -> "Coordinates":
+        """The directions ``ids`` (ascending) as a set of their own, on the CPU, parameter-major order kept."""
+        bounds = torch.searchsorted(ids, torch.tensor(self.offsets, dtype=ids.dtype)).tolist()
+        picks = [(ids[bounds[j]:bounds[j + 1]] - self.offsets[j]) for j in range(len(self.indices))]
+        take = lambda t, j: t.detach().cpu()[picks[j]]  # noqa: E731
+        return Coordinates._from_parts(
+            [take(idx, j) for j, idx in enumerate(self.indices)], self.mus, self.scheme,
+            [[take(v, j) for j, v in enumerate(block)] for block in self.values],
+            [[take(h, j) for j, h in enumerate(block)] for block in self.steps])
+
+    def to_devices(self, devices: Sequence[torch.device]) -> "Coordinates":
+        """The same set with parameter ``j``'s tensors on ``devices[j]``."""
+        return Coordinates._from_parts(
+            [idx.to(d) for idx, d in zip(self.indices, devices)], self.mus, self.scheme,
+            [[v.to(d) for v, d in zip(block, devices)] for block in self.values],
+            [[h.to(d) for h, d in zip(block, devices)] for block in self.steps])
+
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
-        """``grads[j].flat[k] += scales[j] · c_k / μ_j`` for every selected coordinate ``k``."""
+        """``grads[j].flat[k] += scales[j] · c_k / span_k`` for every selected coordinate ``k``
+        (``span``: the step actually taken, :meth:`spans`). Plain PyTorch (``index_add_``)."""
         for j, idx in enumerate(self.indices):
             if idx.numel() == 0:
                 continue
             g = grads[j]
-            c = coeffs[self.offsets[j]:self.offsets[j + 1]]
-            scale = (1.0 if scales is None else scales[j]) / self.mus[j]
-            if g.is_contiguous():  # the fused scatter kernel (zeroth.ops)
-                ops.scatter_scaled_add(g.view(-1), idx.to(g.device), c.to(g.device), scale)
+            c = coeffs[self.offsets[j]:self.offsets[j + 1]].to(device=g.device, dtype=torch.float64)
+            scale = 1.0 if scales is None else scales[j]
+            update = (c * scale / self.spans(j).to(g.device)).to(g.dtype)
+            if g.is_contiguous():
+                g.view(-1).index_add_(0, idx.to(g.device), update)
             else:  # e.g. channels_last: flat indices are in row-major (logical) order
                 step = torch.zeros(g.numel(), dtype=g.dtype, device=g.device)
-                step.index_add_(0, idx.to(g.device), c.to(device=g.device, dtype=g.dtype) * scale)
+                step.index_add_(0, idx.to(g.device), update)
                 g.add_(step.view(g.shape))
 
 
@@ -141,6 +249,8 @@ class RandomDirections(Directions):
     ``antithetic=True`` evaluates ``θ ± μu`` (two-sided) instead of ``θ + μu`` and ``θ``.
     ``masks[j]`` (optional) restricts parameter ``j`` to those flat indices (zero elsewhere).
     """
+
+    kind = "random"
 
     def __init__(
         self,
@@ -258,9 +368,61 @@ class RandomDirections(Directions):
         i, s = e % self.q, self.sign(e)
         self.add_to(params, i, [-s * mu for mu in self.mus])
 
+    def perturbed_stack(self, params: Sequence[Tensor], lo: int, hi: int) -> List[Tensor]:
+        """For evaluations ``lo..hi-1``: per parameter a ``(hi-lo, *shape)`` stack of perturbed values."""
+        stacks = [p.detach().unsqueeze(0).repeat((hi - lo,) + (1,) * p.dim()) for p in params]
+        for e in range(lo, hi):  # regenerated from the seed
+            i, sign = e % self.num_directions, self.sign(e)
+            for j, st in enumerate(stacks):
+                st[e - lo].add_(self.direction(i, j), alpha=sign * self.mus[j])
+        return stacks
+
+    def subset(self, ids: Tensor) -> "RandomDirections":
+        """The directions ``ids`` (ascending), regenerated from the same seeds (see :class:`SeedSubset`)."""
+        return SeedSubset(self, ids)
+
+    def to_devices(self, devices: Sequence[torch.device]) -> "RandomDirections":
+        """Directions drawn where they are drawn now, handed out on ``devices`` (see :class:`SeedSubset`)."""
+        return SeedSubset(self, torch.arange(self.num_directions)).place(devices)
+
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
         """``grads[j] += scales[j] · Σ_i c_i u_ij / μ_j``, regenerating each ``u_i`` a chunk at a time."""
         scales = [1.0] * len(grads) if scales is None else scales
         for i, c in enumerate(coeffs.tolist()):
             if c != 0.0:
                 self.add_to(grads, i, [c * sc / mu for sc, mu in zip(scales, self.mus)])
+
+
+class SeedSubset(RandomDirections):
+    """Random directions ``ids`` of a :class:`RandomDirections`, regenerated from the same seeds.
+
+    Directions are drawn exactly as the parent draws them, on the device type it draws them
+    on (a CUDA generator gives other numbers than a CPU one), and then handed out on the
+    devices of the parameters they perturb (:meth:`place`) — what a distributed worker needs.
+    """
+
+    def __init__(self, parent: RandomDirections, ids: Tensor):
+        self.__dict__.update({k: v for k, v in parent.__dict__.items() if k != "_norms"})
+        base = getattr(parent, "ids", None)
+        self.ids = [base[int(i)] if base is not None else int(i) for i in ids.tolist()]
+        self.q = len(self.ids)
+        self._norms = None
+        self.masks = [m.detach().cpu() if m is not None else None for m in parent.masks]
+        self.devices = [torch.device(d.type) for d in parent.devices]  # where directions are drawn
+        self.targets = list(self.devices)                               # where they are used
+
+    def place(self, devices: Sequence[torch.device]) -> "SeedSubset":
+        """Draw on the parent's device type (masks moved there), hand directions out on ``devices``."""
+        self.devices = [torch.device(d.type) for d in self.devices]
+        self.masks = [m.to(d) if m is not None else None for m, d in zip(self.masks, self.devices)]
+        self.targets = list(devices)
+        return self
+
+    def to_devices(self, devices: Sequence[torch.device]) -> "SeedSubset":
+        return self.place(devices)
+
+    def _raw(self, i: int, j: int, chunk: int = 0) -> Tensor:
+        return super()._raw(self.ids[i], j, chunk)
+
+    def _place(self, j: int, values: Tensor) -> Tensor:
+        return values.to(self.targets[j])

@@ -108,6 +108,7 @@ class CGE(Estimator):
     """Coordinate-wise gradient estimate: one finite difference per (selected) coordinate."""
 
     name = "cge"
+    kind = "coordinates"
 
     def __init__(self, mu: float = 1e-3, scheme: str = "forward"):
         super().__init__(mu)
@@ -121,7 +122,7 @@ class CGE(Estimator):
             torch.arange(p.numel(), device=p.device) if m is None else m.to(p.device)
             for p, m in zip(params, masks)
         ]
-        return Coordinates(indices, mus, self.scheme)
+        return Coordinates(indices, mus, self.scheme, params)
 
     def combine(self, dirs, base, losses):
         return _differences(dirs, base, losses)
@@ -135,6 +136,7 @@ class RGE(Estimator):
     """Randomized gradient estimate averaged over ``q`` random directions (seed trick)."""
 
     name = "rge"
+    kind = "random"
     _dists = ("gaussian", "sphere", "rademacher")
 
     def __init__(self, q: int = 1, mu: float = 1e-3, dist: str = "gaussian", antithetic: bool = False):
