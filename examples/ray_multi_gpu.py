@@ -91,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             t = time.perf_counter()
             loss = opt.step(Objective(model, F.cross_entropy, augment(x_train[idx], g), y_train[idx]))
             seconds = time.perf_counter() - t
-            history.append(dict(epoch=epoch, step=i, loss=float(loss), seconds=seconds))
+            history.append(dict(epoch=epoch, step=i, loss=float(loss), seconds=seconds, queries=opt.last_losses.count,
+                                pieces=list(evaluator.stats["last_step"]["pieces"])))
             print(f"{epoch:>5}{i:>6}{float(loss):>9.4f}{opt.last_losses.count:>9}{seconds:>8.2f}"
                   f"{evaluator.stats['last_step']['overhead']:>16.4f}")
         acc = accuracy(model, x_test, y_test, batch_size=1000)

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import zeroth
+from zeroth import ops
 from zeroth.cli import main
 
 
@@ -14,9 +16,21 @@ def test_info_lists_versions_and_backends(capsys):
     assert "ops backend:" in out
 
 
-def test_module_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "zeroth", "info"], capture_output=True, text=True, check=True)
-    assert "devices:" in out.stdout
+def test_module_entry_point_prints_what_the_command_prints(capsys):
+    """``python -m zeroth info`` is the ``zeroth`` command: the same report, line for line."""
+    out = subprocess.run([sys.executable, "-m", "zeroth", "info"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert main(["info"]) == 0
+    assert out.stdout.splitlines() == capsys.readouterr().out.splitlines()
+    assert out.stdout.splitlines()[0] == f"zeroth {zeroth.__version__} (distribution zeroth-optim)"
+    bad = subprocess.run([sys.executable, "-m", "zeroth", "train"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "invalid choice: 'train'" in bad.stderr
+
+
+def test_ops_module_builds_and_reports_the_backend():
+    out = subprocess.run([sys.executable, "-m", "zeroth.ops"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"zeroth.ops backend: {ops.backend()} (cache: ")
 
 
 def test_bad_arguments_are_rejected(capsys):

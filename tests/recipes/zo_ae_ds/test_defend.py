@@ -6,6 +6,7 @@ from zeroth.recipes.zo_ae_ds import defend
 from zeroth.recipes.zo_ae_ds.defend import DefendConfig, run
 
 
+@pytest.mark.slow  # about a minute: trains f, the AE and six denoisers, then certifies
 def test_short_digits_run_certifies_beyond_no_defense(tmp_path, capsys):
     config = DefendConfig(estimator="cge", q=(24,), classifier_epochs=10, ae_epochs=40, epochs=3, n=200,
                           num_certify=60, progress=False, out=str(tmp_path / "defend.png"))

@@ -22,9 +22,24 @@ def test_autoencoder_shapes(channels, size, latent):
     assert out.shape == (3, channels, size, size) and bool(((out > 0) & (out < 1)).all())
 
 
-def test_the_cifar_autoencoder_has_four_strided_convs():
-    strided = [m for m in build_encoder(3, 32, 192) if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
-    assert len(strided) == 3  # 32 → 16 → 8 → 4, then the 4×4 conv to 1×1 (four downsamplings)
+def test_the_cifar_encoder_downsamples_in_three_strided_convs_then_one_valid_4x4_conv():
+    """32 → 16 → 8 → 4 by stride-2 4×4 convs, then 4 → 1 by a 4×4 conv without padding (four
+    downsamplings, three of them strided), after a size-keeping 3×3 stem; the decoder mirrors it."""
+    enc = build_encoder(3, 32, 192)
+    convs = [m for m in enc if isinstance(m, torch.nn.Conv2d)]
+    sizes = []
+    x = torch.rand(1, 3, 32, 32)
+    for m in enc:
+        x = m(x)
+        if isinstance(m, torch.nn.Conv2d):
+            sizes.append(x.shape[-1])
+    assert sizes == [32, 16, 8, 4, 1]
+    assert [m.stride for m in convs] == [(1, 1), (2, 2), (2, 2), (2, 2), (1, 1)]
+    assert [m.kernel_size for m in convs] == [(3, 3), (4, 4), (4, 4), (4, 4), (4, 4)]
+    assert [m.out_channels for m in convs] == [32, 64, 128, 256, 192]
+    dec = build_decoder(3, 32, 192)
+    ups = [m for m in dec if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.stride for m in ups] == [(1, 1), (2, 2), (2, 2), (2, 2)]
 
 
 @pytest.mark.parametrize("build,kwargs,name", [
