@@ -11,9 +11,9 @@ Layer rules (:data:`LAYER_RULES`, FeatureReuse). A stage may take part when its 
 batch rows independently (K perturbed copies can then run as one batch of K·B rows; train-mode
 BatchNorm is the exception, given per-copy statistics) and is deterministic. Per layer type:
 
-========================  =================  ==========================  =====================================
+========================  =================  =========================== =====================================
 layer                     Δ starts locally   Δ propagates                declined when
-========================  =================  ==========================  =====================================
+========================  =================  =========================== =====================================
 Linear                    weight, bias       yes (2-D input)             —
 Conv2d                    weight, bias (*)   yes (zeros padding)         —
 Conv1d, Conv3d,           —                  no: copies run as a batch   —
@@ -30,7 +30,7 @@ Softmax, LogSoftmax       —                  no: copies run as a batch   ``dim
 Embedding                 —                  no: copies run as a batch   —
 Sequential / zo_rowwise   (children)         (children)                  a child is declined
 zo_residual blocks        main.* like above  yes: main + shortcut, post  a child is declined
-========================  =================  ==========================  =====================================
+========================  =================  =========================== =====================================
 
 (*) groups = 1 and a numeric padding; other Conv2d parameters re-run the stage on K copies.
 Any other layer is declined, and so is a known layer whose class overrides ``forward``, a

@@ -50,7 +50,7 @@ class ZOTrainer(Trainer):
     """A ``transformers.Trainer`` whose optimizer step is zeroth-order (see the module docstring).
 
     Args:
-        *args, **kwargs: as for ``transformers.Trainer`` (``model``, ``args``, ``train_dataset``,
+        args, kwargs: as for ``transformers.Trainer`` (``model``, ``args``, ``train_dataset``,
             ``eval_dataset``, ``data_collator``, ``callbacks`` ...). ``optimizers=(opt, sched)``
             may pass a ready :class:`~zeroth.ZOOptimizer`; any other optimizer is refused.
         estimator: zeroth estimator (name or instance); default ``SPSA(mu=1e-3)`` (MeZO).
