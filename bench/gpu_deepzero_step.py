@@ -6,6 +6,7 @@ BatchNorm parameters and biases (DeepZero's "sparse gradient, dense model"). Pri
 number of coordinates, seconds per step for each evaluator asked for (``--evaluators``),
 and a check of the sparse gradient against a float64 reference on a sample of coordinates.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ def masks_for(model, keep: float, generator: torch.Generator):
         if p.dim() >= 2:  # Conv/Linear weights: a random fraction
             n = max(1, int(round(keep * p.numel())))
             out.append(torch.randperm(p.numel(), generator=generator)[:n].to(p.device))
-        else:             # BN parameters and biases: always
+        else:  # BN parameters and biases: always
             out.append(torch.arange(p.numel(), device=p.device))
     return out
 
@@ -53,13 +54,19 @@ def main(argv=None) -> None:
     if args.subset:
         g = torch.Generator().manual_seed(1)
         total = sum(m.numel() for m in masks)
-        masks = [m[torch.randperm(m.numel(), generator=g)[: max(0, round(args.subset * m.numel() / total))].to(m.device)]
-                 for m in masks]
+        masks = [
+            m[torch.randperm(m.numel(), generator=g)[: max(0, round(args.subset * m.numel() / total))].to(m.device)]
+            for m in masks
+        ]
     n = sum(int(m.numel()) for m in masks)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"ResNet-20 on {name}, batch {args.batch}, {n:,} coordinates, fp32 (TF32 off), mu {args.mu}")
     mem = int(args.max_memory_gb * 2**30)
-    evs = {"feature_reuse": FeatureReuse(max_memory=mem), "batched": Batched(max_memory=mem), "sequential": Sequential()}
+    evs = {
+        "feature_reuse": FeatureReuse(max_memory=mem),
+        "batched": Batched(max_memory=mem),
+        "sequential": Sequential(),
+    }
     for key in args.evaluators:
         ev = evs[key]
         estimate_gradient(obj, params, CGE(mu=args.mu), ev, masks=[m[:2] for m in masks])  # warm-up
@@ -78,12 +85,16 @@ def main(argv=None) -> None:
     ref_model = resnet20().to(dev).double()
     ref_model.load_state_dict(model.state_dict())
     ref_obj = Objective(ref_model, F.cross_entropy, x.double(), y)
-    _, ref, _ = estimate_gradient(ref_obj, list(ref_model.parameters()), CGE(mu=1e-6, scheme="central"), Sequential(), masks=sample)
+    _, ref, _ = estimate_gradient(
+        ref_obj, list(ref_model.parameters()), CGE(mu=1e-6, scheme="central"), Sequential(), masks=sample
+    )
     a = torch.cat([g.reshape(-1)[s] for g, s in zip(grads, sample)]).double()
     b = torch.cat([r.reshape(-1)[s] for r, s in zip(ref, sample)])
     cos = float(F.cosine_similarity(a, b, dim=0))
-    print(f"sampled {a.numel()} coordinates: cosine to fp64 central differences {cos:.5f}, "
-          f"rel. error {float((a - b).norm() / b.norm()):.3e}")
+    print(
+        f"sampled {a.numel()} coordinates: cosine to fp64 central differences {cos:.5f}, "
+        f"rel. error {float((a - b).norm() / b.norm()):.3e}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Run: ``python -m bench.kernels [--batch 256] [--resnet-batch 8] [--repeat 5]``.
 On CPU, bf16/TF32 are *emulated* (operands rounded, fp32 arithmetic): their rows measure
 accuracy, and their time is the emulation's, not what tensor cores would take.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ def kernel_cases(batch: int) -> Dict[str, Tuple[Callable, Callable]]:
     """(compiled, reference) callables on the shapes of a digits-CNN step at ``batch``."""
     g = torch.Generator().manual_seed(0)
     k = 512
-    a = torch.randn(batch, 16, 16, generator=g)                      # conv2 output (B, C, 4·4)
-    dc = 1e-3 * torch.randn(k, batch, 16, generator=g)               # confined Δ of k coordinates
+    a = torch.randn(batch, 16, 16, generator=g)  # conv2 output (B, C, 4·4)
+    dc = 1e-3 * torch.randn(k, batch, 16, generator=g)  # confined Δ of k coordinates
     ch = torch.randint(0, 16, (k,), generator=g)
-    dd = 1e-3 * torch.randn(64, batch, 16, 16, generator=g)          # dense Δ of 64 copies
+    dd = 1e-3 * torch.randn(64, batch, 16, 16, generator=g)  # dense Δ of 64 copies
     w = torch.rand(16, generator=g) + 0.5
     logits = torch.randn(batch, 10, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
@@ -44,28 +45,46 @@ def kernel_cases(batch: int) -> Dict[str, Tuple[Callable, Callable]]:
     z, r = torch.ops.zeroth, ops.reference
     RELU, GELU = int(ops.Activation.RELU), int(ops.Activation.GELU)
     return {
-        f"ReLU difference, confined ({k} copies)": (lambda: z.activation_difference_confined(a, ch, dc, RELU, 0.0),
-                                                    lambda: r.activation_difference_confined(a, ch, dc, RELU, 0.0)),
-        "GELU difference, dense (64 copies)": (lambda: z.activation_difference(a, dd, GELU, 0.0),
-                                               lambda: r.activation_difference(a, dd, GELU, 0.0)),
-        f"BatchNorm difference, confined ({k})": (lambda: z.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
-                                                  lambda: r.batchnorm_difference(a, dc, ch, w, empty, 1e-5)),
-        "BatchNorm difference, dense (64)": (lambda: z.batchnorm_difference(a, dd, none, w, empty, 1e-5),
-                                             lambda: r.batchnorm_difference(a, dd, none, w, empty, 1e-5)),
-        f"cross-entropy difference, dense ({k})": (lambda: z.cross_entropy_difference(logits, y, dl, none),
-                                                   lambda: r.cross_entropy_difference(logits, y, dl, none)),
-        "head: all 2,570 last-Linear coords": (lambda: z.head_cross_entropy_difference(x, logits, y, 1e-3, True),
-                                               lambda: r.head_cross_entropy_difference(x, logits, y, 1e-3, True)),
-        f"conv weight patches ({k} coords)": (lambda: z.conv_weight_patches(img, ci, ii, jj, 4, 4, 2, 2, 1, 1, 1, 1),
-                                              lambda: r.conv_weight_patches(img, ci, ii, jj, 4, 4, 2, 2, 1, 1, 1, 1)),
-        "gradient scatter (3,818 coords)": (lambda: z.scatter_scaled_add(grad, idx, coeffs, 1e3),
-                                            lambda: r.scatter_scaled_add(grad, idx, coeffs, 1e3)),
+        f"ReLU difference, confined ({k} copies)": (
+            lambda: z.activation_difference_confined(a, ch, dc, RELU, 0.0),
+            lambda: r.activation_difference_confined(a, ch, dc, RELU, 0.0),
+        ),
+        "GELU difference, dense (64 copies)": (
+            lambda: z.activation_difference(a, dd, GELU, 0.0),
+            lambda: r.activation_difference(a, dd, GELU, 0.0),
+        ),
+        f"BatchNorm difference, confined ({k})": (
+            lambda: z.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
+            lambda: r.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
+        ),
+        "BatchNorm difference, dense (64)": (
+            lambda: z.batchnorm_difference(a, dd, none, w, empty, 1e-5),
+            lambda: r.batchnorm_difference(a, dd, none, w, empty, 1e-5),
+        ),
+        f"cross-entropy difference, dense ({k})": (
+            lambda: z.cross_entropy_difference(logits, y, dl, none),
+            lambda: r.cross_entropy_difference(logits, y, dl, none),
+        ),
+        "head: all 2,570 last-Linear coords": (
+            lambda: z.head_cross_entropy_difference(x, logits, y, 1e-3, True),
+            lambda: r.head_cross_entropy_difference(x, logits, y, 1e-3, True),
+        ),
+        f"conv weight patches ({k} coords)": (
+            lambda: z.conv_weight_patches(img, ci, ii, jj, 4, 4, 2, 2, 1, 1, 1, 1),
+            lambda: r.conv_weight_patches(img, ci, ii, jj, 4, 4, 2, 2, 1, 1, 1, 1),
+        ),
+        "gradient scatter (3,818 coords)": (
+            lambda: z.scatter_scaled_add(grad, idx, coeffs, 1e3),
+            lambda: r.scatter_scaled_add(grad, idx, coeffs, 1e3),
+        ),
     }
 
 
 def kernel_table(batch: int, repeat: int) -> List[str]:
-    rows = [f"zeroth.ops kernels ({ops.backend()}) vs PyTorch reference, digits-CNN shapes at batch {batch}",
-            f"{'op':<40}{'kernel ms':>11}{'reference ms':>14}{'speedup':>9}"]
+    rows = [
+        f"zeroth.ops kernels ({ops.backend()}) vs PyTorch reference, digits-CNN shapes at batch {batch}",
+        f"{'op':<40}{'kernel ms':>11}{'reference ms':>14}{'speedup':>9}",
+    ]
     for name, (kern, ref) in kernel_cases(batch).items():
         tk, tr = median_time(kern, repeat), median_time(ref, repeat)
         rows.append(f"{name:<40}{tk * 1e3:>11.3f}{tr * 1e3:>14.3f}{tr / tk:>9.1f}")
@@ -74,8 +93,10 @@ def kernel_table(batch: int, repeat: int) -> List[str]:
 
 def gradient_table(batch: int, resnet_batch: int, resnet_coords: int, repeat: int) -> List[str]:
     """Full CGE gradient: kernels vs references; precisions with accuracy vs float64 autograd."""
-    rows = ["full CGE gradient with FeatureReuse: kernels vs references, and precision of the linear ops on Δ",
-            f"{'model':<30}{'variant':<24}{'seconds':>9}{'vs ref fp32':>12}{'cosine':>11}{'rel err':>10}"]
+    rows = [
+        "full CGE gradient with FeatureReuse: kernels vs references, and precision of the linear ops on Δ",
+        f"{'model':<30}{'variant':<24}{'seconds':>9}{'vs ref fp32':>12}{'cosine':>11}{'rel err':>10}",
+    ]
     for name, b in (("digits_cnn", batch), ("resnet20", resnet_batch)):
         model, obj, params = problem(name, b)
         masks = None
@@ -85,20 +106,26 @@ def gradient_table(batch: int, resnet_batch: int, resnet_coords: int, repeat: in
         exact64 = _exact_gradient(name, obj)
         label = f"{name} b{b}" + (f" ({sum(int(m.numel()) for m in masks):,} coords)" if masks else "")
         results = {}
-        for variant, precision, reference in (("references, fp32", "fp32", True), ("kernels, fp32", "fp32", False),
-                                              ("kernels, tf32 (emul.)", "tf32", False),
-                                              ("kernels, bf16 (emul.)", "bf16", False),
-                                              ("kernels, bf16x3 (emul.)", "bf16x3", False)):
+        for variant, precision, reference in (
+            ("references, fp32", "fp32", True),
+            ("kernels, fp32", "fp32", False),
+            ("kernels, tf32 (emul.)", "tf32", False),
+            ("kernels, bf16 (emul.)", "bf16", False),
+            ("kernels, bf16x3 (emul.)", "bf16x3", False),
+        ):
             ev = FeatureReuse(precision=precision)
 
-            def run():
+            def run(reference=reference, obj=obj, params=params, ev=ev, masks=masks):  # this variant's values
                 if reference:
                     with ops.reference_only():
                         return estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks)[1]
                 return estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks)[1]
 
             grad = run()
-            results[variant] = (median_time(run, repeat if name == "digits_cnn" else 1), _accuracy(grad, exact64, masks))
+            results[variant] = (
+                median_time(run, repeat if name == "digits_cnn" else 1),
+                _accuracy(grad, exact64, masks),
+            )
         base = results["references, fp32"][0]
         for variant, (t, (cos, err)) in results.items():
             rows.append(f"{label:<30}{variant:<24}{t:>9.3f}{base / t:>12.2f}{cos:>11.6f}{err:>10.2e}")

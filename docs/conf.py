@@ -4,6 +4,7 @@ Sphinx with autodoc + napoleon (the API reference from the docstrings, Google or
 MyST (pages in Markdown; README sections are included, not copied, so the tables stay the
 measured ones) and the Furo theme. No extension reaches the network (no intersphinx).
 """
+
 from __future__ import annotations
 
 import os

@@ -24,6 +24,7 @@ Both are evaluated on held-out compositions that neither saw. Prints a table and
 
 Needs ASE (``pip install 'zeroth-optim[science]'``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,14 @@ ORDERINGS = ((0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 1), (0, 1, 1, 1))
 @dataclass
 class Config:
     metals: Tuple[str, ...] = EMT_METALS
-    labelled: int = 8          # structures with a known lattice constant
-    unlabelled: int = 40       # training structures seen only through the calculator
-    warmup: int = 400          # label-only steps shared by both networks
-    steps: int = 150           # then: labels only (data only) vs labels + energy (coupled)
-    batch: int = 16            # unlabelled structures per coupled step
+    labelled: int = 8  # structures with a known lattice constant
+    unlabelled: int = 40  # training structures seen only through the calculator
+    warmup: int = 400  # label-only steps shared by both networks
+    steps: int = 150  # then: labels only (data only) vs labels + energy (coupled)
+    batch: int = 16  # unlabelled structures per coupled step
     energy_weight: float = 1.0
     lr: float = 1e-2
-    mu: float = 1e-4           # Å, CGE step on the lattice constant
+    mu: float = 1e-4  # Å, CGE step on the lattice constant
     seed: int = 0
     hidden: Tuple[int, ...] = field(default=(32, 32))
 
@@ -72,14 +73,16 @@ class Structures:
         comps = []
         pairs = [(a, a) for a in metals] + list(itertools.combinations(metals, 2))
         for a, b in pairs:
-            for order in (ORDERINGS[:1] if a == b else ORDERINGS[1:]):
+            for order in ORDERINGS[:1] if a == b else ORDERINGS[1:]:
                 species = [a if s == 0 else b for s in order]
                 atoms = ase_build.bulk(a, "fcc", a=4.0, cubic=True)
                 atoms.set_chemical_symbols(species)
                 atoms.calc = emt.EMT()
                 self.atoms.append(atoms)
                 counts = {m: species.count(m) for m in set(species)}
-                self.names.append(a if a == b else "".join(f"{m}{counts[m] if counts[m] > 1 else ''}" for m in sorted(counts)))
+                self.names.append(
+                    a if a == b else "".join(f"{m}{counts[m] if counts[m] > 1 else ''}" for m in sorted(counts))
+                )
                 comps.append([species.count(m) / 4 for m in metals])
         self.composition = torch.tensor(comps, dtype=torch.float32)  # (S, len(metals))
 
@@ -128,16 +131,20 @@ class LatticeNet(nn.Module):
 class Outcome:
     results: Dict[str, Dict[str, float]]
     names: List[str]
-    truth: np.ndarray             # test structures' equilibrium lattice constants
+    truth: np.ndarray  # test structures' equilibrium lattice constants
     predictions: Dict[str, np.ndarray]
-    label_calls: int              # calculator calls spent computing the labels/truth
+    label_calls: int  # calculator calls spent computing the labels/truth
 
 
 def split(n: int, cfg: Config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
     if cfg.labelled + cfg.unlabelled >= n:
         raise ValueError(f"labelled + unlabelled must leave test structures: {cfg.labelled} + {cfg.unlabelled} >= {n}")
-    return perm[: cfg.labelled], perm[cfg.labelled: cfg.labelled + cfg.unlabelled], perm[cfg.labelled + cfg.unlabelled:]
+    return (
+        perm[: cfg.labelled],
+        perm[cfg.labelled : cfg.labelled + cfg.unlabelled],
+        perm[cfg.labelled + cfg.unlabelled :],
+    )
 
 
 def run(cfg: Config) -> Outcome:
@@ -179,22 +186,33 @@ def run(cfg: Config) -> Outcome:
         with torch.no_grad():
             pred = net(comp[test])
         err = (pred - truth_t[test]).abs()
-        results[name] = {"mae": float(err.mean()), "max": float(err.max()),
-                         "rel": float((err / truth_t[test]).mean() * 100), "seconds": seconds,
-                         "calls": energy.num_calls if coupled else 0, "points": energy.num_points if coupled else 0}
+        results[name] = {
+            "mae": float(err.mean()),
+            "max": float(err.max()),
+            "rel": float((err / truth_t[test]).mean() * 100),
+            "seconds": seconds,
+            "calls": energy.num_calls if coupled else 0,
+            "points": energy.num_points if coupled else 0,
+        }
         preds[name] = pred.squeeze(1).numpy()
-    return Outcome(results, [structures.names[int(i)] for i in test], truth_t[test].squeeze(1).numpy(), preds, label_calls)
+    return Outcome(
+        results, [structures.names[int(i)] for i in test], truth_t[test].squeeze(1).numpy(), preds, label_calls
+    )
 
 
 def table(out: Outcome, cfg: Config) -> str:
     n_test = len(out.names)
-    lines = [f"fcc lattice constants from composition: {cfg.labelled} labelled, {cfg.unlabelled} unlabelled, "
-             f"{n_test} test structures (truth: EMT equilibrium, {out.label_calls} calculator calls to compute)",
-             f"{'method':<24} {'test MAE (Å)':>13} {'max err (Å)':>12} {'rel. err %':>11} {'train s':>8} "
-             f"{'EMT calls':>10} {'query points':>13}"]
+    lines = [
+        f"fcc lattice constants from composition: {cfg.labelled} labelled, {cfg.unlabelled} unlabelled, "
+        f"{n_test} test structures (truth: EMT equilibrium, {out.label_calls} calculator calls to compute)",
+        f"{'method':<24} {'test MAE (Å)':>13} {'max err (Å)':>12} {'rel. err %':>11} {'train s':>8} "
+        f"{'EMT calls':>10} {'query points':>13}",
+    ]
     for name, r in out.results.items():
-        lines.append(f"{name:<24} {r['mae']:>13.4f} {r['max']:>12.4f} {r['rel']:>11.2f} {r['seconds']:>8.1f} "
-                     f"{r['calls']:>10} {r['points']:>13}")
+        lines.append(
+            f"{name:<24} {r['mae']:>13.4f} {r['max']:>12.4f} {r['rel']:>11.2f} {r['seconds']:>8.1f} "
+            f"{r['calls']:>10} {r['points']:>13}"
+        )
     return "\n".join(lines)
 
 
@@ -225,8 +243,7 @@ def main(argv: List[str] = None) -> Outcome:
     args = parser.parse_args(argv)
     cfg = Config(seed=args.seed)
     if args.quick:
-        cfg = Config(seed=args.seed, metals=("Cu", "Ag", "Ni"), labelled=3, unlabelled=5,
-                     warmup=60, steps=10, batch=4)
+        cfg = Config(seed=args.seed, metals=("Cu", "Ag", "Ni"), labelled=3, unlabelled=5, warmup=60, steps=10, batch=4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and far faster on a busy machine
     try:

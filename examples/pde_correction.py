@@ -23,6 +23,7 @@ conditions and saves a plot (error over time, and one final state).
     python examples/pde_correction.py            # ≈ 1–3 min on 2 CPU cores
     python examples/pde_correction.py --quick    # seconds; used by the tests
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,20 +42,20 @@ from zeroth.blackbox import BlackBox, from_numpy
 
 @dataclass
 class Config:
-    nu: float = 0.02          # viscosity
-    coarse: int = 16          # cells of the coarse solver
-    factor: int = 16          # fine cells per coarse cell (reference: 256 cells)
-    dt: float = 0.1           # coarse time step
-    substeps: int = 16        # fine RK2 steps per coarse step
-    steps: int = 24           # time steps of a trajectory (t_end = steps · dt = 2.4)
-    train_ics: int = 24       # training initial conditions
-    test_ics: int = 16        # unseen initial conditions for the table
-    unroll: int = 8           # steps unrolled through the solver
-    iters_supervised: int = 500   # the same number of optimizer steps for both trainings
+    nu: float = 0.02  # viscosity
+    coarse: int = 16  # cells of the coarse solver
+    factor: int = 16  # fine cells per coarse cell (reference: 256 cells)
+    dt: float = 0.1  # coarse time step
+    substeps: int = 16  # fine RK2 steps per coarse step
+    steps: int = 24  # time steps of a trajectory (t_end = steps · dt = 2.4)
+    train_ics: int = 24  # training initial conditions
+    test_ics: int = 16  # unseen initial conditions for the table
+    unroll: int = 8  # steps unrolled through the solver
+    iters_supervised: int = 500  # the same number of optimizer steps for both trainings
     iters_unrolled: int = 500
     batch: int = 32
     lr: float = 3e-3
-    mu: float = 1e-4          # CGE perturbation of the solver input
+    mu: float = 1e-4  # CGE perturbation of the solver input
     seed: int = 0
 
 
@@ -112,8 +113,10 @@ class Corrector(nn.Module):
     def __init__(self, width: int = 16):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(1, width, 5, padding=2, padding_mode="circular"), nn.GELU(),
-            nn.Conv1d(width, width, 5, padding=2, padding_mode="circular"), nn.GELU(),
+            nn.Conv1d(1, width, 5, padding=2, padding_mode="circular"),
+            nn.GELU(),
+            nn.Conv1d(width, width, 5, padding=2, padding_mode="circular"),
+            nn.GELU(),
             nn.Conv1d(width, 1, 5, padding=2, padding_mode="circular"),
         )
 
@@ -172,8 +175,9 @@ def train_unrolled(data: torch.Tensor, cfg: Config, solver: Callable) -> nn.Modu
 
 def black_box_solver(cfg: Config) -> BlackBox:
     """The numpy solver as an autograd node: CGE over the cell values, all points in one call."""
-    return BlackBox(from_numpy(lambda u: coarse_step(u, cfg), batched=True, name="coarse_burgers"),
-                    CGE(mu=cfg.mu), seed=cfg.seed)
+    return BlackBox(
+        from_numpy(lambda u: coarse_step(u, cfg), batched=True, name="coarse_burgers"), CGE(mu=cfg.mu), seed=cfg.seed
+    )
 
 
 def torch_solver(cfg: Config) -> Callable:
@@ -184,9 +188,9 @@ def torch_solver(cfg: Config) -> Callable:
 @dataclass
 class Outcome:
     results: Dict[str, Dict[str, float]]  # per method: mae, mae_final, seconds, calls, points
-    curves: Dict[str, np.ndarray]         # per method: mean error at each time step
-    finals: Dict[str, np.ndarray]         # per method: final state of test trajectory 0
-    reference: np.ndarray                 # its fine reference
+    curves: Dict[str, np.ndarray]  # per method: mean error at each time step
+    finals: Dict[str, np.ndarray]  # per method: final state of test trajectory 0
+    reference: np.ndarray  # its fine reference
 
 
 def numpy_solver(cfg: Config) -> Callable:
@@ -207,8 +211,13 @@ def run(cfg: Config) -> Outcome:
         with torch.no_grad():
             pred = rollout(test[:, 0], cfg.steps, evaluate_with, net)
         err = (pred - test).abs()
-        results[name] = {"mae": float(err[:, 1:].mean()), "mae_final": float(err[:, -1].mean()),
-                         "seconds": seconds, "calls": calls, "points": points}
+        results[name] = {
+            "mae": float(err[:, 1:].mean()),
+            "mae_final": float(err[:, -1].mean()),
+            "seconds": seconds,
+            "calls": calls,
+            "points": points,
+        }
         curves[name] = err.mean(dim=(0, 2)).numpy()
         finals[name] = pred[0, -1].numpy()
 
@@ -227,13 +236,17 @@ def run(cfg: Config) -> Outcome:
 
 
 def table(results: Dict[str, Dict[str, float]], cfg: Config) -> str:
-    lines = [f"Burgers ν={cfg.nu}, {cfg.coarse} coarse cells vs {cfg.coarse * cfg.factor}-cell reference, "
-             f"{cfg.test_ics} unseen initial conditions, {cfg.steps} steps",
-             f"{'method':<36} {'MAE (all steps)':>16} {'MAE (final)':>12} {'train s':>8} {'solver calls':>13} "
-             f"{'query points':>13}"]
+    lines = [
+        f"Burgers ν={cfg.nu}, {cfg.coarse} coarse cells vs {cfg.coarse * cfg.factor}-cell reference, "
+        f"{cfg.test_ics} unseen initial conditions, {cfg.steps} steps",
+        f"{'method':<36} {'MAE (all steps)':>16} {'MAE (final)':>12} {'train s':>8} {'solver calls':>13} "
+        f"{'query points':>13}",
+    ]
     for name, r in results.items():
-        lines.append(f"{name:<36} {r['mae']:>16.4f} {r['mae_final']:>12.4f} {r['seconds']:>8.1f} "
-                     f"{str(r['calls']):>13} {str(r['points']):>13}")
+        lines.append(
+            f"{name:<36} {r['mae']:>16.4f} {r['mae_final']:>12.4f} {r['seconds']:>8.1f} "
+            f"{str(r['calls']):>13} {str(r['points']):>13}"
+        )
     return "\n".join(lines)
 
 
@@ -264,15 +277,29 @@ def main(argv: List[str] = None) -> Outcome:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="pde_correction.png", help="path of the saved plot")
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny data and few iterations")
-    parser.add_argument("--cells", type=int, default=16, choices=(16, 32, 64),
-                        help="coarse cells (Δt = 1.6/cells, reference 256 cells, t_end = 2.4)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=16,
+        choices=(16, 32, 64),
+        help="coarse cells (Δt = 1.6/cells, reference 256 cells, t_end = 2.4)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     grid = dict(coarse=args.cells, factor=256 // args.cells, dt=1.6 / args.cells, substeps=256 // args.cells)
     cfg = Config(seed=args.seed, steps=round(2.4 * args.cells / 1.6), **grid)
     if args.quick:
-        cfg = Config(seed=args.seed, steps=8, train_ics=4, test_ics=3, unroll=3,
-                     iters_supervised=40, iters_unrolled=15, batch=8, **grid)
+        cfg = Config(
+            seed=args.seed,
+            steps=8,
+            train_ics=4,
+            test_ics=3,
+            unroll=3,
+            iters_supervised=40,
+            iters_unrolled=15,
+            batch=8,
+            **grid,
+        )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and far faster on a busy machine
     try:

@@ -17,6 +17,7 @@ Without ``--data-dir`` it makes ``--steps`` (default 2) steps of batch 8 on synt
 (about 1,650 coordinates a step, nearly all of them BN parameters and biases), which finishes
 in about a minute on a laptop CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,11 @@ from train_cifar_resnet20 import augment, load_cifar10, synthetic  # noqa: E402 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="", help="folder with data_batch_1..5 and test_batch (python pickle)")
-    p.add_argument("--address", default=None, help="Ray cluster to join ('auto', 'ray://head:10001'); "
-                                                   "default: RAY_ADDRESS, else Ray on this machine")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto', 'ray://head:10001'); default: RAY_ADDRESS, else Ray on this machine",
+    )
     p.add_argument("--num-workers", type=int, default=None, help="actors (default: one per GPU, else per CPU)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (default: all; 2 without data)")
@@ -74,13 +78,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     model = resnet20()  # the driver's copy stays on the CPU: it only takes the SGD steps
     evaluator = RayEvaluator("auto", num_workers=args.num_workers, address=args.address)  # {"GPU": 1} each if any
     mask = DynamicMask(uniform_ratios(model, args.sparsity), args.resample, model=model)
-    opt = ZOOptimizer(model.parameters(), lr=args.lr, estimator=CGE(mu=args.mu), base="sgd", momentum=0.9,
-                      sparsity=mask, evaluator=evaluator, seed=args.seed)
+    opt = ZOOptimizer(
+        model.parameters(),
+        lr=args.lr,
+        estimator=CGE(mu=args.mu),
+        base="sgd",
+        momentum=0.9,
+        sparsity=mask,
+        evaluator=evaluator,
+        seed=args.seed,
+    )
     start = time.perf_counter()
     evaluator.start()
     workers = evaluator.describe()
-    print(f"{len(workers)} Ray worker(s) ({', '.join(sorted({w['device'] for w in workers}))}), "
-          f"started in {time.perf_counter() - start:.1f} s")
+    print(
+        f"{len(workers)} Ray worker(s) ({', '.join(sorted({w['device'] for w in workers}))}), "
+        f"started in {time.perf_counter() - start:.1f} s"
+    )
 
     history = []
     print(f"{'epoch':>5}{'step':>6}{'loss':>9}{'queries':>9}{'s/step':>8}{'Ray overhead s':>16}")
@@ -91,10 +105,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             t = time.perf_counter()
             loss = opt.step(Objective(model, F.cross_entropy, augment(x_train[idx], g), y_train[idx]))
             seconds = time.perf_counter() - t
-            history.append(dict(epoch=epoch, step=i, loss=float(loss), seconds=seconds, queries=opt.last_losses.count,
-                                pieces=list(evaluator.stats["last_step"]["pieces"])))
-            print(f"{epoch:>5}{i:>6}{float(loss):>9.4f}{opt.last_losses.count:>9}{seconds:>8.2f}"
-                  f"{evaluator.stats['last_step']['overhead']:>16.4f}")
+            history.append(
+                dict(
+                    epoch=epoch,
+                    step=i,
+                    loss=float(loss),
+                    seconds=seconds,
+                    queries=opt.last_losses.count,
+                    pieces=list(evaluator.stats["last_step"]["pieces"]),
+                )
+            )
+            print(
+                f"{epoch:>5}{i:>6}{float(loss):>9.4f}{opt.last_losses.count:>9}{seconds:>8.2f}"
+                f"{evaluator.stats['last_step']['overhead']:>16.4f}"
+            )
         acc = accuracy(model, x_test, y_test, batch_size=1000)
         print(f"epoch {epoch}: test accuracy {100 * acc:.2f} %")
     speeds = ", ".join(f"worker {w['worker']}: {w['speed'] or 0:,.0f}" for w in evaluator.describe())

@@ -18,6 +18,7 @@ feature-reuse evaluator), so plan for hours per epoch; ``--steps N`` limits step
 Without ``--data-dir`` it runs ``--steps`` (default 2) steps on synthetic images, e.g. a CPU
 smoke run: ``python examples/train_cifar_resnet20.py --batch-size 4 --sparsity 0.999``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,10 @@ def synthetic(n_train: int, n_test: int, seed: int = 0) -> Tuple[Tensor, Tensor,
 def augment(x: Tensor, g: torch.Generator) -> Tensor:
     """Random crop (padding 4) and horizontal flip, per image."""
     n = x.shape[0]
-    padded = F.pad(x, (4, 4, 4, 4))                                   # (B, 3, 40, 40)
+    padded = F.pad(x, (4, 4, 4, 4))  # (B, 3, 40, 40)
     i = torch.randint(0, 9, (n,), generator=g).tolist()
     j = torch.randint(0, 9, (n,), generator=g).tolist()
-    out = torch.stack([padded[k, :, i[k]:i[k] + 32, j[k]:j[k] + 32] for k in range(n)])
+    out = torch.stack([padded[k, :, i[k] : i[k] + 32, j[k] : j[k] + 32] for k in range(n)])
     flip = torch.rand(n, generator=g) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
@@ -122,8 +123,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     else:
         xg, yg = balanced_batch(x_train, y_train, args.grasp_per_class, gen)
         start = time.perf_counter()
-        ratios = grasp_ratios(model, Objective(model, F.cross_entropy, xg.to(device), yg.to(device)), args.sparsity,
-                              q=args.grasp_q, mu=5e-3, generator=gen)
+        ratios = grasp_ratios(
+            model,
+            Objective(model, F.cross_entropy, xg.to(device), yg.to(device)),
+            args.sparsity,
+            q=args.grasp_q,
+            mu=5e-3,
+            generator=gen,
+        )
         print(f"ZO-GraSP: {2 * (args.grasp_q + 1)} loss evaluations in {time.perf_counter() - start:.1f} s")
         if ratios_path:
             save_ratios(ratios_path, ratios, sparsity=args.sparsity, q=args.grasp_q, mu=5e-3, model="resnet20")
@@ -132,11 +139,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     # 2. sparse CGE + SGD(momentum, weight decay), warm-up + cosine, masks re-drawn every few epochs
     mask = DynamicMask(ratios, args.resample_epochs * steps_per_epoch, model=model)
-    opt = ZOOptimizer(model.parameters(), lr=args.lr, estimator=CGE(mu=args.mu), base="sgd", sparsity=mask,
-                      momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
+    opt = ZOOptimizer(
+        model.parameters(),
+        lr=args.lr,
+        estimator=CGE(mu=args.mu),
+        base="sgd",
+        sparsity=mask,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
     total = args.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: warmup_cosine(t, args.warmup_epochs * steps_per_epoch, total))
+        opt, lambda t: warmup_cosine(t, args.warmup_epochs * steps_per_epoch, total)
+    )
     first_epoch = 0
     if args.checkpoint and os.path.exists(args.checkpoint):
         ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
@@ -165,13 +181,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         seconds = time.perf_counter() - start
         acc = accuracy(model, x_test.to(device), y_test.to(device), batch_size=1000)
         history.append(dict(epoch=epoch, loss=loss_sum / steps_per_epoch, test_acc=acc, seconds=seconds))
-        print(f"epoch {epoch}: train loss {loss_sum / steps_per_epoch:.4f}  test acc {100 * acc:.2f} %  "
-              f"{seconds / steps_per_epoch:.2f} s/step  {opt.last_losses.count} queries/step  "
-              f"lr {opt.param_groups[0]['lr']:.4f}")
+        print(
+            f"epoch {epoch}: train loss {loss_sum / steps_per_epoch:.4f}  test acc {100 * acc:.2f} %  "
+            f"{seconds / steps_per_epoch:.2f} s/step  {opt.last_losses.count} queries/step  "
+            f"lr {opt.param_groups[0]['lr']:.4f}"
+        )
         if args.checkpoint:
             os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-            torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                            epoch=epoch), args.checkpoint)
+            torch.save(
+                dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch),
+                args.checkpoint,
+            )
     return dict(ratios=ratios, history=history)
 
 

@@ -12,6 +12,7 @@ Columns: test accuracy (mean ± std over seeds, after the last epoch), loss eval
 step ("queries"; first-order rows: one forward + backward), seconds per step and wall
 seconds per run (training only; ZO-GraSP's cost is printed below the table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,9 @@ class Method:
     """One row of the table: how to train."""
 
     label: str
-    kind: str                         # "fo-adam" | "fo-sgd" | "cge" | "rge"
+    kind: str  # "fo-adam" | "fo-sgd" | "cge" | "rge"
     sparsity: Optional[float] = None  # for sparse CGE and the RGE budget
-    ratios: str = "grasp"             # "grasp" | "uniform" (sparse CGE)
+    ratios: str = "grasp"  # "grasp" | "uniform" (sparse CGE)
 
 
 @dataclass
@@ -54,11 +55,16 @@ class Run:
 
 def methods(sparsity: float, levels: Sequence[float]) -> List[Method]:
     """The rows, in table order."""
-    rows = [Method("first-order Adam (autograd)", "fo-adam"), Method("first-order SGD m=0.9 (autograd)", "fo-sgd"),
-            Method("dense CGE", "cge")]
+    rows = [
+        Method("first-order Adam (autograd)", "fo-adam"),
+        Method("first-order SGD m=0.9 (autograd)", "fo-sgd"),
+        Method("dense CGE", "cge"),
+    ]
     rows += [Method(f"sparse CGE, ZO-GraSP {s:.0%}", "cge", s) for s in levels]
-    rows += [Method(f"sparse CGE, uniform {sparsity:.0%}", "cge", sparsity, "uniform"),
-             Method(f"RGE, budget of sparse {sparsity:.0%}", "rge", sparsity)]
+    rows += [
+        Method(f"sparse CGE, uniform {sparsity:.0%}", "cge", sparsity, "uniform"),
+        Method(f"RGE, budget of sparse {sparsity:.0%}", "rge", sparsity),
+    ]
     return rows
 
 
@@ -84,16 +90,31 @@ def train(method: Method, seed: int, args: argparse.Namespace) -> Run:
             else:
                 start = time.perf_counter()
                 xg, yg = balanced_batch(data.x_train, data.y_train, args.grasp_per_class, gen)
-                ratios = grasp_ratios(model, Objective(model, F.cross_entropy, xg, yg), method.sparsity,
-                                      q=args.grasp_q, mu=5e-3, generator=gen)
+                ratios = grasp_ratios(
+                    model,
+                    Objective(model, F.cross_entropy, xg, yg),
+                    method.sparsity,
+                    q=args.grasp_q,
+                    mu=5e-3,
+                    generator=gen,
+                )
                 run.grasp_seconds = time.perf_counter() - start
                 if args.save_ratios and seed == args.seeds[0]:
-                    save_ratios(f"{args.save_ratios}/digits_grasp_{method.sparsity:g}.json", ratios,
-                                sparsity=method.sparsity, q=args.grasp_q, mu=5e-3, seed=seed, model="DigitsCNN")
+                    save_ratios(
+                        f"{args.save_ratios}/digits_grasp_{method.sparsity:g}.json",
+                        ratios,
+                        sparsity=method.sparsity,
+                        q=args.grasp_q,
+                        mu=5e-3,
+                        seed=seed,
+                        model="DigitsCNN",
+                    )
             mask = DynamicMask(ratios, args.resample_every, model=model)
         if method.kind == "rge":
             params = list(model.parameters())  # q + 1 queries = those of sparse CGE at that sparsity
-            budget = DynamicMask(uniform_ratios(model, method.sparsity), model=model).select(params, 0, torch.Generator())
+            budget = DynamicMask(uniform_ratios(model, method.sparsity), model=model).select(
+                params, 0, torch.Generator()
+            )
             estimator, mask = RGE(q=count_selected(budget, params), mu=args.mu), None
         else:
             estimator = CGE(mu=args.mu)
@@ -143,7 +164,9 @@ def table(rows: List[Method], runs: Dict[str, List[Run]]) -> str:
         secs = statistics.mean(r.seconds for r in rs)
         per_step = statistics.mean(r.seconds / max(r.steps, 1) for r in rs)
         acc = f"{statistics.mean(accs):6.2f} ± {std:4.2f} %"
-        lines.append(f"{m.label:<34} {acc:>22} {rs[0].queries:>12,.0f} {per_step:>8.4f} {secs:>7.1f}  {rs[0].evaluator}")
+        lines.append(
+            f"{m.label:<34} {acc:>22} {rs[0].queries:>12,.0f} {per_step:>8.4f} {secs:>7.1f}  {rs[0].evaluator}"
+        )
     return "\n".join(lines)
 
 
@@ -188,7 +211,13 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 256 images, q=16: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.train_size, args.grasp_q, args.levels = args.seeds[:1], 1, 256, 16, [args.sparsity]
+        args.seeds, args.epochs, args.train_size, args.grasp_q, args.levels = (
+            args.seeds[:1],
+            1,
+            256,
+            16,
+            [args.sparsity],
+        )
     if args.sparsity not in args.levels:
         args.levels = sorted(set(args.levels) | {args.sparsity})
     for name in ("sparsity",):
@@ -224,15 +253,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[Run]]:
     for (m, _, _), r in zip(jobs, results):
         runs[m.label].append(r)
     n_train = args.train_size or "all"
-    print(f"\nDigitsCNN (3 818 parameters) on load_digits ({n_train} training images, 450 test), "
-          f"{args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, Adam lr {args.lr:g} "
-          f"(SGD lr {args.sgd_lr:g}) {args.schedule}, mu {args.mu:g}, masks re-drawn every {args.resample_every} step(s), "
-          f"device {args.device}\n")
+    print(
+        f"\nDigitsCNN (3 818 parameters) on load_digits ({n_train} training images, 450 test), "
+        f"{args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, Adam lr {args.lr:g} "
+        f"(SGD lr {args.sgd_lr:g}) {args.schedule}, mu {args.mu:g}, "
+        f"masks re-drawn every {args.resample_every} step(s), "
+        f"device {args.device}\n"
+    )
     print(table(rows, runs))
     grasp = [r.grasp_seconds for m in rows for r in runs[m.label] if r.grasp_seconds]
     if grasp:
-        print(f"\nZO-GraSP (q={args.grasp_q}, {args.grasp_per_class} images per class): {2 * (args.grasp_q + 1)} "
-              f"loss evaluations, {statistics.mean(grasp):.2f} s per call (not in wall s)")
+        print(
+            f"\nZO-GraSP (q={args.grasp_q}, {args.grasp_per_class} images per class): {2 * (args.grasp_q + 1)} "
+            f"loss evaluations, {statistics.mean(grasp):.2f} s per call (not in wall s)"
+        )
     print(f"total wall time {time.perf_counter() - start:.0f} s")
     if args.plot:
         plot(rows, runs, args.plot)

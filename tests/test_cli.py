@@ -1,4 +1,5 @@
 """The command line: ``zeroth info`` and a tiny ``zeroth demo``."""
+
 import subprocess
 import sys
 

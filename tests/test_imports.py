@@ -1,6 +1,7 @@
 """``import zeroth`` is cheap: no optional dependency, no compiler; ``from zeroth import *`` works on
 a core install (no scipy). Each check runs in a fresh interpreter, so nothing imported by other
 tests can hide an import."""
+
 import subprocess
 import sys
 import textwrap
@@ -40,7 +41,9 @@ BLOCK = f"""
 
 
 def test_star_import_works_without_scipy_and_minimize_names_the_extra():
-    out = run(BLOCK, """
+    out = run(
+        BLOCK,
+        """
         from zeroth import *
         import zeroth
         assert ZOOptimizer and CGE and Objective and ZerothWarning
@@ -50,7 +53,8 @@ def test_star_import_works_without_scipy_and_minimize_names_the_extra():
         except ImportError as err:
             print(err)
         assert "minimize" in dir(zeroth)
-    """).stdout
+    """,
+    ).stdout
     assert "pip install 'zeroth-optim[science]'" in out
 
 

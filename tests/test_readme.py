@@ -1,4 +1,5 @@
 """The README's usage example runs as written and does what it says."""
+
 import io
 import re
 from contextlib import redirect_stdout

@@ -7,6 +7,7 @@ scikit-learn, matplotlib, Ray, ASE) and no compiler run. The compiled kernels of
 imported on first access; it is not part of ``from zeroth import *``, so that works on a
 core install.
 """
+
 from .blackbox import BlackBox, Subprocess, batched, from_numpy
 from .distributed import RayEvaluator, RayPool
 from .engine import Batched, Evaluator, FeatureReuse, Sequential
@@ -19,10 +20,32 @@ from .sparsity import DynamicMask, FixedMask, grasp_ratios
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlackBox", "Batched", "CGE", "DynamicMask", "EvaluationError", "Estimator", "Evaluator", "FeatureReuse",
-    "FixedMask", "NonFiniteLossWarning", "Objective", "RGE", "RayEvaluator", "RayPool", "SPSA", "Sequential",
-    "Subprocess", "ZOOptimizer", "ZerothError", "ZerothWarning", "batched", "estimate_gradient", "from_numpy",
-    "grasp_ratios", "zo_gradient", "zo_jacobian",
+    "BlackBox",
+    "Batched",
+    "CGE",
+    "DynamicMask",
+    "EvaluationError",
+    "Estimator",
+    "Evaluator",
+    "FeatureReuse",
+    "FixedMask",
+    "NonFiniteLossWarning",
+    "Objective",
+    "RGE",
+    "RayEvaluator",
+    "RayPool",
+    "SPSA",
+    "Sequential",
+    "Subprocess",
+    "ZOOptimizer",
+    "ZerothError",
+    "ZerothWarning",
+    "batched",
+    "estimate_gradient",
+    "from_numpy",
+    "grasp_ratios",
+    "zo_gradient",
+    "zo_jacobian",
 ]  # not `minimize`: it needs scipy, and `from zeroth import *` must work without it
 
 

@@ -1,4 +1,5 @@
 """Optional dependencies: imported only where a feature needs them, with an error naming the extra."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The ``zeroth`` command (also ``python -m zeroth``): ``demo``, ``info`` and ``defend``."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,11 @@ def _info() -> None:
     # found and versioned from metadata, not imported: `import ray` alone takes seconds
     print("extras: " + ", ".join(f"{m}={version(m) or 'yes'}" if available(m) else f"{m}=no" for m in EXTRAS))
     cuda = torch.cuda.is_available()
-    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())] if cuda else ["cpu"]
+    devices = (
+        ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        if cuda
+        else ["cpu"]
+    )
     print("devices: " + ", ".join(devices))
     from .engine import EVALUATORS
     from .estimators import ESTIMATORS
@@ -36,11 +41,13 @@ def _info() -> None:
 
 def _numbers(kind):
     """argparse type: a comma-separated list of ``kind`` (``"2,6,24"``)."""
+
     def parse(text: str):
         try:
             return tuple(kind(v) for v in text.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
     return parse
 
 
@@ -75,11 +82,28 @@ def _defend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     try:
         config = DefendConfig(
-            dataset=args.dataset, data_dir=args.data_dir, sigma=args.sigma, estimator=args.estimator, q=args.q,
-            mu=args.mu, n0=args.n0, alpha=args.alpha, latent_dim=args.latent_dim, epochs=args.epochs,
-            classifier_epochs=args.classifier_epochs, ae_epochs=args.ae_epochs, batch_size=args.batch_size, n=args.n,
-            num_certify=args.num_certify, radii=args.radii, seed=args.seed, device=args.device, out=args.out,
-            checkpoint_dir=args.checkpoint_dir, progress=not args.quiet)
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            sigma=args.sigma,
+            estimator=args.estimator,
+            q=args.q,
+            mu=args.mu,
+            n0=args.n0,
+            alpha=args.alpha,
+            latent_dim=args.latent_dim,
+            epochs=args.epochs,
+            classifier_epochs=args.classifier_epochs,
+            ae_epochs=args.ae_epochs,
+            batch_size=args.batch_size,
+            n=args.n,
+            num_certify=args.num_certify,
+            radii=args.radii,
+            seed=args.seed,
+            device=args.device,
+            out=args.out,
+            checkpoint_dir=args.checkpoint_dir,
+            progress=not args.quiet,
+        )
     except ValueError as err:
         parser.error(f"defend: {err}")
     run(config)
@@ -108,8 +132,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--epochs must be >= 1")
     from .demo import run
 
-    run(epochs=args.epochs, estimator=args.estimator, device=args.device, out=args.out,
-        progress=not args.quiet, seed=args.seed)
+    run(
+        epochs=args.epochs,
+        estimator=args.estimator,
+        device=args.device,
+        out=args.out,
+        progress=not args.quiet,
+        seed=args.seed,
+    )
     return 0
 
 

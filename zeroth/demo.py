@@ -1,9 +1,10 @@
 """The main demo: ZO training of the digits CNN against first-order training, table + plot."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ class RunResult:
     seconds: float = 0.0
     steps: int = 0
     train_loss: List[float] = field(default_factory=list)  # mean loss per epoch
-    test_acc: List[float] = field(default_factory=list)    # after each epoch
+    test_acc: List[float] = field(default_factory=list)  # after each epoch
 
     @property
     def seconds_per_step(self) -> float:
@@ -51,14 +52,18 @@ def train(
     torch.manual_seed(seed)
     data = load_digits(device=torch.device(device))
     model = DigitsCNN().to(device)
+    opt: torch.optim.Optimizer
     if method == "fo":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         queries = 1.0
     else:
-        opt = ZOOptimizer(model.parameters(), lr=lr, base="adam", estimator=_estimator(method, mu, q), seed=seed)
-        d = sum(p.numel() for p in model.parameters())
-        queries = float(opt.estimator.num_evaluations(d))
-    result = RunResult(method="first-order Adam (autograd)" if method == "fo" else f"ZO {method.upper()} + Adam", queries_per_step=queries)
+        estimator = _estimator(method, mu, q)
+        opt = ZOOptimizer(model.parameters(), lr=lr, base="adam", estimator=estimator, seed=seed)
+        queries = float(estimator.num_evaluations(sum(p.numel() for p in model.parameters())))
+    result = RunResult(
+        method="first-order Adam (autograd)" if method == "fo" else f"ZO {method.upper()} + Adam",
+        queries_per_step=queries,
+    )
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = data.x_train.shape[0] // batch_size
     bar = tqdm(total=epochs * steps_per_epoch, desc=method.upper(), disable=not progress, leave=False)
@@ -71,9 +76,11 @@ def train(
                 loss = F.cross_entropy(model(xb), yb)
                 loss.backward()
                 opt.step()
+                total += float(loss.detach())
             else:
-                loss = opt.step(Objective(model, F.cross_entropy, xb, yb))
-            total += float(loss.detach())
+                zo_loss = opt.step(Objective(model, F.cross_entropy, xb, yb))
+                assert zo_loss is not None  # a ZO step always evaluates the loss
+                total += float(zo_loss)
             n += 1
             bar.update(1)
         result.seconds += time.perf_counter() - start
@@ -91,7 +98,8 @@ def table(results: List[RunResult]) -> str:
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(
-            f"{r.method:<30} {r.queries_per_step:>12,.0f} {r.seconds_per_step:>8.4f} {r.seconds:>8.1f} {r.test_acc[-1]:>9.3f}"
+            f"{r.method:<30} {r.queries_per_step:>12,.0f} {r.seconds_per_step:>8.4f} {r.seconds:>8.1f} "
+            f"{r.test_acc[-1]:>9.3f}"
         )
     return "\n".join(rows)
 
@@ -116,14 +124,23 @@ def plot(results: List[RunResult], path: str) -> str:
     return path
 
 
-def run(epochs: int = 15, estimator: str = "cge", device: str = "cpu", out: str = "zeroth_demo.png",
-        progress: bool = True, seed: int = 0) -> List[RunResult]:
+def run(
+    epochs: int = 15,
+    estimator: str = "cge",
+    device: str = "cpu",
+    out: str = "zeroth_demo.png",
+    progress: bool = True,
+    seed: int = 0,
+) -> List[RunResult]:
     """What ``make demo`` / ``zeroth demo`` runs."""
     results = [
         train(estimator, epochs, device=device, progress=progress, seed=seed),
         train("fo", epochs, device=device, progress=progress, seed=seed),
     ]
-    print(f"\nDigits CNN (3 818 parameters), {epochs} epochs, batch 64, Adam lr 1e-2, load_digits test split (450 images)\n")
+    print(
+        f"\nDigits CNN (3 818 parameters), {epochs} epochs, batch 64, Adam lr 1e-2, "
+        "load_digits test split (450 images)\n"
+    )
     print(table(results))
     print(f"\nplot saved to {plot(results, out)}")
     return results

@@ -1,4 +1,5 @@
 """The black-box examples: their pieces against known answers, and a short run of each script."""
+
 import importlib.util
 import math
 import os

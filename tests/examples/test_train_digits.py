@@ -1,4 +1,5 @@
 """examples/train_digits.py: the quick run prints the full table, saves the ratios and the plot."""
+
 import importlib.util
 import pathlib
 import sys
@@ -31,13 +32,21 @@ def test_quick_run_prints_every_row(script, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    labels = ["first-order Adam", "first-order SGD", "dense CGE", "sparse CGE, ZO-GraSP 90%",
-              "sparse CGE, uniform 90%", "RGE, budget of sparse 90%"]
+    labels = [
+        "first-order Adam",
+        "first-order SGD",
+        "dense CGE",
+        "sparse CGE, ZO-GraSP 90%",
+        "sparse CGE, uniform 90%",
+        "RGE, budget of sparse 90%",
+    ]
     for label in labels:
         assert label in out
     q = {label: next(r for k, r in runs.items() if k.startswith(label))[0].queries for label in labels}
     assert q["dense CGE"] == 3818 + 1
-    assert q["sparse CGE, ZO-GraSP 90%"] == pytest.approx(0.1 * 3784 + 34 + 1, abs=2)  # 10 % of weights, all biases, ℓ(θ)
+    assert q["sparse CGE, ZO-GraSP 90%"] == pytest.approx(
+        0.1 * 3784 + 34 + 1, abs=2
+    )  # 10 % of weights, all biases, ℓ(θ)
     assert q["RGE, budget of sparse 90%"] == pytest.approx(q["sparse CGE, ZO-GraSP 90%"], abs=3)
     for rs in runs.values():
         assert len(rs) == 1 and len(rs[0].acc) == 1

@@ -1,6 +1,7 @@
 """The CUDA kernels: compiled with nvcc wherever it exists (even beside a CPU-only torch; slow:
 about two minutes on 2 cores), and, on a machine with a GPU, equal to the PyTorch references
 and refusing bad input as the CPU ops do."""
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,8 +15,9 @@ from zeroth.ops._build import source_dir
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None or source_dir() is None, reason="nvcc or zeroth/csrc/ not available")
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or ops.backend() != "cpp+cuda",
-                               reason="no GPU with the CUDA kernels built")
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or ops.backend() != "cpp+cuda", reason="no GPU with the CUDA kernels built"
+)
 
 
 def _nvcc(source: Path, out: Path, *includes: str) -> None:
@@ -44,8 +46,13 @@ def test_cuda_bindings_compile_against_the_running_torch(tmp_path):
         stub.mkdir(parents=True)
         (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
         extra.append(str(tmp_path / "stub"))
-    _nvcc(source_dir() / "cuda" / "zeroth_ops_cuda.cu", tmp_path / "bindings.o", *extra, str(include),
-          str(include / "torch" / "csrc" / "api" / "include"))
+    _nvcc(
+        source_dir() / "cuda" / "zeroth_ops_cuda.cu",
+        tmp_path / "bindings.o",
+        *extra,
+        str(include),
+        str(include / "torch" / "csrc" / "api" / "include"),
+    )
 
 
 @needs_gpu
@@ -62,36 +69,59 @@ def test_cuda_kernels_equal_the_references(dtype):
     empty = torch.empty(0, dtype=dtype, device=dev)
     z = torch.ops.zeroth
     for kind in range(len(ops.ACTIVATIONS)):
-        torch.testing.assert_close(z.activation_difference(a, d, kind, 0.1),
-                                   reference.activation_difference(a, d, kind, 0.1), **tol)
-        torch.testing.assert_close(z.activation_difference_confined(a, ch, dc, kind, 0.1),
-                                   reference.activation_difference_confined(a, ch, dc, kind, 0.1), **tol)
-    torch.testing.assert_close(z.batchnorm_difference(a, d, none, w, empty, 1e-5),
-                               reference.batchnorm_difference(a, d, none, w, empty, 1e-5), **tol)
-    torch.testing.assert_close(z.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
-                               reference.batchnorm_difference(a, dc, ch, w, empty, 1e-5), **tol)
+        torch.testing.assert_close(
+            z.activation_difference(a, d, kind, 0.1), reference.activation_difference(a, d, kind, 0.1), **tol
+        )
+        torch.testing.assert_close(
+            z.activation_difference_confined(a, ch, dc, kind, 0.1),
+            reference.activation_difference_confined(a, ch, dc, kind, 0.1),
+            **tol,
+        )
+    torch.testing.assert_close(
+        z.batchnorm_difference(a, d, none, w, empty, 1e-5),
+        reference.batchnorm_difference(a, d, none, w, empty, 1e-5),
+        **tol,
+    )
+    torch.testing.assert_close(
+        z.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
+        reference.batchnorm_difference(a, dc, ch, w, empty, 1e-5),
+        **tol,
+    )
     logits = torch.randn(9, 5, dtype=dtype, device=dev)
     y = torch.randint(0, 5, (9,), device=dev)
     dl = 1e-2 * torch.randn(3, 9, 5, dtype=dtype, device=dev)
     exact = dict(rtol=1e-10, atol=1e-15)
-    torch.testing.assert_close(z.cross_entropy_difference(logits, y, dl, none),
-                               reference.cross_entropy_difference(logits, y, dl, none), **exact)
+    torch.testing.assert_close(
+        z.cross_entropy_difference(logits, y, dl, none),
+        reference.cross_entropy_difference(logits, y, dl, none),
+        **exact,
+    )
     c3 = torch.tensor([4, 0, 1], device=dev)
-    torch.testing.assert_close(z.cross_entropy_difference(logits, y, dl[:, :, 0], c3),
-                               reference.cross_entropy_difference(logits, y, dl[:, :, 0], c3), **exact)
+    torch.testing.assert_close(
+        z.cross_entropy_difference(logits, y, dl[:, :, 0], c3),
+        reference.cross_entropy_difference(logits, y, dl[:, :, 0], c3),
+        **exact,
+    )
     x = torch.randn(9, 7, dtype=dtype, device=dev)
-    torch.testing.assert_close(z.head_cross_entropy_difference(x, logits, y, 1e-3, True),
-                               reference.head_cross_entropy_difference(x, logits, y, 1e-3, True), **exact)
+    torch.testing.assert_close(
+        z.head_cross_entropy_difference(x, logits, y, 1e-3, True),
+        reference.head_cross_entropy_difference(x, logits, y, 1e-3, True),
+        **exact,
+    )
     img = torch.randn(2, 3, 9, 8, dtype=dtype, device=dev)
     c, i, j = (torch.randint(0, n, (11,), device=dev) for n in (3, 3, 3))
     args = (5, 4, 2, 2, 1, 1, 1, 1)
-    torch.testing.assert_close(z.conv_weight_patches(img, c, i, j, *args),
-                               reference.conv_weight_patches(img, c, i, j, *args), rtol=0, atol=0)
+    torch.testing.assert_close(
+        z.conv_weight_patches(img, c, i, j, *args), reference.conv_weight_patches(img, c, i, j, *args), rtol=0, atol=0
+    )
     g = torch.randn(30, dtype=dtype, device=dev)
     idx = torch.tensor([3, 7, 3, 29], device=dev)
     coeffs = torch.randn(4, dtype=torch.float64, device=dev)
-    torch.testing.assert_close(z.scatter_scaled_add(g.clone(), idx, coeffs, 0.5),
-                               reference.scatter_scaled_add(g.clone(), idx, coeffs, 0.5), **tol)
+    torch.testing.assert_close(
+        z.scatter_scaled_add(g.clone(), idx, coeffs, 0.5),
+        reference.scatter_scaled_add(g.clone(), idx, coeffs, 0.5),
+        **tol,
+    )
 
 
 @needs_gpu

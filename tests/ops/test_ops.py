@@ -1,5 +1,6 @@
 """zeroth.ops: each compiled kernel equals its PyTorch reference, and each reference equals
 the slow obvious computation (perturb, run the module, subtract)."""
+
 import os
 import shutil
 import subprocess
@@ -58,8 +59,12 @@ def test_batchnorm_reference_matches_per_copy_batch_norm():
         return F.batch_norm(x, None, None, gamma, torch.zeros(3, dtype=torch.float64), training=True, eps=1e-5)
 
     want = torch.stack([bn(a + dk) - bn(a) for dk in d])
-    torch.testing.assert_close(ops.reference.batchnorm_difference(a, d, torch.empty(0, dtype=torch.long), gamma,
-                                                                  torch.empty(0), 1e-5), want, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(
+        ops.reference.batchnorm_difference(a, d, torch.empty(0, dtype=torch.long), gamma, torch.empty(0), 1e-5),
+        want,
+        rtol=1e-9,
+        atol=1e-14,
+    )
     ch = torch.tensor([2, 0, 2, 1])
     dc = d[torch.arange(4), :, ch]
     conf = torch.zeros_like(d)
@@ -74,8 +79,9 @@ def test_cross_entropy_references_match_direct_losses():
     y = torch.randint(0, 5, (7,))
     d = 1e-2 * torch.randn(3, 7, 5, dtype=torch.float64)
     want = torch.stack([F.cross_entropy(z + dk, y) - F.cross_entropy(z, y) for dk in d])
-    torch.testing.assert_close(reference.cross_entropy_difference(z, y, d, torch.empty(0, dtype=torch.long)), want,
-                               rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(
+        reference.cross_entropy_difference(z, y, d, torch.empty(0, dtype=torch.long)), want, rtol=1e-9, atol=1e-15
+    )
     ch = torch.tensor([4, 0, 4])
     dc = d[:, :, 0]
     dense = torch.zeros_like(d)
@@ -119,8 +125,9 @@ def test_conv_patches_reference_is_the_weight_derivative(stride, padding, dilati
     out = conv(x).detach()
     coords = torch.tensor([0, 5, 13, 26, 8])  # flat indices into (c, i, j) of output channel 0
     c, i, j = coords // 9, (coords % 9) // 3, coords % 3
-    got = reference.conv_weight_patches(x, c, i, j, out.shape[2], out.shape[3], stride, stride, padding, padding,
-                                        dilation, dilation)
+    got = reference.conv_weight_patches(
+        x, c, i, j, out.shape[2], out.shape[3], stride, stride, padding, padding, dilation, dilation
+    )
     for k in range(coords.numel()):
         with torch.no_grad():
             conv.weight.view(2, -1)[0, coords[k]] += 1.0
@@ -145,8 +152,11 @@ def test_piecewise_linear_differences_are_exact_in_fp32(slope, impl):
     d = torch.randn(6, 4, 3, 50, generator=g) * 1e-2
     d[1, 0, 0, :3] = 0.0
     kind = 0 if slope == 0.0 else 1
-    fn = (lambda a, d: kernel("activation_difference")(a, d, kind, slope)) if impl == "kernel" else \
-        (lambda a, d: vectorized.piecewise_linear_difference(a, d, slope))
+    fn = (
+        (lambda a, d: kernel("activation_difference")(a, d, kind, slope))
+        if impl == "kernel"
+        else (lambda a, d: vectorized.piecewise_linear_difference(a, d, slope))
+    )
     got = fn(a, d)
     want = reference.activation_difference(a.double(), d.double(), kind, slope)
     assert got.dtype == torch.float32
@@ -174,8 +184,11 @@ def test_activation_kernels(module, dtype):
     close(kernel("activation_difference")(a, d, kind, slope), reference.activation_difference(a, d, kind, slope), dtype)
     ch = torch.tensor([3, 1, 3])
     dc = d[:, :, 0]
-    close(kernel("activation_difference_confined")(a, ch, dc, kind, slope),
-          reference.activation_difference_confined(a, ch, dc, kind, slope), dtype)
+    close(
+        kernel("activation_difference_confined")(a, ch, dc, kind, slope),
+        reference.activation_difference_confined(a, ch, dc, kind, slope),
+        dtype,
+    )
 
 
 @compiled
@@ -187,12 +200,18 @@ def test_batchnorm_kernel(dtype, affine):
     none = torch.empty(0, dtype=dtype)
     d = 1e-2 * torch.randn(4, 6, 3, 10, dtype=dtype)
     nolong = torch.empty(0, dtype=torch.long)
-    close(kernel("batchnorm_difference")(a, d, nolong, w, none, 1e-5),
-          reference.batchnorm_difference(a, d, nolong, w, none, 1e-5), dtype)
+    close(
+        kernel("batchnorm_difference")(a, d, nolong, w, none, 1e-5),
+        reference.batchnorm_difference(a, d, nolong, w, none, 1e-5),
+        dtype,
+    )
     ch = torch.tensor([1, 1, 0, 2])
     dc = d[:, :, 0]
-    close(kernel("batchnorm_difference")(a, dc, ch, w, none, 1e-5),
-          reference.batchnorm_difference(a, dc, ch, w, none, 1e-5), dtype)
+    close(
+        kernel("batchnorm_difference")(a, dc, ch, w, none, 1e-5),
+        reference.batchnorm_difference(a, dc, ch, w, none, 1e-5),
+        dtype,
+    )
 
 
 @compiled
@@ -203,16 +222,21 @@ def test_cross_entropy_kernels(dtype):
     d = 1e-2 * torch.randn(5, 11, 6, dtype=dtype)
     nolong = torch.empty(0, dtype=torch.long)
     ref = dict(rtol=1e-12, atol=1e-16)  # both compute in float64 from the same inputs
-    torch.testing.assert_close(kernel("cross_entropy_difference")(z, y, d, nolong),
-                               reference.cross_entropy_difference(z, y, d, nolong), **ref)
+    torch.testing.assert_close(
+        kernel("cross_entropy_difference")(z, y, d, nolong), reference.cross_entropy_difference(z, y, d, nolong), **ref
+    )
     ch = torch.tensor([5, 0, 0, 2, 3])
     dc = torch.cat([d[:4, :, 0], torch.full((1, 11), 50.0, dtype=dtype)])  # one huge change
-    torch.testing.assert_close(kernel("cross_entropy_difference")(z, y, dc, ch),
-                               reference.cross_entropy_difference(z, y, dc, ch), **ref)
+    torch.testing.assert_close(
+        kernel("cross_entropy_difference")(z, y, dc, ch), reference.cross_entropy_difference(z, y, dc, ch), **ref
+    )
     x = torch.randn(11, 7, dtype=dtype)
     for bias in (True, False):
-        torch.testing.assert_close(kernel("head_cross_entropy_difference")(x, z, y, 1e-3, bias),
-                                   reference.head_cross_entropy_difference(x, z, y, 1e-3, bias), **ref)
+        torch.testing.assert_close(
+            kernel("head_cross_entropy_difference")(x, z, y, 1e-3, bias),
+            reference.head_cross_entropy_difference(x, z, y, 1e-3, bias),
+            **ref,
+        )
 
 
 @compiled
@@ -222,20 +246,32 @@ def test_patch_and_scatter_kernels(dtype):
     k = 17
     c, i, j = torch.randint(0, 4, (k,)), torch.randint(0, 3, (k,)), torch.randint(0, 3, (k,))
     for args in [(9, 8, 1, 1, 1, 1, 1, 1), (5, 4, 2, 2, 1, 1, 1, 1), (5, 4, 1, 1, 0, 0, 2, 2)]:
-        torch.testing.assert_close(kernel("conv_weight_patches")(x, c, i, j, *args),
-                                   reference.conv_weight_patches(x, c, i, j, *args), rtol=0, atol=0)
+        torch.testing.assert_close(
+            kernel("conv_weight_patches")(x, c, i, j, *args),
+            reference.conv_weight_patches(x, c, i, j, *args),
+            rtol=0,
+            atol=0,
+        )
     g = torch.randn(50, dtype=dtype)
     idx = torch.tensor([3, 7, 3, 49, 0])
     coeffs = torch.randn(5, dtype=torch.float64)
-    close(kernel("scatter_scaled_add")(g.clone(), idx, coeffs, 0.5), reference.scatter_scaled_add(g.clone(), idx, coeffs, 0.5),
-          dtype)
+    close(
+        kernel("scatter_scaled_add")(g.clone(), idx, coeffs, 0.5),
+        reference.scatter_scaled_add(g.clone(), idx, coeffs, 0.5),
+        dtype,
+    )
 
 
 # -- build / fallback -----------------------------------------------------------------------
 def _backend_in_subprocess(env_value):
     env = dict(os.environ, ZEROTH_OPS=env_value)
-    out = subprocess.run([sys.executable, "-c", "import zeroth.ops as o; print(o.backend())"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", "import zeroth.ops as o; print(o.backend())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return out
 
 

@@ -24,6 +24,7 @@ cross-entropy target of ``ignore_index`` included), ``ValueError`` for shapes, l
 devices or an unknown activation kind. The kernels dispatch float32 and float64; tensors of
 another floating dtype (bfloat16, float16) run the reference, which computes in float64.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,10 +40,23 @@ from ._checks import KERNEL_DTYPES
 from .activations import PIECEWISE_LINEAR, Activation, activation_kind
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "KERNEL_DTYPES", "KernelBuildWarning", "activation_difference",
-    "activation_difference_confined", "activation_kind", "backend", "batchnorm_difference", "conv_weight_patches",
-    "cross_entropy_difference", "cuda_buildable", "head_cross_entropy_difference", "mode", "reference",
-    "reference_only", "scatter_scaled_add",
+    "ACTIVATIONS",
+    "Activation",
+    "KERNEL_DTYPES",
+    "KernelBuildWarning",
+    "activation_difference",
+    "activation_difference_confined",
+    "activation_kind",
+    "backend",
+    "batchnorm_difference",
+    "conv_weight_patches",
+    "cross_entropy_difference",
+    "cuda_buildable",
+    "head_cross_entropy_difference",
+    "mode",
+    "reference",
+    "reference_only",
+    "scatter_scaled_add",
 ]
 
 ACTIVATIONS = tuple(kind.name.lower() for kind in Activation)
@@ -167,8 +181,9 @@ def activation_difference_confined(a: Tensor, channels: Tensor, delta: Tensor, k
     return reference.activation_difference_confined(a, channels, delta, kind, slope)
 
 
-def batchnorm_difference(a: Tensor, delta: Tensor, channels: Optional[Tensor], weight: Optional[Tensor],
-                         eps: float) -> Tensor:
+def batchnorm_difference(
+    a: Tensor, delta: Tensor, channels: Optional[Tensor], weight: Optional[Tensor], eps: float
+) -> Tensor:
     """Train-mode BatchNorm of each copy ``a + Δ_k`` (its own batch statistics) minus that of ``a``.
 
     Args:
@@ -194,7 +209,9 @@ def batchnorm_difference(a: Tensor, delta: Tensor, channels: Optional[Tensor], w
     return reference.batchnorm_difference(a, delta, channels, weight, bias, eps)
 
 
-def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Tensor, channels: Optional[Tensor] = None) -> Tensor:
+def cross_entropy_difference(
+    logits: Tensor, targets: Tensor, delta: Tensor, channels: Optional[Tensor] = None
+) -> Tensor:
     """``CE(z + Δ_k) − CE(z)`` per copy (cross-entropy, mean over the batch) from the cached softmax.
 
     Args:
@@ -242,8 +259,9 @@ def head_cross_entropy_difference(x: Tensor, logits: Tensor, targets: Tensor, mu
     return reference.head_cross_entropy_difference(x, logits, targets, float(mu), bool(with_bias))
 
 
-def conv_weight_patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_hw: Tuple[int, int], stride, padding,
-                        dilation) -> Tensor:
+def conv_weight_patches(
+    x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_hw: Tuple[int, int], stride, padding, dilation
+) -> Tensor:
     """The input values that Conv2d weight coordinates ``(·, c_k, i_k, j_k)`` multiply.
 
     This is the change of the output channel when the weight moves by 1 (zero padding).
@@ -265,8 +283,16 @@ def conv_weight_patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_hw: Tupl
         IndexError: a channel or offset out of range.
         ValueError: unequal lengths, bad strides/paddings/dilations, or tensors on different devices.
     """
-    args = (int(out_hw[0]), int(out_hw[1]), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
-            int(dilation[0]), int(dilation[1]))
+    args = (
+        int(out_hw[0]),
+        int(out_hw[1]),
+        int(stride[0]),
+        int(stride[1]),
+        int(padding[0]),
+        int(padding[1]),
+        int(dilation[0]),
+        int(dilation[1]),
+    )
     if _compiled((x, c, i, j), (x,)):
         return torch.ops.zeroth.conv_weight_patches(x, c, i, j, *args)
     return reference.conv_weight_patches(x, c, i, j, *args)

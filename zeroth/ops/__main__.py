@@ -4,6 +4,7 @@ Prints the backend and the cache folder. A failed build is an error here (``ZERO
 unless set otherwise), so this is the ahead-of-time build step for an image or a shared
 cache (``ZEROTH_BUILD_DIR``).
 """
+
 from __future__ import annotations
 
 import os

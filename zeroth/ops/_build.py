@@ -13,6 +13,7 @@ To build ahead of time (a container image, a cluster's shared cache), run
 The cache is ``$ZEROTH_BUILD_DIR``, else ``$XDG_CACHE_HOME/zeroth/ops``, else
 ``~/.cache/zeroth/ops``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,6 +113,10 @@ def load() -> Optional[str]:
     except Exception as exc:  # noqa: BLE001 - any build failure means: run the reference
         if chosen == "cpp":
             raise RuntimeError(f"ZEROTH_OPS=cpp but the kernels did not build: {exc}") from exc
-        warnings.warn(f"zeroth.ops: compiled kernels unavailable ({type(exc).__name__}: {exc}); "
-                      "using the PyTorch reference implementation", KernelBuildWarning, stacklevel=3)
+        warnings.warn(
+            f"zeroth.ops: compiled kernels unavailable ({type(exc).__name__}: {exc}); "
+            "using the PyTorch reference implementation",
+            KernelBuildWarning,
+            stacklevel=3,
+        )
         return None

@@ -11,6 +11,7 @@ reject other floating dtypes (bfloat16, float16) with a ``TypeError`` naming the
 so a caller can decline; the references compute in float64 whatever the floating dtype, so
 they take them (``floating_dtypes`` says which set applies).
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -30,8 +31,10 @@ def same_device(op: str, args: Sequence[Arg]) -> None:
     first, first_name = args[0]
     for t, name in args[1:]:
         if t.device != first.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device} "
-                             "(all tensors must be on one device)")
+            raise ValueError(
+                f"{op}: {name} is on {t.device} but {first_name} is on {first.device} "
+                "(all tensors must be on one device)"
+            )
 
 
 def floating(op: str, arg: Arg, kernel: bool) -> None:
@@ -98,8 +101,10 @@ def activation_confined(a: Tensor, channels: Tensor, delta: Tensor, kind: int, k
     dims(op, (channels, "channels"), 1, "(K,)")
     dims(op, (delta, "delta"), 3, "(K, B, S)")
     if delta.shape[0] != channels.shape[0] or delta.shape[1] != a.shape[0] or delta.shape[2] != a.shape[2]:
-        raise ValueError(f"{op}: delta must be (K, B, S) with K = len(channels) (a {_shape(a)}, channels "
-                         f"{_shape(channels)}, delta {_shape(delta)})")
+        raise ValueError(
+            f"{op}: delta must be (K, B, S) with K = len(channels) (a {_shape(a)}, channels "
+            f"{_shape(channels)}, delta {_shape(delta)})"
+        )
     in_range(op, (channels, "channels"), a.shape[1])
 
 
@@ -121,10 +126,13 @@ def batchnorm(a: Tensor, delta: Tensor, channels: Tensor, weight: Tensor, bias: 
     confined = channels.numel() > 0 or delta.dim() == 3
     if confined:
         dims(op, (channels, "channels"), 1, "(K,)")
-        if not (delta.dim() == 3 and delta.shape[0] == channels.shape[0] and delta.shape[1] == b
-                and delta.shape[2] == s):
-            raise ValueError(f"{op}: confined delta must be (K, B, S) with K = len(channels) (a {_shape(a)}, "
-                             f"channels {_shape(channels)}, delta {_shape(delta)})")
+        if not (
+            delta.dim() == 3 and delta.shape[0] == channels.shape[0] and delta.shape[1] == b and delta.shape[2] == s
+        ):
+            raise ValueError(
+                f"{op}: confined delta must be (K, B, S) with K = len(channels) (a {_shape(a)}, "
+                f"channels {_shape(channels)}, delta {_shape(delta)})"
+            )
         in_range(op, (channels, "channels"), c)
     elif not (delta.dim() == 4 and delta.shape[1:] == (b, c, s)):
         raise ValueError(f"{op}: dense delta must be (K, B, C, S) (a {_shape(a)}, delta {_shape(delta)})")
@@ -152,8 +160,10 @@ def cross_entropy(logits: Tensor, targets_: Tensor, delta: Tensor, channels: Ten
     if confined:
         dims(op, (channels, "channels"), 1, "(K,)")
         if not (delta.dim() == 2 and delta.shape[0] == channels.shape[0] and delta.shape[1] == b):
-            raise ValueError(f"{op}: delta must be (K, B) with K = len(channels) (logits {_shape(logits)}, "
-                             f"channels {_shape(channels)}, delta {_shape(delta)})")
+            raise ValueError(
+                f"{op}: delta must be (K, B) with K = len(channels) (logits {_shape(logits)}, "
+                f"channels {_shape(channels)}, delta {_shape(delta)})"
+            )
         in_range(op, (channels, "channels"), c)
     elif not (delta.dim() == 3 and delta.shape[1] == b and delta.shape[2] == c):
         raise ValueError(f"{op}: delta must be (K, B, C) (logits {_shape(logits)}, delta {_shape(delta)})")
@@ -172,8 +182,21 @@ def head(x: Tensor, logits: Tensor, targets_: Tensor, kernel: bool = False) -> N
     targets(op, targets_, logits.shape[0], logits.shape[1])
 
 
-def patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_h: int, out_w: int, sh: int, sw: int, ph: int, pw: int,
-            dh: int, dw: int, kernel: bool = False) -> None:
+def patches(
+    x: Tensor,
+    c: Tensor,
+    i: Tensor,
+    j: Tensor,
+    out_h: int,
+    out_w: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    kernel: bool = False,
+) -> None:
     op = "conv_weight_patches"
     same_device(op, [(x, "x"), (c, "c"), (i, "i"), (j, "j")])
     floating(op, (x, "x"), kernel)
@@ -188,10 +211,12 @@ def patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_h: int, out_w: int, 
     in_range(op, (c, "c"), x.shape[1])
     rows = x.shape[2] + 2 * ph - ((out_h - 1) * sh if out_h > 0 else 0)
     cols = x.shape[3] + 2 * pw - ((out_w - 1) * sw if out_w > 0 else 0)
-    in_range(op, (i, "i"), (rows - 1) // dh + 1 if rows > 0 else 0,
-             " (kernel row offsets for this input and output size)")
-    in_range(op, (j, "j"), (cols - 1) // dw + 1 if cols > 0 else 0,
-             " (kernel column offsets for this input and output size)")
+    in_range(
+        op, (i, "i"), (rows - 1) // dh + 1 if rows > 0 else 0, " (kernel row offsets for this input and output size)"
+    )
+    in_range(
+        op, (j, "j"), (cols - 1) // dw + 1 if cols > 0 else 0, " (kernel column offsets for this input and output size)"
+    )
 
 
 def scatter(grad: Tensor, indices: Tensor, coeffs: Tensor, kernel: bool = False) -> None:
@@ -203,6 +228,8 @@ def scatter(grad: Tensor, indices: Tensor, coeffs: Tensor, kernel: bool = False)
     if grad.dim() != 1 or not grad.is_contiguous():
         raise ValueError(f"{op}: grad must be flat (1-D) and contiguous")
     if indices.dim() != 1 or coeffs.dim() != 1 or indices.shape[0] != coeffs.shape[0]:
-        raise ValueError(f"{op}: indices and coeffs must be (K,) with one coefficient per index (got "
-                         f"{_shape(indices)} and {_shape(coeffs)})")
+        raise ValueError(
+            f"{op}: indices and coeffs must be (K,) with one coefficient per index (got "
+            f"{_shape(indices)} and {_shape(coeffs)})"
+        )
     in_range(op, (indices, "indices"), grad.numel())

@@ -4,6 +4,7 @@
 ``zeroth/csrc/zeroth_math.h`` (the definition the C++ and CUDA code share);
 ``tests/ops/test_checks.py`` fails if the two differ in a name or a value.
 """
+
 from __future__ import annotations
 
 import enum

@@ -7,6 +7,7 @@ tests compare the two. Float inputs are promoted to float64 for the arithmetic (
 kernels do), so a difference like ``σ(a + Δ) − σ(a)`` is not spoiled by rounding ``a + Δ``
 first. Unlike the kernels, the references take every floating dtype (bfloat16, float16).
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,9 @@ def _normalize(x: Tensor, dims, eps: float) -> Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
-def batchnorm_difference(a: Tensor, delta: Tensor, channels: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+def batchnorm_difference(
+    a: Tensor, delta: Tensor, channels: Tensor, weight: Tensor, bias: Tensor, eps: float
+) -> Tensor:
     """Train-mode BatchNorm of each copy ``a + Δ_k`` (own batch statistics) minus that of ``a``.
 
     ``a: (B, C, S)``; dense ``Δ: (K, B, C, S)``, or confined ``Δ: (K, B, S)`` with
@@ -118,8 +121,20 @@ def head_cross_entropy_difference(x: Tensor, logits: Tensor, targets: Tensor, mu
     return (out - hit).mean(0)
 
 
-def conv_weight_patches(x: Tensor, c: Tensor, i: Tensor, j: Tensor, out_h: int, out_w: int, sh: int, sw: int,
-                        ph: int, pw: int, dh: int, dw: int) -> Tensor:
+def conv_weight_patches(
+    x: Tensor,
+    c: Tensor,
+    i: Tensor,
+    j: Tensor,
+    out_h: int,
+    out_w: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+) -> Tensor:
     """For Conv2d weight coordinates ``(·, c_k, i_k, j_k)``: the input values they multiply, ``(K, B, h, w)``."""
     _checks.patches(x, c, i, j, out_h, out_w, sh, sw, ph, pw, dh, dw)
     c, i, j = c.long(), i.long(), j.long()

@@ -7,6 +7,7 @@ exactly, and crossing 0 needs ``|a| < |Δ|``, so no term is larger than ``Δ`` a
 cancellation occurs. The result equals the float64 reference rounded to Δ's dtype up to a
 few ulp of Δ, in about a third of the memory traffic.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,6 +27,6 @@ def piecewise_linear_difference(a: Tensor, delta: Tensor, slope: float) -> Tenso
     pos0 = a > 0
     if slope == 0.0:
         return torch.where(neg1, torch.where(pos0, -a, torch.zeros_like(a)), torch.where(pos0, delta, x1))
-    down = torch.where(pos0, slope * x1 - a, slope * delta)   # ends at or below 0
-    up = torch.where(pos0, delta, x1 - slope * a)             # ends above 0
+    down = torch.where(pos0, slope * x1 - a, slope * delta)  # ends at or below 0
+    up = torch.where(pos0, delta, x1 - slope * a)  # ends above 0
     return torch.where(neg1, down, up)

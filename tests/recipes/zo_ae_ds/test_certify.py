@@ -3,6 +3,7 @@
 For h(x) = [w·x + b > 0] and δ ~ N(0, σ²I): P(h(x + δ) = 1) = Φ(s / (σ‖w‖)) with s = w·x + b,
 so the exact certified radius σΦ⁻¹(pA) is the distance |s| / ‖w‖ to the hyperplane.
 """
+
 import math
 
 import pytest
@@ -10,7 +11,13 @@ import torch
 from scipy import stats
 
 from zeroth.recipes.zo_ae_ds import (
-    ABSTAIN, Certificate, certified_accuracy, certify, certify_dataset, lower_confidence_bound, predict,
+    ABSTAIN,
+    Certificate,
+    certified_accuracy,
+    certify,
+    certify_dataset,
+    lower_confidence_bound,
+    predict,
 )
 
 SIGMA = 0.25
@@ -78,8 +85,12 @@ def test_lower_confidence_bound_is_the_exact_one_sided_bound():
 
 
 def test_certified_accuracy_counts_correct_predictions_with_enough_radius():
-    certs = [Certificate(1, 0.3, 0.9, 90, 100, label=1), Certificate(2, 0.5, 0.9, 90, 100, label=1),
-             Certificate(ABSTAIN, 0.0, 0.4, 40, 100, label=0), Certificate(0, 0.1, 0.7, 70, 100, label=0)]
+    certs = [
+        Certificate(1, 0.3, 0.9, 90, 100, label=1),
+        Certificate(2, 0.5, 0.9, 90, 100, label=1),
+        Certificate(ABSTAIN, 0.0, 0.4, 40, 100, label=0),
+        Certificate(0, 0.1, 0.7, 70, 100, label=0),
+    ]
     assert certified_accuracy(certs, [0.0, 0.1, 0.2, 0.3, 0.4]) == [0.5, 0.5, 0.25, 0.25, 0.0]
 
 
@@ -95,10 +106,18 @@ def test_certify_dataset_labels_each_row_and_restores_mode():
     assert model.training
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(sigma=0.0), "sigma"), (dict(sigma=float("nan")), "sigma"), (dict(n0=0), "n0"), (dict(n=2.5), "n"),
-    (dict(alpha=0.5), "alpha"), (dict(alpha=-1e-3), "alpha"), (dict(batch=0), "batch"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(sigma=0.0), "sigma"),
+        (dict(sigma=float("nan")), "sigma"),
+        (dict(n0=0), "n0"),
+        (dict(n=2.5), "n"),
+        (dict(alpha=0.5), "alpha"),
+        (dict(alpha=-1e-3), "alpha"),
+        (dict(batch=0), "batch"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, name):
     args = dict(sigma=SIGMA, n0=10, n=10, alpha=0.001, batch=10) | kwargs
     with pytest.raises(ValueError, match=name):
@@ -113,4 +132,4 @@ def test_bad_inputs_and_radii_are_rejected():
     with pytest.raises(ValueError, match="results"):
         certified_accuracy([], [0.0])
     with pytest.raises(ValueError, match="no label"):
-        Certificate(0, 0.1, 0.7, 7, 10).correct
+        _ = Certificate(0, 0.1, 0.7, 7, 10).correct

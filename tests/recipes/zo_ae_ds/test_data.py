@@ -1,4 +1,5 @@
 """load_cifar10 reads python-pickle batches from disk (never downloads) into [0, 1] images."""
+
 import pickle
 
 import numpy as np
@@ -12,8 +13,10 @@ def write_batches(folder, per_batch=4):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 10, per_batch))}
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, per_batch)),
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(batch, fh)
 

@@ -1,4 +1,5 @@
 """``zeroth defend``: a short digits run beats no defense; the config and the command reject bad arguments."""
+
 import pytest
 
 from zeroth.cli import main
@@ -8,8 +9,17 @@ from zeroth.recipes.zo_ae_ds.defend import DefendConfig, run
 
 @pytest.mark.slow  # about a minute: trains f, the AE and six denoisers, then certifies
 def test_short_digits_run_certifies_beyond_no_defense(tmp_path, capsys):
-    config = DefendConfig(estimator="cge", q=(24,), classifier_epochs=10, ae_epochs=40, epochs=3, n=200,
-                          num_certify=60, progress=False, out=str(tmp_path / "defend.png"))
+    config = DefendConfig(
+        estimator="cge",
+        q=(24,),
+        classifier_epochs=10,
+        ae_epochs=40,
+        epochs=3,
+        n=200,
+        num_certify=60,
+        progress=False,
+        out=str(tmp_path / "defend.png"),
+    )
     report = run(config)
     out = capsys.readouterr().out
     r = config.radii.index(0.25)
@@ -27,15 +37,33 @@ def test_default_rows_and_q():
     config = DefendConfig()
     assert config.latent_dim == 24 and config.q == (2, 6, 24) and config.radii == (0.0, 0.125, 0.25, 0.375, 0.5)
     names = [name for name, _ in defend._plan(config)]
-    assert names == ["FO-DS", "FO-AE-DS", "ZO-DS RGE q=24", "ZO-AE-DS RGE q=2", "ZO-AE-DS RGE q=6",
-                     "ZO-AE-DS RGE q=24", "ZO-AE-DS CGE"]
+    assert names == [
+        "FO-DS",
+        "FO-AE-DS",
+        "ZO-DS RGE q=24",
+        "ZO-AE-DS RGE q=2",
+        "ZO-AE-DS RGE q=6",
+        "ZO-AE-DS RGE q=24",
+        "ZO-AE-DS CGE",
+    ]
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(dataset="mnist"), "dataset"), (dict(dataset="cifar10"), "data_dir"), (dict(sigma=-0.25), "sigma"),
-    (dict(estimator="spsa"), "estimator"), (dict(q=(0,)), "q"), (dict(q=()), "q"), (dict(radii=(-1.0,)), "radii"),
-    (dict(n=0), "n"), (dict(epochs=1.5), "epochs"), (dict(alpha=0.5), "alpha"), (dict(mu=0.0), "mu"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(dataset="mnist"), "dataset"),
+        (dict(dataset="cifar10"), "data_dir"),
+        (dict(sigma=-0.25), "sigma"),
+        (dict(estimator="spsa"), "estimator"),
+        (dict(q=(0,)), "q"),
+        (dict(q=()), "q"),
+        (dict(radii=(-1.0,)), "radii"),
+        (dict(n=0), "n"),
+        (dict(epochs=1.5), "epochs"),
+        (dict(alpha=0.5), "alpha"),
+        (dict(mu=0.0), "mu"),
+    ],
+)
 def test_config_names_the_bad_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DefendConfig(**kwargs)
@@ -44,16 +72,48 @@ def test_config_names_the_bad_argument(kwargs, name):
 def test_command_parses_into_a_config(monkeypatch):
     seen = {}
     monkeypatch.setattr(defend, "run", lambda config: seen.setdefault("config", config))
-    assert main(["defend", "--sigma", "0.5", "--estimator", "rge", "--q", "3,12", "--radii", "0,0.5", "--n", "500",
-                 "--epochs", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "defend",
+                "--sigma",
+                "0.5",
+                "--estimator",
+                "rge",
+                "--q",
+                "3,12",
+                "--radii",
+                "0,0.5",
+                "--n",
+                "500",
+                "--epochs",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     c = seen["config"]
-    assert (c.sigma, c.estimator, c.q, c.radii, c.n, c.epochs, c.progress) == (0.5, "rge", (3, 12), (0.0, 0.5), 500, 2, False)
+    assert (c.sigma, c.estimator, c.q, c.radii, c.n, c.epochs, c.progress) == (
+        0.5,
+        "rge",
+        (3, 12),
+        (0.0, 0.5),
+        500,
+        2,
+        False,
+    )
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["defend", "--dataset", "cifar10"], "data_dir"), (["defend", "--epochs", "0"], "epochs"),
-    (["defend", "--q", "2,x"], "--q"), (["defend", "--estimator", "newton"], "--estimator"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["defend", "--dataset", "cifar10"], "data_dir"),
+        (["defend", "--epochs", "0"], "epochs"),
+        (["defend", "--q", "2,x"], "--q"),
+        (["defend", "--estimator", "newton"], "--estimator"),
+    ],
+)
 def test_command_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)

@@ -1,4 +1,5 @@
 """DnCNN starts as the identity; encoder/decoder builders give the latent size asked for."""
+
 import pytest
 import torch
 
@@ -42,13 +43,16 @@ def test_the_cifar_encoder_downsamples_in_three_strided_convs_then_one_valid_4x4
     assert [m.stride for m in ups] == [(1, 1), (2, 2), (2, 2), (2, 2)]
 
 
-@pytest.mark.parametrize("build,kwargs,name", [
-    (build_encoder, dict(channels=1, image_size=12, latent_dim=4), "image_size"),
-    (build_decoder, dict(channels=1, image_size=8, latent_dim=0), "latent_dim"),
-    (build_encoder, dict(channels=0, image_size=8, latent_dim=4), "channels"),
-    (DnCNN, dict(depth=1), "depth"),
-    (DnCNN, dict(width=0), "width"),
-])
+@pytest.mark.parametrize(
+    "build,kwargs,name",
+    [
+        (build_encoder, dict(channels=1, image_size=12, latent_dim=4), "image_size"),
+        (build_decoder, dict(channels=1, image_size=8, latent_dim=0), "latent_dim"),
+        (build_encoder, dict(channels=0, image_size=8, latent_dim=4), "channels"),
+        (DnCNN, dict(depth=1), "depth"),
+        (DnCNN, dict(width=0), "width"),
+    ],
+)
 def test_bad_sizes_name_the_argument(build, kwargs, name):
     with pytest.raises(ValueError, match=name):
         build(**kwargs)

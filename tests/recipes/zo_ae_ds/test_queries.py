@@ -1,4 +1,5 @@
 """QueryCounter counts every image sent and, unless white-box, lets no gradient through."""
+
 import pytest
 import torch
 

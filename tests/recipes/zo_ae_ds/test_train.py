@@ -1,12 +1,20 @@
 """train_denoiser: ZO gradients through BlackBox match autograd, the classifier is only queried, resume is exact."""
+
 import pytest
 import torch
 from torch import nn
 
 from zeroth import CGE, RGE
 from zeroth.recipes.zo_ae_ds import (
-    DnCNN, QueryCounter, build_decoder, build_encoder, classifier_head, denoised_loss, train_autoencoder,
-    train_classifier, train_denoiser,
+    DnCNN,
+    QueryCounter,
+    build_decoder,
+    build_encoder,
+    classifier_head,
+    denoised_loss,
+    train_autoencoder,
+    train_classifier,
+    train_denoiser,
 )
 
 from ...conftest import cosine
@@ -69,8 +77,9 @@ def test_zo_mode_never_differentiates_the_classifier(through_ae):
     f, denoiser, enc, dec, x = parts()
     f.strict = True
     ae = dict(encoder=enc, decoder=dec) if through_ae else {}
-    log = train_denoiser(denoiser, f, x, sigma=0.25, mode="zo", through_ae=through_ae, epochs=1, batch_size=3,
-                         progress=False, **ae)
+    log = train_denoiser(
+        denoiser, f, x, sigma=0.25, mode="zo", through_ae=through_ae, epochs=1, batch_size=3, progress=False, **ae
+    )
     assert all(not p.requires_grad for p in f.parameters()) and log.steps == 2
     with pytest.raises(RuntimeError, match="autograd on"):  # the guard does fire when differentiated
         train_denoiser(denoiser, f, x, sigma=0.25, mode="fo", through_ae=through_ae, epochs=1, progress=False, **ae)
@@ -80,8 +89,19 @@ def test_zo_mode_never_differentiates_the_classifier(through_ae):
 def test_queries_per_step_and_total(estimator, per_image):
     f, denoiser, enc, dec, x = parts(latent=4)
     counter = QueryCounter(f, white_box=estimator is None)
-    log = train_denoiser(denoiser, counter, x, sigma=0.25, mode="fo" if estimator is None else "zo",
-                         estimator=estimator, encoder=enc, decoder=dec, epochs=2, batch_size=3, progress=False)
+    log = train_denoiser(
+        denoiser,
+        counter,
+        x,
+        sigma=0.25,
+        mode="fo" if estimator is None else "zo",
+        estimator=estimator,
+        encoder=enc,
+        decoder=dec,
+        epochs=2,
+        batch_size=3,
+        progress=False,
+    )
     assert log.queries_per_step == 3 * per_image
     assert log.queries == counter.queries == 6 + log.steps * 3 * per_image  # pseudo-labels + steps
 
@@ -100,8 +120,21 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     def train(epochs, path, resume):
         torch.manual_seed(0)
         f, denoiser, enc, dec, x = parts()
-        log = train_denoiser(denoiser, f, x, sigma=0.25, estimator=RGE(q=2, mu=5e-3), encoder=enc, decoder=dec,
-                             epochs=epochs, batch_size=2, seed=3, checkpoint=path, resume=resume, progress=False)
+        log = train_denoiser(
+            denoiser,
+            f,
+            x,
+            sigma=0.25,
+            estimator=RGE(q=2, mu=5e-3),
+            encoder=enc,
+            decoder=dec,
+            epochs=epochs,
+            batch_size=2,
+            seed=3,
+            checkpoint=path,
+            resume=resume,
+            progress=False,
+        )
         return [p.detach().clone() for p in list(denoiser.parameters()) + list(enc.parameters())], log, f.rows
 
     straight, log_straight, _ = train(2, tmp_path / "a.pt", False)
@@ -122,13 +155,24 @@ def test_classifier_and_autoencoder_training_reduce_their_losses():
     assert log.losses[-1] < log.losses[0] and log.epochs == 5
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(mode="so"), "mode"), (dict(sigma=0.0), "sigma"), (dict(epochs=-1), "epochs"), (dict(batch_size=0), "batch_size"),
-    (dict(lr=-1.0), "lr"), (dict(mode="fo", estimator=CGE()), "estimator"), (dict(resume=True), "checkpoint"),
-    (dict(encoder=None), "encoder"), (dict(through_ae=False), "encoder/decoder"), (dict(estimator="newton"), "estimator"),
-    (dict(targets=torch.zeros(2, dtype=torch.long)), "targets"), (dict(x=torch.rand(6, 64)), "x must be"),
-    (dict(classifier="f"), "classifier"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(mode="so"), "mode"),
+        (dict(sigma=0.0), "sigma"),
+        (dict(epochs=-1), "epochs"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=-1.0), "lr"),
+        (dict(mode="fo", estimator=CGE()), "estimator"),
+        (dict(resume=True), "checkpoint"),
+        (dict(encoder=None), "encoder"),
+        (dict(through_ae=False), "encoder/decoder"),
+        (dict(estimator="newton"), "estimator"),
+        (dict(targets=torch.zeros(2, dtype=torch.long)), "targets"),
+        (dict(x=torch.rand(6, 64)), "x must be"),
+        (dict(classifier="f"), "classifier"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, name):
     f, denoiser, enc, dec, x = parts()
     args = dict(classifier=f, x=x, sigma=0.25, encoder=enc, decoder=dec, epochs=1, progress=False) | kwargs
@@ -143,5 +187,6 @@ def test_a_counter_of_the_wrong_kind_is_rejected():
     with pytest.raises(ValueError, match="white_box=True"):
         train_denoiser(denoiser, QueryCounter(f), x, sigma=0.25, mode="fo", encoder=enc, decoder=dec, progress=False)
     with pytest.raises(ValueError, match="black box"):
-        train_denoiser(denoiser, QueryCounter(f, white_box=True), x, sigma=0.25, encoder=enc, decoder=dec,
-                       progress=False)
+        train_denoiser(
+            denoiser, QueryCounter(f, white_box=True), x, sigma=0.25, encoder=enc, decoder=dec, progress=False
+        )
