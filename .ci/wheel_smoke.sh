@@ -19,7 +19,11 @@ trap 'rm -rf "$work"' EXIT
 
 SECONDS=0
 phase() { echo "wheel smoke: $1 (${SECONDS} s)"; }
-"$PY" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+# Build from a copy of the files git tracks or would track, so nothing ignored (build/,
+# *.egg-info, caches) goes in and nothing is written into the checkout.
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src" 2>/dev/null || true
+"$PY" -m build --outdir "$work/dist" "$work/src" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 phase "built the sdist and the wheel"
 "$PY" -m twine check --strict "$work"/dist/*
 wheel=$(ls "$work"/dist/zeroth_optim-*.whl)

@@ -66,3 +66,23 @@ def test_warnings_share_the_zeroth_base_class():
     for cls in (NonFiniteLossWarning, KernelBuildWarning, WorkerFailureWarning):
         assert issubclass(cls, ZerothWarning)
     assert issubclass(NonFiniteLossWarning, RuntimeWarning) and issubclass(WorkerFailureWarning, RuntimeWarning)
+
+
+def test_only_the_feature_reuse_hot_path_builds_the_kernels():
+    """zo_gradient, a closure step, a black box and the constrained solver never start a compiler."""
+    out = run("""
+        import numpy as np, torch
+        import zeroth
+        from zeroth import CGE, BlackBox, ZOOptimizer, from_numpy, zo_gradient
+        from zeroth.constrained import minimize
+
+        zo_gradient(lambda x: (x ** 2).sum(), torch.ones(3), CGE())
+        model = torch.nn.Linear(3, 1)
+        opt = ZOOptimizer(model.parameters(), lr=0.1, estimator=CGE(), seed=0)
+        opt.step(lambda: model(torch.ones(2, 3)).pow(2).sum())
+        x = torch.ones(1, 2, requires_grad=True)
+        BlackBox(from_numpy(lambda v: v ** 2, batched=True), CGE())(x).sum().backward()
+        minimize(lambda v: float((v ** 2).sum()), np.ones(2), jac="zo", method="npasa")
+        print(zeroth.ops._tried)
+    """).stdout.split()
+    assert out == ["False"]
