@@ -13,7 +13,13 @@ class ZerothError(Exception):
 
 
 class EvaluationError(ZerothError, RuntimeError):
-    """A loss evaluation failed (non-finite value or an exception); parameters were restored."""
+    """A loss evaluation failed; parameters were restored before it was raised.
+
+    Raised for a NaN/inf loss (:func:`zeroth.optim.check_finite`, ``nan_policy="raise"``) and,
+    as its subclass :class:`~zeroth.blackbox.ProgramError`, for a black-box program that
+    crashed, timed out or returned malformed or non-finite output. Also a ``RuntimeError``,
+    so existing ``except RuntimeError`` handlers keep working.
+    """
 
 
 class ZerothWarning(UserWarning):
@@ -21,4 +27,7 @@ class ZerothWarning(UserWarning):
 
 
 class NonFiniteLossWarning(ZerothWarning, RuntimeWarning):
-    """A step was skipped because an evaluated loss was NaN or infinite."""
+    """A step was skipped because an evaluated loss was NaN or infinite (``nan_policy="skip"``).
+
+    Also a ``RuntimeWarning``; parameters, optimizer state and generator are as before the step.
+    """

@@ -27,8 +27,15 @@ from torch import Tensor, nn
 def output_loss(output: Any) -> Tensor:
     """The loss a model returned: ``output.loss``, ``output["loss"]``, or the output itself if a scalar tensor.
 
-    Raises ``ValueError`` naming what the output was when none of these holds (e.g. a Hugging
-    Face model called without ``labels``).
+    Args:
+        output: what the model returned (a Hugging Face ``ModelOutput``, a mapping, a tensor).
+
+    Returns:
+        The loss tensor as found (not detached, not reshaped).
+
+    Raises:
+        ValueError: none of these holds (e.g. a Hugging Face model called without ``labels``);
+            the message names what the output was.
     """
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
@@ -53,6 +60,14 @@ class Objective:
             Face batch with ``input_ids``/``attention_mask``/``labels``) or any other object,
             passed as the single argument (tuples and nested structures included).
         targets: second argument of ``loss_fn`` (anything, e.g. the batch itself); needs a ``loss_fn``.
+
+    Calling the objective, ``objective()``, returns the loss: a scalar tensor (as ``loss_fn``
+    returns it; evaluators convert it with :func:`scalar_loss`). It does not itself disable
+    gradient tracking; the optimizers call it under ``torch.no_grad()``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``loss_fn`` is not callable, or ``inputs`` is None.
+        ValueError: ``targets`` is given without a ``loss_fn``.
     """
 
     def __init__(
@@ -118,7 +133,20 @@ class Objective:
 
 
 def scalar_loss(value: Any) -> Tensor:
-    """The loss returned by an objective as a detached 0-d tensor; a clear error otherwise."""
+    """The loss returned by an objective as a detached 0-d tensor.
+
+    Args:
+        value: a 1-element tensor (floating, int32 or int64), a Python ``float``/``int``, or a
+            numpy scalar / 1-element array.
+
+    Returns:
+        A 0-d tensor: a tensor keeps its dtype and device (detached); Python and numpy numbers
+        become float64 on the CPU.
+
+    Raises:
+        ValueError: a tensor with more than one element.
+        TypeError: a tensor of another dtype (complex, bool, ...), or any other type (``bool`` included).
+    """
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"objective must return a scalar loss, got a tensor of shape {tuple(value.shape)}")

@@ -1,6 +1,6 @@
 r"""``ZOOptimizer``: a drop-in ``torch.optim.Optimizer`` that never calls backward.
 
-One step (DESIGN.md §1)::
+One step (the contracts are in :mod:`zeroth.protocols`)::
 
     masks  = sparsity.select(...)                      # which coordinates (optional)
     dirs   = estimator.directions(params, masks)       # what to perturb
@@ -11,6 +11,13 @@ One step (DESIGN.md §1)::
 The gradient is :math:`\hat g_j = \sum_i c_i d_{ij} / \mu_j` with coefficients ``c`` from the
 estimator (see :mod:`zeroth.estimators`). ``estimate_gradient`` is the functional core; the
 class adds parameter groups, the base rule, the generator and checkpointing.
+
+References:
+    S. Malladi et al., "Fine-tuning language models with just forward passes", NeurIPS 2023,
+    arXiv:2305.17333 (MeZO: the in-place step of ``inplace=True``, :func:`sgd_step_`).
+
+    A. Chen et al., "DeepZero: scaling up zeroth-order optimization for deep model training",
+    ICLR 2024, arXiv:2310.02025 (CGE with a base rule, sparse masks).
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ BASE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
     "adagrad": torch.optim.Adagrad,
 }
+"""The base rules ``ZOOptimizer(base=...)`` accepts by name (any ``torch.optim.Optimizer`` class works too)."""
 
 
 def estimate_gradient(
@@ -50,10 +58,33 @@ def estimate_gradient(
     generator: Optional[torch.Generator] = None,
     masks: Optional[Sequence[Optional[Tensor]]] = None,
 ) -> Tuple[Tensor, List[Tensor], Losses]:
-    """``(loss, grads, losses)``: a ZO gradient of ``objective`` at ``params`` (left unchanged).
+    """A zeroth-order gradient of ``objective`` at ``params`` (left bitwise unchanged).
 
-    ``loss`` is ℓ(θ) (for two-sided schemes the mean of ℓ(θ ± μd), equal to ℓ(θ) up to O(μ²)).
-    Raises :class:`EvaluationError` if any evaluated loss is NaN or infinite.
+    The functional core of :class:`ZOOptimizer` without a base rule, generator state or
+    groups: directions, evaluation, differences, accumulation into fresh gradient tensors.
+
+    Args:
+        objective: an :class:`~zeroth.Objective` or any callable returning the scalar loss at
+            the parameters' current values (it is called with the parameters perturbed in place).
+        params: the parameter tensors to estimate (floating dtypes, any shapes and devices).
+        estimator: an :class:`~zeroth.estimators.Estimator` (``CGE()``, ``RGE(q=...)``, ``SPSA()``).
+        evaluator: an :class:`~zeroth.engine.Evaluator` (``Sequential()`` always applies).
+        mus: one step μ per tensor, absolute (in the tensor's units); None: ``estimator.mu``.
+        generator: where random choices come from (None: torch's global RNG).
+        masks: per tensor, None or a 1-D int64 tensor of flat indices to estimate (the others get 0).
+
+    Returns:
+        ``(loss, grads, losses)``: ``loss`` is ℓ(θ), 0-d (for two-sided schemes the float64
+        mean of ℓ(θ ± μd), equal to ℓ(θ) up to O(μ²)); ``grads`` one tensor per parameter,
+        shaped like it with its dtype and device; ``losses`` the raw
+        :class:`~zeroth.engine.Losses`.
+
+    Raises:
+        zeroth.errors.EvaluationError: an evaluated loss is NaN or infinite.
+        ValueError: invalid ``mus`` (one per tensor, each a finite number > 0).
+
+    Exceptions of the objective propagate with a note naming the evaluation; parameters are
+    restored first.
     """
     dirs, losses, coeffs = estimate_coefficients(objective, params, estimator, evaluator, mus=mus,
                                                  generator=generator, masks=masks)
@@ -72,10 +103,20 @@ def estimate_coefficients(
     generator: Optional[torch.Generator] = None,
     masks: Optional[Sequence[Optional[Tensor]]] = None,
 ) -> Tuple[Any, Losses, Tensor]:
-    """``(dirs, losses, coeffs)``: the gradient in factored form, ``ĝ_j = Σ_i c_i d_ij / μ_j``.
+    """The gradient estimate in factored form, ``ĝ_j = Σ_i c_i d_ij / μ_j``, without forming ĝ.
 
     Nothing of parameter size is allocated here (random directions are regenerated from
-    their seed), so :func:`sgd_step_` can apply ĝ without ever storing it.
+    their seed), so :func:`sgd_step_` can apply ĝ without ever storing it. Arguments as for
+    :func:`estimate_gradient`.
+
+    Returns:
+        ``(dirs, losses, coeffs)``: the direction set, the :class:`~zeroth.engine.Losses`,
+        and the ``(dirs.num_directions,)`` float64 coefficients (``dirs.accumulate(coeffs,
+        grads)`` adds ĝ to ``grads``).
+
+    Raises:
+        zeroth.errors.EvaluationError: an evaluated loss is NaN or infinite.
+        ValueError: invalid ``mus``.
     """
     dirs = estimator.directions(params, mus=mus, generator=generator, masks=masks)
     losses = evaluator.evaluate(objective, params, dirs)
@@ -95,7 +136,16 @@ def sgd_step_(
 
     The same step as ``torch.optim.SGD`` without momentum on ``p.grad = ĝ`` (up to rounding):
     weight decay scales θ first, then each direction is regenerated and added a chunk at a
-    time (coordinates: one scatter). ``maximize`` (one flag, or one per parameter) ascends.
+    time (coordinates: one scatter). Runs under ``torch.no_grad()``.
+
+    Args:
+        params: the parameters, updated in place.
+        dirs: the direction set of :func:`estimate_coefficients` (anything with ``accumulate``).
+        coeffs: its ``(num_directions,)`` coefficients.
+        lrs: one learning rate per parameter.
+        weight_decays: one (L2, coupled) weight decay per parameter; it applies to every entry,
+            masked or not.
+        maximize: ascend instead (one flag, or one per parameter).
     """
     ascend = [maximize] * len(params) if isinstance(maximize, bool) else list(maximize)
     with torch.no_grad():
@@ -106,14 +156,19 @@ def sgd_step_(
 
 
 def step_loss(losses: Losses) -> Tensor:
-    """The loss a step reports: ℓ(θ), or the mean of the two-sided values."""
+    """The loss a step reports: ℓ(θ) (0-d), or the float64 mean of the two-sided values."""
     if losses.base is not None:
         return losses.base
     return losses.perturbed.mean().to(losses.perturbed.dtype)
 
 
 def check_finite(losses: Losses) -> None:
-    """Raise :class:`EvaluationError` naming the first non-finite evaluation."""
+    """Check that every loss of a step is finite.
+
+    Raises:
+        zeroth.errors.EvaluationError: ℓ(θ) or a perturbed loss is NaN or infinite; the message
+            names the first such evaluation and how many there were.
+    """
     if losses.base is not None and not bool(torch.isfinite(losses.base)):
         raise EvaluationError(f"objective returned a non-finite loss ({float(losses.base)}) at the current point")
     bad = (~torch.isfinite(losses.perturbed)).nonzero()
@@ -126,7 +181,11 @@ def check_finite(losses: Losses) -> None:
 
 
 class BackwardInClosureError(ZerothError, RuntimeError):
-    """A closure given to :class:`ZOOptimizer` called ``backward()`` (it only has to return the loss)."""
+    """A closure given to :class:`ZOOptimizer` called ``backward()`` (it only has to return the loss).
+
+    The message says what to do instead (return the loss; Lightning's manual optimization;
+    the Hugging Face ``ZOTrainer``). Gradients the closure created are removed first.
+    """
 
 
 _BACKWARD_HINT = (
@@ -184,7 +243,20 @@ def exact_inplace_step(
     when given (MeZO's step: 3 passes for SPSA). Restores are exact (bitwise) in every dtype.
     Dropout and buffers follow :class:`~zeroth.engine.StepState` (common random numbers). On an
     exception or a non-finite loss the parameters are restored before raising.
-    Returns ``(losses, coeffs)``.
+
+    Args:
+        objective: callable returning the scalar loss at the current parameter values.
+        params: the parameters ``dirs`` was made for.
+        dirs: exact Rademacher directions (:class:`~zeroth.estimators.exact_perturbation.ExactRademacher`).
+        estimator: the estimator whose ``combine`` turns the losses into coefficients.
+        update: ``(lrs, weight_decays, maximize)`` per parameter to apply SGD in the final pass;
+            None restores only.
+
+    Returns:
+        ``(losses, coeffs)``: the :class:`~zeroth.engine.Losses` and the coefficients.
+
+    Raises:
+        zeroth.errors.EvaluationError: a loss is NaN or infinite (parameters restored, not updated).
     """
     state = StepState(objective, params)
     n = len(dirs)
@@ -304,6 +376,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             applied; SPSA's step is fused into 3 passes over the parameters. Gaussian/sphere
             directions are undone by subtraction (about one ulp per evaluation); coordinates
             (CGE) restore bitwise.
+        mu: the perturbation size of every group that sets none (an absolute step in the
+            parameters' units, not relative to |θ|); None: the estimator's ``mu``.
+        **base_kwargs: options of the base rule (``momentum``, ``weight_decay``, ``betas`` ...).
 
     The torch.optim contract: ``step(closure)`` (positional or keyword) runs one ZO step on
     ``closure`` — an :class:`~zeroth.Objective` or any callable returning the scalar loss,
@@ -316,6 +391,28 @@ class ZOOptimizer(torch.optim.Optimizer):
     torch. The two halves of a step are also available apart, as in first-order training:
     ``estimate(closure)`` (≈ ``loss.backward()``: the gradient estimate, parameters
     unchanged) then ``step()`` without a closure (the update).
+
+    Attributes:
+        base: the base rule instance (``torch.optim.SGD`` ...).
+        generator: the CPU generator every random choice is drawn from.
+        zo_steps: ZO steps taken (skipped steps not counted).
+        num_evaluations: loss evaluations made so far.
+        last_losses: the :class:`~zeroth.engine.Losses` of the last step.
+
+    Raises:
+        ValueError: an invalid ``lr`` (negative, non-finite, a tensor of more than one element),
+            ``mu``, ``nan_policy``, estimator or evaluator name, or base name; ``inplace=True``
+            with a base other than SGD, with momentum/Nesterov, or with an evaluator other than
+            ``Sequential(restore="inverse")``.
+        TypeError: ``inplace`` is not a bool, ``seed`` not an int, ``sparsity`` has no
+            ``select``, ``base`` is neither a name nor an optimizer class, the base rejects
+            ``base_kwargs``, or a parameter is not floating-point.
+
+    References:
+        S. Malladi et al., "Fine-tuning language models with just forward passes", NeurIPS
+        2023, arXiv:2305.17333 (MeZO, ``inplace=True``).
+
+        A. Chen et al., "DeepZero", ICLR 2024, arXiv:2310.02025 (CGE + SGD with momentum, sparsity).
     """
 
     def __init__(
@@ -383,6 +480,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     # -- one list of groups, one state: the base rule's -----------------------------------
     @property
     def param_groups(self) -> List[Dict[str, Any]]:  # type: ignore[override]
+        """The parameter groups: the base rule's own list (each group also has ``"mu"``, None for the default)."""
         base = self.__dict__.get("base")
         return base.param_groups if base is not None else self.__dict__["_zo_param_groups"]
 
@@ -396,6 +494,7 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     @property
     def state(self):  # type: ignore[override]
+        """Per-parameter state: the base rule's own dict (momentum buffers, Adam moments ...)."""
         base = self.__dict__.get("base")
         return base.state if base is not None else self.__dict__["_zo_state"]
 
@@ -408,7 +507,16 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.__dict__["_zo_state"] = value
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        """Add a group (validated: floating-point parameters, ``lr``, ``mu``) to the one shared list."""
+        """Add a group (validated: floating-point parameters, ``lr``, ``mu``) to the one shared list.
+
+        Args:
+            param_group: ``{"params": ..., "lr": ..., "mu": ..., <base rule options>}`` as for torch.optim.
+
+        Raises:
+            TypeError: ``param_group`` is not a dict, or a parameter is not floating-point.
+            ValueError: an invalid ``lr`` or ``mu``; with ``inplace=True``, momentum in the group;
+                the base rule's own errors (a parameter in two groups ...) propagate.
+        """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         params = param_group.get("params")
@@ -461,10 +569,28 @@ class ZOOptimizer(torch.optim.Optimizer):
     # -- the step -----------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Optional[Tensor]:  # type: ignore[override]
-        """One ZO step on ``closure`` (an Objective or a callable returning the loss); returns the loss.
+        """One ZO step on ``closure``: estimate the gradient, then apply the base rule.
 
         Without a closure, applies the estimate of a preceding :meth:`estimate` call (and
-        returns None, like torch optimizers); raises ``TypeError`` when there is none.
+        returns None, like torch optimizers).
+
+        Args:
+            closure: an :class:`~zeroth.Objective` or a callable returning the scalar loss
+                (called several times under ``torch.no_grad()``, with the parameters perturbed
+                in place; it must not call ``backward()``).
+
+        Returns:
+            The loss at the current point (0-d tensor; for two-sided schemes the mean of the
+            two-sided values), None without a closure, without trainable parameters, or when
+            ``nan_policy="skip"`` skipped the step (with a :class:`~zeroth.errors.NonFiniteLossWarning`).
+
+        Raises:
+            TypeError: no closure and no pending estimate, or ``closure`` is not callable.
+            zeroth.errors.EvaluationError: a NaN/inf loss with ``nan_policy="raise"``.
+            BackwardInClosureError: a plain closure called ``backward()``.
+
+        An error while estimating leaves parameters, optimizer state, generator and mask
+        schedule as they were.
         """
         if closure is None:
             if self._pending is None:
@@ -480,7 +606,18 @@ class ZOOptimizer(torch.optim.Optimizer):
 
         The zeroth-order counterpart of ``loss.backward()``: with ``inplace=False`` it writes
         ``p.grad``; with ``inplace=True`` it keeps only the per-direction coefficients (the
-        directions are regenerated by ``step()``). Returns the loss at the current point.
+        directions are regenerated by ``step()``).
+
+        Args:
+            closure: as for :meth:`step`.
+
+        Returns:
+            The loss at the current point (as for :meth:`step`).
+
+        Raises:
+            TypeError: ``closure`` is None or not callable.
+            zeroth.errors.EvaluationError: a NaN/inf loss with ``nan_policy="raise"``.
+            BackwardInClosureError: a plain closure called ``backward()``.
         """
         if closure is None or not callable(closure):
             raise TypeError("estimate needs a closure returning the loss (an Objective or a callable)")
@@ -563,7 +700,8 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Base optimizer state + ``"zeroth"``: generator, step count, sparsity state."""
+        """The base rule's ``state_dict`` plus a ``"zeroth"`` entry: generator, step and evaluation
+        counts, the mask rule's and the evaluator's state (a resumed run continues bit-identically)."""
         sd = self.base.state_dict()
         sd["zeroth"] = {
             "generator": self.generator.get_state(),
@@ -575,6 +713,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (base rule state, generator, counters, mask schedule).
+
+        A pending :meth:`estimate` is dropped.
+
+        Raises:
+            ValueError: ``state_dict`` has no ``"zeroth"`` entry (not a ZOOptimizer state);
+                the base rule's own errors propagate.
+        """
         if not isinstance(state_dict, dict) or "zeroth" not in state_dict:
             raise ValueError("state_dict: not a ZOOptimizer state_dict (no 'zeroth' entry)")
         sd = dict(state_dict)

@@ -43,10 +43,14 @@ class Directions(Protocol):
     num_signs: int
 
     @property
-    def num_directions(self) -> int: ...
+    def num_directions(self) -> int:
+        """Number of distinct directions ``n`` (``len(dirs) == n · num_signs`` evaluations)."""
+        ...
 
     @property
-    def needs_base(self) -> bool: ...
+    def needs_base(self) -> bool:
+        """Whether ℓ(θ) at the unperturbed point is needed too (one-sided schemes)."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -82,10 +86,30 @@ class Estimator(Protocol):
     def directions(self, params: Sequence[Tensor], *, mus: Optional[Sequence[float]] = None,
                    generator: Optional[torch.Generator] = None,
                    masks: Optional[Sequence[Optional[Tensor]]] = None) -> Directions:
-        """The direction set of one step (``masks[j]``: flat int64 indices of parameter ``j`` to estimate)."""
+        """The direction set of one step.
+
+        Args:
+            params: the parameter tensors the estimate is for.
+            mus: one step μ_j per tensor, absolute (in the tensor's units); None: ``self.mu``.
+            generator: the only source of randomness allowed (a seeded run is reproducible).
+            masks: per tensor, a 1-D int64 tensor of flat (row-major) indices to estimate, or
+                None for all of them.
+
+        Returns:
+            A :class:`Directions` over ``params``.
+        """
 
     def combine(self, dirs: Directions, base: Optional[Tensor], losses: Tensor) -> Tensor:
-        """Coefficients from ℓ(θ) (0-d, or None for two-sided schemes) and the ``(len(dirs),)`` float64 losses."""
+        """Per-direction coefficients from the losses; pure (no state, no randomness).
+
+        Args:
+            dirs: the direction set the losses were evaluated on.
+            base: ℓ(θ), 0-d, or None for two-sided schemes.
+            losses: ``(len(dirs),)`` float64 (trailing dimensions allowed: one estimate per output).
+
+        Returns:
+            ``(dirs.num_directions, ...)`` coefficients ``c`` with ``ĝ = Σ_i c_i d_i / span_i``.
+        """
 
     def num_evaluations(self, dim: int) -> int:
         """Loss evaluations one step costs for ``dim`` estimated coordinates."""
@@ -104,9 +128,36 @@ class Evaluator(Protocol):
     """
 
     def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> Any: ...
+                 params: Optional[Sequence[Tensor]] = None) -> Any:
+        """Whether :meth:`evaluate` computes this case exactly, decided before anything runs.
 
-    def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Any: ...
+        Args:
+            objective: an :class:`~zeroth.Objective` or a plain closure returning the loss.
+            dirs: the direction set (None: any).
+            params: the perturbed parameter tensors (None: any).
+
+        Returns:
+            A truthy/falsy :class:`~zeroth.engine.base.Support`; a false one's ``reason`` says why.
+        """
+        ...
+
+    def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Any:
+        """The loss at every evaluation point of ``dirs`` (and at θ when ``dirs.needs_base``).
+
+        Args:
+            objective: an :class:`~zeroth.Objective` or a plain closure returning the scalar loss.
+            params: the tensors ``dirs`` perturbs, in its order.
+            dirs: the direction set.
+
+        Returns:
+            :class:`~zeroth.engine.base.Losses` ``(base, perturbed)``: ``base`` 0-d or None,
+            ``perturbed`` of shape ``(len(dirs),)``, float64.
+
+        Raises:
+            zeroth.engine.base.Unsupported: a case found mid-way that cannot be computed
+                exactly; parameters, buffers and RNG are restored first.
+        """
+        ...
 
 
 @runtime_checkable
@@ -119,8 +170,24 @@ class MaskRule(Protocol):
     """
 
     def select(self, params: Sequence[Tensor], step: int,
-               generator: Optional[torch.Generator] = None) -> List[Optional[Tensor]]: ...
+               generator: Optional[torch.Generator] = None) -> List[Optional[Tensor]]:
+        """The coordinates optimizer step ``step`` estimates.
 
-    def state_dict(self) -> Dict[str, Any]: ...
+        Args:
+            params: the trainable parameter tensors, in the optimizer's order.
+            step: the optimizer's step count (0 for the first step).
+            generator: the optimizer's generator, the only source of randomness allowed.
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+        Returns:
+            Per parameter, a 1-D int64 tensor of flat (row-major) indices on the parameter's
+            device, or None for all of its coordinates.
+        """
+        ...
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The rule's schedule state (masks in use, position), for checkpoints."""
+        ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, so a resumed run selects the same coordinates."""
+        ...

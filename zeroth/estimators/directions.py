@@ -12,6 +12,9 @@ evaluations are the ``+`` points and the second half the ``−`` points, in the 
 
 ``perturb``/``restore`` change parameters in place (used by the sequential evaluator);
 ``accumulate`` turns per-direction coefficients ``c`` into ``grad_j += Σ_i c_i d_ij / μ_j``.
+
+μ is an absolute step in the units of the parameter it perturbs (not relative to |θ|). The
+structural contract every direction set meets is :class:`zeroth.protocols.Directions`.
 """
 from __future__ import annotations
 
@@ -54,7 +57,13 @@ class Directions:
     """Base class: ``len()`` evaluations, ``needs_base`` says whether f(θ) is needed too.
 
     ``kind`` names the family (``"coordinates"``, ``"random"``) for evaluators whose support
-    depends on it (difference propagation needs coordinates)."""
+    depends on it (difference propagation needs coordinates).
+
+    Attributes:
+        kind: the family name (``"directions"`` in the base class).
+        num_signs: 1 (one-sided: evaluations ``θ + μd``) or 2 (two-sided: ``+`` block, then ``−`` block).
+        mus: the nominal step μ_j of each parameter tensor (absolute, in its units).
+    """
 
     kind: str = "directions"
     num_signs: int = 1
@@ -62,10 +71,16 @@ class Directions:
 
     @property
     def needs_base(self) -> bool:
+        """Whether the loss at the unperturbed θ is needed too (one-sided schemes)."""
         return self.num_signs == 1
 
     @property
     def num_directions(self) -> int:
+        """Number of distinct directions ``n``; ``len(self) == n · num_signs`` evaluations.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -102,11 +117,22 @@ class Coordinates(Directions):
     (central) — not by the nominal μ, which matters in low precision.
 
     Args:
-        indices: per parameter, an int64 tensor of flat indices (on the parameter's device).
+        indices: per parameter, an integer tensor of flat (row-major) indices, any shape
+            (flattened, cast to int64), on the parameter's device or the CPU.
         mus: per parameter, the nominal perturbation size μ_j (an absolute step in the
             parameter's units).
         scheme: ``"forward"`` or ``"central"``.
-        params: the parameters (their current values fix the perturbed values).
+        params: the parameters (their current values fix the perturbed values); required.
+
+    Attributes:
+        values: ``values[s][j]``: the perturbed values of parameter ``j``'s selected
+            coordinates for sign block ``s`` (0: ``+``, 1: ``−``), the parameter's dtype.
+        steps: ``steps[s][j]``: the steps actually taken ``|fl(θ ± μ_j) − θ|``, float64.
+        offsets: ``offsets[j]``: the first direction number of parameter ``j`` (``offsets[-1] = n``).
+
+    Raises:
+        TypeError: ``params`` is None.
+        ValueError: ``indices``, ``mus`` and ``params`` differ in length.
     """
 
     kind = "coordinates"
@@ -151,6 +177,7 @@ class Coordinates(Directions):
 
     @property
     def num_directions(self) -> int:
+        """Number of selected coordinates over all parameters (one direction each)."""
         return self.offsets[-1]
 
     def signed_steps(self, j: int, sign_block: int) -> Tensor:
@@ -174,6 +201,18 @@ class Coordinates(Directions):
         return j, c, self._lists[j][c], 0 if e < n else 1
 
     def perturb(self, params: Sequence[Tensor], e: int, exact: bool = True):
+        """Set the one coordinate of evaluation ``e`` to its perturbed value, in place.
+
+        Call under ``torch.no_grad()`` (leaf parameters cannot be written in place otherwise).
+
+        Args:
+            params: the parameters the set was made for, in the same order.
+            e: evaluation number, ``0 <= e < len(self)``.
+            exact: ignored: the old value is always kept, so :meth:`restore` is bitwise.
+
+        Returns:
+            A token ``(j, index, old value)`` for :meth:`restore`.
+        """
         j, c, k, s = self.locate(e)
         at = _element(params[j], k)
         old = params[j][at].clone()
@@ -181,6 +220,7 @@ class Coordinates(Directions):
         return (j, at, old)
 
     def restore(self, params: Sequence[Tensor], e: int, token) -> None:
+        """Write back the value ``perturb(params, e)`` replaced (bitwise), from its ``token``."""
         j, at, old = token
         params[j][at] = old
 
@@ -224,8 +264,16 @@ class Coordinates(Directions):
             [[h.to(d) for h, d in zip(block, devices)] for block in self.steps])
 
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
-        """``grads[j].flat[k] += scales[j] · c_k / span_k`` for every selected coordinate ``k``
-        (``span``: the step actually taken, :meth:`spans`). Plain PyTorch (``index_add_``)."""
+        """``grads[j].flat[k] += scales[j] · c_k / span_k`` for every selected coordinate ``k``, in place.
+
+        ``span`` is the step actually taken (:meth:`spans`). Plain PyTorch (``index_add_``),
+        computed in float64 and rounded once to each gradient's dtype.
+
+        Args:
+            coeffs: ``(num_directions,)`` coefficients from the estimator's ``combine``.
+            grads: one tensor per parameter, shaped like it (any strides), updated in place.
+            scales: one factor per parameter (e.g. ``−lr`` for an in-place SGD step); None: 1.
+        """
         for j, idx in enumerate(self.indices):
             if idx.numel() == 0:
                 continue
@@ -248,6 +296,23 @@ class RandomDirections(Directions):
     selected coordinates, so ``E[u uᵀ] = I/d``) or ``"rademacher"`` (±1).
     ``antithetic=True`` evaluates ``θ ± μu`` (two-sided) instead of ``θ + μu`` and ``θ``.
     ``masks[j]`` (optional) restricts parameter ``j`` to those flat indices (zero elsewhere).
+
+    Entry chunk ``c`` of direction ``i`` in parameter ``j`` comes from a generator of its own
+    seeded by a splitmix64 mix of ``(seed, i, j, c)``, on the parameter's device and in its
+    dtype, so any piece can be regenerated alone (the same numbers every time on the same
+    device type; a CUDA generator gives other numbers than a CPU one).
+
+    Args:
+        params: the parameter tensors (their shapes, devices and dtypes are recorded, not their values).
+        seed: the step's seed (e.g. :func:`~zeroth.estimators.draw_seed`).
+        q: number of directions.
+        mus: per parameter, the step μ_j (absolute, in the parameter's units).
+        dist: ``"gaussian"``, ``"sphere"`` or ``"rademacher"``.
+        antithetic: two-sided evaluations (``+`` block, then ``−`` block).
+        masks: per parameter, None (all entries) or a 1-D int64 tensor of flat indices.
+
+    Attributes:
+        dim: the number of selected entries over all parameters (``d`` of the sphere's factor).
     """
 
     kind = "random"
@@ -278,6 +343,7 @@ class RandomDirections(Directions):
 
     @property
     def num_directions(self) -> int:
+        """``q``, the number of random directions."""
         return self.q
 
     def _size(self, j: int) -> int:
@@ -355,12 +421,26 @@ class RandomDirections(Directions):
                     flat.index_add_(0, mask[a:b].to(t.device), v.to(t.dtype), alpha=alpha)
 
     def perturb(self, params: Sequence[Tensor], e: int, exact: bool = True):
+        """Move ``params`` in place to ``θ + s·μ_j·u_i`` for evaluation ``e`` (``i = e mod q``, sign ``s``).
+
+        Call under ``torch.no_grad()``.
+
+        Args:
+            params: the parameters the set was made for, in the same order.
+            e: evaluation number, ``0 <= e < len(self)``.
+            exact: keep a copy of ``params`` so that :meth:`restore` is bitwise (memory: one
+                parameter copy); False undoes by subtraction (about one ulp off per evaluation).
+
+        Returns:
+            The copy (``exact=True``) or None: the token for :meth:`restore`.
+        """
         i, s = e % self.q, self.sign(e)
         backup = [p.clone() for p in params] if exact else None
         self.add_to(params, i, [s * mu for mu in self.mus])
         return backup
 
     def restore(self, params: Sequence[Tensor], e: int, token) -> None:
+        """Undo ``perturb(params, e)``: copy the saved values back (bitwise), or subtract ``s·μ_j·u_i``."""
         if token is not None:
             for p, b in zip(params, token):
                 p.copy_(b)
@@ -386,7 +466,16 @@ class RandomDirections(Directions):
         return SeedSubset(self, torch.arange(self.num_directions)).place(devices)
 
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
-        """``grads[j] += scales[j] · Σ_i c_i u_ij / μ_j``, regenerating each ``u_i`` a chunk at a time."""
+        """``grads[j] += scales[j] · Σ_i c_i u_ij / μ_j`` in place, regenerating each ``u_i`` a chunk at a time.
+
+        Divides by the nominal μ_j (the rounding of ``θ + μu`` in the parameter's dtype is not
+        accounted for, unlike :class:`Coordinates`).
+
+        Args:
+            coeffs: ``(q,)`` coefficients from the estimator's ``combine`` (zeros are skipped).
+            grads: one tensor per parameter, shaped like it, updated in place.
+            scales: one factor per parameter; None: 1.
+        """
         scales = [1.0] * len(grads) if scales is None else scales
         for i, c in enumerate(coeffs.tolist()):
             if c != 0.0:
@@ -419,6 +508,7 @@ class SeedSubset(RandomDirections):
         return self
 
     def to_devices(self, devices: Sequence[torch.device]) -> "SeedSubset":
+        """This set, its directions handed out on ``devices`` (:meth:`place`; drawn where they were)."""
         return self.place(devices)
 
     def _raw(self, i: int, j: int, chunk: int = 0) -> Tensor:

@@ -39,6 +39,13 @@ Where an exact ±a move does not exist:
 
 Functions here work on one contiguous 1-D chunk; :class:`ExactRademacher` drives them over
 parameters a chunk at a time (temporaries: a few ``SUB`` entries of the wide dtype).
+
+References:
+    S. Malladi et al., "Fine-tuning language models with just forward passes", NeurIPS 2023,
+    arXiv:2305.17333 (MeZO's in-place perturb/restore, which this makes exact).
+
+    P. H. Sterbenz, "Floating-Point Computation", Prentice-Hall, 1974 (the exact-subtraction
+    lemma used to test that a sum is exact).
 """
 from __future__ import annotations
 
@@ -60,7 +67,17 @@ _WIDE = {torch.bfloat16: torch.float32, torch.float16: torch.float32, torch.floa
 
 
 def power_of_two(mu: float) -> float:
-    """The power of two nearest ``mu`` in log scale (the exact perturbation size ``a``)."""
+    """The power of two nearest ``mu`` in log scale (the exact perturbation size ``a``).
+
+    Args:
+        mu: the requested step (absolute, in the parameter's units).
+
+    Returns:
+        ``2.0 ** round(log2(mu))`` (e.g. 1e-3 → 2⁻¹⁰ ≈ 9.77e-4).
+
+    Raises:
+        ValueError: ``mu`` is not a finite number > 0.
+    """
     if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
         raise ValueError(f"Invalid mu value: {mu!r} (mu must be a finite number > 0)")
     return 2.0 ** round(math.log2(mu))
@@ -189,7 +206,22 @@ class ExactRademacher(RandomDirections):
     to powers of two (:func:`power_of_two`) and ``perturb``/``restore`` are exact whatever
     ``exact`` says (no copy is ever made). ``direction(i, j)`` is the direction actually
     applied at the parameters' current values (``D/a``: ±1, ±½ or 0), so ``accumulate``
-    and :meth:`update_` use what was evaluated.
+    and :meth:`update_` use what was evaluated. The random signs are drawn as packed int64
+    words (one bit an entry), not as :class:`RandomDirections` draws them, so the same seed
+    gives other directions than a plain Rademacher set.
+
+    Args:
+        params: the parameter tensors, which the set keeps: ``direction`` and ``accumulate``
+            read their current values.
+        seed: the step's seed.
+        q: number of directions.
+        mus: per parameter, the requested step (rounded to ``a_j = 2^k``, absolute units).
+        antithetic: two-sided evaluations (default True: SPSA).
+        masks: per parameter, None or a 1-D int64 tensor of flat indices.
+
+    Raises:
+        ValueError: an entry of ``mus`` is not a finite number > 0.
+        TypeError: a parameter is not of a floating dtype (bf16, fp16, fp32, fp64).
     """
 
     def __init__(self, params: Sequence[Tensor], seed: int, q: int, mus: Sequence[float], antithetic: bool = True,
@@ -200,7 +232,11 @@ class ExactRademacher(RandomDirections):
 
     @classmethod
     def from_directions(cls, dirs: RandomDirections, params: Sequence[Tensor]) -> "ExactRademacher":
-        """The exact version of Rademacher ``dirs`` (same seed, count, masks; μ rounded to 2^k)."""
+        """The exact version of Rademacher ``dirs`` (same seed, count, masks; μ rounded to 2^k).
+
+        Raises:
+            ValueError: ``dirs`` are not Rademacher directions.
+        """
         if dirs.dist != "rademacher":
             raise ValueError(f"exact perturbation needs Rademacher directions, got dist={dirs.dist!r}")
         return cls(params, dirs.seed, dirs.q, dirs.mus, dirs.num_signs == 2, dirs.masks)
@@ -252,10 +288,16 @@ class ExactRademacher(RandomDirections):
             self._visit(params, fn, order)
 
     def perturb(self, params: Sequence[Tensor], e: int, exact: bool = True):
+        """Apply evaluation ``e``'s involution ``S_{±r_i}`` to ``params`` in place (``exact`` is ignored).
+
+        Returns:
+            None: the restore needs no token (it is the same involution again).
+        """
         self._apply(params, [(e % self.q, self.sign(e))])
         return None
 
     def restore(self, params: Sequence[Tensor], e: int, token) -> None:
+        """Undo ``perturb(params, e)`` bitwise by applying the same involution again (``token`` unused)."""
         self._apply(params, [(e % self.q, self.sign(e))])
 
     def move(self, params: Sequence[Tensor], e_from: int, e_to: int) -> None:
@@ -294,10 +336,27 @@ class ExactRademacher(RandomDirections):
         return out.view(self.shapes[j])
 
     def norm(self, i: int) -> float:
+        """Not defined: Rademacher directions are never normalised.
+
+        Raises:
+            NotImplementedError: always.
+        """
         raise NotImplementedError("ExactRademacher directions are Rademacher, not sphere: no normalisation")
 
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
-        """``grads[j] += scales[j] · Σ_i c_i D_ij / a_j²`` with ``D`` as applied at the parameters' values."""
+        """``grads[j] += scales[j] · Σ_i c_i D_ij / a_j²`` with ``D`` as applied at the parameters' values.
+
+        ``D_ij/a_j`` is recomputed from the parameters' *current* values, so call it with the
+        parameters restored (as after an evaluation).
+
+        Args:
+            coeffs: ``(q,)`` coefficients from the estimator's ``combine``.
+            grads: one tensor per parameter, shaped like it, updated in place.
+            scales: one factor per parameter; None: 1.
+
+        Raises:
+            ValueError: a gradient tensor is the parameter itself (use :meth:`update_`).
+        """
         scales = [1.0] * len(grads) if scales is None else list(scales)
         cs = coeffs.tolist()
         live = [i for i, ci in enumerate(cs) if ci != 0.0]

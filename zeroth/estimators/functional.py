@@ -44,8 +44,31 @@ def zo_gradient(
     estimator: Estimator,
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor, int]:
-    """``(f(x), ĝ, nfev)``: a ZO estimate of ∇f at ``x`` (for central schemes f(x) is the
-    mean of the two-sided values, equal to f(x) up to O(μ²))."""
+    """A zeroth-order estimate of ∇f at ``x`` from values of ``f`` only.
+
+    ``fun`` is called on a fresh copy of each evaluation point (``x`` itself is never
+    modified, and ``fun`` may keep or modify its argument), under no gradient tracking of
+    zeroth's own. Perturbed points are set exactly (CGE: ``fl(x_k ± μ)``; random directions:
+    a copy restored bitwise after each call).
+
+    Args:
+        fun: ``fun(t) -> scalar`` for a tensor ``t`` shaped like ``x``: a 0-d or 1-element
+            tensor, a Python or numpy float.
+        x: the point, a floating-point tensor of any shape (μ is an absolute step in its units).
+        estimator: e.g. ``CGE(mu=1e-6)`` (``d + 1`` calls), ``CGE(scheme="central")``,
+            ``RGE(q=...)``, ``SPSA()``.
+        generator: where random directions come from (None: torch's global RNG).
+
+    Returns:
+        ``(f0, grad, nfev)``: ``f0`` is f(x) as a 0-d float64 tensor (for two-sided schemes the
+        mean of the two-sided values, equal to f(x) up to O(μ²)); ``grad`` is shaped like ``x``
+        with its dtype and device; ``nfev`` counts the calls of ``fun``.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor, or ``fun`` returns something that is
+            not a real scalar.
+        ValueError: ``fun`` returns a tensor with more than one element.
+    """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point torch.Tensor")
     dirs = estimator.directions([x], generator=generator)
@@ -63,7 +86,28 @@ def zo_jacobian(
     estimator: Estimator,
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor, int]:
-    """``(y(x), Ĵ, nfev)`` with ``Ĵ`` of shape ``(m, x.numel())`` for a vector-valued ``fun``."""
+    """A zeroth-order estimate of the Jacobian of a vector-valued ``fun`` at ``x``.
+
+    Row ``r`` of ``Ĵ`` is the estimator's gradient of output ``r``; all rows share the same
+    evaluations (CGE: ``d + 1`` calls for the full Jacobian).
+
+    Args:
+        fun: ``fun(t) -> values`` for ``t`` shaped like ``x``; anything ``torch.as_tensor``
+            accepts, flattened to ``m`` outputs (the same ``m`` at every point).
+        x: the point, a floating-point tensor of any shape (μ is an absolute step in its units).
+        estimator: e.g. ``CGE(mu=1e-6)``, ``RGE(q=...)``.
+        generator: where random directions come from (None: torch's global RNG).
+
+    Returns:
+        ``(y0, jac, nfev)``: ``y0`` the ``(m,)`` float64 values at ``x`` (two-sided schemes: the
+        mean of the two-sided values); ``jac`` of shape ``(m, x.numel())`` in ``x``'s dtype
+        (columns in ``x``'s row-major order); ``nfev`` the number of calls of ``fun``.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+        RuntimeError: ``fun`` returns a different number of outputs at different points
+            (``torch.stack`` fails).
+    """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point torch.Tensor")
     dirs = estimator.directions([x.reshape(-1)], generator=generator)
