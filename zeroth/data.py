@@ -26,7 +26,21 @@ def load_digits(
     dtype: torch.dtype = torch.float32,
     device: Optional[torch.device] = None,
 ) -> Split:
-    """``sklearn.datasets.load_digits`` (1 797 images) split by a seeded permutation, stratified by class."""
+    """``sklearn.datasets.load_digits`` (1 797 images) split by a seeded permutation, stratified by class.
+
+    Args:
+        test_fraction: fraction of each class held out for the test set, in (0, 1).
+        seed: seed of the permutation.
+        dtype: dtype of the images.
+        device: where the tensors go (None: the CPU).
+
+    Returns:
+        A :class:`Split` of images ``(N, 1, 8, 8)`` in [0, 1] (pixel values / 16) and int64 labels.
+
+    Raises:
+        ValueError: ``test_fraction`` is not in (0, 1).
+        ImportError: scikit-learn is not installed (the message names the ``science`` extra).
+    """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"Invalid test_fraction value: {test_fraction!r} (expected 0 < test_fraction < 1)")
     datasets = require("sklearn.datasets", "science")
@@ -52,7 +66,21 @@ def load_digits(
 def batches(
     x: Tensor, y: Tensor, batch_size: int, generator: Optional[torch.Generator] = None, drop_last: bool = True
 ) -> Iterator[Tuple[Tensor, Tensor]]:
-    """Shuffled mini-batches (one epoch); deterministic given ``generator``."""
+    """Shuffled mini-batches (one epoch); deterministic given ``generator``.
+
+    Args:
+        x: ``(N, ...)`` inputs.
+        y: ``(N, ...)`` targets.
+        batch_size: rows per batch.
+        generator: source of the permutation (drawn on the CPU; None: torch's global RNG).
+        drop_last: drop the last, smaller batch (when there is at least one full batch).
+
+    Yields:
+        ``(x[idx], y[idx])`` pairs.
+
+    Raises:
+        ValueError: ``batch_size`` < 1 (raised at the first ``next()``: this is a generator).
+    """
     if batch_size < 1:
         raise ValueError(f"Invalid batch_size value: {batch_size!r}")
     n = x.shape[0]
@@ -65,7 +93,17 @@ def batches(
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
-    """Fraction of correct argmax predictions (model put in eval mode, then restored)."""
+    """Fraction of correct argmax predictions (model put in eval mode, then restored).
+
+    Args:
+        model: maps ``(b, ...)`` inputs to ``(b, classes)`` scores.
+        x: ``(N, ...)`` inputs.
+        y: ``(N,)`` int64 labels.
+        batch_size: rows per forward.
+
+    Returns:
+        A float in [0, 1].
+    """
     was = model.training
     model.eval()
     correct = 0
@@ -104,7 +142,18 @@ def _read_batches(folder: str, names: List[str]) -> Tuple[Tensor, Tensor]:
 
 
 def load_cifar10(data_dir: str) -> Split:
-    """CIFAR-10 from the python-pickle batches in ``data_dir``: images ``(N, 3, 32, 32)`` in [0, 1]."""
+    """CIFAR-10 from the python-pickle batches in ``data_dir``: images ``(N, 3, 32, 32)`` in [0, 1].
+
+    Nothing is downloaded. ``data_dir`` is the folder holding ``data_batch_1`` … ``data_batch_5``
+    and ``test_batch``, or its parent holding ``cifar-10-batches-py/``.
+
+    Returns:
+        A :class:`Split`: 50 000 training and 10 000 test images (float32, not normalised) and
+        int64 labels.
+
+    Raises:
+        FileNotFoundError: the batches are not there (the message says what is expected).
+    """
     folder = _cifar_folder(os.fspath(data_dir))
     x_train, y_train = _read_batches(folder, [f"data_batch_{i}" for i in range(1, 6)])
     x_test, y_test = _read_batches(folder, ["test_batch"])

@@ -36,6 +36,7 @@ class FunctionalDropout(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
+        """``F.dropout(x, p)`` in train mode, ``x`` in eval mode."""
         return F.dropout(x, self.p, self.training)
 
 
@@ -47,6 +48,7 @@ class GaussianNoise(nn.Module):
         self.sigma = sigma
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x + σ·ε`` with ``ε ~ N(0, I)`` from torch's global RNG (train mode), else ``x``."""
         return x + self.sigma * torch.randn_like(x) if self.training else x
 
 
@@ -59,6 +61,7 @@ class StochasticDepth(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` (branch dropped) or ``x + tanh(f(x))``; ``x`` is ``(B, width)``."""
         if self.training and bool(torch.rand(()) < self.p):
             return x
         return x + torch.tanh(self.f(x))
@@ -72,6 +75,7 @@ class ItemBranch(nn.Module):
         self.f = nn.Linear(width, width)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``relu(f(x))`` if the mean of ``f(x)`` is positive, else ``tanh(f(x))``."""
         h = self.f(x)
         return torch.relu(h) if h.mean().item() > 0 else torch.tanh(h)
 
@@ -85,6 +89,7 @@ class Attention(nn.Module):
         self.mha = nn.MultiheadAttention(embed, heads, batch_first=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Self-attention of the ``L`` tokens of each row: ``(B, L·E)`` -> ``(B, L·E)``."""
         s = x.reshape(x.shape[0], self.length, self.embed)                 # (B, L, E)
         out, _ = self.mha(s, s, s, need_weights=False)
         return out.reshape(x.shape[0], -1)
@@ -99,6 +104,7 @@ class Recurrent(nn.Module):
         self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(inputs, hidden, batch_first=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The last hidden state ``(B, H)`` for ``(B, L·I)`` inputs."""
         out, _ = self.rnn(x.reshape(x.shape[0], self.length, self.inputs))  # (B, L, H)
         return out[:, -1]
 
@@ -113,6 +119,7 @@ class TiedLM(nn.Module):
         self.head.weight = self.embed.weight
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """Mean logits over positions ``(B, vocab)`` for int64 ``tokens`` of shape ``(B, L)``."""
         return self.head(torch.tanh(self.embed(tokens))).mean(1)           # (B, vocab)
 
 
@@ -120,6 +127,7 @@ class DoubledLinear(nn.Linear):
     """A Linear subclass that overrides forward (a fast path must not treat it as a Linear)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """``2 · (x Wᵀ + b)``."""
         return 2.0 * super().forward(x)
 
 
@@ -163,20 +171,24 @@ def _channels_last() -> nn.Module:
 
 # -- targets --------------------------------------------------------------------------------
 def class_indices(b: int, c: int, g: torch.Generator) -> Tensor:
+    """``(b,)`` int64 class labels in ``[0, c)`` drawn from ``g``."""
     return torch.randint(0, c, (b,), generator=g)
 
 
 def with_ignored(b: int, c: int, g: torch.Generator) -> Tensor:
+    """Class labels with every third one set to ``-100`` (cross-entropy's default ``ignore_index``)."""
     t = class_indices(b, c, g)
     t[::3] = -100
     return t
 
 
 def probabilities(b: int, c: int, g: torch.Generator) -> Tensor:
+    """``(b, c)`` float64 class probabilities (softmax of Gaussian logits): soft targets."""
     return torch.softmax(torch.randn(b, c, generator=g, dtype=torch.float64), dim=1)
 
 
 def one_hot(b: int, c: int, g: torch.Generator) -> Tensor:
+    """``(b, c)`` float64 one-hot rows of random classes (regression-style targets)."""
     return F.one_hot(class_indices(b, c, g), c).to(torch.float64)
 
 
@@ -189,6 +201,7 @@ class Case:
     ``classes``: the model's output width (targets are made for it). ``train``: the mode.
     ``per_tensor``: coordinates sampled per parameter tensor (None: all of them); 8 of a Linear(5, 3)
     head's 15 weights is over half, so the closed-form head table runs, as in a full gradient.
+    ``targets``: ``targets(batch, classes, generator) -> Tensor``, e.g. :func:`class_indices`.
     """
 
     make: Callable[[], nn.Module]
@@ -275,7 +288,24 @@ ZOO: Dict[str, Case] = {
 
 
 def build(name: str, batch: int = 5, seed: int = 0, dtype: torch.dtype = torch.float64):
-    """``(model, objective, params, masks)`` for zoo case ``name``: model in ``dtype``, fixed seed."""
+    """``(model, objective, params, masks)`` for zoo case ``name``: model in ``dtype``, fixed seed.
+
+    Seeds torch's global RNG with ``seed`` (the model's initialisation) and draws inputs,
+    targets and masks from a generator seeded with ``seed + 1``.
+
+    Args:
+        name: a key of :data:`ZOO`.
+        batch: rows of the input batch.
+        seed: the seed.
+        dtype: dtype of the model and of floating inputs/targets.
+
+    Returns:
+        The model, its :class:`~zeroth.Objective` on the batch, its trainable parameters, and
+        per parameter ``per_tensor`` random flat indices (or None).
+
+    Raises:
+        KeyError: ``name`` is not a case of the zoo.
+    """
     case = ZOO[name]
     torch.manual_seed(seed)
     model = case.make().to(dtype)
@@ -307,9 +337,15 @@ ESTIMATORS: Dict[str, Callable[[], Estimator]] = {
 
 @dataclass
 class Outcome:
-    """What one evaluator did on one case: ``status`` is ``"exact"`` or ``"declined"``; ``error`` the
-    largest gradient difference from Sequential relative to Sequential's largest entry; ``path`` the
-    evaluator that produced the result (Auto) and ``reason`` why a fast path declined."""
+    """What one evaluator did on one case.
+
+    Attributes:
+        status: ``"exact"`` (agrees with Sequential to 1e-6), ``"declined"`` (``supports`` said
+            no, or it raised with parameters and buffers intact) or ``"WRONG"`` (disagrees: a bug).
+        error: the largest gradient difference from Sequential relative to Sequential's largest entry.
+        path: the evaluator that produced the result (for Auto, the one it chose).
+        reason: why a fast path declined.
+    """
 
     status: str
     error: float = 0.0
@@ -330,7 +366,14 @@ def check(name: str, estimator: str) -> Dict[str, Outcome]:
     """Every evaluator on case ``name`` with estimator ``estimator`` (a key of :data:`ESTIMATORS`).
 
     Each evaluator starts from the same parameters, buffers and RNG state as the reference run.
-    Raises ``AssertionError`` if a declining evaluator changed a parameter or buffer.
+    Seeds torch's global RNG (via :func:`build`) and leaves it as the last run left it.
+
+    Returns:
+        ``{"FeatureReuse": Outcome, "Batched": Outcome, "auto": Outcome}``.
+
+    Raises:
+        AssertionError: an evaluator raised and left a parameter or buffer changed.
+        KeyError: an unknown case or estimator name.
     """
     model, obj, params, masks = build(name)
     start = _snapshot(model)

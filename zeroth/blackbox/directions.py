@@ -19,7 +19,25 @@ from ..estimators import Directions, Estimator
 
 
 class PointDirections(Directions):
-    """``n`` directions for each of ``batch`` points in ``R^dim`` (evaluation layout: + block, − block)."""
+    """``n`` directions for each of ``batch`` points in ``R^dim`` (evaluation layout: + block, − block).
+
+    CGE: ``n = dim`` coordinate vectors, the same in every row, stepped by the nominal μ
+    (the point ``x + μe_k`` is rounded in ``x``'s dtype, and the gradient divides by μ).
+    RGE/SPSA: ``n = q`` random vectors per row, ``(q, batch, dim)``, drawn on the CPU in
+    float64 from ``generator`` (Gaussian, unit-sphere or ±1 as ``estimator.dist`` says).
+
+    Args:
+        estimator: a CGE (``kind="coordinates"``: reads ``mu``, ``scheme``) or an RGE/SPSA
+            (``kind="random"``: reads ``mu``, ``q``, ``dist``, ``antithetic``).
+        batch: number of independent query points ``B``.
+        dim: dimension ``d`` of each point.
+        generator: the CPU generator random directions are drawn from (None: torch's global RNG).
+        dtype: dtype the random vectors are kept in (default float64).
+        device: device the random vectors are kept on.
+
+    Raises:
+        TypeError: ``estimator`` is neither kind.
+    """
 
     def __init__(
         self,
@@ -61,6 +79,7 @@ class PointDirections(Directions):
 
     @property
     def num_directions(self) -> int:
+        """``dim`` (CGE) or ``q`` (random directions), per point."""
         return self.q
 
     def points(self, x: Tensor) -> Tensor:
@@ -79,7 +98,11 @@ class PointDirections(Directions):
         return torch.cat([x.unsqueeze(0) + s * step for s in signs])
 
     def gradient(self, coeffs: Tensor) -> Tensor:
-        """``g_b = Σ_i c_ib d_ib / μ`` for coefficients ``(num_directions, B)``: a ``(B, d)`` tensor."""
+        """``g_b = Σ_i c_ib d_ib / μ`` for coefficients ``(num_directions, B)``: a ``(B, d)`` tensor.
+
+        CGE returns ``coeffs.t() / μ`` in the coefficients' dtype; random directions are
+        combined in the directions' dtype (float64 by default).
+        """
         mu = self.mus[0]
         if self.vectors is None:
             return coeffs.t() / mu

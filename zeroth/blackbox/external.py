@@ -72,6 +72,16 @@ class Subprocess(Program):
         dtype: dtype of the returned tensor (default: the input's).
         failed_dir: folder where the input of a failed run is saved for a rerun (default None: not saved,
             the error shows its shape and first values).
+
+    Attributes:
+        num_failed_inputs: inputs saved in ``failed_dir`` so far.
+
+    Raises:
+        TypeError: ``cmd`` is not a non-empty string or sequence of strings, or ``dtype`` is
+            not a floating ``torch.dtype``.
+        ValueError: ``io`` or ``format`` is not one of the two, ``io="files"`` without the
+            ``{input}``/``{output}`` placeholders, a ``timeout`` that is not a number > 0, or an
+            invalid ``max_points``/``retries``/``on_failure``.
     """
 
     def __init__(
@@ -146,11 +156,31 @@ class Subprocess(Program):
 
     # -- running ----------------------------------------------------------------------------
     def __call__(self, x: Tensor, *context: Any) -> Tensor:
+        """One run (with retries) of the program on ``x``, as for any :class:`~zeroth.blackbox.Program`.
+
+        Raises:
+            ValueError: context arguments with ``format="npy"`` (it carries a single array).
+            zeroth.blackbox.ProgramError: every attempt failed.
+        """
         if context and self.format == "npy":
             raise ValueError("context: format='npy' carries a single array; use format='json' with context arguments")
         return super().__call__(x, *context)
 
     def run(self, x: Tensor, *context: Any) -> Tensor:
+        """One process run: encode ``x`` (and the context), run ``cmd``, decode its output.
+
+        Returns:
+            The outputs as a tensor on ``x``'s device, dtype ``dtype`` or ``x``'s.
+
+        Raises:
+            RuntimeError: a non-zero exit status (the message has the tail of stderr).
+            TimeoutError: the run took longer than ``timeout``.
+            ValueError: output that does not parse, or no output file (``io="files"``).
+            OSError: the command could not be started.
+
+        With ``failed_dir`` the error is re-raised as the same type with the saved input's path
+        added to its message.
+        """
         payload = self._encode(x, context)
         try:
             out = self._run_process(payload)
@@ -205,6 +235,20 @@ def run_in_own_group(cmd: Sequence[str], stdin: Optional[bytes], timeout: Option
     ``TimeoutError``. Either way every process of the program's group is then killed (SIGKILL)
     and the child reaped, so nothing outlives the run — not even a background child that still
     holds the output pipes open.
+
+    Args:
+        cmd: the command and its arguments (no shell).
+        stdin: bytes written to the program's stdin (None: stdin is ``/dev/null``).
+        timeout: seconds before the program is killed (None: no limit).
+        cwd: working directory (None: the current one).
+        env: environment (None: inherited).
+
+    Returns:
+        ``(stdout, stderr, returncode)``: bytes, bytes, int (negative: killed by that signal).
+
+    Raises:
+        TimeoutError: the program did not exit within ``timeout`` seconds.
+        OSError: the command could not be started (e.g. ``FileNotFoundError``).
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,

@@ -18,6 +18,13 @@ estimator's own ``combine``.
 **All program calls happen in forward** (the perturbed points only when a gradient is
 needed): a crashed, hung or NaN-returning program therefore fails in forward, before
 ``backward`` touches any ``.grad`` and long before ``opt.step()`` changes a parameter.
+
+References:
+    Y. Zhang et al., "How to robustify black-box ML models? A zeroth-order optimization
+    perspective", ICLR 2022, arXiv:2203.14195 (ZO-AE-DS: autograd before a ZO-estimated
+    black box, the surrogate ⟨z, a⟩ with a detached estimate a).
+
+    A. Chen et al., "DeepZero", ICLR 2024, arXiv:2310.02025 (CGE and RGE in this notation).
 """
 from __future__ import annotations
 
@@ -50,7 +57,17 @@ class _ZOVJP(torch.autograd.Function):
 
 
 class VJPEstimate:
-    """What backward needs: the directions, ``f(x + sμd) − f(x)`` per point and the failure masks."""
+    """What backward needs: the directions, ``f(x + sμd) − f(x)`` per point and the failure masks.
+
+    Args:
+        estimator: the black box's estimator (its ``combine`` is reused).
+        dirs: the :class:`~zeroth.blackbox.PointDirections` of the forward.
+        output: the forward's output (returned by the autograd node).
+        diffs: ``(len(dirs), B, m)`` float64: ``f`` at each perturbed point minus ``f(x)``.
+        bad: ``(1 + len(dirs), B)`` bool: failed points, row 0 the forward point.
+        policy: the program's ``on_failure``.
+        x: the forward's input (its shape and dtype shape the gradient).
+    """
 
     def __init__(self, estimator: Estimator, dirs: PointDirections, output: Tensor, diffs: Tensor,
                  bad: Tensor, policy: str, x: Tensor):
@@ -61,6 +78,15 @@ class VJPEstimate:
         self.x_shape, self.x_dtype = x.shape, x.dtype
 
     def vjp(self, v: Tensor) -> Tensor:
+        """The estimate of ``Jᵀv`` for the incoming gradient ``v`` (shaped like the output).
+
+        Under ``on_failure="skip"`` failed perturbations are left out of their row's estimate
+        (random directions: the mean over the directions that worked) and a failed forward
+        row gets 0; under ``"nan"`` they make the row NaN.
+
+        Returns:
+            A tensor shaped like ``x``, in ``x``'s dtype.
+        """
         dirs, n = self.dirs, self.dirs.num_directions
         v = v.reshape(dirs.batch, -1).to(self.diffs.dtype)
         s = torch.einsum("ebm,bm->eb", self.diffs, v)  # ⟨v, f(x + sμd_e) − f(x)⟩, (len(dirs), B)
@@ -102,7 +128,8 @@ class BlackBox(nn.Module):
             perturbations of all rows go into the same program call. With ``False`` the whole
             input is one point.
         seed / generator: every random direction is drawn from this generator (created from
-            ``seed``, or torch's global RNG when both are None); its state is in ``state_dict``.
+            ``seed``, or seeded from torch's global RNG when both are None); its state is in
+            ``state_dict``.
 
     ``forward(x, *context)``: ``x`` is a floating tensor (the differentiated input); ``context``
     arguments go to the program unperturbed and get no gradient (with ``rowwise=True`` tensor /
@@ -113,6 +140,21 @@ class BlackBox(nn.Module):
     Failures follow the program's ``on_failure`` (see :mod:`zeroth.blackbox.program`).
 
     Counters (``counts()``, saved in ``state_dict``): program calls, query points, failed points.
+
+    μ (the estimator's ``mu``) is an absolute step in the units of ``x``. The gradient of
+    a point's output ``m``-vector is the estimator's gradient of ``⟨v, f(x)⟩``: CGE costs ``d``
+    (forward) or ``2d`` (central) extra points per row, RGE ``q`` or ``2q``, SPSA ``2q``.
+
+    Raises:
+        TypeError: ``estimator`` is not a CGE/RGE/SPSA (kind ``"coordinates"`` or ``"random"``),
+            ``fn`` is not callable, ``rowwise`` is not a bool, ``seed`` not an int or
+            ``generator`` not a ``torch.Generator``.
+        ValueError: both ``seed`` and ``generator`` are given, ``generator`` is not a CPU
+            generator, or ``estimator`` is an unknown name.
+
+    References:
+        Y. Zhang et al., "How to robustify black-box ML models? A zeroth-order optimization
+        perspective", ICLR 2022, arXiv:2203.14195.
     """
 
     def __init__(
@@ -162,9 +204,15 @@ class BlackBox(nn.Module):
         self.num_failed_points += int(delta.get("failed_points", 0))
 
     def get_extra_state(self) -> Dict[str, Any]:
+        """What ``state_dict`` saves besides tensors: the generator state and the counters."""
         return {"generator": self.generator.get_state(), **self.counts()}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`get_extra_state` returned (``load_state_dict`` calls it).
+
+        Raises:
+            ValueError: ``state`` is not a BlackBox extra state (no ``"generator"`` entry).
+        """
         if not isinstance(state, dict) or "generator" not in state:
             raise ValueError("state_dict: not a BlackBox extra state (no 'generator' entry)")
         self.generator.set_state(state["generator"])
@@ -174,6 +222,26 @@ class BlackBox(nn.Module):
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, x: Tensor, *context: Any) -> Tensor:
+        """The program's output at ``x``, as an autograd node whose backward is the ZO ``Jᵀv``.
+
+        Args:
+            x: floating tensor; with ``rowwise=True`` of shape ``(B, *point)`` (``B`` independent
+                points), else one point of any shape.
+            *context: further program arguments, unperturbed and without gradient; with
+                ``rowwise=True`` a tensor/array context needs ``B`` rows (each travels with its row).
+
+        Returns:
+            ``(B, *out_point)`` (rowwise) or ``out_point``-shaped, in the program's output
+            dtype; differentiable with respect to ``x`` when ``x.requires_grad`` and grad
+            mode is on (then the perturbed points were evaluated here too).
+
+        Raises:
+            TypeError: ``x`` is not a floating-point tensor.
+            ValueError: ``rowwise=True`` with a 0-d ``x``, or a context argument without ``B`` rows.
+            zeroth.blackbox.ProgramError: the program failed under ``on_failure="raise"``
+                (or failed on every call, so that no output shape is known). The generator is
+                restored first.
+        """
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}"
                             + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
@@ -319,4 +387,5 @@ class BlackBox(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """Program, estimator and ``rowwise`` in the module's ``repr``."""
         return f"program={self.program!r}, estimator={self.estimator!r}, rowwise={self.rowwise}"

@@ -38,14 +38,27 @@ FAILURE_POLICIES = ("raise", "nan", "skip")
 
 
 class ProgramError(EvaluationError):
-    """A black-box program failed (exception, time-out, malformed or non-finite output)."""
+    """A black-box program failed (exception, time-out, malformed or non-finite output).
+
+    The message names the program, the attempts and the failing input; the program's own
+    exception is chained as ``__cause__``, and notes say which point of a forward failed.
+    """
 
 
 class ProgramWarning(RuntimeWarning):
-    """A black-box program failed and the ``"nan"``/``"skip"`` policy let the run go on."""
+    """A black-box program failed and the ``"nan"``/``"skip"`` policy let the run go on (or a retry follows).
+
+    A ``RuntimeWarning``, not (yet) a :class:`~zeroth.errors.ZerothWarning`: a filter on
+    ``ZerothWarning`` does not catch it.
+    """
 
 
 def check_policy(on_failure: Any) -> str:
+    """``on_failure`` itself, checked to be one of ``"raise"``, ``"nan"``, ``"skip"``.
+
+    Raises:
+        ValueError: any other value (the message lists the three).
+    """
     if on_failure not in FAILURE_POLICIES:
         raise ValueError(
             f"Invalid on_failure value: {on_failure!r} (expected one of {', '.join(map(repr, FAILURE_POLICIES))})"
@@ -54,6 +67,17 @@ def check_policy(on_failure: Any) -> str:
 
 
 def check_count(name: str, value: Any, minimum: int, allow_none: bool = False) -> Optional[int]:
+    """``value`` as an int, checked to be an integer ``>= minimum`` (``bool`` is refused).
+
+    Args:
+        name: the argument's name, used in the error message.
+        value: the value to check.
+        minimum: the smallest value allowed.
+        allow_none: accept None (returned as None).
+
+    Raises:
+        ValueError: ``value`` is not an integer ``>= minimum`` (or None when not allowed).
+    """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -79,6 +103,15 @@ class Program:
         on_failure: ``"raise"``, ``"nan"`` or ``"skip"`` (see module doc).
         retries: extra attempts after a failed run (for flaky programs; a deterministic
             failure fails again).
+
+    Attributes:
+        attempts: runs started (retries included).
+        failed_attempts: runs that raised.
+
+    Raises:
+        TypeError: ``batched`` is not a bool.
+        ValueError: ``max_points`` is not an integer ≥ 1 (or None) or is given without
+            ``batched=True``, ``on_failure`` is not one of the three, ``retries`` is not an integer ≥ 0.
     """
 
     def __init__(
@@ -103,11 +136,26 @@ class Program:
         self.failed_attempts = 0
 
     def run(self, x: Tensor, *context: Any) -> Tensor:
-        """Evaluate the program at ``x``; raise any exception on failure."""
+        """Evaluate the program at ``x``; raise any exception on failure (a subclass implements it).
+
+        Args:
+            x: the input (see the module doc for what it is, batched or not).
+            *context: the black box's context arguments, unperturbed.
+
+        Returns:
+            A floating tensor: ``(K, *out_point)`` for ``K`` batched points, else the output.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
     def __call__(self, x: Tensor, *context: Any) -> Tensor:
-        """``run`` with retries; a final failure is a :class:`ProgramError` naming program and input."""
+        """``run`` with retries; a final failure is a :class:`ProgramError` naming program and input.
+
+        Raises:
+            ProgramError: every attempt failed (``KeyboardInterrupt``/``SystemExit`` pass through).
+        """
         last: Optional[BaseException] = None
         for attempt in range(self.retries + 1):
             self.attempts += 1
@@ -162,7 +210,16 @@ def _as_float_tensor(value: Any, name: str, like: Tensor, dtype: Optional[torch.
 
 
 class TensorFunction(Program):
-    """A Python callable on torch tensors (``fn(x, *context) -> tensor``)."""
+    """A Python callable on torch tensors (``fn(x, *context) -> tensor``), called under ``torch.no_grad()``.
+
+    Args:
+        fn: the callable; its output may be anything ``torch.as_tensor`` accepts.
+        name: used in error messages (default: ``fn.__name__``).
+        **options: ``batched``, ``max_points``, ``on_failure``, ``retries`` (see :class:`Program`).
+
+    Raises:
+        TypeError: ``fn`` is not callable (and :class:`Program`'s errors for the options).
+    """
 
     def __init__(self, fn: Callable[..., Any], *, name: Optional[str] = None, **options: Any):
         if not callable(fn):
@@ -171,6 +228,13 @@ class TensorFunction(Program):
         self.fn = fn
 
     def run(self, x: Tensor, *context: Any) -> Tensor:
+        """``fn(x, *context)`` as a floating tensor on ``x``'s device.
+
+        Integer/bool outputs become ``x``'s dtype (or the default dtype).
+
+        Raises:
+            TypeError: the output is not convertible to a tensor of real numbers.
+        """
         with torch.no_grad():
             return _as_float_tensor(self.fn(x, *context), self.name, x, None)
 
@@ -180,7 +244,17 @@ class NumpyFunction(Program):
 
     Inputs are converted with ``.cpu().numpy()`` (float64 when ``float64=True``, the safe
     choice for most scientific codes); outputs come back on the input's device with the
-    input's dtype (or ``dtype``).
+    input's dtype (or ``dtype``). Tensor context arguments are converted the same way.
+
+    Args:
+        fn: ``fn(array, *context) -> array-like``.
+        name: used in error messages (default: ``fn.__name__``).
+        float64: pass floating inputs as float64 arrays (default True).
+        dtype: dtype of the returned tensor (default: the input's).
+        **options: ``batched``, ``max_points``, ``on_failure``, ``retries`` (see :class:`Program`).
+
+    Raises:
+        TypeError: ``fn`` is not callable or ``dtype`` is not a floating ``torch.dtype``.
     """
 
     def __init__(
@@ -210,6 +284,11 @@ class NumpyFunction(Program):
         return t.numpy()
 
     def run(self, x: Tensor, *context: Any) -> Tensor:
+        """``fn`` on numpy copies of ``x`` and the context, its output as a tensor on ``x``'s device.
+
+        Raises:
+            TypeError: the output is not convertible to a tensor of real numbers.
+        """
         out = self.fn(self._to_numpy(x), *(self._to_numpy(c) for c in context))
         return _as_float_tensor(out, self.name, x, self.dtype or (x.dtype if x.is_floating_point() else None))
 
@@ -217,8 +296,17 @@ class NumpyFunction(Program):
 def from_numpy(fn: Callable[..., Any], **options: Any) -> NumpyFunction:
     """Wrap a numpy/scipy callable ``fn(x, *context) -> array`` as a program.
 
-    Options: ``batched``, ``max_points``, ``on_failure``, ``retries``, ``name``, ``float64``,
-    ``dtype`` (see :class:`Program` and :class:`NumpyFunction`).
+    Args:
+        fn: ``fn(array, *context) -> array-like`` (numpy in, anything array-like out).
+        **options: ``batched``, ``max_points``, ``on_failure``, ``retries``, ``name``,
+            ``float64``, ``dtype`` (see :class:`Program` and :class:`NumpyFunction`).
+
+    Returns:
+        A :class:`NumpyFunction` for :class:`~zeroth.blackbox.BlackBox`.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or an option has the wrong type.
+        ValueError: an option has an invalid value.
     """
     return NumpyFunction(fn, **options)
 
@@ -228,6 +316,19 @@ def batched(fn: Callable[..., Any], *, max_points: Optional[int] = None, **optio
 
     ``fn`` works on torch tensors (for numpy use ``from_numpy(f, batched=True)``). All
     perturbations of a backward then go in one call (``max_points`` bounds the call size).
+
+    Args:
+        fn: ``fn(points, *context) -> outputs`` with ``points`` of shape ``(K, *point_shape)``
+            and outputs of shape ``(K, *out_shape)``.
+        max_points: at most this many points per call (None: no limit).
+        **options: ``name``, ``on_failure``, ``retries`` (see :class:`Program`).
+
+    Returns:
+        A batched :class:`TensorFunction`.
+
+    Raises:
+        TypeError: ``fn`` is already a :class:`Program` or is not callable.
+        ValueError: ``max_points`` or another option is invalid.
     """
     if isinstance(fn, Program):
         raise TypeError("batched: fn is already a Program; pass batched=True to its constructor instead")
@@ -235,7 +336,11 @@ def batched(fn: Callable[..., Any], *, max_points: Optional[int] = None, **optio
 
 
 def as_program(fn: Any) -> Program:
-    """``fn`` itself if it is a :class:`Program`, else a non-batched :class:`TensorFunction`."""
+    """``fn`` itself if it is a :class:`Program`, else a non-batched :class:`TensorFunction`.
+
+    Raises:
+        TypeError: ``fn`` is neither a :class:`Program` nor callable.
+    """
     if isinstance(fn, Program):
         return fn
     if not callable(fn):

@@ -1,6 +1,6 @@
 """``RayEvaluator``: the losses of one step computed by Ray actors, one per GPU or CPU slot.
 
-Per step (DESIGN.md §1, box 3, spread over a cluster)::
+Per step (the evaluator box of :mod:`zeroth.protocols`, spread over a cluster)::
 
     model      ──ray.put once──▶ every actor keeps a copy (sent again only if the structure changes)
     θ, buffers, batch, RNG ──ray.put once per step──▶ read by every actor from the object store
@@ -36,7 +36,11 @@ from .worker import EvaluatorWorker, counters, move
 
 
 def structure(model: nn.Module) -> tuple:
-    """What a model copy on a worker must share with ``model``: modules, tensor names, shapes, dtypes."""
+    """What a model copy on a worker must share with ``model``: modules, tensor names, shapes, dtypes.
+
+    Returns:
+        A hashable tuple; when it changes, the model is sent to the workers again.
+    """
     return (
         tuple((n, type(m).__name__) for n, m in model.named_modules()),
         tuple((n, tuple(t.shape), t.dtype) for n, t in model.named_parameters()),
@@ -71,6 +75,18 @@ class RayEvaluator(Evaluator):
     Actors start on the first step (or ``start()``) and stop with ``close()`` (or when the
     evaluator is garbage-collected). Needs an :class:`~zeroth.Objective`: its model is what
     the actors copy; a plain closure cannot be split.
+
+    Attributes:
+        stats: ``{"steps", "model_sends", "failures", "last_step"}``; ``last_step`` has the
+            wall time, compute time, overhead and pieces of the last step.
+
+    Raises:
+        ImportError: Ray is not installed (the message names the ``ray`` extra).
+        ValueError: ``inner`` is ``"ray"``/a RayEvaluator or an unknown name, or an invalid
+            ``num_workers``, ``max_failures``, ``balance``, ``blocks_per_worker`` or
+            ``resources_per_worker`` value.
+        TypeError: ``inner`` is neither a name nor an Evaluator, ``address`` is not a string, or
+            ``resources_per_worker`` is not a non-empty mapping.
     """
 
     name = "ray"
@@ -136,6 +152,12 @@ class RayEvaluator(Evaluator):
     # -- applicability --------------------------------------------------------------------
     def supports(self, objective: Any, dirs: Optional[Directions] = None,
                  params: Optional[Sequence[Tensor]] = None) -> bool:
+        """Whether a step can run here: an :class:`~zeroth.Objective`, a splittable direction set,
+        parameters of ``objective.model``, and a case the inner evaluator supports (checked locally).
+
+        Returns:
+            A bool (not a :class:`~zeroth.engine.base.Support`: no reason is given).
+        """
         if not isinstance(objective, Objective):
             return False
         if dirs is not None and not split.can_split(dirs):
@@ -157,6 +179,30 @@ class RayEvaluator(Evaluator):
 
     # -- the step -------------------------------------------------------------------------
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
+        """The losses of ``dirs``, computed by the actors (one piece each) and put back in order.
+
+        Starts Ray and the actors on first use; sends the model when it is new or its
+        structure changed, and the parameters, buffers, batch and RNG state once per step.
+        Afterwards buffers and RNG are as after the first evaluation (as a local evaluator
+        leaves them); parameters are not changed.
+
+        Args:
+            objective: an :class:`~zeroth.Objective` (its batch is sent to every actor).
+            params: parameters of ``objective.model`` that ``dirs`` perturbs.
+            dirs: a splittable direction set (Coordinates, RandomDirections).
+
+        Returns:
+            :class:`~zeroth.engine.Losses` on the device of ``params[0]``.
+
+        Raises:
+            TypeError: a plain closure instead of an Objective, or ``dirs`` cannot be split.
+            ValueError: a parameter is not one of ``objective.model``, or the inner evaluator
+                does not support the case; or the workers do not fit in the cluster.
+            zeroth.distributed.WorkerFailureError: more worker failures than ``max_failures``
+                (nothing was changed).
+
+        An exception raised by the objective on a worker is re-raised here with a note naming the worker.
+        """
         self._check(objective, params, dirs)
         ray = import_ray()
         start = time.perf_counter()

@@ -47,7 +47,17 @@ def import_ray():
 
 def check_options(num_workers: Any, resources_per_worker: Any, address: Any, max_failures: Any,
                   balance: Any) -> Optional[Dict[str, float]]:
-    """Validate the options shared by RayEvaluator and RayPool; returns the resources as floats."""
+    """Validate the options shared by RayEvaluator and RayPool.
+
+    Returns:
+        ``resources_per_worker`` as ``{name: float}``, or None when it was None.
+
+    Raises:
+        ValueError: ``num_workers`` not an integer ≥ 1 (or None), ``max_failures`` not an
+            integer ≥ 0, ``balance`` not ``"measured"``/``"even"``, or a resource amount that
+            is negative or non-finite (or no positive CPU/GPU/custom amount at all).
+        TypeError: ``address`` is not a string, or ``resources_per_worker`` is not a non-empty mapping.
+    """
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral)
                                     or num_workers < 1):
         raise ValueError(f"Invalid num_workers value: {num_workers!r} (an integer >= 1, or None for one per device)")
@@ -74,7 +84,11 @@ def check_options(num_workers: Any, resources_per_worker: Any, address: Any, max
 
 
 def connect(address: Optional[str], ray_init: Optional[Mapping[str, Any]]):
-    """The ``ray`` module with a connection: the running one, a cluster (address / RAY_ADDRESS), or a new local one."""
+    """The ``ray`` module with a connection: the running one, a cluster (address / RAY_ADDRESS), or a new local one.
+
+    Raises:
+        ImportError: Ray is not installed (the message names the extra).
+    """
     ray = import_ray()
     if not ray.is_initialized():
         kwargs = dict(ray_init or {})
@@ -107,6 +121,15 @@ class WorkerPool:
     ``resources_per_worker=None`` takes one GPU per worker when the cluster has GPUs, else one
     CPU; ``num_workers=None`` as many workers as those resources allow. ``threads`` (torch
     intra-op threads in each actor) is the worker's CPU count, at least 1.
+
+    Args:
+        actor_cls: the worker class; it is constructed as ``actor_cls(threads, *actor_args)`` and
+            must have ``ready()``.
+        actor_args: further constructor arguments.
+        num_workers, resources_per_worker, address, max_failures, balance, blocks_per_worker,
+            ray_init: as for :class:`~zeroth.distributed.RayEvaluator` (validated there).
+        tolerance: re-plan when a call's slowest worker took more than ``1 + tolerance`` times the mean.
+        start_timeout: seconds to wait for the workers to start.
     """
 
     def __init__(self, actor_cls: type, actor_args: Sequence[Any], *, num_workers: Optional[int],
@@ -134,10 +157,17 @@ class WorkerPool:
     # -- start-up -------------------------------------------------------------------------
     @property
     def started(self) -> bool:
+        """Whether :meth:`start` has connected to Ray and launched the workers."""
         return self._ray is not None
 
     def start(self) -> None:
-        """Connect to (or start) Ray and start the workers; waits until they are up."""
+        """Connect to (or start) Ray and start the workers; waits until they are up (no-op when started).
+
+        Raises:
+            ValueError: the requested workers do not fit in the cluster's resources.
+            zeroth.distributed.WorkerFailureError: a worker failed to start, or not all started
+                within ``start_timeout`` seconds.
+        """
         if self._ray is not None:
             return
         ray = connect(self.address, self.ray_init)
@@ -204,6 +234,7 @@ class WorkerPool:
                                   f"the pool goes on with {len(self.live())} worker(s)", WorkerFailureWarning)
 
     def live(self) -> List[_Slot]:
+        """The workers that have started (and not died)."""
         return [s for s in self.slots if s.started]
 
     def close(self) -> None:
@@ -253,6 +284,18 @@ class WorkerPool:
         Application errors raised on a worker are re-raised here (the original exception,
         with a note naming the worker); a dead worker's piece is re-run elsewhere (see the
         module doc).
+
+        Args:
+            plan: ``[(slot, piece), ...]`` from :meth:`plan`.
+            submit: ``submit(actor handle, i) -> ObjectRef`` starting piece ``i``.
+            what: how the call is named in warnings and errors.
+
+        Returns:
+            The results, one per piece, in the order of ``plan``.
+
+        Raises:
+            zeroth.distributed.WorkerFailureError: more than ``max_failures`` worker failures in
+                this call, or no worker left to re-run a failed piece. Queued work is cancelled.
         """
         ray = self._ray
         start = time.perf_counter()

@@ -36,6 +36,13 @@ class RayPool(Program):
             context); ``False`` sends every context argument whole to every actor.
         name, max_points, on_failure, retries: see :class:`~zeroth.blackbox.Program`
             (``retries`` re-runs a whole call that failed; worker deaths are handled separately).
+
+    Raises:
+        ImportError: Ray is not installed (the message names the ``ray`` extra).
+        TypeError: ``fn`` is not callable, ``split_context`` is not a bool, or an invalid
+            ``address``/``resources_per_worker`` type.
+        ValueError: an invalid ``num_workers``, ``max_failures``, ``resources_per_worker``,
+            ``max_points``, ``on_failure`` or ``retries`` value.
     """
 
     def __init__(
@@ -89,6 +96,19 @@ class RayPool(Program):
         return [s.handle for s in self.pool.live()]
 
     def run(self, x: Tensor, *context: Any) -> Tensor:
+        """The program at each of the ``K`` points ``x`` (``(K, *point)``), spread over the actors.
+
+        Returns:
+            ``(K, *out_point)`` outputs in the order of ``x``, on ``x``'s device.
+
+        Raises:
+            RuntimeError: an actor's program returned another number of outputs than points.
+            zeroth.distributed.WorkerFailureError: more worker failures than ``max_failures``.
+            ValueError: the actors do not fit in the Ray cluster (on first use).
+
+        A failure of the program on an actor is re-raised here (the program's own error,
+        with a note naming the worker); :class:`~zeroth.blackbox.Program` wraps it as usual.
+        """
         self.start()
         k = int(x.shape[0])
         rows = [self.split_context and isinstance(c, (Tensor, np.ndarray)) and c.ndim > 0 and c.shape[0] == k

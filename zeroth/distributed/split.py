@@ -23,7 +23,11 @@ Block = Tuple[int, int]  # directions [start, stop)
 
 
 def blocks(num_directions: int, num_blocks: int) -> List[Block]:
-    """``[0, num_directions)`` cut into at most ``num_blocks`` contiguous blocks of near-equal size."""
+    """``[0, num_directions)`` cut into at most ``num_blocks`` contiguous blocks of near-equal size.
+
+    Returns:
+        ``[(start, stop), ...]`` in order, none empty; ``[(0, 0)]`` when ``num_directions`` is 0.
+    """
     count = max(1, min(num_blocks, num_directions))
     edges = [num_directions * i // count for i in range(count + 1)]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [(0, 0)]
@@ -35,6 +39,13 @@ def assign(all_blocks: Sequence[Block], weights: Sequence[float]) -> List[List[B
     Each block in turn goes to the worker whose load after taking it, divided by its weight,
     is smallest (ties: the lower worker number), so equal weights give ``0, 1, 0, 1, ...``.
     Workers may end with no block when there are fewer blocks than workers.
+
+    Args:
+        all_blocks: the blocks, in order (from :func:`blocks`).
+        weights: one positive speed per worker.
+
+    Returns:
+        Per worker, its list of blocks (its *piece*), in increasing order.
     """
     load = [0] * len(weights)
     out: List[List[Block]] = [[] for _ in weights]
@@ -58,7 +69,11 @@ def can_split(dirs: Directions) -> bool:
 
 
 def subset(dirs: Directions, ids: Tensor) -> Directions:
-    """The directions ``ids`` (ascending) of ``dirs`` as a direction set of their own (``dirs.subset``)."""
+    """The directions ``ids`` (ascending) of ``dirs`` as a direction set of their own (``dirs.subset``).
+
+    Raises:
+        TypeError: ``dirs`` declares no ``subset``/``to_devices``.
+    """
     if not can_split(dirs):
         raise TypeError(f"cannot split a {type(dirs).__name__} direction set (it declares no subset/to_devices)")
     return dirs.subset(ids)
@@ -70,7 +85,17 @@ def to_device(dirs: Directions, devices: Sequence[torch.device]) -> Directions:
 
 
 def scatter(dirs: Directions, ids: Tensor, piece_losses: Tensor, out: Tensor) -> None:
-    """Write a piece's losses into the global loss vector ``out`` (``+`` block, then ``−`` block)."""
+    """Write a piece's losses into the global loss vector ``out`` (``+`` block, then ``−`` block).
+
+    Args:
+        dirs: the whole direction set (its ``num_directions`` and ``num_signs`` give the layout).
+        ids: the piece's direction numbers, ``(m,)`` int64.
+        piece_losses: the piece's ``m · num_signs`` losses, in the piece's own layout.
+        out: the ``(len(dirs),)`` loss vector, written in place.
+
+    Raises:
+        RuntimeError: a worker returned another number of losses than the piece has evaluations.
+    """
     n, m = dirs.num_directions, int(ids.numel())
     if piece_losses.shape[0] != m * dirs.num_signs:
         raise RuntimeError(f"a worker returned {piece_losses.shape[0]} losses for {m * dirs.num_signs} evaluations")
@@ -80,4 +105,5 @@ def scatter(dirs: Directions, ids: Tensor, piece_losses: Tensor, out: Tensor) ->
 
 
 def piece_size(piece: Optional[Sequence[Block]]) -> int:
+    """Number of directions (units) in a piece; 0 for None or an empty piece."""
     return sum(b - a for a, b in piece or ())

@@ -77,7 +77,12 @@ def counters(model: Any) -> Dict[int, Any]:
 
 
 class EvaluatorWorker:
-    """One Ray actor: a model copy and a local evaluator (see module doc)."""
+    """One Ray actor: a model copy and a local evaluator (see module doc).
+
+    Args:
+        threads: torch intra-op threads of this actor.
+        inner: the local evaluator's name or instance (``"auto"`` becomes :class:`PieceAuto`).
+    """
 
     def __init__(self, threads: int, inner: Any):
         torch.set_num_threads(threads)
@@ -88,9 +93,11 @@ class EvaluatorWorker:
         self.loads = 0  # how often a model was received (tests: once per structure)
 
     def ready(self) -> Dict[str, Any]:
+        """``{"pid", "node", "device"}`` of this actor; the pool waits for it to know the actor started."""
         return _info(self.device)
 
     def counters(self) -> Dict[str, Any]:
+        """``{"loads", "version", "evaluator"}``: model loads so far, model version, the evaluator used last."""
         return {"loads": self.loads, "version": self.version, "evaluator": repr(getattr(self.inner, "last", None)
                                                                                 or self.inner)}
 
@@ -151,7 +158,12 @@ class EvaluatorWorker:
 
 
 class ProgramWorker:
-    """One Ray actor running a black-box program (sent once, when the actor starts)."""
+    """One Ray actor running a black-box program (sent once, when the actor starts).
+
+    Args:
+        threads: torch intra-op threads of this actor.
+        program: the :class:`~zeroth.blackbox.Program` to run.
+    """
 
     def __init__(self, threads: int, program: Any):
         torch.set_num_threads(threads)
@@ -159,6 +171,7 @@ class ProgramWorker:
         self.program = program
 
     def ready(self) -> Dict[str, Any]:
+        """``{"pid", "node", "device"}`` of this actor; the pool waits for it to know the actor started."""
         return _info(self.device)
 
     def call(self, points: Tensor, context: Sequence[Any], rows: Sequence[bool]) -> Dict[str, Any]:

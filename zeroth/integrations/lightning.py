@@ -44,8 +44,12 @@ def zo_training_step(module: Any, closure: Callable[[], torch.Tensor], *, optimi
         log: name under which the loss is logged with ``module.log`` (None: not logged);
             ``log_kwargs`` go to ``module.log`` (``prog_bar=True`` ...).
 
-    Returns the loss at the current point (None if ``nan_policy="skip"`` skipped the step).
-    Raises ``RuntimeError`` when the module uses automatic optimization.
+    Returns:
+        The loss at the current point (None if ``nan_policy="skip"`` skipped the step).
+
+    Raises:
+        RuntimeError: the module uses automatic optimization.
+        zeroth.optim.BackwardInClosureError: the closure called ``backward()``.
     """
     if module.automatic_optimization:
         raise RuntimeError("zo_training_step runs under manual optimization: set self.automatic_optimization = False "

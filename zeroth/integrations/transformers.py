@@ -60,6 +60,13 @@ class ZOTrainer(Trainer):
         zo_seed: seed of zeroth's generator (default: ``args.seed``).
         zo_options: further keyword arguments for :class:`~zeroth.ZOOptimizer` (``evaluator``,
             ``sparsity``, ``nan_policy`` ...).
+
+    Raises:
+        TypeError: ``optimizers`` holds an optimizer that is not a :class:`~zeroth.ZOOptimizer`.
+
+    References:
+        S. Malladi et al., "Fine-tuning language models with just forward passes", NeurIPS 2023,
+        arXiv:2305.17333 (MeZO's Trainer integration).
     """
 
     def __init__(self, *args: Any, estimator: Union[str, Estimator, None] = None, inplace: bool = True,
@@ -79,7 +86,14 @@ class ZOTrainer(Trainer):
 
     # -- the optimizer ---------------------------------------------------------------------
     def create_optimizer(self, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
-        """A :class:`~zeroth.ZOOptimizer` over the trainable parameters, decay / no-decay groups as ``Trainer``."""
+        """A :class:`~zeroth.ZOOptimizer` over the trainable parameters, decay / no-decay groups as ``Trainer``.
+
+        Built once (``self.optimizer``); later calls return it.
+
+        Raises:
+            ValueError: no parameter has ``requires_grad=True``; the ZOOptimizer's own errors
+                for invalid ``zo_options``.
+        """
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
@@ -98,7 +112,11 @@ class ZOTrainer(Trainer):
 
     @property
     def zo_optimizer(self) -> ZOOptimizer:
-        """The :class:`~zeroth.ZOOptimizer` (unwrapped from accelerate's wrapper)."""
+        """The :class:`~zeroth.ZOOptimizer` (unwrapped from accelerate's wrapper).
+
+        Raises:
+            TypeError: the trainer's optimizer is not (a wrapper of) a ZOOptimizer.
+        """
         opt = self.optimizer
         while not isinstance(opt, ZOOptimizer):
             inner = getattr(opt, "optimizer", None)

@@ -9,6 +9,11 @@ class DigitsCNN(nn.Sequential):
 
     A plain ``nn.Sequential``, so feature-reuse evaluators can treat each layer as a stage.
     Input ``(B, 1, 8, 8)`` in [0, 1]; output logits ``(B, 10)``.
+
+    Args:
+        channels: ``(c1, c2)`` channels of the two convolutions (default ``(8, 16)``).
+        num_classes: output logits (default 10).
+        batch_norm: a BatchNorm2d after each convolution (default False).
     """
 
     def __init__(self, channels: tuple = (8, 16), num_classes: int = 10, batch_norm: bool = False):
@@ -24,7 +29,12 @@ class DigitsCNN(nn.Sequential):
 
 
 class DigitsMLP(nn.Sequential):
-    """Linear(64→hidden) → ReLU → Linear(hidden→10); input ``(B, 64)`` or ``(B, 1, 8, 8)``."""
+    """Linear(64→hidden) → ReLU → Linear(hidden→10); input ``(B, 64)`` or ``(B, 1, 8, 8)``.
+
+    Args:
+        hidden: width of the hidden layer (default 32).
+        num_classes: output logits (default 10).
+    """
 
     def __init__(self, hidden: int = 32, num_classes: int = 10):
         super().__init__(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))

@@ -3,6 +3,10 @@
 Declared as a chain of stages (``zo_stages``) — stem conv / BN / ReLU, nine residual
 blocks, pooling, flatten, classifier — so feature-reuse evaluators can cache the input of
 each stage. Each block is a :class:`Residual`: ``post(main(x) + shortcut(x))``.
+
+References:
+    K. He, X. Zhang, S. Ren and J. Sun, "Deep residual learning for image recognition",
+    CVPR 2016, arXiv:1512.03385 (§4.2: the CIFAR-10 ResNet-20, option A shortcuts).
 """
 from __future__ import annotations
 
@@ -17,6 +21,11 @@ class Residual(nn.Module):
 
     ``zo_residual`` tells difference propagation it may push a change through ``main`` and
     ``shortcut`` separately and add them.
+
+    Args:
+        main: the block's main branch.
+        shortcut: the skip branch (``nn.Identity`` or :class:`PadShortcut`).
+        post: applied to the sum (ReLU).
     """
 
     zo_rowwise = True
@@ -29,11 +38,19 @@ class Residual(nn.Module):
         self.post = post
 
     def forward(self, x: Tensor) -> Tensor:
+        """``post(main(x) + shortcut(x))``; ``x`` is ``(B, C, H, W)``."""
         return self.post(self.main(x) + self.shortcut(x))
 
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut: subsample by ``stride`` and zero-pad channels (parameter-free, linear)."""
+    """Option-A shortcut: subsample by ``stride`` and zero-pad channels (parameter-free, linear).
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output (≥ ``in_channels``; the extra ones are zero,
+            split between the front and the back).
+        stride: spatial subsampling factor.
+    """
 
     zo_rowwise = True
     zo_linear = True
@@ -44,6 +61,7 @@ class PadShortcut(nn.Module):
         self.extra = out_channels - in_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, out_channels, ⌈H/s⌉, ⌈W/s⌉)``: every ``s``-th pixel, zero channels added."""
         x = x[:, :, :: self.stride, :: self.stride]                 # (B, C, H/s, W/s)
         lo = self.extra // 2
         return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))          # (B, C + extra, H/s, W/s)
@@ -66,7 +84,17 @@ def basic_block(in_channels: int, out_channels: int, stride: int) -> Residual:
 
 
 class ResNet20(nn.Module):
-    """ResNet-20 for 32×32 images: input ``(B, 3, 32, 32)`` -> logits ``(B, num_classes)``."""
+    """ResNet-20 for 32×32 images: input ``(B, 3, 32, 32)`` -> logits ``(B, num_classes)``.
+
+    Stem (3×3 conv, BN, ReLU), three stages of ``blocks_per_stage`` basic blocks at widths
+    ``w, 2w, 4w`` (the 2nd and 3rd start with stride 2), global average pooling and a linear
+    classifier; convolutions get Kaiming-normal (fan-out) initialisation.
+
+    Args:
+        num_classes: output logits (default 10).
+        width: channels of the first stage ``w`` (default 16).
+        blocks_per_stage: basic blocks per stage (default 3: ResNet-20, ``6n + 2`` layers).
+    """
 
     def __init__(self, num_classes: int = 10, width: int = 16, blocks_per_stage: int = 3):
         super().__init__()
@@ -91,6 +119,7 @@ class ResNet20(nn.Module):
         return [*self.stem, *self.blocks, self.pool, self.flatten, self.fc]
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` for images ``(B, 3, H, W)`` (the stages in order)."""
         for stage in self.zo_stages():
             x = stage(x)
         return x

@@ -29,6 +29,11 @@ single master copy takes the full SGD(momentum, weight decay) step (their ``FO w
 same sparse gradients`` baseline too). In zeroth every evaluator perturbs the one live
 copy of the parameters, so there are no worker copies that could drift from it. To freeze
 unselected coordinates completely, use a base rule without momentum and weight decay.
+
+References:
+    A. Chen et al., "DeepZero: scaling up zeroth-order optimization for deep model training",
+    ICLR 2024, arXiv:2310.02025 ("sparse gradient, dense model": random coordinates at the
+    ZO-GraSP layer ratios, re-drawn every few epochs).
 """
 from __future__ import annotations
 
@@ -44,21 +49,53 @@ Masks = List[Optional[Tensor]]
 
 
 class MaskRule:
-    """Base class of mask rules: ``select``, ``state_dict``, ``load_state_dict``."""
+    """Base class of mask rules: ``select``, ``state_dict``, ``load_state_dict``.
+
+    The structural contract is :class:`zeroth.protocols.MaskRule`; a subclass implements
+    :meth:`select` and, when it has a schedule, the state methods.
+    """
 
     def select(self, params: Sequence[Tensor], step: int, generator: Optional[torch.Generator] = None) -> Masks:
+        """The coordinates optimizer step ``step`` estimates.
+
+        Args:
+            params: the trainable parameter tensors, in the optimizer's order.
+            step: the optimizer's step count (0 for the first step).
+            generator: the optimizer's generator, the only source of randomness allowed.
+
+        Returns:
+            Per parameter, a 1-D int64 tensor of sorted flat (row-major) indices on the
+            parameter's device, or None for all of its coordinates.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
     def state_dict(self) -> Dict[str, Any]:
+        """The rule's schedule state for checkpoints (``{}`` for a rule without one)."""
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the base class only checks it is a dict).
+
+        Raises:
+            TypeError: ``state`` is not a dict.
+        """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
 
 
 def count_selected(masks: Optional[Sequence[Optional[Tensor]]], params: Sequence[Tensor]) -> int:
-    """Number of coordinates ``masks`` selects in ``params`` (all of them when ``masks`` is None)."""
+    """Number of coordinates ``masks`` selects in ``params`` (all of them when ``masks`` is None).
+
+    Args:
+        masks: as returned by a mask rule's ``select`` (None entries count the whole tensor).
+        params: the parameter tensors, in the same order.
+
+    Returns:
+        The count ``d`` (CGE then costs ``d + 1`` evaluations).
+    """
     if masks is None:
         return sum(p.numel() for p in params)
     return sum(p.numel() if m is None else int(m.numel()) for p, m in zip(params, masks))
@@ -83,6 +120,18 @@ class DynamicMask(MaskRule):
             ``"magnitude"`` (largest ``|θ|`` at the time of the re-draw; no randomness).
 
     The masks in use are ``current``; ``state_dict`` holds them and the schedule position.
+    Layer ``l`` gets ``round(ratio_l · n_l)`` coordinates (sorted, unique); a tensor without a
+    ratio (biases, normalisation, a weight not named) is selected in full.
+
+    Raises:
+        ValueError: a ratio outside [0, 1], a mapping of ratios without ``model``, names not in
+            ``model``, ``resample_every`` not an integer ≥ 1 (or None), or an unknown ``rule``.
+        TypeError: ``model`` is not an ``nn.Module``, or ``ratios`` is neither a number nor a
+            mapping of names to numbers.
+
+    References:
+        A. Chen et al., "DeepZero", ICLR 2024, arXiv:2310.02025 (random masks at the ZO-GraSP
+        ratios, re-drawn every 5 epochs).
     """
 
     _rules = ("random", "magnitude")
@@ -128,7 +177,17 @@ class DynamicMask(MaskRule):
         self._numels: Optional[List[int]] = None
 
     def layer_ratios(self, params: Sequence[Tensor]) -> List[Optional[float]]:
-        """Kept fraction of each parameter (None: always fully selected)."""
+        """Kept fraction of each parameter (None: always fully selected).
+
+        Args:
+            params: the trainable parameter tensors, in the optimizer's order.
+
+        Returns:
+            One ratio (or None) per tensor.
+
+        Raises:
+            ValueError: a named ratio is for a tensor that is not among ``params``.
+        """
         if self.model is None:
             return [self.ratio if p.dim() >= 2 else None for p in params]
         names = _names_of(self.model)
@@ -154,7 +213,17 @@ class DynamicMask(MaskRule):
         return masks
 
     def select(self, params: Sequence[Tensor], step: int, generator: Optional[torch.Generator] = None) -> Masks:
-        """The masks for optimizer step ``step`` (re-drawn when a new block of steps begins)."""
+        """The masks for optimizer step ``step`` (re-drawn when a new block of steps begins).
+
+        Block ``step // resample_every`` (always 0 with ``resample_every=None``) keeps one
+        mask; ``"random"`` draws ``torch.randperm`` from ``generator`` (on the CPU), so a
+        seeded optimizer re-draws the same masks. Arguments and return value as in
+        :meth:`MaskRule.select`.
+
+        Raises:
+            ValueError: ``step`` is not an integer ≥ 0, or the masks in use were drawn for
+                parameters of other sizes.
+        """
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"Invalid step value: {step!r} (expected an integer >= 0)")
         numels = [p.numel() for p in params]
@@ -171,7 +240,11 @@ class DynamicMask(MaskRule):
         return list(self.current)
 
     def state_dict(self) -> Dict[str, Any]:
-        """Current masks (index tensors, never modified in place) and the schedule position."""
+        """Current masks (index tensors on the CPU) and the schedule position.
+
+        Returns:
+            ``{"block": int or None, "numels": list or None, "masks": list or None}``.
+        """
         return {
             "block": self._block,
             "numels": None if self._numels is None else list(self._numels),
@@ -179,6 +252,12 @@ class DynamicMask(MaskRule):
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore masks and schedule position from :meth:`state_dict` (masks go back to the devices in use).
+
+        Raises:
+            TypeError: ``state`` is not a dict.
+            ValueError: ``state`` does not have exactly the keys of a DynamicMask state.
+        """
         super().load_state_dict(state)
         if set(state) != {"block", "numels", "masks"}:
             raise ValueError(f"state: not a DynamicMask state (keys {sorted(state)})")
@@ -205,6 +284,16 @@ class FixedMask(MaskRule):
     entry per trainable parameter, in the optimizer's order. Each mask is a boolean tensor
     shaped like its parameter, a 1-D tensor of flat indices, or None (all coordinates).
     Parameters without an entry are fully selected.
+
+    Args:
+        masks: the masks, by parameter name or by position.
+        model: the module, to resolve names (required with a mapping).
+
+    Raises:
+        ValueError: a mapping without ``model``, names not in ``model``, a boolean mask of
+            another shape than its parameter, or a negative or out-of-range index.
+        TypeError: ``masks`` is neither a mapping nor a list/tuple, or a mask is not a
+            bool/integer tensor.
     """
 
     def __init__(self, masks: Union[Mapping[str, Any], Sequence[Any]], *, model: Optional[nn.Module] = None):
@@ -225,6 +314,12 @@ class FixedMask(MaskRule):
         self.model = model
 
     def select(self, params: Sequence[Tensor], step: int, generator: Optional[torch.Generator] = None) -> Masks:
+        """The user's masks (the same at every step; ``step`` and ``generator`` are unused), on the parameters' devices.
+
+        Raises:
+            ValueError: positional masks of another count than ``params``, or an index out of
+                range for its parameter.
+        """
         if self._by_position is not None:
             if len(self._by_position) != len(params):
                 raise ValueError(f"masks: {len(self._by_position)} entries for {len(params)} trainable parameters")

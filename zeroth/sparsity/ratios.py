@@ -15,6 +15,13 @@ ZO-GraSP (DeepZero, arXiv:2310.02025) computes them at initialisation from loss 
 
 and only the resulting per-layer kept fractions are used afterwards (random masks at those
 ratios are re-drawn during training, see :mod:`zeroth.sparsity.masks`).
+
+References:
+    A. Chen et al., "DeepZero: scaling up zeroth-order optimization for deep model training",
+    ICLR 2024, arXiv:2310.02025 (ZO-GraSP, its settings q = 192, μ = 5e-3, 25 samples per class).
+
+    C. Wang, G. Zhang and R. Grosse, "Picking winning tickets before training by preserving
+    gradient flow", ICLR 2020, arXiv:2002.07376 (GraSP, the first-order score −θ ⊙ Hg).
 """
 from __future__ import annotations
 
@@ -38,7 +45,18 @@ def prunable_weights(model: nn.Module) -> Dict[str, nn.Parameter]:
     """The weights of ``model``'s Linear and Conv layers that require grad, by qualified name.
 
     These are the only tensors pruning may thin out; biases and normalisation parameters
-    are always estimated in full.
+    are always estimated in full. A weight shared by several modules appears once, under its
+    first name in ``named_parameters()``.
+
+    Args:
+        model: the module.
+
+    Returns:
+        ``{qualified name: parameter}`` of every ``nn.Linear``/``nn.Conv*d`` (transposed
+        included) weight with ``requires_grad=True``, in ``model.modules()`` order.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -59,7 +77,16 @@ def _check_sparsity(sparsity: Any) -> float:
 
 
 def check_ratios(ratios: Any, argument: str = "ratios") -> Dict[str, float]:
-    """``ratios`` as a ``{name: kept fraction}`` dict, each in [0, 1]; a clear error otherwise."""
+    """``ratios`` as a ``{name: kept fraction}`` dict of floats, each in [0, 1].
+
+    Args:
+        ratios: a mapping from parameter name to kept fraction.
+        argument: the argument's name in error messages.
+
+    Raises:
+        TypeError: ``ratios`` is not a mapping, or a key is not a string.
+        ValueError: a value is not a number in [0, 1].
+    """
     if not isinstance(ratios, Mapping):
         raise TypeError(f"{argument} must be a mapping from parameter name to kept fraction, got {type(ratios).__name__}")
     out = {}
@@ -73,13 +100,30 @@ def check_ratios(ratios: Any, argument: str = "ratios") -> Dict[str, float]:
 
 
 def uniform_ratios(model: nn.Module, sparsity: float) -> Dict[str, float]:
-    """The same kept fraction ``1 − sparsity`` for every Linear/Conv weight (the baseline)."""
+    """The same kept fraction ``1 − sparsity`` for every Linear/Conv weight (the baseline).
+
+    Raises:
+        ValueError: ``sparsity`` is not a number in [0, 1).
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
     sparsity = _check_sparsity(sparsity)
     return {name: 1.0 - sparsity for name in prunable_weights(model)}
 
 
 def kept_fraction(ratios: Mapping[str, float], model: nn.Module) -> float:
-    """Global kept fraction ``Σ ratio_l n_l / Σ n_l`` of ``ratios`` over ``model``'s weights."""
+    """Global kept fraction ``Σ ratio_l n_l / Σ n_l`` of ``ratios`` over the weights they name.
+
+    Args:
+        ratios: ``{name: kept fraction}``.
+        model: the module the names refer to.
+
+    Returns:
+        A float in [0, 1] (0.0 for an empty mapping).
+
+    Raises:
+        ValueError: a name is not a parameter of ``model``, or a ratio is outside [0, 1].
+        TypeError: ``ratios`` is not a mapping of names.
+    """
     ratios = check_ratios(ratios)
     weights = dict(model.named_parameters())
     missing = sorted(set(ratios) - set(weights))
@@ -94,6 +138,16 @@ def ratios_from_scores(scores: Mapping[str, Tensor], sparsity: float) -> Dict[st
     ``|score|`` across all layers, and return each layer's kept fraction.
 
     Ties are broken by position (a stable sort), so the result is deterministic.
+
+    Args:
+        scores: ``{weight name: score tensor}`` (any shapes), e.g. from :func:`grasp_scores`.
+        sparsity: the global fraction pruned, in [0, 1).
+
+    Returns:
+        ``{weight name: kept fraction}`` with ``Σ ratio_l n_l = N − round(sparsity · N)``.
+
+    Raises:
+        ValueError: ``sparsity`` is not in [0, 1), ``scores`` is empty, or a score is NaN/inf.
     """
     sparsity = _check_sparsity(sparsity)
     if not scores:
@@ -124,7 +178,25 @@ def grasp_scores(
     ``g₀`` and ``g₁`` are RGE estimates (``q`` directions, smoothing ``mu``) over all trainable
     parameters of ``model``, taken with the *same* directions so that their difference is a
     finite-difference Hessian-vector product and not the difference of two independent
-    noises. The model (parameters and buffers) is left exactly as it was.
+    noises. The model (parameters and buffers) is left exactly as it was. Evaluated with the
+    :class:`~zeroth.engine.Sequential` evaluator; costs ``2(q + 1)`` loss evaluations.
+
+    Args:
+        model: the module whose weights are scored.
+        objective: returns the scalar loss of ``model`` on the scoring batch (e.g. an
+            :class:`~zeroth.Objective` on :func:`balanced_batch`).
+        q: RGE directions (DeepZero: 192).
+        mu: smoothing radius of the RGE and finite-difference step of the Hessian-vector
+            product, absolute (DeepZero: 5e-3).
+        generator: source of the directions (None: a fresh generator seeded from torch's global RNG).
+        dist: RGE direction distribution (``"gaussian"``, ``"sphere"``, ``"rademacher"``).
+
+    Returns:
+        ``{weight name: −θ ⊙ Hg}``, each shaped like its weight.
+
+    Raises:
+        ValueError: ``model`` has no Linear/Conv weight, invalid ``q``/``mu``/``dist``.
+        zeroth.errors.EvaluationError: a loss was NaN or infinite.
     """
     weights = prunable_weights(model)
     if not weights:
@@ -168,7 +240,28 @@ def grasp_ratios(
 
     ``objective`` is the loss on a small class-balanced batch (DeepZero: 25 samples per
     class, see :func:`balanced_batch`), typically an :class:`~zeroth.Objective`. Costs
-    ``2(q + 1)`` loss evaluations; deterministic given ``generator``.
+    ``2(q + 1)`` loss evaluations; deterministic given ``generator``. :func:`grasp_scores`
+    then :func:`ratios_from_scores`.
+
+    Args:
+        model: the module to prune (its Linear/Conv weights, :func:`prunable_weights`).
+        objective: returns the scalar loss on the scoring batch.
+        sparsity: global fraction of those weights pruned, in [0, 1) (default 0.9).
+        q: RGE directions (default 192, DeepZero's).
+        mu: absolute smoothing/finite-difference step (default 5e-3, DeepZero's).
+        generator: source of the directions (None: seeded from torch's global RNG).
+        dist: RGE direction distribution (default ``"gaussian"``).
+
+    Returns:
+        ``{weight name: kept fraction}``, for :class:`~zeroth.sparsity.DynamicMask`.
+
+    Raises:
+        ValueError: invalid ``sparsity``, ``q``, ``mu`` or ``dist``, no prunable weight, or
+            non-finite scores.
+        zeroth.errors.EvaluationError: a loss was NaN or infinite.
+
+    References:
+        A. Chen et al., "DeepZero", ICLR 2024, arXiv:2310.02025 (ZO-GraSP).
     """
     sparsity = _check_sparsity(sparsity)
     scores = grasp_scores(model, objective, q=q, mu=mu, generator=generator, dist=dist)
@@ -178,7 +271,21 @@ def grasp_ratios(
 def balanced_batch(
     inputs: Tensor, targets: Tensor, per_class: int = 25, generator: Optional[torch.Generator] = None
 ) -> Tuple[Tensor, Tensor]:
-    """``per_class`` random samples of every class (the batch ZO-GraSP scores on)."""
+    """``per_class`` random samples of every class (the batch ZO-GraSP scores on).
+
+    Args:
+        inputs: ``(N, ...)`` samples.
+        targets: ``(N,)`` integer class labels.
+        per_class: samples drawn (without replacement) from each class present (DeepZero: 25).
+        generator: source of the draws (None: torch's global RNG).
+
+    Returns:
+        ``(inputs[sel], targets[sel])`` with ``per_class · #classes`` rows, grouped by class
+        in ascending class order.
+
+    Raises:
+        ValueError: ``per_class`` is not an integer ≥ 1, or a class has fewer samples.
+    """
     if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
         raise ValueError(f"Invalid per_class value: {per_class!r} (expected an integer >= 1)")
     picks = []
@@ -193,7 +300,15 @@ def balanced_batch(
 
 
 def save_ratios(path: "os.PathLike[str] | str", ratios: Mapping[str, float], **meta: Any) -> None:
-    """Write ``ratios`` (plus JSON-serialisable ``meta``, e.g. sparsity, q, mu) to a small JSON file."""
+    """Write ``ratios`` (plus JSON-serialisable ``meta``, e.g. sparsity, q, mu) to a small JSON file.
+
+    The file holds ``{"format": "zeroth.sparsity.ratios/1", "meaning": ..., "ratios": ..., "meta": ...}``.
+
+    Raises:
+        TypeError: ``ratios`` is not a mapping of names, or ``meta`` is not JSON-serialisable.
+        ValueError: a ratio is outside [0, 1].
+        OSError: the file cannot be written.
+    """
     ratios = check_ratios(ratios)
     doc = {"format": FORMAT, "meaning": MEANING, "ratios": ratios, "meta": meta}
     with open(path, "w", encoding="utf-8") as fh:
@@ -202,7 +317,17 @@ def save_ratios(path: "os.PathLike[str] | str", ratios: Mapping[str, float], **m
 
 
 def load_ratios(path: "os.PathLike[str] | str") -> Dict[str, float]:
-    """Read ratios written by :func:`save_ratios`; a clear error naming ``path`` otherwise."""
+    """Read ratios written by :func:`save_ratios`.
+
+    Returns:
+        ``{name: kept fraction}`` (``meta`` is not returned).
+
+    Raises:
+        ValueError: the file is not JSON or not a ratios file (the message names ``path``),
+            or a ratio is outside [0, 1].
+        TypeError: its ratios are not a mapping of names.
+        OSError: the file cannot be read (e.g. ``FileNotFoundError``).
+    """
     with open(path, "r", encoding="utf-8") as fh:
         try:
             doc = json.load(fh)

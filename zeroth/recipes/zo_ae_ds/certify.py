@@ -42,7 +42,11 @@ class Certificate:
 
     @property
     def correct(self) -> bool:
-        """Predicted the label (an abstention is never correct)."""
+        """Predicted the label (an abstention is never correct).
+
+        Raises:
+            ValueError: the certificate has no label.
+        """
         if self.label is None:
             raise ValueError("this certificate has no label (pass label= to certify)")
         return self.prediction != ABSTAIN and self.prediction == self.label
@@ -75,6 +79,10 @@ def sample_counts(
 
     The noise is drawn on the generator's device (the CPU by default) from ``generator``, so
     a seeded generator gives the same votes on every run; ``batch`` bounds one model call.
+
+    Raises:
+        ValueError: ``sigma``, ``num`` or ``batch`` not > 0.
+        TypeError: ``x`` is not a floating-point tensor.
     """
     x = _check_input(x)
     sigma = positive("sigma", sigma)
@@ -101,6 +109,13 @@ def lower_confidence_bound(count: int, n: int, alpha: float) -> float:
     The lower end of scipy's two-sided exact interval at confidence ``1 − 2α``
     (``binomtest(count, n).proportion_ci(1 − 2α, "exact")``), i.e. ``Beta(α; count, n − count + 1)``
     — the bound Cohen et al. compute with ``proportion_confint(count, n, 2α, "beta")``.
+
+    Raises:
+        ImportError: scipy is not installed.
+
+    References:
+        C. J. Clopper and E. S. Pearson, "The use of confidence or fiducial limits illustrated
+        in the case of the binomial", Biometrika 26(4):404–413, 1934.
     """
     stats = require("scipy.stats", "science")
     if count == 0:
@@ -126,6 +141,27 @@ def certify(
     Returns the predicted class with radius ``σ·Φ⁻¹(p̲A)``, or :data:`ABSTAIN` (radius 0) when
     ``p̲A < 1/2``. With probability ≥ ``1 − α`` over the noise, a returned class is the
     smoothed classifier's and is constant on the ball. Put ``model`` in eval mode first.
+
+    Args:
+        model: the base classifier ``(b, *x.shape) → logits (b, K)``.
+        x: one floating input, without batch dimension.
+        sigma: noise standard deviation (in the units of ``x``: [0, 1] pixels here).
+        n0: samples that pick the candidate class.
+        n: samples that bound its probability.
+        alpha: failure probability of the certificate, in (0, 1/2).
+        batch: noisy copies per model call.
+        generator: noise source (None: torch's global RNG, on the CPU).
+        label: the true label, stored in the certificate (for :attr:`Certificate.correct`).
+        num_classes: ``K`` (default: the model's output width).
+
+    Raises:
+        ValueError: ``sigma``, ``n``, ``n0`` or ``batch`` not > 0, or ``alpha`` not in (0, 1/2).
+        TypeError: ``x`` is not a floating-point tensor.
+        ImportError: scipy is not installed (the ``science`` extra).
+
+    References:
+        J. Cohen, E. Rosenfeld and J. Z. Kolter, "Certified adversarial robustness via
+        randomized smoothing", ICML 2019, arXiv:1902.02918 (CERTIFY, Theorem 1).
     """
     sigma, n, alpha = _check_test(sigma, n, alpha)
     n0 = positive("n0", n0, integer=True)
@@ -155,6 +191,15 @@ def predict(
 
     Abstains when a two-sided binomial test of the top two counts ``(nA, nB)`` against
     ``p = 1/2`` has p-value ``> α``; a returned class is wrong with probability ≤ ``α``.
+    Arguments as for :func:`certify`.
+
+    Raises:
+        ValueError: ``sigma``, ``n`` or ``batch`` not > 0, or ``alpha`` not in (0, 1/2).
+        TypeError: ``x`` is not a floating-point tensor.
+        ImportError: scipy is not installed.
+
+    References:
+        J. Cohen, E. Rosenfeld and J. Z. Kolter, ICML 2019, arXiv:1902.02918 (PREDICT).
     """
     sigma, n, alpha = _check_test(sigma, n, alpha)
     stats = require("scipy.stats", "science")
@@ -181,7 +226,22 @@ def certify_dataset(
     progress: bool = True,
     desc: str = "certify",
 ) -> List[Certificate]:
-    """:func:`certify` on every row of ``xs`` (``model`` in eval mode meanwhile), labels from ``ys``."""
+    """:func:`certify` on every row of ``xs`` (``model`` in eval mode meanwhile), labels from ``ys``.
+
+    Args:
+        model: the base classifier ``(b, *x) → logits (b, K)``.
+        xs: ``(N, *x)`` inputs; ``ys``: ``(N,)`` labels.
+        sigma, n0, n, alpha, batch, generator: as for :func:`certify`.
+        progress: show a tqdm bar (needs the ``science`` extra).
+        desc: the bar's label.
+
+    Returns:
+        One :class:`Certificate` per row, with its label.
+
+    Raises:
+        ValueError: ``ys`` has not one label per row of ``xs``, or invalid ``sigma``/``n``/``n0``/``alpha``.
+        ImportError: scipy (or tqdm with ``progress=True``) is not installed.
+    """
     if xs.shape[0] != ys.shape[0]:
         raise ValueError(f"ys: expected {xs.shape[0]} labels (one per row of xs), got {ys.shape[0]}")
     tqdm = require("tqdm", "science").tqdm if progress else None
@@ -199,6 +259,9 @@ def certified_accuracy(results: Sequence[Certificate], radii: Sequence[float]) -
     """Fraction of ``results`` that are correct with a certified radius ≥ r, for each r in ``radii``.
 
     At r = 0 this is the smoothed classifier's accuracy (abstentions count as errors).
+
+    Raises:
+        ValueError: ``results`` is empty, or a radius is not a number ≥ 0.
     """
     if len(results) == 0:
         raise ValueError("results: no certificates")

@@ -20,6 +20,10 @@ class QueryCounter(nn.Module):
         white_box: ``False`` (the default, the black-box setting) runs ``f`` under
             ``torch.no_grad()``, so no gradient can ever flow through it; ``True`` lets
             autograd through (only for the first-order reference rows FO-DS / FO-AE-DS).
+
+    Raises:
+        TypeError: ``classifier`` is already a QueryCounter or is not callable, or
+            ``white_box`` is not a bool.
     """
 
     def __init__(self, classifier: nn.Module, *, white_box: bool = False):

@@ -337,8 +337,27 @@ def train_denoiser(
         max_points: at most this many images per black-box call (memory bound).
         checkpoint / resume: save after each epoch / continue from the saved epoch.
 
-    Noise ``δ ~ N(0, σ²I)`` on [0, 1] pixels, a fresh draw per image and step. Returns a
-    :class:`TrainLog`.
+    Noise ``δ ~ N(0, σ²I)`` on [0, 1] pixels, a fresh draw per image and step.
+
+    Returns:
+        A :class:`TrainLog`.
+
+    Raises:
+        ValueError: an invalid ``mode``, ``sigma``, ``lr``, ``weight_decay``, ``epochs`` or
+            ``batch_size``; ``x`` not a floating ``(N, C, H, W)`` tensor; ``through_ae=True``
+            without ``encoder``/``decoder`` (or an autoencoder with ``through_ae=False``); an
+            ``estimator`` with ``mode="fo"``; ``targets`` without one label per image; a
+            ``QueryCounter`` whose ``white_box`` does not match ``mode``; ``resume=True``
+            without ``checkpoint``.
+        TypeError: ``through_ae`` is not a bool.
+        zeroth.blackbox.ProgramError: the black-box classifier failed (``mode="zo"``).
+
+    References:
+        Y. Zhang et al., "How to robustify black-box ML models? A zeroth-order optimization
+        perspective", ICLR 2022, arXiv:2203.14195.
+
+        H. Salman et al., "Denoised smoothing: a provable defense for pretrained classifiers",
+        NeurIPS 2020, arXiv:2003.01908 (the classification objective).
     """
     if mode not in ("fo", "zo"):
         raise ValueError(f"Invalid mode value: {mode!r} (expected 'fo' or 'zo')")
