@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .. import ops
 from .precision import apply_linear
 from .rules import rule_for
-from .stages import forward_cached, frozen_batchnorm_buffers, run_copies
+from .stages import empty_copies, forward_cached, frozen_batchnorm_buffers, run_copies
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -72,6 +72,36 @@ class Delta:
         return self.channels is None or tuple(self.values.shape[2:]) == tuple(a.shape[2:])
 
 
+def materialise(a: Tensor, delta: Optional[Delta], k: int) -> Tensor:
+    """The K copies ``a + Δ_k`` as ``(K, *a.shape)`` in the copies' layout (:func:`~.stages.empty_copies`).
+
+    ``delta`` None: K copies of ``a`` itself. A confined Δ is added to its channel only.
+    """
+    out = empty_copies(a, k)
+    if delta is None:
+        out.copy_(a.unsqueeze(0).expand_as(out))
+    elif delta.channels is None:
+        torch.add(a.unsqueeze(0), delta.values.reshape(out.shape), out=out)
+    elif delta.same_layout(a):
+        out.copy_(a.unsqueeze(0).expand_as(out))
+        ks = torch.arange(k, device=a.device)
+        out[ks, :, delta.channels] += delta.values
+    else:  # a confined block of flattened features
+        torch.add(a.unsqueeze(0), delta.dense(a), out=out)
+    return out
+
+
+def add_delta_(copies: Tensor, delta: Delta) -> Tensor:
+    """``copies += Δ`` in place for copies ``(K, B, ...)``; a confined Δ is added to its channel only."""
+    if delta.channels is None:
+        return copies.add_(delta.values.reshape(copies.shape))
+    if delta.same_layout(copies[0]):
+        ks = torch.arange(delta.k, device=copies.device)
+        copies[ks, :, delta.channels] += delta.values
+        return copies
+    return copies.add_(delta.dense(copies[0]))
+
+
 def gather_channels(a: Tensor, channels: Tensor, block_shape=None) -> Tensor:
     """``a[:, c_k]`` for every copy: ``(B, C, ...)`` -> ``(K, B, ...)`` (blocks of ``block_shape``)."""
     if block_shape is None:
@@ -102,6 +132,17 @@ class Traces:
 
     def __init__(self):
         self._residual: Dict[int, ResidualTrace] = {}
+
+    def record(self, block: nn.Module, a_in: Tensor) -> Tensor:
+        """``block(a_in)`` computed part by part, keeping its inner activations (the base pass:
+        BatchNorm running statistics move here, in the order of the block's own forward)."""
+        acts = [a_in]
+        for m in block.main:
+            acts.append(forward_cached(m, acts[-1]))
+        short = forward_cached(block.shortcut, a_in)
+        total = acts[-1] + short
+        self._residual[id(block)] = ResidualTrace(acts, short, total)
+        return forward_cached(block.post, total)
 
     def residual(self, block: nn.Module, a_in: Tensor) -> ResidualTrace:
         key = id(block)

@@ -28,21 +28,22 @@ updated once per step, by the unperturbed pass. Dropout must be inactive (eval o
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..estimators.directions import Coordinates, Directions
+from ..estimators.directions import Directions
 from ..objective import Objective, scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
-from .delta import Delta, Traces, is_residual, propagate, propagate_chain
+from .delta import Delta, Traces, add_delta_, is_residual, materialise, propagate, propagate_chain
 from .precision import check_precision
 from .rules import (Support, Unsupported, classic_objective, cross_entropy_closed_form, dtype_support, global_hooks,
                     layer_support, shared_parameters, starts_delta)
-from .stages import forward_cached, frozen_batchnorm_buffers, owns, run_copies, stages
+from .schemes import BlockShapes, Cut, candidate_cuts, choose_cut, costs_for
+from .stages import forward_cached, forward_copies, frozen_batchnorm_buffers, owns, run_copies, stages
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -57,6 +58,14 @@ def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Delta) -> T
     return out
 
 
+SCHEMES: Dict[str, Callable[[Sequence[Tuple[Cut, float]]], Cut]] = {
+    "auto": choose_cut,                     # the cheapest by the cost model
+    "propagate": lambda cands: cands[-1][0],  # Δ as far as it goes
+    "restart": lambda cands: cands[0][0],     # the copies right after the perturbed layer
+}
+"""How FeatureReuse picks a :class:`~.schemes.Cut` from the candidates (in chain order)."""
+
+
 CPU_CHUNK_BYTES = 8 * 2**20
 """On CPU a chunk's K copies of the largest activation stay within this many bytes: glibc
 hands larger blocks back to the kernel on free, so every chunk would page-fault its memory
@@ -68,18 +77,32 @@ in again (digits CNN, batch 256, one full gradient: 11,700 page faults and 0.147
 class FeatureReuse(Evaluator):
     """Coordinate losses from cached features and propagated differences (see module doc).
 
-    ``max_memory`` (bytes) bounds the per-chunk working set: K copies of the largest
-    activation are processed at a time (on CPU also at most :data:`CPU_CHUNK_BYTES` of them).
-    ``precision``: arithmetic of the linear ops on Δ.
+    Args:
+        max_memory: bytes bounding the per-chunk working set: K copies of the largest activation
+            are processed at a time (on CPU also at most :data:`CPU_CHUNK_BYTES` of them).
+        precision: arithmetic of the linear ops on Δ (:mod:`.precision`).
+        scheme: where the K perturbed copies take over from difference propagation
+            (:mod:`.schemes`; every choice is exact): ``"auto"`` — the cheapest position by the
+            cost model of the device type, fixed before the step (with a ``precision`` other than
+            fp32: as ``"propagate"``, since that arithmetic applies to Δ only); ``"propagate"`` —
+            Δ as far as the layers allow; ``"restart"`` — the copies right after the perturbed
+            layer, from its cached input (DeepZero's restart, one layer instead of one block
+            earlier, all K coordinates of a chunk as one batch).
+
+    Raises:
+        ValueError: ``max_memory`` not an int of at least 65536, an unknown ``precision`` or ``scheme``.
     """
 
     name = "feature_reuse"
 
-    def __init__(self, max_memory: int = 256 * 2**20, precision: str = "fp32"):
+    def __init__(self, max_memory: int = 256 * 2**20, precision: str = "fp32", scheme: str = "auto"):
         if not isinstance(max_memory, int) or max_memory < 2**16:
             raise ValueError(f"Invalid max_memory value: {max_memory!r} (bytes, at least 65536)")
+        if scheme not in SCHEMES:
+            raise ValueError(f"Invalid scheme value: {scheme!r} (expected one of {', '.join(SCHEMES)})")
         self.max_memory = max_memory
         self.precision = check_precision(precision)
+        self.scheme = scheme
 
     # -- applicability --------------------------------------------------------------------
     def supports(self, objective: Any, dirs: Optional[Directions] = None,
@@ -120,26 +143,35 @@ class FeatureReuse(Evaluator):
         try:
             with torch.no_grad():
                 state.before()
-                acts = [objective.inputs]
-                for m in chain:  # the unperturbed pass: updates BN running stats once, like one FO step
-                    acts.append(forward_cached(m, acts[-1]))
-                base = scalar_loss(objective.loss_fn(acts[-1], objective.targets) if objective.targets is not None
-                                   else objective.loss_fn(acts[-1]))
+                ctx = self._base_pass(objective, chain)
                 state.after()
                 only_batchnorm_statistics(state, "FeatureReuse")
-                diffs = self._differences(chain, acts, objective, base, params, dirs)
+                diffs = self._differences(ctx, params, dirs)
         except BaseException:
             state.abort()
             raise
         state.finish()
-        perturbed = base.double() + diffs
-        return Losses(base if dirs.needs_base else None, perturbed)
+        perturbed = ctx.base.double() + diffs
+        return Losses(ctx.base if dirs.needs_base else None, perturbed)
 
-    def _differences(self, chain, acts, objective, base, params, dirs) -> Tensor:
+    def _base_pass(self, objective: Any, chain: List[nn.Module]) -> _StepContext:
+        """The unperturbed pass (under ``no_grad``): every stage's input and output, and the inner
+        activations of residual blocks; BatchNorm running statistics move here, once, as in one
+        first-order step."""
+        traces = Traces()
+        acts = [objective.inputs]
+        for m in chain:
+            acts.append(traces.record(m, acts[-1]) if is_residual(m) else forward_cached(m, acts[-1]))
+        base = scalar_loss(objective.loss_fn(acts[-1], objective.targets) if objective.targets is not None
+                           else objective.loss_fn(acts[-1]))
+        scheme = "propagate" if (self.scheme == "auto" and self.precision != "fp32") else self.scheme
+        return _StepContext(chain, acts, objective, base, self.precision, traces, choose=SCHEMES[scheme])
+
+    def _differences(self, ctx: _StepContext, params: Sequence[Tensor], dirs: Directions) -> Tensor:
         """``ℓ(θ + h e_k) − ℓ(θ)`` for every evaluation, in float64."""
+        chain, acts = ctx.chain, ctx.acts
         owner = _owners(chain)
-        ctx = _StepContext(chain, acts, objective, base, self.precision)
-        diffs = torch.empty(len(dirs), dtype=torch.float64, device=base.device)
+        diffs = torch.empty(len(dirs), dtype=torch.float64, device=ctx.base.device)
         n = dirs.num_directions
         for j, p in enumerate(params):
             s, name = owner[id(p)]
@@ -167,15 +199,42 @@ class FeatureReuse(Evaluator):
 
 
 class _StepContext:
-    """One step's cached base pass and the computation of a chunk's loss differences."""
+    """One step's cached base pass and the computation of a chunk's loss differences.
 
-    def __init__(self, chain, acts, objective, base, precision):
+    A chunk follows the plan of :mod:`.schemes`: Δ is propagated up to the planned :class:`Cut`
+    (or to the first layer it cannot pass), then the K copies ``a + Δ`` run the rest as one batch.
+    ``choose`` picks a cut from the candidates (default: :func:`~.schemes.choose_cut`).
+    """
+
+    def __init__(self, chain, acts, objective, base, precision, traces: Optional[Traces] = None,
+                 choose: Callable[[Sequence[Tuple[Cut, float]]], Cut] = choose_cut):
         self.chain, self.acts, self.objective, self.base = chain, acts, objective, base
         self.precision = precision
-        self.traces = Traces()
+        self.traces = traces if traces is not None else Traces()
         self.closed_form = bool(cross_entropy_closed_form(objective.loss_fn, acts[-1], objective.targets))
+        self.costs = costs_for(acts[0].device.type)
+        self.choose = choose
         self._heads: Dict[Tuple[int, float], Tensor] = {}
+        self._plans: Dict[Tuple[int, str, int], Cut] = {}
 
+    # -- the plan -------------------------------------------------------------------------
+    def candidates(self, s: int, name: str, k: int) -> List[Tuple[Cut, float]]:
+        """The exact switch positions for K coordinates of ``name`` in stage ``s``, with modelled costs."""
+        return candidate_cuts(self.chain, [tuple(a.shape) for a in self.acts], self._inner_shapes, s, name, k,
+                              self.costs, self.precision, self.closed_form)
+
+    def plan(self, s: int, name: str, k: int) -> Cut:
+        """The cut for K coordinates of ``name`` in stage ``s`` (fixed for the step)."""
+        key = (s, name, k)
+        if key not in self._plans:
+            self._plans[key] = self.choose(self.candidates(s, name, k))
+        return self._plans[key]
+
+    def _inner_shapes(self, t: int) -> BlockShapes:
+        tr = self.traces.residual(self.chain[t], self.acts[t])
+        return BlockShapes([tuple(a.shape) for a in tr.main], tuple(tr.total.shape))
+
+    # -- one chunk ------------------------------------------------------------------------
     def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, steps: Tensor, values: Tensor, nominal: float,
               selected: int) -> Tensor:
         """Loss differences of the copies moving coordinate ``sel[k]`` of parameter ``p`` to ``values[k]``,
@@ -192,29 +251,82 @@ class _StepContext:
             # a sparse selection: only its coordinates, each a one-logit change (O(B) apiece)
             return cross_entropy_difference(acts[-1], self.objective.targets,
                                             initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1]))
-        delta = stage_delta(stage, name, p, sel, steps, acts[s], acts[s + 1], self.precision, self.traces)
-        copies = None
-        if delta is None:  # generic: re-run the stage on K perturbed copies of the parameter
-            copies = perturbed_stage_outputs(stage, name, p, sel, values, acts[s])
+        k = sel.numel()
+        cut = self.plan(s, name, k)
+        inner = _main_layer(stage, name)
+        state: _State
+        if inner is not None:  # a layer inside a residual block: Δ (or copies) from that layer's output
+            t0, rest = inner
+            tr = self.traces.residual(stage, acts[s])
+            layer = list(stage.main)[t0]
+            delta = initial_delta(layer, rest, p, sel, steps, tr.main[t0], tr.main[t0 + 1])
+            main: _State = delta if delta is not None else perturbed_stage_outputs(layer, rest, p, sel, values,
+                                                                                  tr.main[t0])
+            state = self._block(s, t0 + 1, main, None, cut.inner if cut.stage == s else None, k)
+        else:
+            delta = initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1])
+            state = delta if delta is not None else perturbed_stage_outputs(stage, name, p, sel, values, acts[s])
         t = s + 1
-        while copies is None and t < len(chain):
-            if self.precision == "fp32" and delta.channels is None and is_residual(chain[t]):
-                # a dense Δ entering a residual block costs as much as the copies themselves, and
-                # more on a CPU (float64 differences); in fp32 the copies run directly
-                copies = acts[t].unsqueeze(0) + delta.values
+        while isinstance(state, Delta) and t < len(chain):
+            if cut == Cut(t):
+                state = materialise(acts[t], state, k)
                 break
-            nxt = propagate(chain[t], acts[t], acts[t + 1], delta, self.precision, self.traces)
-            if nxt is None:
-                copies = acts[t].unsqueeze(0) + delta.dense(acts[t])
-                break
-            delta, t = nxt, t + 1
-        if copies is None:  # the difference reached the logits
+            if is_residual(chain[t]):
+                state = self._block(t, 0, state, state, cut.inner if cut.stage == t else None, k)
+            else:
+                nxt = propagate(chain[t], acts[t], acts[t + 1], state, self.precision, self.traces)
+                if nxt is None:
+                    state = materialise(acts[t], state, k)
+                    break
+                state = nxt
+            t += 1
+        if isinstance(state, Delta):  # the difference reached the logits
             if self.closed_form:
-                return cross_entropy_difference(acts[-1], self.objective.targets, delta)
-            copies = acts[-1].unsqueeze(0) + delta.dense(acts[-1])
-        for m in chain[t:]:
-            copies = run_copies(m, copies)
+                return cross_entropy_difference(acts[-1], self.objective.targets, state)
+            state = materialise(acts[-1], state, k)
+        copies = forward_copies(chain[t:], state)
+        if self.closed_form:  # the logits' change is exact in fp32 (nearby values); the loss's in float64
+            return cross_entropy_difference(acts[-1], self.objective.targets, Delta(copies - acts[-1].unsqueeze(0)))
         return _per_copy_losses(self.objective, copies) - self.base.double()
+
+    def _block(self, t: int, m0: int, main: _State, delta_in: Optional[Delta], cut: Optional[int],
+               k: int) -> _State:
+        """Residual stage ``t`` from position ``m0`` of ``main`` (Δ or copies there) to its output.
+
+        ``delta_in``: Δ of the block's input (None in the perturbed block: the input, hence the
+        shortcut, is unchanged). ``cut``: the main position where copies take over (None: Δ
+        goes as far as it can, through the whole block when possible).
+        """
+        block, a_in, a_out = self.chain[t], self.acts[t], self.acts[t + 1]
+        tr = self.traces.residual(block, a_in)
+        layers = list(block.main)
+        m = m0
+        while isinstance(main, Delta) and m < len(layers) and m != cut:
+            nxt = propagate(layers[m], tr.main[m], tr.main[m + 1], main, self.precision, self.traces)
+            if nxt is None:
+                break
+            main, m = nxt, m + 1
+        if isinstance(main, Delta) and m == len(layers) and cut != m:  # Δ through the whole main
+            total: Optional[Delta] = main
+            if delta_in is not None:
+                short = propagate(block.shortcut, a_in, tr.shortcut, delta_in, self.precision, self.traces)
+                total = None if short is None else Delta(main.dense(tr.total) + short.dense(tr.total))
+            if total is not None:
+                out = propagate(block.post, tr.total, a_out, total, self.precision, self.traces)
+                if out is not None:
+                    return out
+                return forward_copies([block.post], materialise(tr.total, total, k))
+        copies = main if isinstance(main, Tensor) else materialise(tr.main[m], main, k)
+        copies = forward_copies(layers[m:], copies)
+        if delta_in is None:
+            copies = copies.add_(tr.shortcut)  # every copy shares the cached shortcut output
+        else:
+            short = propagate(block.shortcut, a_in, tr.shortcut, delta_in, self.precision, self.traces)
+            if short is not None:
+                copies = add_delta_(copies.add_(tr.shortcut), short)
+            else:
+                copies = copies.add_(run_copies(block.shortcut, materialise(a_in, delta_in, k)))
+        return forward_copies([block.post], copies)
 
     def _head(self, stage: nn.Linear, name: str, p: Tensor, step: float) -> Tensor:
         """CE differences of every coordinate of the last Linear's ``p`` (flat), once per step and μ."""
@@ -226,6 +338,20 @@ class _StepContext:
             table = ops.head_cross_entropy_difference(x, self.acts[-1], self.objective.targets, step, name == "bias")
             self._heads[key] = table.reshape(-1)
         return self._heads[key]
+
+
+_State = Union[Delta, Tensor]
+"""Between layers a chunk is either a Δ of the base activation or the K copies ``(K, B, ...)`` themselves."""
+
+
+def _main_layer(stage: nn.Module, name: str) -> Optional[Tuple[int, str]]:
+    """``(t, rest)`` when ``name`` is ``main.<t>.<rest>`` of a residual stage, else None."""
+    if not is_residual(stage):
+        return None
+    parts = name.split(".")
+    if len(parts) != 3 or parts[0] != "main" or not parts[1].isdigit():
+        return None
+    return int(parts[1]), parts[2]
 
 
 def _owners(chain: List[nn.Module]) -> Dict[int, Tuple[int, str]]:

@@ -5,11 +5,17 @@
 batch rows independently (so K perturbed copies can run as one batch of K·B rows) —
 BatchNorm in train mode is the exception, handled by giving each copy its own batch
 statistics (``run_copies``).
+
+Layout of copies: K copies ``(K, B, C, H, W)`` of an image activation are laid out with each
+copy channels-last on a CPU (:func:`copies_layout`): oneDNN's convolutions take NHWC without
+reordering, and BatchNorm's channels-last kernel is faster too (one thread, ResNet-20 stage 1,
+batch 256: a 16→16 3×3 convolution 117 ms NCHW vs 32 ms NHWC; BatchNorm 22 ms vs 9 ms). The
+layout changes the order of float additions only, never what is computed.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +69,60 @@ def frozen_batchnorm_buffers(module: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def copies_layout(a: Tensor) -> torch.memory_format:
+    """The memory layout of each copy when K copies of activation ``a: (B, ...)`` are made:
+    channels-last for image activations ``(B, C, H, W)`` on a CPU, else contiguous."""
+    if a.dim() == 4 and a.device.type == "cpu":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_copies(a: Tensor, k: int) -> Tensor:
+    """Uninitialised ``(K, *a.shape)`` copies of ``a``'s dtype/device, each in :func:`copies_layout`."""
+    flat = torch.empty((k * a.shape[0],) + tuple(a.shape[1:]), dtype=a.dtype, device=a.device,
+                       memory_format=copies_layout(a))
+    return flat.view((k,) + tuple(a.shape))
+
+
+def _per_copy_channels_last(x: Tensor) -> bool:
+    """True when ``x: (K, B, C, H, W)`` holds each copy channels-last and contiguous."""
+    return x.dim() == 5 and x[0].is_contiguous(memory_format=torch.channels_last) and not x[0].is_contiguous()
+
+
+def forward_copies(modules: Sequence[nn.Module], x: Tensor, owned: bool = True) -> Tensor:
+    """``modules`` applied in turn to copies ``x: (K, B, ...)``, as :func:`run_copies` stage by stage.
+
+    Intermediate results are fresh tensors, so ReLU/LeakyReLU run in place on them and a
+    residual block adds its shortcut in place, saving an allocation and a pass each; ``x``
+    itself is written only when ``owned`` (the caller gives it away).
+    """
+    for m in modules:
+        if not owned and any(getattr(sub, "inplace", False) for sub in m.modules()):
+            x, owned = x.clone(), True  # an in-place layer must not overwrite the caller's tensor
+        if owned and type(m) in (nn.ReLU, nn.LeakyReLU):
+            slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0
+            x = x.relu_() if slope == 0.0 else torch.nn.functional.leaky_relu_(x, slope)
+            continue
+        if getattr(m, "zo_residual", False) and isinstance(getattr(m, "main", None), nn.Sequential):
+            main = forward_copies(list(m.main), x, owned=False)
+            short = run_copies(m.shortcut, x)
+            if _fresh(main, x) and _fresh(main, short) and main.shape == short.shape:
+                total = main.add_(short)
+            else:
+                total = main + short
+            x = forward_copies([m.post], total, owned=True)
+        else:
+            out = run_copies(m, x)
+            owned = owned or _fresh(out, x)
+            x = out
+    return x
+
+
+def _fresh(out: Tensor, x: Tensor) -> bool:
+    """True when ``out`` does not share memory with ``x``."""
+    return out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+
+
 def run_copies(module: nn.Module, x: Tensor) -> Tensor:
     """``module`` applied to each of K copies ``x: (K, B, ...)`` -> ``(K, B, ...)``.
 
@@ -91,10 +151,19 @@ def run_copies(module: nn.Module, x: Tensor) -> Tensor:
 def batchnorm_copies(bn: nn.Module, x: Tensor) -> Tensor:
     """Train-mode BatchNorm of each copy of ``x: (K, B, C, ...)`` with its own batch statistics.
 
-    The copies become K·C channels of one batch, ``(B, K·C, ...)``, normalised by one call
-    with the affine parameters repeated K times; running statistics are not touched.
+    Copies laid out channels-last (:func:`copies_layout`) are normalised one by one, each by
+    BatchNorm's channels-last kernel into its slice of one output. Otherwise the copies become
+    K·C channels of one batch, ``(B, K·C, ...)``, normalised by one call with the affine
+    parameters repeated K times. Running statistics are not touched.
     """
     k, b, c = x.shape[:3]
+    if _per_copy_channels_last(x) and not torch.is_grad_enabled():  # (out= takes no autograd)
+        out = torch.empty_like(x)  # the same per-copy layout
+        stats = x.new_empty((2, c))
+        for i in range(k):
+            torch.ops.aten.native_batch_norm.out(x[i], bn.weight, bn.bias, None, None, True, 0.0, bn.eps,
+                                                 out=out[i], save_mean=stats[0], save_invstd=stats[1])
+        return out
     rest = x.shape[3:]
     folded = x.transpose(0, 1).reshape(b, k * c, *rest)
     weight = bn.weight.repeat(k) if bn.weight is not None else None
