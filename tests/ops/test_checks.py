@@ -11,7 +11,8 @@ from zeroth import ops
 from zeroth.ops import _checks, reference
 from zeroth.ops._build import source_dir
 
-compiled = pytest.mark.skipif(ops.backend() == "python", reason="compiled kernels unavailable")
+from .conftest import compiled
+
 LONG = torch.long
 F64 = torch.float64
 

@@ -2,7 +2,6 @@
 the slow obvious computation (perturb, run the module, subtract)."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,8 @@ from torch import nn
 from zeroth import ops
 from zeroth.ops import reference
 
-compiled = pytest.mark.skipif(ops.backend() == "python", reason="compiled kernels unavailable")
+from .conftest import KERNELS_EXPECTED, compiled
+
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-6, atol=1e-7)}
 DTYPES = [torch.float64, torch.float32]
 MODULES = [nn.ReLU(), nn.LeakyReLU(0.1), nn.GELU(), nn.SiLU(), nn.Tanh(), nn.Sigmoid()]
@@ -142,8 +142,8 @@ def test_conv_patches_reference_is_the_weight_derivative(stride, padding, dilati
 def test_piecewise_linear_differences_are_exact_in_fp32(slope, impl):
     """ReLU/LeakyReLU form σ(a + Δ) − σ(a) in fp32 without float64 and without cancellation:
     within a few ulp of Δ of the float64 reference, crossings of 0 and exact zeros included."""
-    if impl == "kernel" and ops.backend() == "python":
-        pytest.skip("compiled kernels unavailable")
+    if impl == "kernel" and not KERNELS_EXPECTED:
+        pytest.skip("no C++ compiler, or ZEROTH_OPS=python")
     from zeroth.ops import vectorized
 
     g = torch.Generator().manual_seed(0)
@@ -298,10 +298,8 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         _build.load()
 
 
-def test_backend_reports_the_cpu_kernels_where_a_compiler_exists():
-    if os.environ.get("ZEROTH_OPS", "auto") == "python" or shutil.which("c++") is None:
-        pytest.skip("reference forced or no C++ compiler")
-    assert ops.backend() in ("cpp", "cpp+cuda")
+def test_backend_reports_the_cpu_kernels_exactly_where_a_compiler_exists():
+    assert (ops.backend() in ("cpp", "cpp+cuda")) == KERNELS_EXPECTED
 
 
 def test_reference_only_switches_the_implementation(monkeypatch):
