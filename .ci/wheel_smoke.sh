@@ -28,8 +28,8 @@ phase "built the sdist and the wheel"
 "$PY" -m twine check --strict "$work"/dist/*
 wheel=$(ls "$work"/dist/zeroth_optim-*.whl)
 sdist=$(ls "$work"/dist/zeroth_optim-*.tar.gz)
-in_wheel=$(unzip -Z1 "$wheel")
-in_sdist=$(tar tzf "$sdist")
+in_wheel=$("$PY" -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' "$wheel")
+in_sdist=$("$PY" -c 'import sys, tarfile; print("\n".join(tarfile.open(sys.argv[1]).getnames()))' "$sdist")
 for f in $(cd "$repo" && git ls-files zeroth/csrc); do  # every tracked kernel source ships in both
   grep -qx "$f" <<<"$in_wheel" || { echo "the wheel lacks $f"; exit 1; }
   grep -qx "zeroth_optim-[^/]*/$f" <<<"$in_sdist" || { echo "the sdist lacks $f"; exit 1; }
