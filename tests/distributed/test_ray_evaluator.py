@@ -292,6 +292,7 @@ def test_a_pool_of_simulators_gives_the_local_outputs_and_gradient(cpus_free):
 
 
 # -- the example ---------------------------------------------------------------------------
+@pytest.mark.slow  # an end-to-end run of the example: Ray start-up and a ResNet-20 step, 20-30 s
 def test_the_multi_gpu_example_trains_on_cpu_workers(cpus_free):
     import importlib.util
 
