@@ -377,7 +377,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             directions are undone by subtraction (about one ulp per evaluation); coordinates
             (CGE) restore bitwise.
         mu: the perturbation size of every group that sets none (an absolute step in the
-            parameters' units, not relative to |θ|); None: the estimator's ``mu``.
+            parameters' units, not relative to ``|θ|``); None: the estimator's ``mu``.
         **base_kwargs: options of the base rule (``momentum``, ``weight_decay``, ``betas`` ...).
 
     The torch.optim contract: ``step(closure)`` (positional or keyword) runs one ZO step on

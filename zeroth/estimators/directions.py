@@ -13,7 +13,7 @@ evaluations are the ``+`` points and the second half the ``−`` points, in the 
 ``perturb``/``restore`` change parameters in place (used by the sequential evaluator);
 ``accumulate`` turns per-direction coefficients ``c`` into ``grad_j += Σ_i c_i d_ij / μ_j``.
 
-μ is an absolute step in the units of the parameter it perturbs (not relative to |θ|). The
+μ is an absolute step in the units of the parameter it perturbs (not relative to ``|θ|``). The
 structural contract every direction set meets is :class:`zeroth.protocols.Directions`.
 """
 from __future__ import annotations

@@ -16,9 +16,10 @@ Central / antithetic variants replace ``ℓ(θ + μ d) − ℓ(θ)`` by ``(ℓ(�
 q = 1 and Rademacher (or Gaussian, as in MeZO) directions.
 
 **The unit of μ.** ``mu`` is an *absolute* step in the units of the parameter it perturbs
-(θ_k moves to θ_k ± μ whatever |θ_k| is), not a step relative to |θ| as scipy.optimize's
-finite differences take (``finite_diff_rel_step``: h = rel_step · max(1, |x|)). One μ per
-parameter group can be set through ``ZOOptimizer(params=[{"params": ..., "mu": ...}])``.
+(θ_k moves to θ_k ± μ whatever ``|θ_k|`` is), not a step relative to ``|θ|`` as
+scipy.optimize's finite differences take (``finite_diff_rel_step``:
+``h = rel_step · max(1, |x|)``). One μ per parameter group can be set through
+``ZOOptimizer(params=[{"params": ..., "mu": ...}])``.
 
 References:
     J. C. Spall, "Multivariate stochastic approximation using a simultaneous perturbation
@@ -90,7 +91,7 @@ class Estimator:
 
     Args:
         mu: the perturbation size μ > 0, an absolute step in the units of the parameters
-            (not relative to |θ|; see the module docstring).
+            (not relative to ``|θ|``; see the module docstring).
 
     Raises:
         ValueError: ``mu`` is not a finite real number > 0.
@@ -205,7 +206,7 @@ class CGE(Estimator):
 
     Args:
         mu: perturbation size μ > 0, an absolute step in the parameter's units (not relative
-            to |θ_k| as in scipy.optimize's ``finite_diff_rel_step``). Default 1e-3.
+            to ``|θ_k|`` as in scipy.optimize's ``finite_diff_rel_step``). Default 1e-3.
         scheme: ``"forward"`` (default) or ``"central"``.
 
     Raises:
@@ -213,7 +214,7 @@ class CGE(Estimator):
 
     References:
         A. Chen et al., "DeepZero: scaling up zeroth-order optimization for deep model
-        training", ICLR 2024, arXiv:2310.02025 (CGE, eq. for forward differences; sparse CGE).
+        training", ICLR 2024, arXiv:2310.02025 (CGE with forward differences; sparse CGE).
     """
 
     name = "cge"
@@ -278,7 +279,7 @@ class RGE(Estimator):
     Args:
         q: number of random directions per step (integer ≥ 1). Default 1.
         mu: smoothing radius μ > 0, an absolute step in the parameter's units (not relative to
-            |θ|). Default 1e-3.
+            ``|θ|``). Default 1e-3.
         dist: ``"gaussian"`` (N(0, I), Nesterov–Spokoiny), ``"sphere"`` (uniform on the unit
             sphere of the estimated coordinates, Duchi et al.) or ``"rademacher"`` (±1, Spall).
         antithetic: two-sided differences ``ℓ(θ + μu) − ℓ(θ − μu)`` (default False).
@@ -350,14 +351,15 @@ class RGE(Estimator):
 class SPSA(RGE):
     """Simultaneous perturbation: antithetic RGE, Rademacher (or Gaussian = MeZO) directions.
 
-    ``ĝ = (1/q) Σ_i (ℓ(θ + μ u_i) − ℓ(θ − μ u_i)) / (2μ) · u_i`` with ``u_i`` of ±1 entries (Spall's SPSA; ``1/u_k = u_k`` for ±1) — ``2q`` evaluations, no
-    ℓ(θ). ``dist="gaussian"`` gives MeZO's estimator. With ``ZOOptimizer(inplace=True)``
+    ``ĝ = (1/q) Σ_i (ℓ(θ + μ u_i) − ℓ(θ − μ u_i)) / (2μ) · u_i`` with ``u_i`` of ±1 entries
+    (Spall's SPSA; ``1/u_k = u_k`` for ±1) — ``2q`` evaluations, no ℓ(θ). ``dist="gaussian"``
+    gives MeZO's estimator. With ``ZOOptimizer(inplace=True)``
     Rademacher directions are applied as exact involutions
     (:mod:`zeroth.estimators.exact_perturbation`, μ rounded to a power of two).
 
     Args:
         mu: perturbation size μ > 0, an absolute step in the parameter's units (not relative
-            to |θ|). Default 1e-3 (MeZO's default).
+            to ``|θ|``). Default 1e-3 (MeZO's default).
         q: directions per step (integer ≥ 1). Default 1.
         dist: ``"rademacher"`` (default), ``"gaussian"`` (MeZO) or ``"sphere"``.
 

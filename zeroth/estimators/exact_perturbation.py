@@ -388,8 +388,15 @@ class ExactRademacher(RandomDirections):
         """MeZO's SGD step in place: ``θ ← θ(1 − lr·wd) ∓ lr · Σ_i c_i D_i / a²`` (one pass, nothing stored).
 
         ``restore=e`` first undoes evaluation ``e``'s perturbation in the same pass (the
-        parameters are at that evaluation point on entry). Parameters with ``lr = 0`` (and
-        no weight decay) are only restored: bitwise what they were.
+        parameters are at that evaluation point on entry). Parameters with ``lr = 0`` are
+        only restored (weight decay is not applied either): bitwise what they were.
+
+        Args:
+            params: the parameters (this set's), updated in place.
+            coeffs: ``(q,)`` coefficients from the estimator's ``combine``.
+            lrs, weight_decays, ascend: per parameter: learning rate, coupled weight decay, and
+                whether to ascend.
+            restore: the evaluation the parameters are at on entry (None: they are at θ).
         """
         cs = coeffs.tolist()
         live = [i for i, ci in enumerate(cs) if ci != 0.0]

@@ -38,6 +38,15 @@ def build_encoder(channels: int, image_size: int, latent_dim: int, width: int = 
 
     conv 3×3 (width) → ReLU, then per halving a 4×4 stride-2 conv doubling the channels →
     ReLU, then a 4×4 valid conv to ``latent_dim`` → ReLU.
+
+    Args:
+        channels: image channels.
+        image_size: side ``S`` of the square images, ``4·2^k`` (4, 8, 16, 32, ...).
+        latent_dim: latent coordinates ``d_z`` (what the ZO estimate runs over).
+        width: channels of the first convolution (doubled per halving).
+
+    Raises:
+        ValueError: a size is not a positive integer, or ``image_size`` is not ``4·2^k``.
     """
     channels, latent_dim, width = _check(channels, latent_dim, width)
     layers: List[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]  # (B, w, S, S)
@@ -50,7 +59,13 @@ def build_encoder(channels: int, image_size: int, latent_dim: int, width: int = 
 
 
 def build_decoder(channels: int, image_size: int, latent_dim: int, width: int = 32) -> nn.Sequential:
-    """Latent ``(B, latent_dim, 1, 1)`` → image ``(B, channels, S, S)`` in (0, 1): the encoder mirrored."""
+    """Latent ``(B, latent_dim, 1, 1)`` → image ``(B, channels, S, S)`` in (0, 1): the encoder mirrored.
+
+    Arguments as for :func:`build_encoder` (use the same values).
+
+    Raises:
+        ValueError: a size is not a positive integer, or ``image_size`` is not ``4·2^k``.
+    """
     channels, latent_dim, width = _check(channels, latent_dim, width)
     steps = _downsamplings(image_size)
     c = width * 2**steps

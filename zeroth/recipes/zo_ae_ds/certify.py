@@ -31,7 +31,16 @@ ABSTAIN = -1
 
 @dataclass(frozen=True)
 class Certificate:
-    """One certified input: the prediction (or :data:`ABSTAIN`), its L2 radius and the evidence."""
+    """One certified input: the prediction (or :data:`ABSTAIN`), its L2 radius and the evidence.
+
+    Attributes:
+        prediction: the certified class, or :data:`ABSTAIN` (-1).
+        radius: the certified L2 radius ``σ·Φ⁻¹(p_lower)`` (0.0 when abstaining).
+        p_lower: Clopper–Pearson lower bound on ``P(h(x + δ) = prediction)``.
+        count: samples (of ``n``) that voted for the candidate class.
+        n: samples of the estimation round.
+        label: the true label, when given.
+    """
 
     prediction: int
     radius: float    # 0.0 when abstaining

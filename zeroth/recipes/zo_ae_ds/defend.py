@@ -88,6 +88,27 @@ class DefendConfig:
     """Everything ``zeroth defend`` needs; ``None`` budgets come from the dataset's :class:`Preset`.
 
     Validated on construction (a ``ValueError`` naming the argument), before any training.
+
+    Attributes:
+        dataset: ``"digits"`` or ``"cifar10"`` (a key of :data:`PRESETS`).
+        data_dir: folder of the CIFAR-10 python batches (required for ``cifar10``).
+        sigma: smoothing noise standard deviation on [0, 1] pixels (the paper's code: 0.25).
+        estimator: which ZO-AE-DS rows: ``"cge"``, ``"rge"`` or ``"all"``.
+        q: RGE directions per image (default ``(2, d_z/4, d_z)``).
+        mu: finite-difference step, absolute, in latent (or pixel) units (the paper's 5e-3).
+        lr: Adam learning rate of denoiser and encoder (the paper's 1e-3).
+        n0, n, alpha: certification samples and failure probability (Cohen et al.).
+        latent_dim, epochs, classifier_epochs, ae_epochs, batch_size, num_certify, radii: budgets
+            (None: the preset's).
+        seed: seed of everything random.
+        device: torch device name.
+        out: path of the plot.
+        checkpoint_dir: per-stage checkpoints; a rerun resumes from them.
+        progress: tqdm bars.
+
+    Raises:
+        ValueError: an unknown ``dataset`` or ``estimator``, ``cifar10`` without ``data_dir``, or
+            an invalid number (the message names it).
     """
 
     dataset: str = "digits"
@@ -167,7 +188,11 @@ class Report:
     plot: Optional[str] = None
 
     def row(self, name: str) -> Row:
-        """The row called ``name``."""
+        """The row called ``name``.
+
+        Raises:
+            StopIteration: there is no such row.
+        """
         return next(r for r in self.rows if r.name == name)
 
 
@@ -203,7 +228,18 @@ def _plan(config: DefendConfig) -> List[Tuple[str, dict]]:
 
 
 def run(config: DefendConfig) -> Report:
-    """Train, certify and tabulate every row of ``config``; prints the table, saves the plot."""
+    """Train, certify and tabulate every row of ``config``; prints the table, saves the plot.
+
+    Seeds torch's global RNG (``config.seed``, ``+ 1`` for each denoiser's initialisation).
+
+    Returns:
+        The :class:`Report` (its ``plot`` is the saved path).
+
+    Raises:
+        FileNotFoundError: ``cifar10`` without the batches in ``config.data_dir``.
+        ImportError: scikit-learn, scipy, tqdm (with ``progress``) or matplotlib missing (the
+            ``science`` extra).
+    """
     start = time.perf_counter()
     p, device = config.preset, torch.device(config.device)
     data = _load(config)

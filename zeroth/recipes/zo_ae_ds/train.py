@@ -40,7 +40,15 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 @dataclass
 class TrainLog:
-    """What one training did: per-epoch mean loss, steps, wall time and classifier queries."""
+    """What one training did: per-epoch mean loss, steps, wall time and classifier queries.
+
+    Attributes:
+        losses: mean training loss of each epoch.
+        steps: optimiser steps taken.
+        seconds: wall time of the epochs (resuming not included).
+        queries_per_step: images sent to the classifier by the last step.
+        queries: all images sent to the classifier (pseudo-labels included).
+    """
 
     losses: List[float] = field(default_factory=list)  # mean training loss of each epoch
     steps: int = 0
@@ -191,7 +199,24 @@ def train_classifier(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainLog:
-    """First-order Adam on cross-entropy: the stand-in for the owner's (clean-trained) model."""
+    """First-order Adam on cross-entropy: the stand-in for the owner's (clean-trained) model.
+
+    Args:
+        model: the classifier, ``(B, C, H, W) → logits (B, K)``; trained in place (train mode
+            meanwhile, its mode restored after).
+        x: ``(N, C, H, W)`` floating images; ``y``: ``(N,)`` int64 labels.
+        epochs, batch_size, lr, weight_decay: the training budget and Adam's options.
+        seed: seed of the batch order.
+        checkpoint / resume: save after each epoch (atomically) / continue from the saved epoch.
+        progress: show a tqdm bar (needs the ``science`` extra).
+
+    Returns:
+        A :class:`TrainLog`.
+
+    Raises:
+        ValueError: ``x`` is not a floating ``(N, C, H, W)`` tensor, or an invalid ``epochs``,
+            ``batch_size``, ``lr`` or ``weight_decay``; ``resume=True`` without ``checkpoint``.
+    """
     x = _check_images("x", x)
     opt = torch.optim.Adam(model.parameters(), lr=positive("lr", lr),
                            weight_decay=positive("weight_decay", weight_decay, allow_zero=True))
@@ -216,7 +241,20 @@ def train_autoencoder(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainLog:
-    """Adam on the reconstruction MSE ``‖Dec(Enc(x)) − x‖²`` of clean images (the paper's stage a)."""
+    """Adam on the reconstruction MSE ``‖Dec(Enc(x)) − x‖²`` of clean images (the paper's stage a).
+
+    Args:
+        encoder, decoder: from :func:`build_encoder` / :func:`build_decoder`; trained in place.
+        x: ``(N, C, H, W)`` floating images in [0, 1].
+        epochs, batch_size, lr, seed, checkpoint, resume, progress: as for :func:`train_classifier`.
+
+    Returns:
+        A :class:`TrainLog`.
+
+    Raises:
+        ValueError: ``x`` is not a floating ``(N, C, H, W)`` tensor, or an invalid ``epochs``,
+            ``batch_size`` or ``lr``; ``resume=True`` without ``checkpoint``.
+    """
     x = _check_images("x", x)
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=positive("lr", lr))
@@ -275,6 +313,18 @@ def classifier_head(
     its perturbations go to the classifier in as few calls as ``max_points`` allows) with
     ``estimator`` (default ``CGE(mu=5e-3)``); its input is the latent ``z`` when a decoder is
     given, else the image.
+
+    Args:
+        classifier: the counted classifier ``f``.
+        mode: ``"fo"`` or ``"zo"``.
+        decoder: the frozen decoder (None: the head is ``f`` alone).
+        estimator: for ``mode="zo"``: an estimator or name (μ absolute, in the units of ``z``
+            or of [0, 1] pixels).
+        seed: seed of the black box's generator.
+        max_points: at most this many points per classifier call.
+
+    Returns:
+        An :class:`OwnerSide` (``"fo"``) or a :class:`~zeroth.blackbox.BlackBox` (any other mode).
     """
     side = OwnerSide(classifier, decoder)
     if mode == "fo":
