@@ -46,10 +46,10 @@ def zo_gradient(
 ) -> Tuple[Tensor, Tensor, int]:
     """A zeroth-order estimate of ∇f at ``x`` from values of ``f`` only.
 
-    ``fun`` is called on a fresh copy of each evaluation point (``x`` itself is never
-    modified, and ``fun`` may keep or modify its argument), under no gradient tracking of
-    zeroth's own. Perturbed points are set exactly (CGE: ``fl(x_k ± μ)``; random directions:
-    a copy restored bitwise after each call).
+    ``fun`` is called on a fresh, detached copy of each evaluation point (``x`` itself is never
+    modified, and ``fun`` may keep or modify its argument); the calls are not wrapped in
+    ``torch.no_grad()``. Perturbed points are set exactly (CGE: ``fl(x_k ± μ)``; random
+    directions: a copy restored bitwise after each call).
 
     Args:
         fun: ``fun(t) -> scalar`` for a tensor ``t`` shaped like ``x``: a 0-d or 1-element
