@@ -325,6 +325,13 @@ class Functions:
         """Whether ``mode`` has a cheaper one-sided variant (see the module notes)."""
         return mode == "3-point" or (mode == "zo" and self.zo_estimator is None)
 
+    def has_rough_variant(self):
+        """Whether ``rough=True`` can change a gradient or Jacobian (some derivative is
+        approximated by a method with a one-sided variant); False for exact derivatives."""
+        if not callable(self._jac) and self._jac is not True and self._has_rough(self._jac):
+            return True
+        return any(not callable(p.jac) and self._has_rough("zo" if self._jac == "zo" else p.jac) for p in self.parts)
+
     def _fd(self, call, x, mode, f0, rough, scalar):
         """Finite-difference Jacobian (rows = outputs) by scipy's approx_derivative on the free
         variables, steps kept within the bounds; fixed variables get a zero column."""

@@ -133,31 +133,113 @@ class Run:
             self.best = (key, z.copy(), lam.copy())
 
 
+class Stationarity:
+    """E_m = ‖P_{Ω−z}(v)‖∞ (v = −∇L) at one point. On the sparse path it is computed only when a
+    decision needs it (the projection is the costliest part of an iteration); until then it is
+    known to lie in [``lower``, ``upper``] (:meth:`.Polyhedron.projection_bounds`: exact values of
+    the coordinates that no linear row couples, the box for the others), and every comparison
+    that the bounds decide is decided by them — the same decision the exact value gives. On the
+    dense path it is computed at once."""
+
+    __slots__ = ("poly", "z", "v", "lower", "upper", "exact")
+
+    def __init__(self, poly, z, v, lazy):
+        self.poly, self.z, self.v, self.exact = poly, z, v, None
+        if lazy:
+            self.lower, self.upper = poly.projection_bounds(z, v)
+            if self.lower == self.upper:
+                self.exact = self.lower
+        else:
+            self.value()
+
+    def value(self):
+        if self.exact is None:
+            self.exact = float(np.max(np.abs(self.poly.project_step(self.z, self.v)), initial=0.0))
+            self.lower = self.upper = self.exact
+        return self.exact
+
+    def below(self, t, theta=1.0):
+        """θ·E_m < t."""
+        if theta * self.upper < t:
+            return True
+        if not theta * self.lower < t:
+            return False
+        return theta * self.value() < t
+
+    def at_most(self, t):
+        """E_m ≤ t."""
+        if self.upper <= t:
+            return True
+        if self.lower > t:
+            return False
+        return self.value() <= t
+
+    def record(self):
+        """For the phase history: the value if it was computed, else None."""
+        return self.exact
+
+
+class _BestError:
+    """E_best = min over the accepted points k of max(E_c,k, E_m,k), kept as its candidates so that
+    a lazy E_m is computed only when a comparison with E_best needs it."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, Ec, em):
+        self.items.append((Ec, em))
+        hi = self._bounds()[1]
+        self.items = [(c, e) for c, e in self.items if max(c, e.lower) <= hi]
+
+    def _bounds(self):
+        return (min(max(c, e.lower) for c, e in self.items), min(max(c, e.upper) for c, e in self.items))
+
+    def accepts(self, Ec, em, factor):
+        """max(E_c, E_m) ≤ factor·E_best for a trial point's errors (the trial's E_m is computed
+        first when the bounds do not decide: its projection is warm-started from the step's QP)."""
+        while True:
+            lo, hi = self._bounds()
+            if max(Ec, em.upper) <= factor * lo:
+                return True
+            if max(Ec, em.lower) > factor * hi:
+                return False
+            if em.exact is None:
+                em.value()
+                continue
+            open_items = [(max(c, e.lower), e) for c, e in self.items if e.exact is None]
+            if lo < hi and open_items:
+                min(open_items, key=lambda item: item[0])[1].value()
+                continue
+            return max(Ec, em.exact) <= factor * lo
+
+
 def _errors(nlp, z, lam, rough=False):
-    """(E_c, E_m, gradient scale) at (z, λ)."""
+    """(E_c, E_m as a :class:`Stationarity`, gradient scale) at (z, λ)."""
     h = nlp.h(z)
     Ec = float(np.max(np.abs(h), initial=0.0))
     gL = nlp.grad_lagrangian(z, lam, rough)
-    Em = float(np.max(np.abs(nlp.poly.project_step(z, -gL)), initial=0.0))
+    em = Stationarity(nlp.poly, z, -gL, _large(nlp))
     scale = max(1.0, float(np.max(np.abs(nlp.g(z, rough)), initial=0.0)))
-    return Ec, Em, scale
+    return Ec, em, scale
 
 
 def _measured(run, z, lam, errs):
     """The errors ``errs`` at (z, λ), measured with gradients accurate enough for them: one-sided
     (rough) differences are allowed while max(E_c, E_m/s) > ROUGH; below it they are measured again
-    with precise ones (exact gradients: from the cache)."""
-    Ec, Em, scale = errs
-    far = max(Ec, Em / scale) > ROUGH
+    with precise ones (derivatives without a one-sided variant: the same values, not measured again)."""
+    Ec, em, scale = errs
+    far = Ec > ROUGH or not em.at_most(ROUGH * scale)
     if run.rough and not far:
         run.rough = False
-        return _errors(run.nlp, z, lam, False)
+        if run.nlp.F.has_rough_variant():
+            return _errors(run.nlp, z, lam, False)
+        return errs
     run.rough = far
     return errs
 
 
-def _converged(run, Ec, Em, scale):
-    return Ec <= run.opts.ctol and Em <= run.opts.gtol * scale
+def _converged(run, Ec, em, scale):
+    return Ec <= run.opts.ctol and em.at_most(run.opts.gtol * scale)
 
 
 def run_npasa(run: Run, z0):
@@ -204,17 +286,17 @@ def run_npasa(run: Run, z0):
         else:
             omega = max(omega / 10, 1e-3 * opts.gtol)
         run.z, run.lam = z, lam
-        Ec, Em, scale = _measured(run, z, lam, _errors(nlp, z, lam, run.rough))
+        Ec, em, scale = _measured(run, z, lam, _errors(nlp, z, lam, run.rough))
         run.remember(z, lam, Ec)
-        run.history.append({"phase": 1, "nit": run.nit, "E_c": Ec, "E_m": Em, "penalty": rho})
-        if _converged(run, Ec, Em, scale):
+        run.history.append({"phase": 1, "nit": run.nit, "E_c": Ec, "E_m": em.record(), "penalty": rho})
+        if _converged(run, Ec, em, scale):
             return z, lam, 0
         z, lam, done = _phase_two(run, z, lam, hess)
         run.z, run.lam = z, lam
         if done:
             return z, lam, 0
         if mh and rho > 1e12:
-            Ec, Em, scale = _errors(nlp, z, lam)
+            Ec = float(np.max(np.abs(nlp.h(z)), initial=0.0))
             raise StopSolver(6 if Ec > opts.ctol else 7)
         if not mh and res.reason == "linesearch" and outer > 3:
             raise StopSolver(7)
@@ -296,7 +378,13 @@ def _ls_multipliers(nlp, z, rough):
         M = sp.vstack([sp.csr_array(J), sp.csr_array(Ar)], format="csr")
         if M.shape[0] == 0:
             return np.zeros(0)
-        y = lsqr(M.T, -g, atol=1e-14, btol=1e-14, iter_lim=10 * (M.shape[0] + 10))[0]
+        # y = argmin ‖g + Mᵀy‖: the multipliers of min ½‖d‖² + gᵀd s.t. M d = 0 (one sparse KKT solve)
+        zero = np.zeros(M.shape[0])
+        res = solve_qp(sp.identity(g.size, format="csc"), g, M, zero, zero, method="sparse")
+        if res.status == "optimal":
+            y = res.w
+        else:
+            y = lsqr(M.T, -g, atol=1e-14, btol=1e-14, iter_lim=10 * (M.shape[0] + 10))[0]
     else:
         M = np.vstack([J, Ar])
         if M.shape[0] == 0:
@@ -404,12 +492,24 @@ class _StepWarm:
         self.multiplier = None
         self.constraint = None
 
+    @staticmethod
+    def guesses(nlp, last):
+        """Guesses for a step QP: its last active set, then the last projection's (rows of h active)."""
+        poly = nlp.poly._warm
+        from_poly = None if poly is None else (np.concatenate([np.ones(nlp.mh, dtype=np.int8), poly[0]]), poly[1])
+        return [last, from_poly]
+
+    @staticmethod
+    def hint(nlp, active):
+        """Pass a step QP's active set on to the next projection (its rows of Ω, its bounds)."""
+        nlp.poly.hint = (active[0][nlp.mh:], active[1])
+
 
 def _multiplier_step(nlp, z, h, J, g, H, warm, mode):
     """SQP step d over Ω, the new λ and dᵀH'd, or Nones when the QP has no solution."""
     Hp, rho = _positive_definite(nlp, H, J, mode)
     C, lo, hi, lb, ub = _step_rows(nlp, z, h, J)
-    res = solve_qp(Hp, g, C, lo, hi, lb, ub, warm=warm.multiplier)
+    res = solve_qp(Hp, g, C, lo, hi, lb, ub, warm=warm.guesses(nlp, warm.multiplier))
     if res.status != "optimal" and nlp.mh:
         # inconsistent linearisation (or dependent rows that round-off made so): ask only for the
         # change in h that the least-squares constraint step achieves (Byrd–Omojokun relaxation)
@@ -420,6 +520,8 @@ def _multiplier_step(nlp, z, h, J, g, H, warm, mode):
     if res.status != "optimal":
         return None, None, None
     warm.multiplier = res.active
+    if res.active is not None:
+        warm.hint(nlp, res.active)
     d = res.x
     return d, res.w[: nlp.mh] - rho * h, float(d @ (Hp @ d))
 
@@ -430,9 +532,11 @@ def _constraint_step(nlp, z, h, J, warm):
     N = nlp.N
     C, lo, hi, lb, ub = _step_rows(nlp, z, h, J)
     eye = sp.identity(N, format="csc") if _large(nlp) else np.eye(N)
-    res = solve_qp(eye, np.zeros(N), C, lo, hi, lb, ub, warm=warm.constraint)
+    res = solve_qp(eye, np.zeros(N), C, lo, hi, lb, ub, warm=warm.guesses(nlp, warm.constraint))
     if res.status == "optimal":
         warm.constraint = res.active
+        if res.active is not None:
+            warm.hint(nlp, res.active)
         return res.x
     JJ = J.T @ J
     reg = 1e-6 * max(1.0, float(np.max(np.abs(JJ), initial=0.0)))
@@ -487,37 +591,40 @@ def _phase_two(run, z, lam, hess):
     accepted (the given one when no step was)."""
     nlp, opts = run.nlp, run.opts
     mh = nlp.mh
-    Ec, Em, scale = _errors(nlp, z, lam, run.rough)
+    Ec, em, scale = _errors(nlp, z, lam, run.rough)
     if mh:
         lam_ls = _ls_multipliers(nlp, z, run.rough)
-        Ec2, Em2, _ = _errors(nlp, z, lam_ls, run.rough)
-        if Em2 < Em:
-            lam, Em = lam_ls, Em2
+        if not np.array_equal(lam_ls, lam):
+            _, em2, _ = _errors(nlp, z, lam_ls, run.rough)
+            if em2.upper < em.lower or (not em2.lower >= em.upper and em2.value() < em.value()):
+                lam, em = lam_ls, em2
     run.remember(z, lam, Ec)
-    E_best, nu = max(Ec, Em), np.zeros(mh)
+    E_best, nu = _BestError(), np.zeros(mh)
+    E_best.add(Ec, em)
     warm = _StepWarm()
     for _ in range(opts.max_phase_two_steps):
-        Ec, Em, scale = _measured(run, z, lam, (Ec, Em, scale))
-        if _converged(run, Ec, Em, scale):
+        Ec, em, scale = _measured(run, z, lam, (Ec, em, scale))
+        if _converged(run, Ec, em, scale):
             return z, lam, True
         try:
-            step = _balanced_step(run, hess, z, lam, Ec, Em, E_best, nu, warm)
+            step = _balanced_step(run, hess, z, lam, Ec, em, E_best, nu, warm)
         except np.linalg.LinAlgError:
             step = None  # phase two cannot go on from here: back to phase one
         if step is None:
             break
-        kind, accept, znew, new_lam, (Ecn, Emn, scalen), nu, gL_old = step
-        run.history.append({"phase": 2, "step": kind, "accept": accept, "nit": run.nit + 1, "E_c": Ecn, "E_m": Emn})
+        kind, accept, znew, new_lam, (Ecn, emn, scalen), nu, gL_old = step
+        run.history.append({"phase": 2, "step": kind, "accept": accept, "nit": run.nit + 1, "E_c": Ecn,
+                            "E_m": emn.record()})
         if accept is None:
             break
         hess.update(znew - z, nlp.grad_lagrangian(znew, new_lam, run.rough) - gL_old)
-        z, lam, Ec, Em, scale = znew, new_lam, Ecn, Emn, scalen
-        E_best = min(E_best, max(Ec, Em))
+        z, lam, Ec, em, scale = znew, new_lam, Ecn, emn, scalen
+        E_best.add(Ec, em)
         run.remember(z, lam, Ec)
         run.tick(z)
     if run.rough:
         return z, lam, False
-    return z, lam, _converged(run, Ec, Em, scale)
+    return z, lam, _converged(run, Ec, em, scale)
 
 
 def _trial(run, znew, lam):
@@ -532,13 +639,13 @@ def _trial(run, znew, lam):
     return errs
 
 
-def _balanced_step(run, hess, z, lam, Ec, Em, E_best, nu, warm):
+def _balanced_step(run, hess, z, lam, Ec, em, E_best, nu, warm):
     """One phase-two step: (kind, accepted by "estimators" | "merit" | None, z⁺, λ⁺, errors at z⁺, ν,
     ∇L(z, λ⁺)), or None when no step can be formed."""
     nlp, opts = run.nlp, run.opts
     poly, mh = nlp.poly, nlp.mh
     h, J, g = nlp.h(z), nlp.J(z, run.rough), nlp.g(z, run.rough)
-    if mh and Ec > opts.theta * Em:
+    if mh and em.below(Ec, opts.theta):
         d = _constraint_step(nlp, z, h, J, warm)
         znew = _clipped_point(run, z, d)
         errs = None if znew is None else _trial(run, znew, lam)
@@ -552,11 +659,11 @@ def _balanced_step(run, hess, z, lam, Ec, Em, E_best, nu, warm):
     gL_old = g + J.T @ new_lam if mh else g
     znew = _clipped_point(run, z, d)
     errs = None if znew is None else _trial(run, znew, new_lam)
-    if errs is not None and max(errs[0], errs[1]) <= 0.9 * E_best:
+    if errs is not None and E_best.accepts(errs[0], errs[1], 0.9):
         return "multiplier", "estimators", znew, new_lam, errs, nu, gL_old
     t, nu = _merit_search(run, z, d, new_lam, g, h, nu, curv)
     if t is None:
-        return "multiplier", None, z, lam, (Ec, Em, 1.0), nu, gL_old
+        return "multiplier", None, z, lam, (Ec, em, 1.0), nu, gL_old
     if t < 1.0 or errs is None:
         znew = nlp.with_best_slacks(np.clip(z + t * d, poly.lb, poly.ub))
         new_lam = lam + t * (new_lam - lam)

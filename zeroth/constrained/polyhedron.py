@@ -38,12 +38,16 @@ class Polyhedron:
             self._row_norms = np.sqrt(np.asarray(self.A.multiply(self.A).sum(axis=1)).reshape(-1))
         else:
             self._row_norms = np.linalg.norm(self.A, axis=1) if self.m else np.zeros(0)
+        cols = (self.A != 0).sum(axis=0) if self.m else np.zeros(self.n)
+        self._coupled = np.asarray(cols).reshape(-1) > 0  # coordinates that some row involves
         self._eye = sp.identity(self.n, format="csr") if self.sparse or self.n > 400 else np.eye(self.n)
         self._warm = None  # active set of the last projection: a guess for the next (verified, never trusted)
+        self.hint = None  # an active set from elsewhere (the last step QP's), tried first by the next projection
 
     # --- projection -------------------------------------------------------------------
     def _project_qp(self, y, lo, hi, lb, ub):
-        res = solve_qp(self._eye, -y, self.A, lo, hi, lb, ub, warm=self._warm)
+        guesses = [self.hint, self._warm] if self.hint is not None else self._warm
+        res = solve_qp(self._eye, -y, self.A, lo, hi, lb, ub, warm=guesses)
         if res.status == "infeasible":
             raise EmptyPolyhedronError("the linear constraints and bounds are inconsistent")
         if res.status != "optimal":
@@ -76,6 +80,17 @@ class Polyhedron:
         Az = self.A @ z
         res = self._project_qp(v, self.l - Az, self.u - Az, lb, ub)
         return np.clip(res.x, lb, ub)
+
+    def projection_bounds(self, z, v):
+        """Bounds (lower, upper) on ‖P_Ω(z + v) − z‖∞ without a projection: the coordinates that no
+        row involves are projected exactly (clipping); the others lie in the box [lb − z, ub − z]."""
+        lb, ub = self.lb - z, self.ub - z
+        sep = ~self._coupled
+        lower = float(np.max(np.abs(np.clip(v[sep], lb[sep], ub[sep])), initial=0.0))
+        if not sep.all():
+            reach = np.maximum(np.abs(lb[~sep]), np.abs(ub[~sep]))
+            return lower, max(lower, float(np.max(reach)))
+        return lower, lower
 
     # --- faces --------------------------------------------------------------------------
     def active(self, z, tol=1e-10):
