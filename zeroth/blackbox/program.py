@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError
+from ..errors import EvaluationError, ZerothWarning
 
 FAILURE_POLICIES = ("raise", "nan", "skip")
 
@@ -45,11 +45,11 @@ class ProgramError(EvaluationError):
     """
 
 
-class ProgramWarning(RuntimeWarning):
+class ProgramWarning(ZerothWarning, RuntimeWarning):
     """A black-box program failed and the ``"nan"``/``"skip"`` policy let the run go on (or a retry follows).
 
-    A ``RuntimeWarning``, not (yet) a :class:`~zeroth.errors.ZerothWarning`: a filter on
-    ``ZerothWarning`` does not catch it.
+    A :class:`~zeroth.errors.ZerothWarning` (one filter on ``ZerothWarning`` catches it) and
+    also a ``RuntimeWarning``, so existing ``RuntimeWarning`` filters keep working.
     """
 
 
