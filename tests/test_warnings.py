@@ -87,4 +87,4 @@ def test_runtime_warnings_stay_runtime_warnings_and_one_filter_catches_them(cate
     with warnings.catch_warnings():
         warnings.simplefilter("error", ZerothWarning)
         with pytest.raises(cls):
-            warnings.warn("x", cls)
+            warnings.warn("x", cls, stacklevel=2)

@@ -180,7 +180,8 @@ class Program:
         else:
             where = f"input of shape {tuple(x.shape)} {describe(x)}"
         raise ProgramError(
-            f"program {self.name!r} failed after {self.retries + 1} attempt(s) on {where}: {type(last).__name__}: {last}"
+            f"program {self.name!r} failed after {self.retries + 1} attempt(s) on {where}: "
+            f"{type(last).__name__}: {last}"
         ) from last
 
     def __repr__(self) -> str:

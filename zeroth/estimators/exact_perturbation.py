@@ -206,7 +206,11 @@ class ExactRademacher(RandomDirections):
     to powers of two (:func:`power_of_two`) and ``perturb``/``restore`` are exact whatever
     ``exact`` says (no copy is ever made). ``direction(i, j)`` is the direction actually
     applied at the parameters' current values (``D/a``: ±1, ±½ or 0), so ``accumulate``
-    and :meth:`update_` use what was evaluated. The random signs are drawn as packed int64
+    and :meth:`update_` use what was evaluated. Every part of the interface follows the
+    involution: :meth:`perturbed_stack` holds the values :meth:`perturb` sets (so
+    :class:`~zeroth.engine.Batched` computes what :class:`~zeroth.engine.Sequential` does) and
+    :meth:`subset`/:meth:`to_devices` give an :class:`ExactSubset` that perturbs exactly as
+    this set does (so a Ray split gives the local losses). The random signs are drawn as packed int64
     words (one bit an entry), not as :class:`RandomDirections` draws them, so the same seed
     gives other directions than a plain Rademacher set.
 
@@ -231,7 +235,7 @@ class ExactRademacher(RandomDirections):
         self._consts = [_Consts(p.dtype, m) for p, m in zip(self.params, self.mus)]
 
     @classmethod
-    def from_directions(cls, dirs: RandomDirections, params: Sequence[Tensor]) -> "ExactRademacher":
+    def from_directions(cls, dirs: RandomDirections, params: Sequence[Tensor]) -> ExactRademacher:
         """The exact version of Rademacher ``dirs`` (same seed, count, masks; μ rounded to 2^k).
 
         Raises:
@@ -315,9 +319,21 @@ class ExactRademacher(RandomDirections):
             total = d if total is None else total.add_(d)
         return total
 
+    def _own_params(self, what: str) -> List[Tensor]:
+        """The parameters whose current values ``direction``/``accumulate`` read."""
+        if self.params is None:
+            raise RuntimeError(f"ExactRademacher.{what}: this set was sent to another process without its parameters "
+                               "(a subset carries only what perturbing needs); call it on the set that owns them")
+        return self.params
+
     def direction(self, i: int, j: int) -> Tensor:
-        """Direction ``i`` as applied at parameter ``j``'s current values (``D/a``), materialised."""
-        out = torch.zeros(math.prod(self.shapes[j]), dtype=self.dtypes[j], device=self.devices[j])
+        """Direction ``i`` as applied at parameter ``j``'s current values (``D/a``), materialised.
+
+        Raises:
+            RuntimeError: the set was unpickled without its parameters (a subset sent to a worker).
+        """
+        own = self._own_params("direction")
+        out = torch.zeros(math.prod(self.shapes[j]), dtype=self.dtypes[j], device=own[j].device)
         flat_out = out
 
         def fn(jj, x, start, signs):
@@ -330,10 +346,34 @@ class ExactRademacher(RandomDirections):
             else:
                 flat_out[mask[start:start + x.numel()].to(out.device)] = d
 
-        params = [p if k == j else p.new_empty(0) for k, p in enumerate(self.params)]
+        params = [p if k == j else p.new_empty(0) for k, p in enumerate(own)]
         with torch.no_grad():
             self._visit(params, fn, [i])
         return out.view(self.shapes[j])
+
+    def add_to(self, tensors: Sequence[Tensor], i: int, alphas: Sequence[float]) -> None:
+        """``tensors[j] += alphas[j] · D_ij/a_j`` for every ``j``: direction ``i`` as applied at the
+        parameters' current values (:meth:`direction`), not a plain Rademacher draw."""
+        for j, t in enumerate(tensors):
+            if alphas[j] != 0.0:
+                t.add_(self.direction(i, j).to(t.dtype), alpha=alphas[j])
+
+    def perturbed_stack(self, params: Sequence[Tensor], lo: int, hi: int) -> List[Tensor]:
+        """For evaluations ``lo..hi-1``: per parameter a ``(hi-lo, *shape)`` stack of the values
+        ``perturb(params, e)`` sets (bitwise: each row is ``params`` with evaluation ``e``'s involution applied)."""
+        stacks = [p.detach().unsqueeze(0).repeat((hi - lo,) + (1,) * p.dim()) for p in params]
+        for e in range(lo, hi):
+            self._apply([st[e - lo] for st in stacks], [(e % self.q, self.sign(e))])
+        return stacks
+
+    def subset(self, ids: Tensor) -> ExactSubset:
+        """The directions ``ids`` (ascending) as a set of their own that perturbs exactly as this one
+        (same signs, same involutions; see :class:`ExactSubset`)."""
+        return ExactSubset(self, ids)
+
+    def to_devices(self, devices: Sequence[torch.device]) -> ExactSubset:
+        """All directions, their signs drawn where this set draws them, used on parameters on ``devices``."""
+        return ExactSubset(self, torch.arange(self.num_directions)).place(devices)
 
     def norm(self, i: int) -> float:
         """Not defined: Rademacher directions are never normalised.
@@ -362,7 +402,8 @@ class ExactRademacher(RandomDirections):
         live = [i for i, ci in enumerate(cs) if ci != 0.0]
         if not live:
             return
-        if any(g is p for g, p in zip(grads, self.params)):
+        own = self._own_params("accumulate")
+        if any(g is p for g, p in zip(grads, own)):
             raise ValueError("accumulate: grads must not be the parameters themselves; use update_")
         for j, g in enumerate(grads):
             if scales[j] == 0.0:
@@ -377,7 +418,7 @@ class ExactRademacher(RandomDirections):
                 else:
                     tflat.index_add_(0, mask[start:start + x.numel()].to(tflat.device), total)
 
-            only_j = [p if k == j else p.new_empty(0) for k, p in enumerate(self.params)]
+            only_j = [p if k == j else p.new_empty(0) for k, p in enumerate(own)]
             with torch.no_grad():
                 self._visit(only_j, fn, live)
             if target is not g:
@@ -435,3 +476,55 @@ class ExactRademacher(RandomDirections):
                 work[idx] = kept
                 if flat is None:
                     p.data.copy_(work.view(p.shape))
+
+
+class ExactSubset(ExactRademacher):
+    """Directions ``ids`` of an :class:`ExactRademacher` set, perturbing exactly as the parent does.
+
+    Evaluation ``s·m + k`` of the subset (``m = len(ids)``) is the parent's evaluation
+    ``s·n + ids[k]``: the same random signs (drawn from the same seeds, on the device type the
+    parent draws them on — a CUDA generator gives other signs than a CPU one) and the same
+    involutions, so ``perturb``, ``restore``, ``move`` and ``perturbed_stack`` set bitwise the
+    values the parent sets, and ``direction``/``accumulate`` equal the parent's for those
+    directions. Signs are handed out on the devices of the parameters they perturb
+    (:meth:`place`) — what a distributed worker needs.
+
+    A subset keeps a reference to the parent's parameters (``direction`` and ``accumulate``
+    read their values) but does not pickle them: a subset sent to another process perturbs
+    whatever parameters it is given, and its ``direction``/``accumulate`` raise there.
+
+    Args:
+        parent: the :class:`ExactRademacher` set (or a subset of one).
+        ids: ascending direction numbers of ``parent``, int64.
+    """
+
+    def __init__(self, parent: ExactRademacher, ids: Tensor):
+        self.__dict__.update({k: v for k, v in parent.__dict__.items() if k != "_norms"})
+        base = getattr(parent, "ids", None)
+        self.ids = [base[int(i)] if base is not None else int(i) for i in ids.tolist()]
+        self.q = len(self.ids)
+        self._norms = None
+        self.masks = [m.detach().cpu() if m is not None else None for m in parent.masks]
+        self.targets = list(getattr(parent, "targets", parent.devices))  # where signs are used
+        self.devices = [torch.device(d.type) for d in parent.devices]    # where signs are drawn
+
+    def place(self, devices: Sequence[torch.device]) -> ExactSubset:
+        """Draw signs on the parent's device type, hand them out on ``devices`` (one per parameter)."""
+        self.targets = list(devices)
+        return self
+
+    def to_devices(self, devices: Sequence[torch.device]) -> ExactSubset:
+        """This set, its signs handed out on ``devices`` (:meth:`place`; drawn where they were)."""
+        return self.place(devices)
+
+    def subset(self, ids: Tensor) -> ExactSubset:
+        """Directions ``ids`` of this subset (numbers relative to it), as a subset of the original set."""
+        return ExactSubset(self, ids)
+
+    def _signs(self, i: int, j: int, chunk: int, n: int) -> Tensor:
+        return _rademacher_words(self.seed, self.ids[i], j, chunk, n, self.devices[j]).to(self.targets[j])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["params"] = None  # perturbing needs no parameter values; shipping them would copy the model
+        return state
