@@ -10,6 +10,7 @@ from torch import nn
 
 from zeroth import CGE, RGE, SPSA
 from zeroth.blackbox import BlackBox, ProgramError, ProgramWarning, batched, from_numpy
+from zeroth.blackbox.program import TensorFunction
 
 from ..conftest import cosine
 
@@ -342,3 +343,26 @@ def test_from_numpy_converts_dtypes_and_devices_both_ways():
     assert out.dtype == torch.float32 and out.device == x.device
     out.sum().backward()
     assert x.grad.dtype == torch.float32 and torch.allclose(x.grad, torch.ones(3, 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("rowwise", [True, False])
+@pytest.mark.parametrize("estimator", [CGE(mu=1e-3), RGE(q=2, mu=1e-3)], ids=repr)
+def test_a_changing_number_of_outputs_is_refused_not_broadcast(rowwise, estimator):
+    """``f(x + μd) − f(x)`` is only formed for outputs of one shape: another size at a perturbed
+    point is a malformed output (ProgramError naming both shapes and the point), never broadcast."""
+    x0 = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+
+    def changing(x):
+        m = 2 if torch.equal(x.reshape(x0.shape), x0) else 3
+        return x.sum(-1, keepdim=True).repeat(1, m) if rowwise else x.sum().repeat(m)
+
+    bb = BlackBox(changing, estimator, rowwise=rowwise, seed=0)
+    x = x0.clone().requires_grad_(True)
+    with pytest.raises(ProgramError, match=r"returned points of shape \(3,\), earlier \(2,\)") as info:
+        bb(x)
+    assert any("perturbed point 1" in n for n in info.value.__notes__)
+    bb = BlackBox(TensorFunction(changing, on_failure="nan"), estimator, rowwise=rowwise, seed=0)
+    with pytest.warns(ProgramWarning):
+        out = bb(x)
+    out.sum().backward()
+    assert torch.isnan(x.grad).all()  # every perturbed point failed: NaN, not a broadcast difference

@@ -154,3 +154,35 @@ def test_zo_jacobian_matches_autograd():
     assert nfev == 10
     torch.testing.assert_close(y0, f(x), rtol=1e-8, atol=1e-9)
     torch.testing.assert_close(J, exact, rtol=1e-7, atol=1e-8)
+
+
+def changing_outputs(m_at_x, m_elsewhere, x0):
+    """A function with ``m_at_x`` outputs at ``x0`` and ``m_elsewhere`` at every other point."""
+    def f(x):
+        m = m_at_x if torch.equal(x, x0) else m_elsewhere
+        return x.sum() * torch.ones(m, dtype=x.dtype)
+    return f
+
+
+@pytest.mark.parametrize("m_at_x,m_elsewhere", [(1, 3), (3, 1), (2, 3)])
+@pytest.mark.parametrize("estimator", [CGE(mu=1e-3), RGE(q=3, mu=1e-3)], ids=repr)
+def test_zo_jacobian_refuses_a_changing_number_of_outputs(m_at_x, m_elsewhere, estimator):
+    x = torch.randn(4, dtype=torch.float64)
+    before = x.clone()
+    with pytest.raises(ValueError, match=rf"fun returned {m_elsewhere} output\(s\) at evaluation point 0 .*"
+                                         rf"{m_at_x} at x") as info:
+        zo_jacobian(changing_outputs(m_at_x, m_elsewhere, x), x, estimator, generator=torch.Generator().manual_seed(0))
+    assert f"({m_at_x},)" in str(info.value) and f"({m_elsewhere},)" in str(info.value)
+    assert torch.equal(x, before)
+
+
+def test_zo_jacobian_refuses_outputs_that_change_between_perturbed_points():
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return torch.ones(2 if len(calls) < 3 else 5, dtype=x.dtype)
+
+    expected = r"fun returned 5 output\(s\) at evaluation point 2 .* 2 at evaluation point 0"
+    with pytest.raises(ValueError, match=expected):
+        zo_jacobian(f, torch.zeros(3, dtype=torch.float64), CGE(scheme="central"))

@@ -29,12 +29,20 @@ def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
 
     base = call() if dirs.needs_base else None
     values = []
+    ref_name = "x" if base is not None else "evaluation point 0"  # what every output's size is checked against
     for e in range(len(dirs)):
         token = dirs.perturb([work], e, exact=True)
         try:
-            values.append(call())
+            y = call()
         finally:
             dirs.restore([work], e, token)
+        if vector:
+            ref = base if base is not None else (values[0] if values else y)
+            if y.shape != ref.shape:  # a difference of outputs would broadcast: a silently wrong Jacobian
+                raise ValueError(f"fun returned {y.numel()} output(s) at evaluation point {e} (shape "
+                                 f"{tuple(y.shape)}) but {ref.numel()} at {ref_name} (shape {tuple(ref.shape)}): "
+                                 "fun must return the same number of outputs at every point")
+        values.append(y)
     return base, torch.stack(values), len(values) + (base is not None)
 
 
@@ -105,8 +113,9 @@ def zo_jacobian(
 
     Raises:
         TypeError: ``x`` is not a floating-point tensor.
-        RuntimeError: ``fun`` returns a different number of outputs at different points
-            (``torch.stack`` fails).
+        ValueError: ``fun`` returns a different number of outputs at a perturbed point than at
+            ``x`` (or than at the first perturbed point, for two-sided schemes); the message
+            names the point and both shapes.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point torch.Tensor")
