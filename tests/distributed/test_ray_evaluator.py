@@ -87,6 +87,23 @@ def test_steps_are_bitwise_those_of_local_sequential(shared, estimator):
     assert_identical(local, remote)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_exact_rademacher_pieces_on_workers_give_the_local_losses(shared, dtype):
+    from zeroth.estimators.exact_perturbation import ExactRademacher
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).to(dtype)
+    x, y = batch()
+    obj = Objective(model, F.cross_entropy, x.to(dtype), y)
+    params = list(model.parameters())
+    dirs = ExactRademacher(params, seed=5, q=6, mus=[1e-3] * len(params), antithetic=True)
+    assert shared.supports(obj, dirs, params)
+    local = Sequential().evaluate(obj, params, dirs)
+    remote = shared.evaluate(obj, params, dirs)
+    assert len(shared.stats["last_step"]["pieces"]) > 1
+    assert torch.equal(local.perturbed, remote.perturbed)
+
+
 def test_model_is_sent_once_and_again_only_for_a_new_structure(shared):
     model = bn_dropout_mlp()
     x, y = batch()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import EVALUATORS, Evaluator, Losses
+from ..engine.base import YES, Support
 from ..engine.stages import owns
 from ..estimators.directions import Directions
 from ..objective import Objective
@@ -151,31 +152,37 @@ class RayEvaluator(Evaluator):
 
     # -- applicability --------------------------------------------------------------------
     def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> bool:
+                 params: Optional[Sequence[Tensor]] = None) -> Support:
         """Whether a step can run here: an :class:`~zeroth.Objective`, a splittable direction set,
         parameters of ``objective.model``, and a case the inner evaluator supports (checked locally).
 
+        A static check on the driver (Ray is not started).
+
         Returns:
-            A bool (not a :class:`~zeroth.engine.base.Support`: no reason is given).
+            A :class:`~zeroth.engine.base.Support`: truthy when supported; a false one's
+            ``reason`` names what is missing (for ``evaluator="auto"``'s ``explain``).
         """
         if not isinstance(objective, Objective):
-            return False
+            return Support.no("RayEvaluator needs an Objective(model, loss_fn, inputs, targets): its model is what "
+                              f"the Ray workers copy (got {type(objective).__name__}; a plain closure cannot be shipped)")
         if dirs is not None and not split.can_split(dirs):
-            return False
+            return Support.no(f"{type(dirs).__name__} cannot be split across workers (it declares no "
+                              "subset/to_devices)")
         if params is not None and not owns([objective.model], params):
-            return False
-        return self._local.supports(objective, dirs, params)
+            return Support.no("a perturbed parameter is not a parameter of objective.model")
+        inner = self._local.supports(objective, dirs, params)
+        if not inner:
+            why = getattr(inner, "reason", "") or "declined"
+            return Support.no(f"inner evaluator {self.inner!r} does not apply: {why}")
+        return inner if isinstance(inner, Support) else YES
 
     def _check(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> None:
-        if not isinstance(objective, Objective):
-            raise TypeError("RayEvaluator needs an Objective(model, loss_fn, inputs, targets): its model is what the "
-                            f"Ray workers copy (got {type(objective).__name__}; a plain closure cannot be shipped)")
-        if not split.can_split(dirs):
-            raise TypeError(f"RayEvaluator splits Coordinates or RandomDirections, got {type(dirs).__name__}")
-        if not owns([objective.model], params):
-            raise ValueError("RayEvaluator: every perturbed parameter must be a parameter of objective.model")
-        if not self._local.supports(objective, dirs, params):
-            raise ValueError(f"inner evaluator {self.inner!r} does not support this objective / direction set")
+        support = self.supports(objective, dirs, params)
+        if support:
+            return
+        if not isinstance(objective, Objective) or not split.can_split(dirs):
+            raise TypeError(support.reason)
+        raise ValueError(support.reason)
 
     # -- the step -------------------------------------------------------------------------
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
