@@ -164,7 +164,8 @@ class RayEvaluator(Evaluator):
         """
         if not isinstance(objective, Objective):
             return Support.no("RayEvaluator needs an Objective(model, loss_fn, inputs, targets): its model is what "
-                              f"the Ray workers copy (got {type(objective).__name__}; a plain closure cannot be shipped)")
+                              f"the Ray workers copy (got {type(objective).__name__}; a plain closure cannot be "
+                              "shipped)")
         if dirs is not None and not split.can_split(dirs):
             return Support.no(f"{type(dirs).__name__} cannot be split across workers (it declares no "
                               "subset/to_devices)")
