@@ -1,6 +1,7 @@
 """Data without downloads: scikit-learn's 8×8 digits, CIFAR-10 read from a folder you provide, batching."""
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 from typing import Iterator, List, NamedTuple, Optional, Tuple
@@ -68,21 +69,34 @@ def batches(
 ) -> Iterator[Tuple[Tensor, Tensor]]:
     """Shuffled mini-batches (one epoch); deterministic given ``generator``.
 
+    The arguments are checked when ``batches`` is called; the permutation is drawn at the
+    first ``next()`` (as a generator function would).
+
     Args:
         x: ``(N, ...)`` inputs.
         y: ``(N, ...)`` targets.
-        batch_size: rows per batch.
+        batch_size: rows per batch, an integer ≥ 1.
         generator: source of the permutation (drawn on the CPU; None: torch's global RNG).
         drop_last: drop the last, smaller batch (when there is at least one full batch).
 
-    Yields:
-        ``(x[idx], y[idx])`` pairs.
+    Returns:
+        An iterator of ``(x[idx], y[idx])`` pairs.
 
     Raises:
-        ValueError: ``batch_size`` < 1 (raised at the first ``next()``: this is a generator).
+        TypeError: ``batch_size`` is not an integer (``bool`` included).
+        ValueError: ``batch_size`` < 1, or ``x`` and ``y`` have different numbers of rows.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"Invalid batch_size value: {batch_size!r} (an integer >= 1)")
     if batch_size < 1:
-        raise ValueError(f"Invalid batch_size value: {batch_size!r}")
+        raise ValueError(f"Invalid batch_size value: {batch_size!r} (an integer >= 1)")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
+    return _batches(x, y, int(batch_size), generator, drop_last)
+
+
+def _batches(x: Tensor, y: Tensor, batch_size: int, generator: Optional[torch.Generator],
+             drop_last: bool) -> Iterator[Tuple[Tensor, Tensor]]:
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
