@@ -1,5 +1,5 @@
 """``python -m bench.constrained [--tables hs scipy scaling] [--problems hs071 ...] [--solvers NPASA ...]
-[--slow-large] [--sizes 100 300 1000 3000] [--dense-max-n 1000]``
+[--slow-large] [--sizes 100 300 1000 3000] [--dense-max-n 1000] [--repeat 3]``
 
 One run, three tables. (1) ``hs``: the Hock–Schittkowski and polyhedral problems; (2) ``scipy``:
 scipy-style problems written from their published definitions (:mod:`.scipy_style`); for both, per
@@ -7,9 +7,12 @@ problem and solver, success (|f − f*| ≤ 1e-6·max(1, |f*|) and violation ≤
 evaluations, gradient evaluations and time, then per solver the success rate and median counts.
 (3) ``scaling``: the convex family of :mod:`.scaling` at n = 100, 300, 1000, 3000 with npasa
 (exact gradient and Hessian; and gradient only, BFGS), SLSQP, trust-constr and IPOPT (cyipopt,
-where installed; exact Hessian and L-BFGS): time, nfev, njev, success (the solver's own flag,
-violation ≤ 1e-6 and f within 1e-6·max(1, |f|) of the best such f of the run), the time ratio
-npasa ÷ IPOPT and the per-iteration cost exponent of npasa between consecutive sizes.
+where installed; exact Hessian and L-BFGS): wall and CPU time (npasa and IPOPT: medians over
+``--repeat`` rounds run in alternating order, so that load on this shared machine hits both
+alike), nfev, njev, success (the solver's own flag, violation ≤ 1e-6 and f within
+1e-6·max(1, |f|) of the best such f of the run; each failure is explained below the table),
+the time ratio npasa ÷ IPOPT (median of the paired rounds) and the per-iteration cost exponent
+of npasa between consecutive sizes.
 
 Counting is the same for every solver (``runners.Counted`` wraps ``fun`` and ``jac``): nfev is
 every call of the objective — line searches, finite differences, zeroth-order estimates and a
@@ -45,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="*", type=int, default=[100, 300, 1000, 3000], help="scaling-table sizes")
     parser.add_argument("--dense-max-n", type=int, default=1000,
                         help="largest n for trust-constr and npasa-bfgs in the scaling table (dense BFGS steps)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="scaling table: alternating rounds for npasa and IPOPT (medians reported)")
     parser.add_argument("--slsqp-max-n", type=int, default=300,
                         help="largest n for SLSQP in the scaling table (72 s at n = 300 here)")
     args = parser.parse_args(argv)
@@ -86,6 +91,9 @@ def _run_table(probs, solvers, args, goals=True):
         _goals(probs, results)
 
 
+REPEATED = ("npasa", "npasa-bfgs", "IPOPT", "IPOPT-lbfgs")  # timed in alternating rounds (--repeat)
+
+
 def _scaling_table(args):
     solvers = ["npasa", "npasa-bfgs", "SLSQP", "trust-constr"]
     if ipopt.available():
@@ -93,19 +101,30 @@ def _scaling_table(args):
     else:
         print("cyipopt is not installed: no IPOPT column (see bench/constrained/ipopt.py)")
     dense_only = {"npasa-bfgs", "SLSQP", "trust-constr"}
-    rows = {}
+    runs = {}  # (n, solver) -> list of results, one per round
     for n in args.sizes:
         p = scaling.scaling_problem(n)
-        for s in solvers:
-            if (s in dense_only and n > args.dense_max_n) or (s == "SLSQP" and n > args.slsqp_max_n):
-                continue
-            if not args.quiet:
-                print(f"  scaling n={n} {s} ...", file=sys.stderr, flush=True)
-            rows[n, s] = scaling.run(p, s)
-    head = f"{'n':>6s}" + "".join(f"{s:>26s}" for s in solvers)
-    print("cell = success(Y/-) time[s] nfev/njev; '.' = not run (--dense-max-n, --slsqp-max-n)")
+        todo = [s for s in solvers if not ((s in dense_only and n > args.dense_max_n) or (s == "SLSQP" and n > args.slsqp_max_n))]
+        for r in range(args.repeat):
+            order = todo if r % 2 == 0 else todo[::-1]  # alternate the order: no solver always runs first
+            for s in order:
+                if r and s not in REPEATED:
+                    continue
+                if not args.quiet:
+                    print(f"  scaling n={n} {s} round {r + 1} ...", file=sys.stderr, flush=True)
+                runs.setdefault((n, s), []).append(scaling.run(p, s))
+    rows = {}
+    for key, results in runs.items():
+        first = results[0]
+        same = all(r["f"] == first["f"] and r["flag"] == first["flag"] for r in results)
+        rows[key] = dict(first, time=float(np.median([r["time"] for r in results])),
+                         cpu=float(np.median([r["cpu"] for r in results])), rounds=len(results), same=same)
+    head = f"{'n':>6s}" + "".join(f"{s:>28s}" for s in solvers)
+    print(f"cell = success(Y/-) wall[s] (cpu[s]) nfev/njev: medians over {args.repeat} alternating rounds for "
+          f"{', '.join(REPEATED)}, one run for the others; '.' = not run (--dense-max-n, --slsqp-max-n)")
     print(head)
     print("-" * len(head))
+    notes = []
     for n in args.sizes:
         feasible = [r["f"] for (m, _), r in rows.items() if m == n and r["viol"] <= 1e-6 and np.isfinite(r["f"])]
         best = min(feasible) if feasible else np.nan
@@ -113,24 +132,36 @@ def _scaling_table(args):
         for s in solvers:
             r = rows.get((n, s))
             if r is None:
-                line += f"{'.':>26s}"
+                line += f"{'.':>28s}"
                 continue
             r["ok"] = r["flag"] and r["viol"] <= 1e-6 and abs(r["f"] - best) <= 1e-6 * max(1.0, abs(best))
-            cell = f"{'Y' if r['ok'] else '-'} {r['time']:.3f} {r['nfev']}/{r['njev']}"
-            line += f"{cell:>26s}"
+            cell = f"{'Y' if r['ok'] else '-'} {r['time']:.3f} ({r['cpu']:.3f}) {r['nfev']}/{r['njev']}"
+            line += f"{cell:>28s}"
+            if not r["ok"]:
+                notes.append(f"n = {n} {s}: own flag {r['flag']}, violation {r['viol']:.3g}, "
+                             f"f - best = {r['f'] - best:.3g} (best f {best:.10g})")
+            if not r["same"]:
+                notes.append(f"n = {n} {s}: rounds returned different results")
         print(line)
     print("-" * len(head))
+    for note in notes:
+        print("not solved:", note)
     if "IPOPT" in solvers:
         for n in args.sizes:
-            a, b = rows.get((n, "npasa")), rows.get((n, "IPOPT"))
+            a, b = runs.get((n, "npasa")), runs.get((n, "IPOPT"))
             if a and b:
-                print(f"n = {n}: npasa / IPOPT time = {a['time'] / b['time']:.2f} (goal <= 2 for n >= 300); "
-                      f"npasa {a['nit']} iterations, {a['time'] / max(1, a['nit']) * 1e3:.1f} ms each")
+                k = min(len(a), len(b))
+                wall = [x["time"] / y["time"] for x, y in zip(a[:k], b[:k])]
+                cpu = [x["cpu"] / y["cpu"] for x, y in zip(a[:k], b[:k])]
+                nit = rows[n, "npasa"]["nit"]
+                print(f"n = {n}: npasa / IPOPT time = {np.median(wall):.2f} wall, {np.median(cpu):.2f} cpu "
+                      f"(medians of {k} paired rounds; goal <= 2 for n >= 300); npasa {nit} iterations, "
+                      f"{rows[n, 'npasa']['cpu'] / max(1, nit) * 1e3:.1f} ms cpu each")
     sizes = [n for n in args.sizes if (n, "npasa") in rows]
     for n0, n1 in zip(sizes, sizes[1:]):
         a, b = rows[n0, "npasa"], rows[n1, "npasa"]
-        k = np.log((b["time"] / max(1, b["nit"])) / (a["time"] / max(1, a["nit"]))) / np.log(n1 / n0)
-        print(f"npasa per-iteration time grows like n^{k:.2f} from n = {n0} to {n1} (goal: exponent <= 2)")
+        k = np.log((b["cpu"] / max(1, b["nit"])) / (a["cpu"] / max(1, a["nit"]))) / np.log(n1 / n0)
+        print(f"npasa per-iteration cpu time grows like n^{k:.2f} from n = {n0} to {n1} (goal: exponent <= 2)")
 
 
 def _table(probs, solvers, results):

@@ -75,15 +75,17 @@ def _is_equality(lo, hi):
 
 
 def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> QPResult:
-    """Solve the QP above. ``H``: (n, n) dense or scipy sparse, symmetric; ``C``: (m, n) dense or
-    sparse; ``lo``, ``hi``: (m,), ±inf allowed; ``lb``, ``ub``: (n,) or None (no bounds).
-    ``method``: "auto" (DAQP when dense and n + m ≤ :data:`DENSE_LIMIT`, else sparse),
-    "daqp" or "sparse". ``warm``: an ``active`` of an earlier result, tried first by "sparse".
-    Returns a :class:`QPResult`; raises ValueError on inconsistent shapes."""
+    """Solve the QP above. ``H``: (n, n) dense or scipy sparse, symmetric, or an (n,) array: the
+    diagonal of a diagonal H (sparse path); ``C``: (m, n) dense or sparse; ``lo``, ``hi``: (m,),
+    ±inf allowed; ``lb``, ``ub``: (n,) or None (no bounds). ``method``: "auto" (DAQP when dense
+    and n + m ≤ :data:`DENSE_LIMIT`, else sparse), "daqp" or "sparse". ``warm``: an ``active`` of
+    an earlier result, or a list of them, tried first by "sparse". Returns a :class:`QPResult`;
+    raises ValueError on inconsistent shapes."""
     g = np.asarray(g, dtype=float)
     n = g.size
     m = C.shape[0]
-    if C.shape[1] != n or H.shape != (n, n) or len(lo) != m or len(hi) != m:
+    diagonal = not sp.issparse(H) and np.ndim(H) == 1
+    if C.shape[1] != n or (H.shape != (n,) if diagonal else H.shape != (n, n)) or len(lo) != m or len(hi) != m:
         raise ValueError(f"solve_qp: inconsistent shapes H {H.shape}, g {g.shape}, C {C.shape}")
     lb = np.full(n, -np.inf) if lb is None else np.asarray(lb, dtype=float)
     ub = np.full(n, np.inf) if ub is None else np.asarray(ub, dtype=float)
@@ -91,13 +93,17 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
     if np.any(lb > ub) or np.any(lo > hi):
         return QPResult(np.zeros(n), np.zeros(m), np.zeros(n), "infeasible", None, "input")
     if method == "auto":
-        dense = not (sp.issparse(H) or sp.issparse(C))
+        dense = not (sp.issparse(H) or sp.issparse(C) or diagonal)
         method = "daqp" if dense and n + m <= DENSE_LIMIT else "sparse"
+    if diagonal:
+        H = sp.diags_array(np.asarray(H, dtype=float), format="csc") if method == "daqp" else np.asarray(H, dtype=float)
     if method == "daqp":
         return _daqp(H, g, C, lo, hi, lb, ub)
     if method != "sparse":
         raise ValueError(f"solve_qp: method must be 'auto', 'daqp' or 'sparse', got {method!r}")
-    H, C = sp.csc_array(H), sp.csr_array(C)
+    if not diagonal:
+        H = sp.csc_array(H)
+    C = C if isinstance(C, sp.csr_array) else sp.csr_array(C)
     qp = _SparseQP(H, g, C, lo, hi, lb, ub)
     guesses = [] if warm is None else (list(warm) if isinstance(warm, list) else [warm])
     guesses += [_active_at_zero(lo, hi, lb, ub), (np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8))]
@@ -111,6 +117,7 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
         if res is not None:
             res.solver = "active-set guess"
             return res
+    H = qp.matrix()  # the interior-point back ends take a sparse matrix
     guess = _piqp(H, g, C, lo, hi, lb, ub)
     if guess is not None:
         polished = _on_active_set(qp, guess, rounds=4)
@@ -254,6 +261,23 @@ def _diagonal(H):
     return None
 
 
+_ROWS = {}  # id(C) -> (C, data): the rows' transposes and coordinates, kept for the last few C
+
+
+def _rows_data(C):
+    """(Cᵀ as CSR, row, column and value arrays of C, max(1, max|C|)) for a CSR ``C``; cached
+    for the last few matrices seen (the polyhedron's rows come back at every projection)."""
+    hit = _ROWS.get(id(C))
+    if hit is not None and hit[0] is C:
+        return hit[1]
+    Cc = C.tocoo()
+    data = (C.T.tocsr(), Cc.row, Cc.col, Cc.data, max(1.0, float(np.max(np.abs(Cc.data), initial=0.0))))
+    if len(_ROWS) >= 4:
+        del _ROWS[next(iter(_ROWS))]
+    _ROWS[id(C)] = (C, data)
+    return data
+
+
 class _SparseQP:
     """One QP prepared for repeated equality-constrained solves on guessed active sets.
 
@@ -263,22 +287,28 @@ class _SparseQP:
     KKT system removes; it is factorised by :func:`scipy.sparse.linalg.splu` (SuperLU)."""
 
     def __init__(self, H, g, C, lo, hi, lb, ub):
-        self.H, self.g, self.C = H, g, C
+        self.g, self.C = g, C
         self.lo, self.hi, self.lb, self.ub = lo, hi, lb, ub
         self.n, self.m = g.size, C.shape[0]
-        self.CT = C.T.tocsr()
-        self.hdiag = _diagonal(H)
+        self.hdiag = H if not sp.issparse(H) else _diagonal(H)
+        self.H = None if self.hdiag is not None and not sp.issparse(H) else H
         if self.hdiag is None:
             Hc = H.tocoo()
             self.hr, self.hc, self.hv = Hc.row, Hc.col, Hc.data
-        Cc = C.tocoo()
-        self.cr, self.cc, self.cv = Cc.row, Cc.col, Cc.data
+        self.CT, self.cr, self.cc, self.cv, self.cmax = _rows_data(C)
         hmax = float(np.max(np.abs(self.hdiag if self.hdiag is not None else self.hv), initial=0.0))
         self.delta = 1e-13 * max(1.0, hmax)
-        self.cmax = max(1.0, float(np.max(np.abs(self.cv), initial=0.0)))
         self.eq = _is_equality(lo, hi)
         self.fixed_var = lb == ub
         self.solves = 0  # equality-constrained solves so far
+
+    def hmul(self, x):
+        """H x."""
+        return self.hdiag * x if self.hdiag is not None else self.H @ x
+
+    def matrix(self):
+        """H as a sparse matrix."""
+        return self.H if self.H is not None else sp.diags_array(self.hdiag, format="csc")
 
     def normalize(self, active):
         """A guessed active set (row sides, bound sides) made consistent with the QP: equalities and
@@ -314,9 +344,9 @@ class _SparseQP:
                             shape=(nf + nr, nf + nr))
 
     def eqp(self, row_side, bound_side):
-        """The QP with the rows/bounds of the given sides held as equalities: (x, w, wb) from one
-        factorisation and iterative refinement (not yet checked: see :func:`_on_active_set`), or
-        None when the KKT matrix is singular."""
+        """The QP with the rows/bounds of the given sides held as equalities: (x, w, wb, Hx, Cᵀw,
+        Hx + g + Cᵀw) from one factorisation and iterative refinement (not yet checked: see
+        :func:`_on_active_set`), or None when the KKT matrix is singular."""
         n, m, lo, hi, lb, ub = self.n, self.m, self.lo, self.hi, self.lb, self.ub
         self.solves += 1
         rows = np.flatnonzero(row_side)
@@ -330,7 +360,7 @@ class _SparseQP:
         w, wb = np.zeros(m), np.zeros(n)
         if nf + nr:
             K = self._kkt(free_mask, rows, self.delta)
-            rhs = np.concatenate([-(self.g + self.H @ x)[free], rhs_rows - (self.C @ x)[rows]])
+            rhs = np.concatenate([-(self.g + self.hmul(x))[free], rhs_rows - (self.C @ x)[rows]])
             lu = _factor(K)
             if lu is None:  # singular: H singular on the face
                 return None
@@ -346,9 +376,11 @@ class _SparseQP:
                 return None
             x[free] = sol[:nf]
             w[rows] = sol[nf:]
+        Hx, CTw = self.hmul(x), self.CT @ w
+        grad = Hx + self.g + CTw  # gradient of the Lagrangian without the bound multipliers
         fixed = ~free_mask
-        wb[fixed] = -(self.H @ x + self.g + self.CT @ w)[fixed]
-        return x, w, wb
+        wb[fixed] = -grad[fixed]
+        return x, w, wb, Hx, CTw, grad
 
 
 def _factor(K):
@@ -386,7 +418,7 @@ def _on_active_set(qp, active, rounds=12):
         sol = qp.eqp(row_side, bound_side)
         if sol is None:
             return None
-        x, w, wb = sol
+        x, w, wb, Hx, CTw, grad = sol
         scale_x = 1.0 + float(np.max(np.abs(x), initial=0.0))
         Cx = qp.C @ x
         tol_r = FEAS_TOL * (1.0 + np.abs(Cx)) * qp.cmax
@@ -406,8 +438,7 @@ def _on_active_set(qp, active, rounds=12):
             if not released:
                 return None
             continue
-        Hx, CTw = qp.H @ x, qp.CT @ w
-        stat = (Hx + g + CTw)[bound_side == 0]
+        stat = grad[bound_side == 0]
         size = 1.0 + gmax + float(np.max(np.abs(Hx), initial=0.0)) + float(np.max(np.abs(CTw), initial=0.0))
         if np.any(np.abs(stat) > SIGN_TOL * size):
             return None  # the KKT system was not solved to round-off

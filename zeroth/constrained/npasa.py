@@ -308,10 +308,25 @@ def _large(nlp):
     return nlp.poly.sparse or nlp.N + nlp.mh + nlp.poly.m > DENSE_LIMIT
 
 
+def _diagonal_of(M):
+    """M's diagonal if M is a sparse matrix with no off-diagonal entry, else None."""
+    if not sp.issparse(M) or M.nnz > M.shape[0]:
+        return None
+    coo = M.tocoo()
+    return M.diagonal() if np.array_equal(coo.row, coo.col) else None
+
+
 def _z_matrix(nlp, Hx):
-    """The z-space matrix blockdiag(Hx, 0) (slacks enter L linearly), dense or sparse like Hx."""
+    """The z-space matrix blockdiag(Hx, 0) (slacks enter L linearly), dense or sparse like Hx;
+    ``Hx`` itself if it is already N×N."""
+    if Hx.shape[0] == nlp.N:
+        return Hx
     if sp.issparse(Hx) or _large(nlp):
-        return sp.block_diag([sp.csr_array(Hx), sp.csr_array((nlp.ns, nlp.ns))], format="csc")
+        Hx = sp.csc_array(Hx)
+        if not nlp.ns:
+            return Hx
+        indptr = np.concatenate([Hx.indptr, np.full(nlp.ns, Hx.indptr[-1])])
+        return sp.csc_array((Hx.data, Hx.indices, indptr), shape=(nlp.N, nlp.N))
     H = np.zeros((nlp.N, nlp.N))
     H[: nlp.n, : nlp.n] = Hx
     return H
@@ -323,6 +338,14 @@ def _shift_to_positive_definite(Hx, floor_rel=1e-8):
     of IPOPT without an inertia-revealing factorisation."""
     n = Hx.shape[0]
     size = max(1.0, float(np.max(np.abs(Hx.data if sp.issparse(Hx) else Hx), initial=0.0)))
+    diag = _diagonal_of(Hx)
+    if diag is not None:  # a diagonal matrix: the test is its diagonal (what the LDLᵀ test sees)
+        delta = 0.0
+        for _ in range(12):
+            if np.all(diag + delta > floor_rel * size):
+                return sp.diags_array(diag + delta, format="csc") if delta else Hx
+            delta = 1e-4 * size if delta == 0 else 10.0 * delta
+        return sp.diags_array(diag + delta, format="csc")
     delta = 0.0
     for _ in range(12):
         M = Hx + delta * (sp.identity(n, format="csc") if sp.issparse(Hx) else np.eye(n)) if delta else Hx
@@ -352,9 +375,9 @@ def _al_hessian(nlp, hess, z, lam, rho, rough):
     """Starting matrix of a phase-one subproblem: ∇²L(z, λ + ρh) + ρ∇hᵀ∇h, shifted positive definite."""
     if nlp.mh:
         h, J = nlp.h(z), nlp.J(z, rough)
-        H = hess.at(z, lam + rho * h) + rho * (J.T @ J)
+        H = _z_matrix(nlp, hess.at(z, lam + rho * h)) + rho * (J.T @ J)
     else:
-        H = hess.at(z, lam)
+        H = _z_matrix(nlp, hess.at(z, lam))
     H = H.toarray() if sp.issparse(H) else H
     H = 0.5 * (H + H.T)
     size = max(1.0, float(np.max(np.abs(H), initial=0.0)))
@@ -403,7 +426,8 @@ class _LagrangianHessian:
     def at(self, z, lam):
         nlp = self.nlp
         if self.mode != "bfgs":
-            return _z_matrix(nlp, nlp.hess_lagrangian_x(z, lam, self.mode))
+            Hx = nlp.hess_lagrangian_x(z, lam, self.mode)
+            return Hx if _large(nlp) else _z_matrix(nlp, Hx)  # large: the x-block (see _positive_definite)
         if self.bfgs is None:  # first step no longer than max(1, ‖x‖∞)
             x, gx = z[: nlp.n], nlp.F.g(z[: nlp.n], True)
             scale = max(1.0, float(np.max(np.abs(gx))) / max(1.0, float(np.max(np.abs(x)))))
@@ -438,12 +462,14 @@ def _positive_definite(nlp, H, J, mode):
     Large ones: the x-block shifted positive definite (:func:`_shift_to_positive_definite`),
     slacks with zero curvature, ρ = 0."""
     if sp.issparse(H) or _large(nlp):
-        Hs = sp.csr_array(H)
         n = nlp.n
-        Hx = Hs[:n][:, :n]
+        Hx = sp.csc_array(H)[:, :n][:n] if H.shape[0] != n else H
         if mode != "bfgs":
-            Hx = _shift_to_positive_definite(Hx)
-        return sp.block_diag([sp.csr_array(Hx), sp.csr_array((nlp.ns, nlp.ns))], format="csc"), 0.0
+            Hx = _shift_to_positive_definite(sp.csc_array(Hx) if not isinstance(Hx, np.ndarray) else Hx)
+        diag = _diagonal_of(Hx)
+        if diag is not None:  # the diagonal itself (the sparse QP back end's fast path)
+            return np.concatenate([diag, np.zeros(nlp.ns)]), 0.0
+        return _z_matrix(nlp, Hx), 0.0
     N = H.shape[0]
     H = 0.5 * (H + H.T)
     size = float(np.max(np.abs(H), initial=0.0))
@@ -523,7 +549,7 @@ def _multiplier_step(nlp, z, h, J, g, H, warm, mode):
     if res.active is not None:
         warm.hint(nlp, res.active)
     d = res.x
-    return d, res.w[: nlp.mh] - rho * h, float(d @ (Hp @ d))
+    return d, res.w[: nlp.mh] - rho * h, float(d @ (Hp * d if np.ndim(Hp) == 1 else Hp @ d))
 
 
 def _constraint_step(nlp, z, h, J, warm):

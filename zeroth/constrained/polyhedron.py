@@ -40,7 +40,8 @@ class Polyhedron:
             self._row_norms = np.linalg.norm(self.A, axis=1) if self.m else np.zeros(0)
         cols = (self.A != 0).sum(axis=0) if self.m else np.zeros(self.n)
         self._coupled = np.asarray(cols).reshape(-1) > 0  # coordinates that some row involves
-        self._eye = sp.identity(self.n, format="csr") if self.sparse or self.n > 400 else np.eye(self.n)
+        # H = I of the projection: its diagonal for the sparse back end, a dense identity for DAQP
+        self._eye = np.ones(self.n) if self.sparse or self.n > 400 else np.eye(self.n)
         self._warm = None  # active set of the last projection: a guess for the next (verified, never trusted)
         self.hint = None  # an active set from elsewhere (the last step QP's), tried first by the next projection
 
