@@ -1,5 +1,6 @@
 """ZO-GraSP ratios: determinism, global sparsity, agreement with autograd GraSP, the JSON file."""
 import json
+import os
 
 import pytest
 import torch
@@ -112,6 +113,45 @@ def test_save_and_load_round_trip(tmp_path):
     assert doc["meaning"].startswith("fraction of each layer's weights that is kept")
     assert doc["meta"] == {"sparsity": 0.9, "method": "zo-grasp"}
     assert load_ratios(path) == ratios
+
+
+def test_a_failed_save_leaves_nothing_behind(tmp_path):
+    ratios = {"0.weight": 0.5}
+    path = tmp_path / "ratios.json"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_ratios(path, ratios, when=object())
+    assert list(tmp_path.iterdir()) == []  # no partial file, no temporary one
+    save_ratios(path, ratios, sparsity=0.9)
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        save_ratios(path, {"0.weight": 0.25}, sparsity={1, 2})
+    assert path.read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratios.json"]
+
+
+def test_a_save_that_fails_while_writing_removes_its_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "ratios.json"
+    save_ratios(path, {"0.weight": 0.5})
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("zeroth.sparsity.ratios.os.replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_ratios(path, {"0.weight": 0.25})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratios.json"]
+
+
+def test_save_writes_a_file_as_open_would(tmp_path):
+    path = tmp_path / "ratios.json"
+    save_ratios(path, {"0.weight": 0.5})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0o600 of a mkstemp file
+    save_ratios(str(path), {"0.weight": 0.75})  # overwrites, str path too
+    assert load_ratios(path) == {"0.weight": 0.75}
 
 
 @pytest.mark.parametrize(

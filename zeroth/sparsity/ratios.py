@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import secrets
+import shutil
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -303,6 +305,9 @@ def save_ratios(path: "os.PathLike[str] | str", ratios: Mapping[str, float], **m
     """Write ``ratios`` (plus JSON-serialisable ``meta``, e.g. sparsity, q, mu) to a small JSON file.
 
     The file holds ``{"format": "zeroth.sparsity.ratios/1", "meaning": ..., "ratios": ..., "meta": ...}``.
+    It is written to a temporary file in the same folder and moved into place with
+    :func:`os.replace`, so ``path`` holds either its old content or the whole new file; on any
+    failure nothing is left behind.
 
     Raises:
         TypeError: ``ratios`` is not a mapping of names, or ``meta`` is not JSON-serialisable.
@@ -311,9 +316,24 @@ def save_ratios(path: "os.PathLike[str] | str", ratios: Mapping[str, float], **m
     """
     ratios = check_ratios(ratios)
     doc = {"format": FORMAT, "meaning": MEANING, "ratios": ratios, "meta": meta}
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, sort_keys=False)
-        fh.write("\n")
+    text = json.dumps(doc, indent=1, sort_keys=False) + "\n"  # an unserialisable meta fails here, before any file
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: a fresh file of our own; mode 0o666 less the umask, as open(path, "w") would create it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if os.path.exists(target):
+            shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def load_ratios(path: "os.PathLike[str] | str") -> Dict[str, float]:
