@@ -118,3 +118,12 @@ def test_command_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_report_row_names_the_unknown_name_and_the_known_ones():
+    from zeroth.recipes.zo_ae_ds.defend import Report, Row
+
+    report = Report(DefendConfig(), [Row("no defense", [0.5]), Row("FO-DS", [0.7])], [], 0.0)
+    assert report.row("FO-DS").accuracy == [0.7]
+    with pytest.raises(KeyError, match=r"no row named 'FO-AE-DS'.*'no defense', 'FO-DS'"):
+        report.row("FO-AE-DS")

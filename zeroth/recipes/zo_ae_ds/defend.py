@@ -191,9 +191,13 @@ class Report:
         """The row called ``name``.
 
         Raises:
-            StopIteration: there is no such row.
+            KeyError: there is no such row (the message lists the rows there are).
         """
-        return next(r for r in self.rows if r.name == name)
+        for r in self.rows:
+            if r.name == name:
+                return r
+        known = ", ".join(repr(r.name) for r in self.rows) or "none"
+        raise KeyError(f"no row named {name!r}; the rows are: {known}")
 
 
 def _load(config: DefendConfig) -> Split:
