@@ -6,10 +6,11 @@
 # small CGE step runs. Installs only the built wheel file and its dependencies (torch pinned by
 # constraints.txt): the bare name `zeroth` is never resolved from an index.
 #
-# The compiled kernels come from the content-addressed cache (zeroth/ops/_build.py): its key
-# hashes every installed source file and the torch version, so a file missing from the wheel
-# means a new key and a build from the installed sources. SMOKE_FRESH_BUILD=1 builds in an
-# empty cache instead (about 25 s more on 2 cores).
+# The compiled kernels come from the cache (zeroth/ops/_build.py), whose key hashes every
+# installed source file and the torch it compiles against (version and location: the smoke
+# venv's torch lives in the dependency cache below), so the first run on a machine builds from
+# the installed sources and later runs load that build; a file missing from the wheel changes
+# the key and forces a new build. SMOKE_FRESH_BUILD=1 builds in an empty cache every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)

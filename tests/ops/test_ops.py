@@ -311,3 +311,24 @@ def test_reference_only_switches_the_implementation(monkeypatch):
     assert len(calls) == 1
     ops.scatter_scaled_add(g, torch.tensor([1]), torch.ones(1, dtype=torch.float64), 2.0)
     assert len(calls) == (2 if ops.backend() == "python" else 1)
+
+
+def test_the_build_folder_depends_on_the_sources_not_on_where_they_are_installed(tmp_path, monkeypatch):
+    """Two installs of the same sources share one build (staged copy inside it); a changed file does not."""
+    import shutil
+
+    from zeroth.ops import _build
+
+    monkeypatch.setenv("ZEROTH_BUILD_DIR", str(tmp_path / "cache"))
+    a, b = tmp_path / "a" / "csrc", tmp_path / "b" / "csrc"
+    shutil.copytree(_build.source_dir(), a)
+    shutil.copytree(_build.source_dir(), b)
+    build = _build.build_directory(a, _build.sources(a, False))
+    assert build == _build.build_directory(b, _build.sources(b, False))
+    build.mkdir(parents=True)
+    staged = _build.stage_sources(a, build)
+    assert _build.stage_sources(b, build) == staged == build / "src"
+    assert (staged / "zeroth_ops.cpp").read_bytes() == (a / "zeroth_ops.cpp").read_bytes()
+    assert sorted(p.name for p in build.iterdir()) == ["src"]  # no temporary copy left behind
+    (b / "zeroth_math.h").write_text((b / "zeroth_math.h").read_text() + "\n// changed\n")
+    assert _build.build_directory(b, _build.sources(b, False)) != build

@@ -2,8 +2,9 @@
 
 The C++/CUDA sources ship inside the package (``zeroth/csrc/``, in the wheel and the sdist).
 The extension builds with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja) the
-first time an op is used, into a cache keyed by the torch version, the flags and a hash of
-the sources, so it always matches the torch that is running: a wheel built ahead of time
+first time an op is used, into a cache folder keyed by a hash of the sources, the flags and
+the torch they compile against (:func:`build_directory`), so it always matches the torch
+that is running: a wheel built ahead of time
 would be tied to one torch's C++ ABI. CUDA sources join the build only where the running
 torch has CUDA and ``nvcc`` is found. Anything missing -> the pure-PyTorch reference, with
 one :class:`KernelBuildWarning`.
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sysconfig
+import tempfile
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -70,7 +74,17 @@ the piecewise-linear activation difference vectorise instead of mispredicting on
 
 
 def build_directory(root: Path, files: List[Path]) -> Path:
-    digest = hashlib.sha256((torch.__version__ + " ".join(CFLAGS)).encode())
+    """The cache folder of one build: named by a hash of what the compiled library depends on.
+
+    That is the sources' contents (every file compiled and every header), the flags, and the
+    torch and Python the library is compiled against: their version and where their headers
+    are (the compile commands name those paths, so two torch installs of one version would
+    otherwise keep rebuilding over each other). Where zeroth itself is installed does not
+    matter (the sources are staged into the folder, :func:`stage_sources`).
+    """
+    torch_dir = Path(torch.__file__).resolve().parent
+    key = [torch.__version__, str(torch_dir), sysconfig.get_paths()["include"], " ".join(CFLAGS)]
+    digest = hashlib.sha256("\n".join(key).encode())
     for f in sorted(files + sorted(root.glob("*.h")) + sorted((root / "cuda").glob("*.cuh"))):
         digest.update(f.read_bytes())
     return cache_root() / digest.hexdigest()[:16]
@@ -82,6 +96,30 @@ def cache_root() -> Path:
         return Path(os.environ["ZEROTH_BUILD_DIR"])
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "zeroth" / "ops"
+
+
+def stage_sources(root: Path, build: Path) -> Path:
+    """A copy of ``root`` inside ``build`` (whose name is the sources' hash), built from there.
+
+    The build files record absolute source paths, so building from the install location would
+    rebuild whenever the same sources are seen from another place (a checkout, a venv, a CI
+    clone) and those builds would keep replacing each other in the shared cache folder. The
+    copy is made once, atomically (a rename), and is the same for every install of the same
+    sources and torch.
+    """
+    staged = build / "src"
+    if (staged / "zeroth_ops.cpp").is_file():
+        return staged
+    tmp = Path(tempfile.mkdtemp(dir=build, prefix="src."))
+    try:
+        shutil.copytree(root, tmp, dirs_exist_ok=True)
+        try:
+            os.rename(tmp, staged)
+        except OSError:  # another process staged the same sources first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return staged
 
 
 def load() -> Optional[str]:
@@ -97,13 +135,14 @@ def load() -> Optional[str]:
         files = sources(root, with_cuda)
         build = build_directory(root, files)
         build.mkdir(parents=True, exist_ok=True)
+        staged = stage_sources(root, build)
         from torch.utils.cpp_extension import load as cpp_load
 
         cpp_load(
             name="zeroth_ops_" + build.name,
-            sources=[str(f) for f in files],
+            sources=[str(staged / f.relative_to(root)) for f in files],
             build_directory=str(build),
-            extra_include_paths=[str(root)],
+            extra_include_paths=[str(staged)],
             extra_cflags=CFLAGS,
             extra_cuda_cflags=["-O3"],
             is_python_module=False,
