@@ -366,3 +366,50 @@ def test_a_changing_number_of_outputs_is_refused_not_broadcast(rowwise, estimato
         out = bb(x)
     out.sum().backward()
     assert torch.isnan(x.grad).all()  # every perturbed point failed: NaN, not a broadcast difference
+
+
+def squares(x):
+    """Σ x² per row, computed in float64 (exact for half-precision inputs)."""
+    return (x.double() ** 2).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_cge_points_are_rounded_and_divided_by_the_step_actually_taken(dtype, scheme):
+    # x = 8, μ = 1e-2: fp16 moves 8 to 8 + 2⁻⁷ (h₊ = 0.78 μ) and to 8 − 3·2⁻⁸ (h₋ = 1.17 μ); bf16 cannot move
+    # by 1e-2 at all and takes one ulp each way (2⁻⁴ up, 2⁻⁵ down). The difference of f = Σx² over the
+    # step taken is 2x + h₊ (forward) or 2x + h₊ − h₋ (central): not 0.78 × 2x, not 0.
+    x = torch.full((2, 3), 8.0, dtype=dtype)
+    x[1, 2] = -8.0
+    bb = BlackBox(squares, CGE(mu=1e-2, scheme=scheme), seed=0)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(bb(xg).sum(), xg)
+    up = torch.where((x + 1e-2) == x, torch.nextafter(x, torch.full_like(x, math.inf)), x + 1e-2)
+    down = torch.where((x - 1e-2) == x, torch.nextafter(x, torch.full_like(x, -math.inf)), x - 1e-2)
+    h_up, h_down = up.double() - x.double(), x.double() - down.double()
+    if dtype in (torch.float16, torch.bfloat16):
+        assert {float(h_up[0, 0]), float(h_down[0, 0])} == ({2.0**-7, 3 * 2.0**-8} if dtype == torch.float16
+                                                           else {2.0**-4, 2.0**-5})
+    expected = 2 * x.double() + h_up - (h_down if scheme == "central" else 0.0)
+    assert g.dtype == dtype
+    if dtype == torch.float64:  # f's own rounding at 64 is 2⁻⁴⁷; over h = 1e-2 that is ~1e-12
+        torch.testing.assert_close(g, expected, rtol=0, atol=1e-10)
+    else:  # every step exact: half/single values squared in float64, divided by a dyadic h
+        assert torch.equal(g, expected.to(dtype)), (g, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_random_points_are_rounded_once_and_the_gradient_uses_the_drawn_directions(dtype, antithetic):
+    from zeroth.blackbox import PointDirections
+
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0)).mul_(8).to(dtype)
+    mu = 3e-2
+    dirs = PointDirections(RGE(q=64, mu=mu, antithetic=antithetic), 4, 5, generator=torch.Generator().manual_seed(1))
+    points = dirs.points(x)
+    signs = [1.0, -1.0] if antithetic else [1.0]
+    want = torch.cat([(x.double() + s * mu * dirs.vectors).to(dtype) for s in signs])  # one rounding
+    assert points.dtype == dtype and torch.equal(points, want)
+    coeffs = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(dirs.gradient(coeffs), torch.einsum("ib,ibd->bd", coeffs, dirs.vectors) / mu,
+                               rtol=1e-12, atol=0)

@@ -272,7 +272,7 @@ class BlackBox(nn.Module):
         output = values[0].reshape(out_shape).clone()
         if not need_grad:
             return output
-        diffs = (values[1:] - values[0]).to(torch.float64)
+        diffs = values[1:].to(torch.float64) - values[0].to(torch.float64)  # no rounding of the difference
         estimate = VJPEstimate(self.estimator, dirs, output, diffs, bad, self.program.on_failure, x)
         return _ZOVJP.apply(x, estimate)
 
