@@ -137,10 +137,10 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
 
 
 def _round_budget(size):
-    """Active-set rounds granted to the first guess: an interior-point solve, the alternative,
-    costs about as much as size/100 rounds' factorisations (measured on the scaling family of
-    ``bench.constrained`` at n = 300 … 3000); between 4 and 25."""
-    return int(min(25, max(4, size // 100)))
+    """Active-set rounds (equality-QP solves) granted to the guesses of one QP before the
+    interior-point fallback, which costs about as much as size/120 of them (measured on the
+    scaling family of ``bench.constrained`` at n = 300 … 3000); between 3 and 25."""
+    return int(min(25, max(3, size // 120)))
 
 
 def _active_at_zero(lo, hi, lb, ub, tol=1e-10):

@@ -109,6 +109,7 @@ class Run:
     best: tuple = None  # (merit key, z, lam)
     rough: bool = True
     nonfinite: NonFiniteError = None
+    _ls: tuple = None  # (key, λ) of the last least-squares multipliers
 
     def tick(self, z):
         self.nit += 1
@@ -118,6 +119,13 @@ class Run:
             self.callback(self.nlp.x(z))
         if self.nit >= self.opts.maxiter:
             raise StopSolver(1)
+
+    def ls_multipliers(self, z):
+        """:func:`_ls_multipliers` at z with the run's derivative precision (the last one kept)."""
+        key = (z.tobytes(), self.rough)
+        if self._ls is None or self._ls[0] != key:
+            self._ls = (key, _ls_multipliers(self.nlp, z, self.rough))
+        return self._ls[1].copy()
 
     def note_nonfinite(self, exc):
         self.nonfinite = exc
@@ -250,7 +258,7 @@ def run_npasa(run: Run, z0):
     run.z = z
     lam = np.zeros(mh)
     if mh:
-        lam = _ls_multipliers(nlp, z, run.rough)
+        lam = run.ls_multipliers(z)
     run.lam = lam
     hess = _LagrangianHessian(nlp, opts.hess_mode)
     z, lam, done = _phase_two(run, z, lam, hess)
@@ -502,13 +510,22 @@ def _step_rows(nlp, z, h, J):
     to the step d, with the bounds of d."""
     poly = nlp.poly
     if poly.sparse or _large(nlp):
-        C = sp.vstack([sp.csr_array(J), sp.csr_array(poly.A)], format="csr")
+        C = _stack_rows(J, poly.A)
     else:
         C = np.vstack([J, poly.A])
     Az = poly.A @ z
     lo = np.concatenate([-h, poly.l - Az])
     hi = np.concatenate([-h, poly.u - Az])
     return C, lo, hi, poly.lb - z, poly.ub - z
+
+
+def _stack_rows(J, A):
+    """[J; A] as a CSR array, J dense (its nonzeros kept), A dense or sparse."""
+    A = A if isinstance(A, sp.csr_array) else sp.csr_array(A)
+    rows, cols = np.nonzero(J)
+    indptr = np.concatenate([np.searchsorted(rows, np.arange(J.shape[0] + 1)), rows.size + A.indptr[1:]])
+    return sp.csr_array((np.concatenate([J[rows, cols], A.data]), np.concatenate([cols, A.indices]), indptr),
+                        shape=(J.shape[0] + A.shape[0], A.shape[1]))
 
 
 class _StepWarm:
@@ -619,7 +636,7 @@ def _phase_two(run, z, lam, hess):
     mh = nlp.mh
     Ec, em, scale = _errors(nlp, z, lam, run.rough)
     if mh:
-        lam_ls = _ls_multipliers(nlp, z, run.rough)
+        lam_ls = run.ls_multipliers(z)
         if not np.array_equal(lam_ls, lam):
             _, em2, _ = _errors(nlp, z, lam_ls, run.rough)
             if em2.upper < em.lower or (not em2.lower >= em.upper and em2.value() < em.value()):
