@@ -222,8 +222,12 @@ def test_feature_reuse_on_workers_agrees_with_local_to_rounding(cpus_free):
         _, got, losses = estimate_gradient(obj, params, CGE(), ev)
         assert ray.get(ev.workers[0].counters.remote())["evaluator"].startswith("FeatureReuse")
     torch.testing.assert_close(losses.perturbed, ref_losses.perturbed, rtol=1e-6, atol=0)
+    # how the coordinates are split depends on the workers' measured speed, and a worker given part
+    # of the last layer takes its sparse path instead of the whole-layer table: both exact, rounded
+    # differently (fp32 arithmetic on the difference, the table made at the nominal μ)
+    scale = max(float(a.abs().max()) for a in ref)
     for a, b in zip(ref, got):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6 * scale)
 
 
 # -- faults --------------------------------------------------------------------------------
