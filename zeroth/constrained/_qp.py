@@ -339,9 +339,15 @@ class _SparseQP:
             keep = free_mask[self.hr] & free_mask[self.hc]
             hr, hc, hv = pos[self.hr[keep]], pos[self.hc[keep]], self.hv[keep]
         ri = nf + np.arange(nr)
-        return sp.csc_array((np.concatenate([hv, cv, cv, np.full(nr, -reg)]),
-                             (np.concatenate([hr, ci, cj, ri]), np.concatenate([hc, cj, ci, ri]))),
-                            shape=(nf + nr, nf + nr))
+        row = np.concatenate([hr, ci, cj, ri])
+        col = np.concatenate([hc, cj, ci, ri])
+        order = np.lexsort((row, col))  # CSC order (by column, then row); no duplicates by construction
+        indptr = np.zeros(nf + nr + 1, dtype=np.int32)
+        np.cumsum(np.bincount(col, minlength=nf + nr), out=indptr[1:])
+        K = sp.csc_array((np.concatenate([hv, cv, cv, np.full(nr, -reg)])[order], row[order].astype(np.int32), indptr),
+                         shape=(nf + nr, nf + nr))
+        K.has_canonical_format = True
+        return K
 
     def eqp(self, row_side, bound_side):
         """The QP with the rows/bounds of the given sides held as equalities: (x, w, wb, Hx, Cᵀw,
