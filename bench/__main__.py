@@ -2,6 +2,7 @@
 kernel/precision tables, the sparse-CGE table, then the constrained-solver table
 (``--no-constrained`` skips it), then the Ray scaling table when ray is installed
 (``--no-distributed`` skips it)."""
+
 import sys
 
 from . import engine, kernels, memory, sparsity

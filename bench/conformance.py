@@ -7,6 +7,7 @@ Sequential's largest entry, ≤ 1e-6), ``declined`` (the path says no, or raised
 and buffers restored — the reason is printed below the table) or ``WRONG`` (never expected).
 The ``auto`` column names the evaluator that produced its result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,17 +38,24 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, Outcome]]]:
         for name in args.cases:
             out = check(name, est)
             table.setdefault(name, {})[est] = out
-            print(f"{name:<28}{_cell(out['FeatureReuse'], False):<20}{_cell(out['Batched'], False):<20}"
-                  f"{_cell(out['auto'], True):<30}", flush=True)
+            print(
+                f"{name:<28}{_cell(out['FeatureReuse'], False):<20}{_cell(out['Batched'], False):<20}"
+                f"{_cell(out['auto'], True):<30}",
+                flush=True,
+            )
             for label in ("FeatureReuse", "Batched"):
                 if out[label].status == "declined" and (est != "rge" or label != "FeatureReuse"):
                     reasons.setdefault(f"{label}: {out[label].reason}", []).append(name)
     print("\nwhy a fast path declined (cases):")
     for reason, names in reasons.items():
         print(f"  {reason}  [{', '.join(sorted(set(names)))}]")
-    wrong = [(n, e, k) for n, row in table.items() for e, out in row.items() for k, o in out.items() if o.status == "WRONG"]
-    print(f"\n{sum(1 for row in table.values() for out in row.values() for o in out.values())} cells, "
-          f"{len(wrong)} wrong" + (f": {wrong}" if wrong else ""))
+    wrong = [
+        (n, e, k) for n, row in table.items() for e, out in row.items() for k, o in out.items() if o.status == "WRONG"
+    ]
+    print(
+        f"\n{sum(1 for row in table.values() for out in row.values() for o in out.values())} cells, "
+        f"{len(wrong)} wrong" + (f": {wrong}" if wrong else "")
+    )
     return table
 
 

@@ -24,6 +24,7 @@ choice, the first balance); times are medians, speedups medians of the per-round
 The machine's load average is printed before and after: on a shared machine other processes
 take cores from the workers, and the table says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,8 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from zeroth import CGE, SPSA, Objective, estimate_gradient
+from zeroth import CGE, SPSA, estimate_gradient
 from zeroth.engine import FeatureReuse, Sequential
 
 from .engine import problem
@@ -53,8 +53,14 @@ def _workload(name: str, batch: int, resnet_coords: int):
         model, obj, params = problem("resnet20", batch)
         g = torch.Generator().manual_seed(0)
         masks = [torch.randperm(p.numel(), generator=g)[:resnet_coords] for p in params]
-        return (f"resnet20, batch {batch}, {resnet_coords} coordinates per tensor, inner auto (FeatureReuse)",
-                obj, params, masks, "auto", FeatureReuse())
+        return (
+            f"resnet20, batch {batch}, {resnet_coords} coordinates per tensor, inner auto (FeatureReuse)",
+            obj,
+            params,
+            masks,
+            "auto",
+            FeatureReuse(),
+        )
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -96,14 +102,21 @@ def interleaved(runs: Dict[str, Tuple[Callable[[], object], Callable]], repeat: 
         step()
     out: Dict[str, List[tuple]] = {n: [] for n in names}
     for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             step, stats = runs[name]
             out[name].append(_timed(step, stats))
     return out
 
 
-def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet_coords: int,
-                  device: str, ceiling: Dict[int, float] = None) -> List[str]:
+def scaling_table(
+    name: str,
+    batch: int,
+    workers: List[int],
+    repeat: int,
+    resnet_coords: int,
+    device: str,
+    ceiling: Dict[int, float] = None,
+) -> List[str]:
     from zeroth.distributed import RayEvaluator
 
     title, obj, params, masks, inner, local = _workload(name, batch, resnet_coords)
@@ -116,7 +129,7 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
         params = list(obj.model.parameters())
         masks = [m.to(device) for m in masks] if masks is not None else None
     resources = {"GPU": 1} if device != "cpu" else {"CPU": 1}
-    step = lambda ev: (lambda: estimate_gradient(obj, params, est, ev, masks=masks))
+    step = lambda ev: lambda: estimate_gradient(obj, params, est, ev, masks=masks)
     rounds: Dict[int, List[tuple]] = {0: []}
     ratios: Dict[int, List[float]] = {}  # local s / Ray s of the same round
     # CPU: every pool is up at once (logical slots; idle actors sleep), so the runs alternate
@@ -135,21 +148,29 @@ def scaling_table(name: str, batch: int, workers: List[int], repeat: int, resnet
             for ev in pools.values():
                 ev.close()
     med = {w: [statistics.median(r[k] for r in rounds[w]) for k in range(3)] for w in rounds}
-    rows = [f"{title}: full CGE gradient, {n:,} coordinates, {repeat} interleaved rounds",
-            f"{'run':<22}{'s/step':>9}{'min-max s':>14}{'coords/s':>11}{'speedup':>9}{'efficiency':>12}"
-            f"{'overhead s':>12}{'core share':>12}{'of ceiling':>12}"]
+    rows = [
+        f"{title}: full CGE gradient, {n:,} coordinates, {repeat} interleaved rounds",
+        f"{'run':<22}{'s/step':>9}{'min-max s':>14}{'coords/s':>11}{'speedup':>9}{'efficiency':>12}"
+        f"{'overhead s':>12}{'core share':>12}{'of ceiling':>12}",
+    ]
     local_t, _, local_share = med[0]
     spread = lambda w: f"{min(r[0] for r in rounds[w]):.3f}-{max(r[0] for r in rounds[w]):.3f}"
-    rows.append(f"{'local, 1 thread' if device == 'cpu' else 'local ' + device:<22}{local_t:>9.3f}{spread(0):>14}"
-                f"{n / local_t:>11,.0f}{1.0:>9.2f}{'-':>12}{'-':>12}{local_share:>12.2f}{'-':>12}")
+    rows.append(
+        f"{'local, 1 thread' if device == 'cpu' else 'local ' + device:<22}{local_t:>9.3f}{spread(0):>14}"
+        f"{n / local_t:>11,.0f}{1.0:>9.2f}{'-':>12}{'-':>12}{local_share:>12.2f}{'-':>12}"
+    )
     for w in workers:
         t, overhead, share = med[w]
         speed = statistics.median(ratios[w])
-        rows.append(f"{f'ray, {w} worker' + ('s' if w > 1 else ''):<22}{t:>9.3f}{spread(w):>14}{n / t:>11,.0f}"
-                    f"{speed:>9.2f}{speed / w:>12.2f}{overhead:>12.4f}{share:>12.2f}"
-                    + (f"{speed / ceiling[w]:>12.2f}" if ceiling else f"{'-':>12}"))
-    rows.append(f"  speedup: median over rounds of local s / Ray s in the same round; "
-                f"load average (1 min) before / after: {load:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        rows.append(
+            f"{f'ray, {w} worker' + ('s' if w > 1 else ''):<22}{t:>9.3f}{spread(w):>14}{n / t:>11,.0f}"
+            f"{speed:>9.2f}{speed / w:>12.2f}{overhead:>12.4f}{share:>12.2f}"
+            + (f"{speed / ceiling[w]:>12.2f}" if ceiling else f"{'-':>12}")
+        )
+    rows.append(
+        f"  speedup: median over rounds of local s / Ray s in the same round; "
+        f"load average (1 min) before / after: {load:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     return rows
 
 
@@ -196,22 +217,35 @@ def latency_table(workers: int, repeat: int) -> List[str]:
 
     _, obj, params = problem("digits_cnn", 32)
     gen = torch.Generator().manual_seed(0)
-    t_local, _, _ = _median_step(lambda: estimate_gradient(obj, params, SPSA(), Sequential(), generator=gen),
-                                 max(repeat, 10))
+    t_local, _, _ = _median_step(
+        lambda: estimate_gradient(obj, params, SPSA(), Sequential(), generator=gen), max(repeat, 10)
+    )
     with RayEvaluator("sequential", num_workers=workers) as ev:
-        t_ray, overhead, _ = _median_step(lambda: estimate_gradient(obj, params, SPSA(), ev, generator=gen),
-                                          max(repeat, 10), _ray_stats(ev))
-    return ["tiny step (digits_cnn batch 32, SPSA: 2 evaluations): the fixed cost of a distributed step",
-            f"  local {t_local * 1e3:.2f} ms, Ray ({workers} workers) {t_ray * 1e3:.2f} ms, "
-            f"of which overhead {overhead * 1e3:.2f} ms"]
+        t_ray, overhead, _ = _median_step(
+            lambda: estimate_gradient(obj, params, SPSA(), ev, generator=gen), max(repeat, 10), _ray_stats(ev)
+        )
+    return [
+        "tiny step (digits_cnn batch 32, SPSA: 2 evaluations): the fixed cost of a distributed step",
+        f"  local {t_local * 1e3:.2f} ms, Ray ({workers} workers) {t_ray * 1e3:.2f} ms, "
+        f"of which overhead {overhead * 1e3:.2f} ms",
+    ]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=None,
-                    help="worker counts to time (default: 1 and 2, or 1 per GPU with --gpu)")
-    ap.add_argument("--workloads", nargs="+", default=["digits-seq", "digits-fr", "resnet-fr"],
-                    choices=["digits-seq", "digits-fr", "resnet-fr"])
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="worker counts to time (default: 1 and 2, or 1 per GPU with --gpu)",
+    )
+    ap.add_argument(
+        "--workloads",
+        nargs="+",
+        default=["digits-seq", "digits-fr", "resnet-fr"],
+        choices=["digits-seq", "digits-fr", "resnet-fr"],
+    )
     ap.add_argument("--batch", type=int, default=64, help="batch of the digits workloads")
     ap.add_argument("--resnet-batch", type=int, default=8)
     ap.add_argument("--resnet-coords", type=int, default=10, help="sampled coordinates per ResNet-20 tensor")
@@ -230,19 +264,30 @@ def main(argv=None) -> None:
             ray.init(address=args.address, log_to_driver=False)
         else:
             # logical slots for every pool at once (only one pool runs at a time, see interleaved)
-            ray.init(num_cpus=sum(workers) if not args.gpu else max(workers), num_gpus=max(workers) if args.gpu else 0,
-                     include_dashboard=False, log_to_driver=False)
-    print(f"torch {torch.__version__}, ray {ray.__version__}, {os.cpu_count()} cores, workers {workers}, "
-          f"device {device}\n")
+            ray.init(
+                num_cpus=sum(workers) if not args.gpu else max(workers),
+                num_gpus=max(workers) if args.gpu else 0,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+    print(
+        f"torch {torch.__version__}, ray {ray.__version__}, {os.cpu_count()} cores, workers {workers}, "
+        f"device {device}\n"
+    )
     batches: Dict[str, int] = {"digits-seq": args.batch, "digits-fr": 4 * args.batch, "resnet-fr": args.resnet_batch}
     ceiling = None
     if not args.gpu:
         ceiling = machine_ceiling(workers)
-        print("machine ceiling (work of N concurrent one-thread processes / one alone): "
-              + ", ".join(f"N={w}: {c:.2f}" for w, c in ceiling.items()) + "\n")
+        print(
+            "machine ceiling (work of N concurrent one-thread processes / one alone): "
+            + ", ".join(f"N={w}: {c:.2f}" for w, c in ceiling.items())
+            + "\n"
+        )
     for name in args.workloads:
-        print("\n".join(scaling_table(name, batches[name], workers, args.repeat, args.resnet_coords, device,
-                                       ceiling)), "\n")
+        print(
+            "\n".join(scaling_table(name, batches[name], workers, args.repeat, args.resnet_coords, device, ceiling)),
+            "\n",
+        )
     if not args.gpu:
         print("\n".join(latency_table(max(workers), args.repeat)))
 

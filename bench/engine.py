@@ -5,6 +5,7 @@ Times are the median of at least ``--repeat`` runs after one warm-up (fast rows 
 at least a second); every row of a table is measured in the same process, so the ratios
 compare like with like.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,13 @@ def cge_table(model_name: str, batch: int, evaluators: Dict[str, object], repeat
     model, obj, params = problem(model_name, batch)
     ref = autograd_time(obj, params, max(repeat, 5))
     n = sum(int(m.numel()) for m in masks) if masks is not None else sum(p.numel() for p in params)
-    rows = [f"{model_name}, batch {batch}, {n:,} coordinates (full CGE gradient, forward differences)",
-            f"{'evaluator':<28}{'seconds':>10}{'x autograd f+b':>16}{'speedup vs Sequential':>24}"]
+    rows = [
+        f"{model_name}, batch {batch}, {n:,} coordinates (full CGE gradient, forward differences)",
+        f"{'evaluator':<28}{'seconds':>10}{'x autograd f+b':>16}{'speedup vs Sequential':>24}",
+    ]
     times = {}
     for name, ev in evaluators.items():
-        times[name] = median_time(lambda: estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks), repeat)
+        times[name] = median_time(lambda ev=ev: estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks), repeat)
     seq = times.get("Sequential")
     rows.append(f"{'autograd forward+backward':<28}{ref:>10.4f}{1.0:>16.1f}{'':>24}")
     for name, t in times.items():
@@ -76,11 +79,17 @@ def random_table(batch: int, repeat: int) -> List[str]:
     model, obj, params = problem("digits_cnn", batch)
     with torch.no_grad():
         inference = median_time(obj, max(repeat, 5))
-    rows = [f"digits_cnn, batch {batch}: randomized estimators (one gradient estimate)",
-            f"{'estimator':<36}{'evaluations':>12}{'seconds':>10}{'x one forward':>15}"]
+    rows = [
+        f"digits_cnn, batch {batch}: randomized estimators (one gradient estimate)",
+        f"{'estimator':<36}{'evaluations':>12}{'seconds':>10}{'x one forward':>15}",
+    ]
     for est in (SPSA(), RGE(q=16), RGE(q=16, antithetic=True)):
         for ev in (Sequential(), Batched()):
-            t = median_time(lambda: estimate_gradient(obj, params, est, ev, generator=torch.Generator().manual_seed(0)), repeat)
+
+            def one_gradient(est=est, ev=ev):
+                return estimate_gradient(obj, params, est, ev, generator=torch.Generator().manual_seed(0))
+
+            t = median_time(one_gradient, repeat)
             label = f"{type(est).__name__}(q={est.q}{', anti' if est.antithetic else ''}) {type(ev).__name__}"
             rows.append(f"{label:<36}{est.num_evaluations(0):>12}{t:>10.4f}{t / inference:>15.1f}")
     return rows
@@ -102,14 +111,16 @@ def main(argv=None) -> None:
         print("\n".join(cge_table("digits_cnn", b, evs, args.repeat)), "\n")
     _, _, params = problem("resnet20", args.resnet_batch)
     g = torch.Generator().manual_seed(0)
-    masks = [torch.randperm(p.numel(), generator=g)[:args.resnet_coords] for p in params]
+    masks = [torch.randperm(p.numel(), generator=g)[: args.resnet_coords] for p in params]
     evs = {"Sequential": Sequential(), "FeatureReuse": FeatureReuse()}
     rows = cge_table("resnet20", args.resnet_batch, evs, 1, masks=masks)
     print("\n".join(rows))
     n = sum(int(m.numel()) for m in masks)
     per = float(rows[-1].split()[1]) / n
-    print(f"  -> FeatureReuse {per * 1e3:.2f} ms per coordinate; a full ResNet-20 gradient (269,722 coordinates) "
-          f"extrapolates to {per * 269722 / 60:.1f} min at batch {args.resnet_batch}\n")
+    print(
+        f"  -> FeatureReuse {per * 1e3:.2f} ms per coordinate; a full ResNet-20 gradient (269,722 coordinates) "
+        f"extrapolates to {per * 269722 / 60:.1f} min at batch {args.resnet_batch}\n"
+    )
     for b in args.batch:
         print("\n".join(random_table(b, args.repeat)), "\n")
 

@@ -5,6 +5,7 @@ Run: ``python -m bench.sparsity [--batch 256] [--repeat 3]``. Masks come from
 timing); every row times ``estimate_gradient`` with the same evaluator on the same batch,
 so the time ratio to the dense row is the reduction a training step sees.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,11 @@ from .engine import median_time, problem
 def sparsity_table(batch: int, repeat: int, sparsities=(0.8, 0.9, 0.95)) -> List[str]:
     model, obj, params = problem("digits_cnn", batch)
     dense = sum(p.numel() for p in params)
-    rows = [f"digits_cnn, batch {batch}: one sparse CGE step (masks from DynamicMask; biases always estimated)",
-            f"{'ratios':<18}{'sparsity':>9}{'queries':>9}{'x fewer':>9}"
-            f"{'FeatureReuse s':>16}{'x faster':>10}{'Sequential s':>14}{'x faster':>10}"]
+    rows = [
+        f"digits_cnn, batch {batch}: one sparse CGE step (masks from DynamicMask; biases always estimated)",
+        f"{'ratios':<18}{'sparsity':>9}{'queries':>9}{'x fewer':>9}"
+        f"{'FeatureReuse s':>16}{'x faster':>10}{'Sequential s':>14}{'x faster':>10}",
+    ]
     evaluators = {"fr": FeatureReuse(), "seq": Sequential()}
     times = {}
     cases = [("dense", 0.0, None)]
@@ -37,12 +40,16 @@ def sparsity_table(batch: int, repeat: int, sparsities=(0.8, 0.9, 0.95)) -> List
             masks = DynamicMask(ratios, model=model).select(params, 0, torch.Generator().manual_seed(1))
         queries = count_selected(masks, params)
         for key, ev in evaluators.items():
-            times[key] = median_time(lambda: estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks), repeat)
+            times[key] = median_time(
+                lambda ev=ev, masks=masks: estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks), repeat
+            )
         if ratios is None:
             base = dict(times)
-        rows.append(f"{label:<18}{s:>9.2f}{queries:>9,}{dense / queries:>9.1f}"
-                    f"{times['fr']:>16.4f}{base['fr'] / times['fr']:>10.1f}"
-                    f"{times['seq']:>14.4f}{base['seq'] / times['seq']:>10.1f}")
+        rows.append(
+            f"{label:<18}{s:>9.2f}{queries:>9,}{dense / queries:>9.1f}"
+            f"{times['fr']:>16.4f}{base['fr'] / times['fr']:>10.1f}"
+            f"{times['seq']:>14.4f}{base['seq'] / times['seq']:>10.1f}"
+        )
     return rows
 
 

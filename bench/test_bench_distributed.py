@@ -3,6 +3,7 @@
 Run with ``python -m pytest bench/test_bench_distributed.py --benchmark-only``; the table with
 speedups, efficiency and Ray's overhead per step is ``python -m bench.distributed``.
 """
+
 import pytest
 import torch
 
@@ -22,8 +23,11 @@ def test_full_cge_gradient_over_ray_workers(benchmark, workers):
     _, obj, params = problem("digits_cnn", 64)
     benchmark.group = "digits_cnn full CGE (inner Sequential), batch 64"
     # the evaluator starts Ray on this machine when none is running (and it stays up for the next rows)
-    ev = RayEvaluator("sequential", num_workers=workers, ray_init={"log_to_driver": False}).start() \
-        if workers else Sequential()
+    ev = (
+        RayEvaluator("sequential", num_workers=workers, ray_init={"log_to_driver": False}).start()
+        if workers
+        else Sequential()
+    )
     try:
         benchmark.pedantic(lambda: estimate_gradient(obj, params, CGE(), ev), rounds=3, warmup_rounds=1)
     finally:

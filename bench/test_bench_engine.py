@@ -3,6 +3,7 @@
 Run with ``python -m pytest bench --benchmark-only``; compare rows within one run
 (``--benchmark-group-by=param:batch``).
 """
+
 import pytest
 
 from zeroth import CGE, SPSA, estimate_gradient

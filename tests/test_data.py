@@ -1,4 +1,5 @@
 """zeroth.data.batches: arguments are checked when it is called, not at the first next()."""
+
 import pytest
 import torch
 

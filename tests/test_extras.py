@@ -1,4 +1,5 @@
 """The `dev` extra (what `make test` and CI install) holds every optional dependency the code uses."""
+
 import configparser
 import os
 

@@ -4,6 +4,7 @@ Two independent walks: one imports every module of the package and inspects the 
 defines; the other reads every source file's class definitions, so a module that could not be
 imported (a missing optional dependency) cannot hide a warning class from the check.
 """
+
 import ast
 import importlib
 import inspect
@@ -81,8 +82,11 @@ def test_runtime_warnings_stay_runtime_warnings_and_one_filter_catches_them(cate
     from zeroth.distributed.pool import WorkerFailureWarning
     from zeroth.errors import NonFiniteLossWarning
 
-    cls = {"ProgramWarning": ProgramWarning, "WorkerFailureWarning": WorkerFailureWarning,
-           "NonFiniteLossWarning": NonFiniteLossWarning}[category]
+    cls = {
+        "ProgramWarning": ProgramWarning,
+        "WorkerFailureWarning": WorkerFailureWarning,
+        "NonFiniteLossWarning": NonFiniteLossWarning,
+    }[category]
     assert issubclass(cls, RuntimeWarning)  # existing RuntimeWarning filters keep working
     with warnings.catch_warnings():
         warnings.simplefilter("error", ZerothWarning)

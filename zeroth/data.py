@@ -1,4 +1,5 @@
 """Data without downloads: scikit-learn's 8×8 digits, CIFAR-10 read from a folder you provide, batching."""
+
 from __future__ import annotations
 
 import numbers
@@ -95,13 +96,14 @@ def batches(
     return _batches(x, y, int(batch_size), generator, drop_last)
 
 
-def _batches(x: Tensor, y: Tensor, batch_size: int, generator: Optional[torch.Generator],
-             drop_last: bool) -> Iterator[Tuple[Tensor, Tensor]]:
+def _batches(
+    x: Tensor, y: Tensor, batch_size: int, generator: Optional[torch.Generator], drop_last: bool
+) -> Iterator[Tuple[Tensor, Tensor]]:
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         yield x[idx], y[idx]
 
 
@@ -122,7 +124,7 @@ def accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int = 102
     model.eval()
     correct = 0
     for i in range(0, x.shape[0], batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
+        correct += int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
     model.train(was)
     return correct / x.shape[0]
 
@@ -138,7 +140,8 @@ def _cifar_folder(data_dir: str) -> str:
             return folder
     raise FileNotFoundError(
         f"data_dir: no CIFAR-10 python batches in {data_dir!r} (expected data_batch_1..5 and test_batch there or in "
-        "its cifar-10-batches-py/ folder; nothing is downloaded)")
+        "its cifar-10-batches-py/ folder; nothing is downloaded)"
+    )
 
 
 def _read_batches(folder: str, names: List[str]) -> Tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ model's output (``output.loss``, ``output["loss"]`` or a scalar tensor output)::
 Only the *standard form* — a tensor input and a ``loss_fn`` — can be taken apart by the fast
 evaluators (:attr:`Objective.standard_form`); every other objective runs on the sequential one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -44,8 +45,10 @@ def output_loss(output: Any) -> Tensor:
         loss = output
     if loss is None:
         what = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(f"loss_fn=None reads the loss from the model output (output.loss), but the model returned "
-                         f"{what} without a loss (Hugging Face models need 'labels' in the batch); pass a loss_fn")
+        raise ValueError(
+            f"loss_fn=None reads the loss from the model output (output.loss), but the model returned "
+            f"{what} without a loss (Hugging Face models need 'labels' in the batch); pass a loss_fn"
+        )
     return loss
 
 
@@ -82,9 +85,13 @@ class Objective:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
         if loss_fn is None and targets is not None:
-            raise ValueError("targets: given without a loss_fn (with loss_fn=None the loss is read from the model output)")
+            raise ValueError(
+                "targets: given without a loss_fn (with loss_fn=None the loss is read from the model output)"
+            )
         if inputs is None:
-            raise TypeError("inputs: the model input is missing (a tensor, a mapping for model(**inputs), or an object)")
+            raise TypeError(
+                "inputs: the model input is missing (a tensor, a mapping for model(**inputs), or an object)"
+            )
         self.model = model
         self.loss_fn = loss_fn if loss_fn is not None else output_loss
         self.inputs = inputs
@@ -125,11 +132,19 @@ class Objective:
         if isinstance(self.inputs, Tensor):
             shape = tuple(self.inputs.shape)
         elif isinstance(self.inputs, Mapping):
-            shape = "{" + ", ".join(f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}"
-                                    for k, v in self.inputs.items()) + "}"
+            shape = (
+                "{"
+                + ", ".join(
+                    f"{k}: {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}"
+                    for k, v in self.inputs.items()
+                )
+                + "}"
+            )
         else:
             shape = type(self.inputs).__name__
-        return f"Objective({type(self.model).__name__}, {getattr(self.loss_fn, '__name__', self.loss_fn)}, inputs={shape})"
+        return (
+            f"Objective({type(self.model).__name__}, {getattr(self.loss_fn, '__name__', self.loss_fn)}, inputs={shape})"
+        )
 
 
 def scalar_loss(value: Any) -> Tensor:

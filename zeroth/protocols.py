@@ -16,6 +16,7 @@ and :class:`~zeroth.estimators.directions.Coordinates`' ``steps``/``values`` (di
 propagation). The checks are structural (``isinstance(x, Directions)`` with these runtime-
 checkable protocols only looks at attribute names).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
@@ -66,10 +67,10 @@ class Directions(Protocol):
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
         """``grads[j] += scales[j] · Σ_i coeffs[i] · d_ij / span_ij`` in place (``coeffs``: ``(num_directions,)``)."""
 
-    def subset(self, ids: Tensor) -> "Directions":
+    def subset(self, ids: Tensor) -> Directions:
         """Directions ``ids`` (ascending int64) as a set of their own, in the same evaluation layout."""
 
-    def to_devices(self, devices: Sequence[torch.device]) -> "Directions":
+    def to_devices(self, devices: Sequence[torch.device]) -> Directions:
         """The same set with parameter ``j``'s tensors on ``devices[j]``."""
 
 
@@ -83,9 +84,14 @@ class Estimator(Protocol):
 
     mu: float
 
-    def directions(self, params: Sequence[Tensor], *, mus: Optional[Sequence[float]] = None,
-                   generator: Optional[torch.Generator] = None,
-                   masks: Optional[Sequence[Optional[Tensor]]] = None) -> Directions:
+    def directions(
+        self,
+        params: Sequence[Tensor],
+        *,
+        mus: Optional[Sequence[float]] = None,
+        generator: Optional[torch.Generator] = None,
+        masks: Optional[Sequence[Optional[Tensor]]] = None,
+    ) -> Directions:
         """The direction set of one step.
 
         Args:
@@ -127,8 +133,9 @@ class Evaluator(Protocol):
     cannot compute exactly raises :class:`~zeroth.engine.base.Unsupported` with everything restored.
     """
 
-    def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> Any:
+    def supports(
+        self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None
+    ) -> Any:
         """Whether :meth:`evaluate` computes this case exactly, decided before anything runs.
 
         Args:
@@ -169,8 +176,9 @@ class MaskRule(Protocol):
     schedule is saved by ``state_dict``/``load_state_dict``.
     """
 
-    def select(self, params: Sequence[Tensor], step: int,
-               generator: Optional[torch.Generator] = None) -> List[Optional[Tensor]]:
+    def select(
+        self, params: Sequence[Tensor], step: int, generator: Optional[torch.Generator] = None
+    ) -> List[Optional[Tensor]]:
         """The coordinates optimizer step ``step`` estimates.
 
         Args:

@@ -1,4 +1,5 @@
 """A small registry by name (nevergrad style): ``estimator="cge"`` instead of ``CGE()``."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict

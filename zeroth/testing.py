@@ -12,6 +12,7 @@ must either agree (``exact``) or decline (``declined``: ``supports`` says no, or
 ``python -m bench.conformance`` prints the table; ``tests/engine/test_conformance.py`` asserts
 it against the expected-support table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Self-attention of the ``L`` tokens of each row: ``(B, L·E)`` -> ``(B, L·E)``."""
-        s = x.reshape(x.shape[0], self.length, self.embed)                 # (B, L, E)
+        s = x.reshape(x.shape[0], self.length, self.embed)  # (B, L, E)
         out, _ = self.mha(s, s, s, need_weights=False)
         return out.reshape(x.shape[0], -1)
 
@@ -120,7 +121,7 @@ class TiedLM(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Mean logits over positions ``(B, vocab)`` for int64 ``tokens`` of shape ``(B, L)``."""
-        return self.head(torch.tanh(self.embed(tokens))).mean(1)           # (B, vocab)
+        return self.head(torch.tanh(self.embed(tokens))).mean(1)  # (B, vocab)
 
 
 class DoubledLinear(nn.Linear):
@@ -145,9 +146,16 @@ def _same_twice() -> nn.Module:
 def _small_resnet() -> nn.Module:
     from .models.resnet import basic_block
 
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                         basic_block(4, 4, 1), basic_block(4, 6, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(6, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        basic_block(4, 4, 1),
+        basic_block(4, 6, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
 
 
 def _spectral() -> nn.Module:
@@ -165,8 +173,9 @@ def _frozen() -> nn.Module:
 
 
 def _channels_last() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.Flatten(),
-                         nn.Linear(8, 3)).to(memory_format=torch.channels_last)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 3)
+    ).to(memory_format=torch.channels_last)
 
 
 # -- targets --------------------------------------------------------------------------------
@@ -236,14 +245,16 @@ ZOO: Dict[str, Case] = {
     "ce_probability_targets": Case(_mlp(nn.Tanh()), CE, (6,), targets=probabilities, per_tensor=None),
     "ce_ignore_index": Case(_mlp(nn.Tanh()), CE, (6,), targets=with_ignored),
     "ce_label_smoothing": Case(_mlp(nn.Tanh()), nn.CrossEntropyLoss(label_smoothing=0.1), (6,)),
-    "ce_class_weights": Case(_mlp(nn.Tanh()), nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5],
-                                                                                       dtype=torch.float64)), (6,)),
+    "ce_class_weights": Case(
+        _mlp(nn.Tanh()), nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)), (6,)
+    ),
     "ce_sum": Case(_mlp(nn.Tanh()), nn.CrossEntropyLoss(reduction="sum"), (6,)),
     "mse": Case(_mlp(nn.GELU()), F.mse_loss, (6,), targets=one_hot),
     "l1": Case(_mlp(nn.SiLU()), F.l1_loss, (6,), targets=one_hot),
     "bce_with_logits": Case(_mlp(nn.ELU()), F.binary_cross_entropy_with_logits, (6,), targets=one_hot),
-    "nll_log_softmax": Case(lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.LogSoftmax(dim=1)),
-                            F.nll_loss, (6,)),
+    "nll_log_softmax": Case(
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3), nn.LogSoftmax(dim=1)), F.nll_loss, (6,)
+    ),
     "functional_dropout": Case(_mlp(FunctionalDropout(0.3)), CE, (6,)),
     "noise_injection": Case(_mlp(GaussianNoise(0.1)), CE, (6,)),
     "rrelu": Case(_mlp(nn.RReLU()), CE, (6,)),
@@ -251,16 +262,25 @@ ZOO: Dict[str, Case] = {
     "dropout_module_train": Case(_mlp(nn.ReLU(), nn.Dropout(0.3)), CE, (6,)),
     "layernorm": Case(_mlp(nn.LayerNorm(5), nn.ReLU()), CE, (6,)),
     "groupnorm": Case(_conv(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), flat=16), CE, (2, 4, 4)),
-    "instancenorm": Case(_conv(nn.Conv2d(2, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.ReLU(), flat=16), CE,
-                         (2, 4, 4)),
+    "instancenorm": Case(
+        _conv(nn.Conv2d(2, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.ReLU(), flat=16), CE, (2, 4, 4)
+    ),
     "batchnorm_train": Case(_conv(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), flat=16), CE, (2, 4, 4)),
-    "batchnorm_eval": Case(_conv(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), flat=16), CE, (2, 4, 4),
-                           train=False),
+    "batchnorm_eval": Case(
+        _conv(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), flat=16), CE, (2, 4, 4), train=False
+    ),
     "batchnorm1d_mlp": Case(_mlp(nn.BatchNorm1d(5), nn.SiLU()), nn.CrossEntropyLoss(), (6,)),
     "multihead_attention": Case(lambda: nn.Sequential(Attention(), nn.Linear(12, 3)), CE, (12,)),
-    "transformer_encoder_layer": Case(lambda: nn.Sequential(
-        nn.Unflatten(1, (3, 4)), nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True),
-        nn.Flatten(), nn.Linear(12, 3)), CE, (12,)),
+    "transformer_encoder_layer": Case(
+        lambda: nn.Sequential(
+            nn.Unflatten(1, (3, 4)),
+            nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True),
+            nn.Flatten(),
+            nn.Linear(12, 3),
+        ),
+        CE,
+        (12,),
+    ),
     "embedding": Case(lambda: nn.Sequential(nn.Embedding(7, 3), nn.Flatten(), nn.Linear(9, 3)), CE, ("tokens", 3, 7)),
     "lstm": Case(lambda: nn.Sequential(Recurrent("lstm"), nn.Linear(5, 3)), CE, (12,)),
     "gru": Case(lambda: nn.Sequential(Recurrent("gru"), nn.Linear(5, 3)), CE, (12,)),
@@ -268,13 +288,30 @@ ZOO: Dict[str, Case] = {
     "conv3d": Case(_conv(nn.Conv3d(1, 2, 2), nn.ReLU(), flat=16), CE, (1, 3, 3, 3)),
     "conv_transpose2d": Case(_conv(nn.ConvTranspose2d(2, 2, 2, stride=2), nn.ReLU(), flat=32), CE, (2, 2, 2)),
     "grouped_conv": Case(_conv(nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(), flat=16), CE, (4, 4, 4)),
-    "depthwise_conv": Case(_conv(nn.Conv2d(3, 3, 3, groups=3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 1),
-                                 flat=32), CE, (3, 4, 4)),
+    "depthwise_conv": Case(
+        _conv(nn.Conv2d(3, 3, 3, groups=3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 1), flat=32), CE, (3, 4, 4)
+    ),
     "dilated_conv": Case(_conv(nn.Conv2d(2, 3, 3, dilation=2, padding=2), nn.ReLU(), flat=48), CE, (2, 4, 4)),
-    "pooling_variants": Case(_conv(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 1),
-                                   nn.AvgPool2d(2, stride=1), nn.AdaptiveMaxPool2d(2), flat=16), CE, (2, 6, 6)),
-    "upsample": Case(_conv(nn.Conv2d(2, 2, 3, padding=1), nn.Upsample(scale_factor=2), nn.ReLU(),
-                           nn.Conv2d(2, 1, 3, stride=2), flat=9), CE, (2, 4, 4)),
+    "pooling_variants": Case(
+        _conv(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 1),
+            nn.AvgPool2d(2, stride=1),
+            nn.AdaptiveMaxPool2d(2),
+            flat=16,
+        ),
+        CE,
+        (2, 6, 6),
+    ),
+    "upsample": Case(
+        _conv(
+            nn.Conv2d(2, 2, 3, padding=1), nn.Upsample(scale_factor=2), nn.ReLU(), nn.Conv2d(2, 1, 3, stride=2), flat=9
+        ),
+        CE,
+        (2, 4, 4),
+    ),
     "channels_last": Case(_channels_last, CE, (2, 4, 4)),
     "frozen_parameters": Case(_frozen, CE, (6,)),
     "spectral_norm": Case(_spectral, CE, (6,)),
@@ -323,7 +360,7 @@ def build(name: str, batch: int = 5, seed: int = 0, dtype: torch.dtype = torch.f
     params = [p for p in model.parameters() if p.requires_grad]
     masks = None
     if case.per_tensor is not None:
-        masks = [torch.randperm(p.numel(), generator=g)[:case.per_tensor] for p in params]
+        masks = [torch.randperm(p.numel(), generator=g)[: case.per_tensor] for p in params]
     return model, Objective(model, case.loss, x, y), params, masks
 
 
@@ -384,8 +421,9 @@ def check(name: str, estimator: str) -> Dict[str, Outcome]:
             with torch.no_grad():
                 t.copy_(v)
         torch.set_rng_state(rng)
-        return estimate_gradient(obj, params, ESTIMATORS[estimator](), ev, masks=masks,
-                                 generator=torch.Generator().manual_seed(7))
+        return estimate_gradient(
+            obj, params, ESTIMATORS[estimator](), ev, masks=masks, generator=torch.Generator().manual_seed(7)
+        )
 
     _, ref, _ = run(Sequential())
     scale = max(float(g.abs().max()) for g in ref) or 1.0

@@ -3,6 +3,7 @@
 Usage: bbprogram.py MODE [FORMAT] [INPUT OUTPUT]   (stdin/stdout when no paths are given)
 MODE: ok | sleep | crash | nan | malformed | flaky:<counter file> | crash-above:<v>
 """
+
 import io
 import json
 import math

@@ -1,4 +1,5 @@
 """BlackBox: ZO vector-Jacobian products against autograd, hybrid training, counting, determinism, failures."""
+
 import io
 import math
 import warnings
@@ -38,7 +39,9 @@ def zo_vjp(bb, x, v):
 
 def data(batch=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, generator=g, dtype=torch.float64), torch.randn(batch, 2, generator=g, dtype=torch.float64)
+    return torch.randn(batch, 3, generator=g, dtype=torch.float64), torch.randn(
+        batch, 2, generator=g, dtype=torch.float64
+    )
 
 
 PROGRAMS = {
@@ -60,10 +63,15 @@ def test_cge_vjp_matches_autograd_within_fd_error(program, scheme, mu, tol):
     assert err > 0  # a finite-difference estimate, not autograd in disguise
 
 
-@pytest.mark.parametrize("estimator", [
-    RGE(q=400, mu=1e-5), RGE(q=400, mu=1e-5, dist="sphere"), RGE(q=200, mu=1e-5, dist="rademacher", antithetic=True),
-    SPSA(mu=1e-5, q=200),
-])
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        RGE(q=400, mu=1e-5),
+        RGE(q=400, mu=1e-5, dist="sphere"),
+        RGE(q=200, mu=1e-5, dist="rademacher", antithetic=True),
+        SPSA(mu=1e-5, q=200),
+    ],
+)
 def test_rge_vjp_agrees_by_cosine(estimator):
     x, v = data(batch=8)
     bb = BlackBox(batched(smooth), estimator, seed=1)
@@ -77,7 +85,9 @@ def test_rge_vjp_agrees_by_cosine(estimator):
 def test_rge_error_shrinks_with_q():
     x, v = data(batch=8)
     exact = exact_vjp(x, v)
-    errs = [float((zo_vjp(BlackBox(batched(smooth), RGE(q=q, mu=1e-5), seed=2), x, v) - exact).norm()) for q in (4, 400)]
+    errs = [
+        float((zo_vjp(BlackBox(batched(smooth), RGE(q=q, mu=1e-5), seed=2), x, v) - exact).norm()) for q in (4, 400)
+    ]
     assert errs[1] < errs[0] / 4  # error ~ 1/sqrt(q): a factor of 10 expected
 
 
@@ -243,7 +253,8 @@ def guarded(a):
     return out
 
 
-def _hybrid(program, estimator=CGE(mu=1e-3)):
+def _hybrid(program, estimator=None):
+    estimator = estimator if estimator is not None else CGE(mu=1e-3)
     torch.manual_seed(0)
     net = nn.Linear(3, 3).double()
     with torch.no_grad():
@@ -388,8 +399,9 @@ def test_cge_points_are_rounded_and_divided_by_the_step_actually_taken(dtype, sc
     down = torch.where((x - 1e-2) == x, torch.nextafter(x, torch.full_like(x, -math.inf)), x - 1e-2)
     h_up, h_down = up.double() - x.double(), x.double() - down.double()
     if dtype in (torch.float16, torch.bfloat16):
-        assert {float(h_up[0, 0]), float(h_down[0, 0])} == ({2.0**-7, 3 * 2.0**-8} if dtype == torch.float16
-                                                           else {2.0**-4, 2.0**-5})
+        assert {float(h_up[0, 0]), float(h_down[0, 0])} == (
+            {2.0**-7, 3 * 2.0**-8} if dtype == torch.float16 else {2.0**-4, 2.0**-5}
+        )
     expected = 2 * x.double() + h_up - (h_down if scheme == "central" else 0.0)
     assert g.dtype == dtype
     if dtype == torch.float64:  # f's own rounding at 64 is 2⁻⁴⁷; over h = 1e-2 that is ~1e-12
@@ -411,8 +423,9 @@ def test_random_points_are_rounded_once_and_the_gradient_uses_the_drawn_directio
     want = torch.cat([(x.double() + s * mu * dirs.vectors).to(dtype) for s in signs])  # one rounding
     assert points.dtype == dtype and torch.equal(points, want)
     coeffs = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(dirs.gradient(coeffs), torch.einsum("ib,ibd->bd", coeffs, dirs.vectors) / mu,
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        dirs.gradient(coeffs), torch.einsum("ib,ibd->bd", coeffs, dirs.vectors) / mu, rtol=1e-12, atol=0
+    )
 
 
 def test_pairing_differences_with_the_drawn_directions_keeps_rge_unbiased_in_bfloat16():
@@ -425,8 +438,8 @@ def test_pairing_differences_with_the_drawn_directions_keeps_rge_unbiased_in_bfl
     x = torch.full((1, 4), 8.0, dtype=torch.bfloat16)
     q, mu = 100_000, 3e-2
     dirs = PointDirections(RGE(q=q, mu=mu), 1, 4, generator=torch.Generator().manual_seed(0))
-    points = dirs.points(x).double()[:, 0]                      # (q, 4)
-    diff = (points - x.double()) @ a                            # f linear: exact differences
+    points = dirs.points(x).double()[:, 0]  # (q, 4)
+    diff = (points - x.double()) @ a  # f linear: exact differences
     ratio_drawn = dirs.gradient(RGE(q=q, mu=mu).combine(dirs, torch.zeros(1), diff.unsqueeze(1)))[0] / a
     ratio_applied = ((diff.unsqueeze(1) * (points - x.double())).mean(0) / mu**2) / a
     assert bool(((ratio_drawn - 1).abs() < 0.05).all()), ratio_drawn

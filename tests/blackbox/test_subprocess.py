@@ -3,6 +3,7 @@
 Each failure mode (time-out, crash, NaN, malformed output) has its documented behaviour, and a
 failed step leaves the network's parameters and the optimizer's state untouched.
 """
+
 import contextlib
 import math
 import os
@@ -75,8 +76,11 @@ def _step(bb, seed=0):
 
 
 def _untouched(net, opt, before):
-    return (all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
-            and all(p.grad is None for p in net.parameters()) and opt.state_dict()["state"] == {})
+    return (
+        all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+        and all(p.grad is None for p in net.parameters())
+        and opt.state_dict()["state"] == {}
+    )
 
 
 def test_timeout_kills_the_program_and_raises_before_any_change(tmp_path):
@@ -102,7 +106,9 @@ def test_crash_names_program_reason_and_keeps_the_input(tmp_path):
 
 def test_nan_output_raises_naming_the_input_row():
     net, opt, before, run = _step(BlackBox(program("nan")))
-    with pytest.raises(ProgramError, match=r"non-finite output at 1 of 9 query point.*perturbed point 2 of 2 .*, row 2, input \["):
+    with pytest.raises(
+        ProgramError, match=r"non-finite output at 1 of 9 query point.*perturbed point 2 of 2 .*, row 2, input \["
+    ):
         run()
     assert _untouched(net, opt, before)
 
@@ -198,8 +204,10 @@ def test_a_timeout_kills_the_whole_process_group_on_every_attempt(tmp_path, retr
     pids = tmp_path / "pids"
     # the shell starts `sleep` as a child of its own, records its pid and waits: only the shell is the direct child
     prog = Subprocess(["sh", "-c", f"sleep 30 & echo $! >> {pids}; wait"], timeout=1, retries=retries)
-    with pytest.warns(ProgramWarning) if retries else contextlib.nullcontext(), pytest.raises(ProgramError,
-                                                                                               match="timed out"):
+    with (
+        pytest.warns(ProgramWarning) if retries else contextlib.nullcontext(),
+        pytest.raises(ProgramError, match="timed out"),
+    ):
         prog(torch.zeros(1, 2))
     started = [int(line) for line in pids.read_text().split()]
     assert len(started) == retries + 1

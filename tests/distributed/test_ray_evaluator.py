@@ -1,4 +1,5 @@
 """RayEvaluator and RayPool on a local Ray with 2 CPU workers: same results as local, faults, errors."""
+
 import os
 import threading
 import time
@@ -46,8 +47,9 @@ def cpus_free(shared):
 
 def bn_dropout_mlp(seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(dropout), nn.Linear(8, 10)
+    )
 
 
 def batch(n=16, seed=1):
@@ -64,9 +66,15 @@ def run_both(make_model, estimator, ray_evaluator, local_evaluator=None, steps=1
         opt = ZOOptimizer(model.parameters(), lr=0.05, estimator=estimator, evaluator=ev, seed=seed)
         torch.manual_seed(123)
         losses = [opt.step(Objective(model, F.cross_entropy, x, y)) for _ in range(steps)]
-        out.append({"params": [p.detach().clone() for p in model.parameters()],
-                    "buffers": [b.clone() for b in model.buffers()], "rng": torch.get_rng_state(),
-                    "losses": losses, "last": opt.last_losses})
+        out.append(
+            {
+                "params": [p.detach().clone() for p in model.parameters()],
+                "buffers": [b.clone() for b in model.buffers()],
+                "rng": torch.get_rng_state(),
+                "losses": losses,
+                "last": opt.last_losses,
+            }
+        )
     return out
 
 
@@ -117,7 +125,8 @@ def test_model_is_sent_once_and_again_only_for_a_new_structure(shared):
     assert shared.stats["model_sends"] == sends + 1
     wider = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
     ZOOptimizer(wider.parameters(), lr=0.05, estimator=SPSA(), evaluator=shared, seed=0).step(
-        Objective(wider, F.cross_entropy, x, y))
+        Objective(wider, F.cross_entropy, x, y)
+    )
     assert shared.stats["model_sends"] == sends + 2
     loads = [ray.get(w.counters.remote())["loads"] for w in shared.workers]
     assert all(n <= shared.stats["model_sends"] for n in loads)
@@ -135,8 +144,12 @@ def test_a_black_box_inside_the_model_runs_on_the_workers(shared):
 
 def test_program_calls_on_the_workers_are_counted_by_the_drivers_black_box(shared):
     torch.manual_seed(0)
-    make = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 3),  # noqa: E731
-                                 BlackBox(from_numpy(lambda a: a**2, batched=True)), nn.Linear(3, 10))
+    make = lambda: nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 3),  # noqa: E731
+        BlackBox(from_numpy(lambda a: a**2, batched=True)),
+        nn.Linear(3, 10),
+    )
     x, y = batch()
     counts = []
     for ev in (Sequential(), shared):
@@ -146,8 +159,11 @@ def test_program_calls_on_the_workers_are_counted_by_the_drivers_black_box(share
     pieces = len(shared.stats["last_step"]["pieces"])
     assert counts[0]["calls"] == 1 + 64 * 3 + 3  # the base, then one forward per coordinate
     # each piece evaluates the base loss once
-    assert counts[1] == {"calls": counts[0]["calls"] + pieces - 1, "points": 16 * (counts[0]["calls"] + pieces - 1),
-                         "failed_points": 0}
+    assert counts[1] == {
+        "calls": counts[0]["calls"] + pieces - 1,
+        "points": 16 * (counts[0]["calls"] + pieces - 1),
+        "failed_points": 0,
+    }
 
 
 def model_copy(model):
@@ -179,19 +195,22 @@ def test_non_finite_losses_follow_the_optimizer_policy(shared):
 
 
 # -- arguments -----------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"num_workers": 0}, ValueError, "num_workers"),
-    ({"max_failures": -1}, ValueError, "max_failures"),
-    ({"resources_per_worker": {"GPU": -1}}, ValueError, "resources_per_worker"),
-    ({"resources_per_worker": {"memory": 2**30}}, ValueError, "resources_per_worker"),
-    ({"resources_per_worker": [1]}, TypeError, "resources_per_worker"),
-    ({"address": 7}, TypeError, "address"),
-    ({"balance": "fast"}, ValueError, "balance"),
-    ({"inner": "nope"}, ValueError, "inner"),
-    ({"inner": "ray"}, ValueError, "inner"),
-    ({"inner": 3}, TypeError, "inner"),
-    ({"blocks_per_worker": 0}, ValueError, "blocks_per_worker"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"num_workers": 0}, ValueError, "num_workers"),
+        ({"max_failures": -1}, ValueError, "max_failures"),
+        ({"resources_per_worker": {"GPU": -1}}, ValueError, "resources_per_worker"),
+        ({"resources_per_worker": {"memory": 2**30}}, ValueError, "resources_per_worker"),
+        ({"resources_per_worker": [1]}, TypeError, "resources_per_worker"),
+        ({"address": 7}, TypeError, "address"),
+        ({"balance": "fast"}, ValueError, "balance"),
+        ({"inner": "nope"}, ValueError, "inner"),
+        ({"inner": "ray"}, ValueError, "inner"),
+        ({"inner": 3}, TypeError, "inner"),
+        ({"blocks_per_worker": 0}, ValueError, "blocks_per_worker"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         RayEvaluator(**kwargs)
@@ -207,8 +226,9 @@ def test_what_cannot_be_split_is_refused_before_any_work(shared):
         estimate_gradient(Objective(model, F.cross_entropy, x, y), [torch.zeros(3)], SPSA(), shared)
     with pytest.raises(ValueError, match="num_workers"):
         RayEvaluator(num_workers=64).start()
-    assert not RayEvaluator("feature_reuse").supports(Objective(model, F.cross_entropy, x, y),
-                                                      SPSA().directions(params), params)
+    assert not RayEvaluator("feature_reuse").supports(
+        Objective(model, F.cross_entropy, x, y), SPSA().directions(params), params
+    )
 
 
 # -- tests with workers of their own (the shared ones are stopped first) -----------------------
@@ -331,8 +351,9 @@ def test_the_multi_gpu_example_trains_on_cpu_workers(cpus_free):
 
     model = resnet20()
     params = list(model.parameters())
-    selected = count_selected(DynamicMask(uniform_ratios(model, 0.999), model=model).select(params, 0,
-                                                                                           torch.Generator()), params)
+    selected = count_selected(
+        DynamicMask(uniform_ratios(model, 0.999), model=model).select(params, 0, torch.Generator()), params
+    )
     assert sum(step["pieces"]) == selected and len(step["pieces"]) == 2 and min(step["pieces"]) > 0
     assert step["queries"] == selected + 1
     assert 1.5 < step["loss"] < 3.5  # an untrained 10-class network: about ln 10 = 2.30

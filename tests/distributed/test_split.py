@@ -1,4 +1,5 @@
 """Cutting direction sets into interleaved, speed-weighted pieces and putting the losses back (no Ray needed)."""
+
 import pytest
 import torch
 
@@ -39,7 +40,9 @@ def test_pieces_evaluated_apart_give_the_whole(estimator):
     out = torch.full((len(dirs),), float("nan"), dtype=torch.float64)
     for piece in split.assign(split.blocks(dirs.num_directions, 6), [1.0, 2.0]):
         ids = split.members(piece)
-        part = Sequential().evaluate(objective, params, split.to_device(split.subset(dirs, ids), [p.device for p in params]))
+        part = Sequential().evaluate(
+            objective, params, split.to_device(split.subset(dirs, ids), [p.device for p in params])
+        )
         split.scatter(dirs, ids, part.perturbed, out)
     assert torch.equal(out, whole.perturbed)
 

@@ -1,6 +1,7 @@
 """``RayEvaluator.supports`` answers with a :class:`~zeroth.engine.base.Support` (truthy, with a
 reason), as the Evaluator protocol says, and ``evaluator="auto"`` reports those reasons. Nothing
 here starts Ray: ``supports`` is a static check on the driver."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """zeroth imports without Ray; using the Ray pieces without it says which extra to install."""
+
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,9 @@ def run(code):
 
 
 def test_zeroth_imports_without_ray_and_names_the_extra():
-    out = run(HIDE_RAY + textwrap.dedent("""
+    out = run(
+        HIDE_RAY
+        + textwrap.dedent("""
         import torch
         import zeroth, zeroth.distributed
         from zeroth.distributed import RayEvaluator, RayPool
@@ -26,7 +29,8 @@ def test_zeroth_imports_without_ray_and_names_the_extra():
                 make()
             except ImportError as err:
                 print("ImportError:", err)
-    """))
+    """)
+    )
     lines = out.strip().splitlines()
     assert len(lines) == 3
     assert all("pip install 'zeroth-optim[ray]'" in line for line in lines)

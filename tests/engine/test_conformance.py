@@ -5,6 +5,7 @@ where the table says it computes (a regression), or computes where the table say
 (the table is stale), fails — nothing is skipped. ``auto`` must always agree with Sequential and
 take the first path that computes the case: FeatureReuse for CGE, then Batched, then Sequential.
 """
+
 import pytest
 
 from zeroth.testing import ESTIMATORS, ZOO, check
@@ -12,10 +13,10 @@ from zeroth.testing import ESTIMATORS, ZOO, check
 EXPECTED = {
     "mlp": (True, True),
     "mlp_inplace_relu": (True, True),
-    "shared_module_twice": (False, True),       # one Linear used twice
-    "tied_two_modules": (False, True),          # two Linears, one weight
-    "tied_lm_head": (False, True),              # embedding = LM head (not a chain either)
-    "ce_probability_targets": (True, True),     # per-copy loss, not the closed form
+    "shared_module_twice": (False, True),  # one Linear used twice
+    "tied_two_modules": (False, True),  # two Linears, one weight
+    "tied_lm_head": (False, True),  # embedding = LM head (not a chain either)
+    "ce_probability_targets": (True, True),  # per-copy loss, not the closed form
     "ce_ignore_index": (True, True),
     "ce_label_smoothing": (True, True),
     "ce_class_weights": (True, True),
@@ -24,9 +25,9 @@ EXPECTED = {
     "l1": (True, True),
     "bce_with_logits": (True, True),
     "nll_log_softmax": (True, True),
-    "functional_dropout": (False, True),        # vmap(randomness="same") draws the unbatched mask
+    "functional_dropout": (False, True),  # vmap(randomness="same") draws the unbatched mask
     "noise_injection": (False, True),
-    "rrelu": (False, False),                    # vmap has no rrelu rule
+    "rrelu": (False, False),  # vmap has no rrelu rule
     "stochastic_depth": (False, True),
     "dropout_module_train": (False, True),
     "layernorm": (True, True),
@@ -35,10 +36,10 @@ EXPECTED = {
     "batchnorm_train": (True, True),
     "batchnorm_eval": (True, True),
     "batchnorm1d_mlp": (True, True),
-    "multihead_attention": (False, True),       # not a known layer
+    "multihead_attention": (False, True),  # not a known layer
     "transformer_encoder_layer": (False, True),
     "embedding": (True, True),
-    "lstm": (False, False),                     # vmap has no lstm rule
+    "lstm": (False, False),  # vmap has no lstm rule
     "gru": (False, False),
     "conv1d": (True, True),
     "conv3d": (True, True),
@@ -50,11 +51,11 @@ EXPECTED = {
     "upsample": (True, True),
     "channels_last": (True, True),
     "frozen_parameters": (True, True),
-    "spectral_norm": (False, False),            # the forward moves buffer _u
-    "weight_norm": (False, True),               # parametrized: FeatureReuse declines all parametrizations
-    "softmax_over_batch": (False, True),        # mixes batch rows
-    "overridden_forward": (False, True),        # a Linear subclass with its own forward
-    "item_in_forward": (False, False),          # .item() and a data-dependent branch
+    "spectral_norm": (False, False),  # the forward moves buffer _u
+    "weight_norm": (False, True),  # parametrized: FeatureReuse declines all parametrizations
+    "softmax_over_batch": (False, True),  # mixes batch rows
+    "overridden_forward": (False, True),  # a Linear subclass with its own forward
+    "item_in_forward": (False, False),  # .item() and a data-dependent branch
     "residual_blocks": (True, True),
 }
 

@@ -1,4 +1,5 @@
 """Same seed, same run: the default evaluator makes no choice by time, so load cannot change a result."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """Every parameter dtype: low precision divides by the step actually taken; fast paths dispatch or decline."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,8 +9,9 @@ from zeroth import CGE, Objective, ZOOptimizer, estimate_gradient
 from zeroth.engine import Auto, Batched, FeatureReuse, Sequential
 
 
-@pytest.mark.parametrize("dtype,step", [(torch.float16, 2.0**-7), (torch.bfloat16, 2.0**-4),
-                                        (torch.float32, None), (torch.float64, None)])
+@pytest.mark.parametrize(
+    "dtype,step", [(torch.float16, 2.0**-7), (torch.bfloat16, 2.0**-4), (torch.float32, None), (torch.float64, None)]
+)
 def test_cge_divides_by_the_step_actually_taken(dtype, step):
     # f(w) = Σ w² at w = 8 (computed in float64), μ = 1e-2: fp16 moves w to 8 + 2⁻⁷ (the step taken), bf16
     # cannot move by 1e-2 at all and takes one ulp (2⁻⁴); the forward difference is then exactly 2w + h

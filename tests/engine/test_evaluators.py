@@ -1,4 +1,5 @@
 """Every evaluator agrees with Sequential (the perturb-evaluate-restore loop) — one suite for all."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,16 @@ def _mse(out, t):
 
 def _mixed():
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3),
-        nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(6), nn.Linear(6, 10),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.GELU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LayerNorm(6),
+        nn.Linear(6, 10),
     )
 
 
@@ -118,8 +127,9 @@ def test_feature_reuse_declines_what_it_cannot_do_and_says_why():
         ((obj, RGE(q=2).directions(params)), "CGE coordinates only"),
         ((obj, None, [torch.zeros(3, requires_grad=True)]), "not a parameter"),
     ]
-    drop = Objective(nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)), F.cross_entropy, obj.inputs,
-                     obj.targets)
+    drop = Objective(
+        nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)), F.cross_entropy, obj.inputs, obj.targets
+    )
     cases.append(((drop,), "Dropout is active"))
     half = Objective(DigitsCNN().to(torch.bfloat16), F.cross_entropy, obj.inputs.bfloat16(), obj.targets)
     cases.append(((half,), "bfloat16"))
@@ -152,9 +162,9 @@ def test_auto_moves_to_sequential_above_the_activation_rule(monkeypatch):
     model, obj, params, _ = _problem("digits_cnn", torch.float32)
     auto = Auto()
     first = estimate_gradient(obj, params, RGE(q=3), auto, generator=torch.Generator().manual_seed(0))
-    assert isinstance(auto.last, Batched)            # the key's first step counts activations
+    assert isinstance(auto.last, Batched)  # the key's first step counts activations
     second = estimate_gradient(obj, params, RGE(q=3), auto, generator=torch.Generator().manual_seed(0))
-    assert isinstance(auto.last, Sequential)         # then the rule applies, for good
+    assert isinstance(auto.last, Sequential)  # then the rule applies, for good
     assert "activation elements" in auto.explain()
     torch.testing.assert_close(first[0], second[0])
 
@@ -163,7 +173,9 @@ def test_auto_with_tune_times_candidates_and_moves_batchnorm_statistics_once():
     model, obj, params, _ = _problem("bn_mlp", torch.float32)
     model.train()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    ref_losses = Sequential().evaluate(obj, params, RGE(q=3).directions(params, generator=torch.Generator().manual_seed(0)))
+    ref_losses = Sequential().evaluate(
+        obj, params, RGE(q=3).directions(params, generator=torch.Generator().manual_seed(0))
+    )
     ref = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(start)
     auto = Auto(tune=True)
@@ -186,12 +198,15 @@ def test_auto_choice_is_saved_with_the_optimizer():
     assert [repr(v) for v in opt2.evaluator._choice.values()] == [repr(v) for v in opt.evaluator._choice.values()]
 
 
-@pytest.mark.parametrize("cls,kwargs,match", [
-    (FeatureReuse, dict(max_memory=10), "Invalid max_memory"),
-    (Batched, dict(max_memory=-1), "Invalid max_memory"),
-    (Batched, dict(chunk_size=0), "Invalid chunk_size"),
-    (Sequential, dict(restore="undo"), "Invalid restore"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,match",
+    [
+        (FeatureReuse, dict(max_memory=10), "Invalid max_memory"),
+        (Batched, dict(max_memory=-1), "Invalid max_memory"),
+        (Batched, dict(chunk_size=0), "Invalid chunk_size"),
+        (Sequential, dict(restore="undo"), "Invalid restore"),
+    ],
+)
 def test_bad_evaluator_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)

@@ -1,5 +1,6 @@
 """Difference propagation in low precision (emulated bf16/TF32 on CPU) keeps CGE exact;
 plain low-precision finite differences do not."""
+
 import functools
 
 import pytest
@@ -21,7 +22,7 @@ def test_round_to_bf16_and_tf32():
     tf = round_to(x, "tf32")
     assert bool(((tf.view(torch.int32) & 0x1FFF) == 0).all())  # 10 mantissa bits left
     rel = ((tf - x).abs() / x.abs()).max()
-    assert 0 < rel <= 2.0 ** -11  # round to nearest: half an ulp of a 10-bit mantissa
+    assert 0 < rel <= 2.0**-11  # round to nearest: half an ulp of a 10-bit mantissa
     assert torch.equal(round_to(x, "fp32"), x)
     special = torch.tensor([float("inf"), float("-inf"), 0.0])
     assert torch.equal(round_to(special, "tf32"), special)
@@ -53,7 +54,7 @@ def _small_resnet(seed=0, batch=6):
 RESNET_SAMPLE = 40  # coordinates per parameter: ~700 of the small ResNet's 5006 keep the test short
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _errors(make, mu=1e-3, reference="autograd", per_param=None):
     """(relative error, cosine) of fp32 plain FD, bf16/TF32 difference propagation and plain
     bf16 FD, all at the same μ (central) on the fp32 model, against float64 autograd or the

@@ -1,4 +1,5 @@
 """The sequential evaluator: bitwise restoration, failures, common random numbers, buffers."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,9 @@ def _objective(model, dtype=torch.float32):
     return Objective(model, F.cross_entropy, x, y)
 
 
-@pytest.mark.parametrize("estimator", [CGE(), CGE(scheme="central"), RGE(q=4), RGE(q=3, dist="sphere", antithetic=True), SPSA()])
+@pytest.mark.parametrize(
+    "estimator", [CGE(), CGE(scheme="central"), RGE(q=4), RGE(q=3, dist="sphere", antithetic=True), SPSA()]
+)
 def test_parameters_are_restored_bitwise(estimator):
     model = _model()
     params = list(model.parameters())

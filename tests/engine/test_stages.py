@@ -1,4 +1,5 @@
 """Running stages on K stacked copies: each copy as if run alone (own BatchNorm statistics)."""
+
 import pytest
 import torch
 from torch import nn
@@ -12,13 +13,17 @@ def _one_by_one(module, x):
         return torch.stack([module(c) for c in x])
 
 
-@pytest.mark.parametrize("module,shape", [
-    (nn.BatchNorm2d(5), (3, 4, 5, 6, 6)),
-    (nn.BatchNorm1d(5), (3, 4, 5)),
-    (nn.BatchNorm1d(5, affine=False), (3, 4, 5, 7)),
-    (nn.Sequential(nn.Conv2d(2, 5, 3), nn.BatchNorm2d(5), nn.ReLU()), (3, 4, 2, 6, 6)),
-    (resnet20().zo_stages()[6], (3, 2, 16, 32, 32)),  # a downsampling residual block (pad shortcut)
-], ids=["bn2d", "bn1d", "bn1d-plain-3d", "sequential", "residual"])
+@pytest.mark.parametrize(
+    "module,shape",
+    [
+        (nn.BatchNorm2d(5), (3, 4, 5, 6, 6)),
+        (nn.BatchNorm1d(5), (3, 4, 5)),
+        (nn.BatchNorm1d(5, affine=False), (3, 4, 5, 7)),
+        (nn.Sequential(nn.Conv2d(2, 5, 3), nn.BatchNorm2d(5), nn.ReLU()), (3, 4, 2, 6, 6)),
+        (resnet20().zo_stages()[6], (3, 2, 16, 32, 32)),  # a downsampling residual block (pad shortcut)
+    ],
+    ids=["bn2d", "bn1d", "bn1d-plain-3d", "sequential", "residual"],
+)
 def test_copies_get_their_own_batch_statistics(module, shape):
     torch.manual_seed(0)
     module = module.double().train()

@@ -1,4 +1,5 @@
 """Closures behave like Objectives: buffers a forward changes move once per step, whatever the caller passes."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ def test_a_closure_moves_batchnorm_statistics_once_per_step_like_an_objective(es
     for kind in ("objective", "closure"):
         model = _bn_model()
         obj = Objective(model, F.cross_entropy, x, y)
-        call = obj if kind == "objective" else (lambda: F.cross_entropy(model(x), y))
+        call = obj if kind == "objective" else (lambda model=model: F.cross_entropy(model(x), y))
         opt = ZOOptimizer(model.parameters(), lr=0.1, estimator=estimator, evaluator="sequential", seed=0)
         opt.step(call)
         bn = model[1]

@@ -3,6 +3,7 @@
 A model left in train mode draws dropout masks inside its forward; tied embeddings/LM heads share
 one parameter. The default evaluator must agree with Sequential on them (or run Sequential).
 """
+
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ from zeroth.engine import Auto, Sequential  # noqa: E402
 
 def _gpt2(train: bool):
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=8, n_layer=1, n_head=2,
-                                  resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    cfg = transformers.GPT2Config(
+        vocab_size=32, n_positions=16, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1
+    )
     model = transformers.GPT2LMHeadModel(cfg).double()
     model.train(train)
     assert model.lm_head.weight is model.transformer.wte.weight  # tied
@@ -52,7 +54,9 @@ def test_a_tensor_objective_on_gpt2_is_exact_whichever_path_runs(train):
 
     obj = Objective(model, loss_fn, ids, ids)
     rng = torch.get_rng_state()
-    _, ref, _ = estimate_gradient(obj, params, RGE(q=3, mu=1e-4), Sequential(), generator=torch.Generator().manual_seed(2))
+    _, ref, _ = estimate_gradient(
+        obj, params, RGE(q=3, mu=1e-4), Sequential(), generator=torch.Generator().manual_seed(2)
+    )
     torch.set_rng_state(rng)
     auto = Auto()
     _, got, _ = estimate_gradient(obj, params, RGE(q=3, mu=1e-4), auto, generator=torch.Generator().manual_seed(2))

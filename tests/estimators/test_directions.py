@@ -1,4 +1,5 @@
 """Direction sets: chunked regeneration of random directions, coordinate scatter, strided parameters."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Estimators against autograd, the unbiasedness of RGE, and argument validation (table-driven)."""
+
 import math
 
 import pytest
@@ -158,9 +159,11 @@ def test_zo_jacobian_matches_autograd():
 
 def changing_outputs(m_at_x, m_elsewhere, x0):
     """A function with ``m_at_x`` outputs at ``x0`` and ``m_elsewhere`` at every other point."""
+
     def f(x):
         m = m_at_x if torch.equal(x, x0) else m_elsewhere
         return x.sum() * torch.ones(m, dtype=x.dtype)
+
     return f
 
 
@@ -169,8 +172,11 @@ def changing_outputs(m_at_x, m_elsewhere, x0):
 def test_zo_jacobian_refuses_a_changing_number_of_outputs(m_at_x, m_elsewhere, estimator):
     x = torch.randn(4, dtype=torch.float64)
     before = x.clone()
-    with pytest.raises(ValueError, match=rf"fun returned {m_elsewhere} output\(s\) at evaluation point 0 .*"
-                                         rf"{m_at_x} at x") as info:
+    with pytest.raises(
+        ValueError,
+        match=rf"fun returned {m_elsewhere} output\(s\) at evaluation point 0 .*"
+        rf"{m_at_x} at x",
+    ) as info:
         zo_jacobian(changing_outputs(m_at_x, m_elsewhere, x), x, estimator, generator=torch.Generator().manual_seed(0))
     assert f"({m_at_x},)" in str(info.value) and f"({m_elsewhere},)" in str(info.value)
     assert torch.equal(x, before)

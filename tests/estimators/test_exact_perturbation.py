@@ -1,6 +1,7 @@
 """ExactRademacher's whole Directions interface follows its own perturbation (the involution):
 ``perturbed_stack`` holds the values ``perturb`` sets, a subset perturbs exactly as its parent,
 and every evaluator computes the losses the sequential loop computes."""
+
 import pickle
 
 import pytest
@@ -18,13 +19,21 @@ def make_params(dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     # values of both signs, near zero (below 2a: not all perturbed) and large (ulp > a in bf16)
     a = torch.randn(5, 7, generator=g, dtype=torch.float64)
-    b = torch.cat([torch.randn(9, generator=g, dtype=torch.float64) * 1e-3,
-                   torch.tensor([0.0, -0.0, 300.0, 1.0, -1.0], dtype=torch.float64)])
+    b = torch.cat(
+        [
+            torch.randn(9, generator=g, dtype=torch.float64) * 1e-3,
+            torch.tensor([0.0, -0.0, 300.0, 1.0, -1.0], dtype=torch.float64),
+        ]
+    )
     return [a.to(dtype), b.to(dtype)]
 
 
-CASES = [(dtype, antithetic, masked) for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-         for antithetic in (True, False) for masked in (False, True)]
+CASES = [
+    (dtype, antithetic, masked)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+    for antithetic in (True, False)
+    for masked in (False, True)
+]
 
 
 def make_dirs(params, antithetic, masked, q=4, mu=1e-3):
@@ -63,9 +72,13 @@ def test_a_subset_perturbs_exactly_as_its_parent(dtype, antithetic, masked):
     params = make_params(dtype)
     dirs = make_dirs(params, antithetic, masked, q=5)
     ids = torch.tensor([1, 3, 4])
-    for sub in (dirs.subset(ids), dirs.subset(ids).to_devices([p.device for p in params]),
-                pickle.loads(pickle.dumps(dirs.subset(ids))).to_devices([p.device for p in params]),
-                dirs.subset(ids).subset(torch.tensor([0, 2])), dirs.to_devices([p.device for p in params])):
+    for sub in (
+        dirs.subset(ids),
+        dirs.subset(ids).to_devices([p.device for p in params]),
+        pickle.loads(pickle.dumps(dirs.subset(ids))).to_devices([p.device for p in params]),
+        dirs.subset(ids).subset(torch.tensor([0, 2])),
+        dirs.to_devices([p.device for p in params]),
+    ):
         picked = ids if sub.num_directions == 3 else (ids[[0, 2]] if sub.num_directions == 2 else torch.arange(5))
         m = sub.num_directions
         assert len(sub) == m * dirs.num_signs
@@ -129,7 +142,7 @@ def test_batched_and_sequential_agree_on_exact_rademacher(dtype, antithetic):
     torch.testing.assert_close(auto.perturbed, seq.perturbed, rtol=tol, atol=tol)
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     # the losses are those of the involution's points (differences of ±a with a = 2⁻¹⁰ on every moved entry)
-    assert dirs.mus == [2.0 ** -10] * len(params)
+    assert dirs.mus == [2.0**-10] * len(params)
 
 
 def test_pieces_of_an_exact_rademacher_set_evaluated_apart_give_the_whole():

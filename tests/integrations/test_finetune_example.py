@@ -1,4 +1,5 @@
 """examples/finetune_lm.py runs end to end on a tiny config: table, plot, both methods train."""
+
 import importlib.util
 import os
 
@@ -11,12 +12,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_finetune_example_prints_a_table_and_saves_a_plot(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("finetune_lm", os.path.join(HERE, "..", "..", "examples", "finetune_lm.py"))
+    spec = importlib.util.spec_from_file_location(
+        "finetune_lm", os.path.join(HERE, "..", "..", "examples", "finetune_lm.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "loss.png"
-    results = mod.main(["--size", "tiny", "--zo-steps", "10", "--adam-steps", "10", "--batch", "8", "--length", "16",
-                        "--out", str(out)])
+    results = mod.main(
+        [
+            "--size",
+            "tiny",
+            "--zo-steps",
+            "10",
+            "--adam-steps",
+            "10",
+            "--batch",
+            "8",
+            "--length",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert "ZOTrainer (MeZO)" in text and "Trainer + AdamW" in text and "final loss" in text
     assert out.exists() and out.stat().st_size > 1000

@@ -1,5 +1,6 @@
 """Lightning: ZOOptimizer under manual optimization (as is and with zo_training_step); automatic optimization
 gets a BackwardInClosureError that says what to do."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,7 @@ from torch import nn
 
 L = pytest.importorskip("lightning.pytorch", reason="the [lightning] extra (CI installs it)")
 
-from zeroth import ZOOptimizer, ZerothError  # noqa: E402
+from zeroth import ZerothError, ZOOptimizer  # noqa: E402
 from zeroth.integrations.lightning import zo_training_step  # noqa: E402
 
 
@@ -47,8 +48,15 @@ class Module(L.LightningModule):
 
 
 def _fit(module, steps=48):
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, _data())
     return trainer
 

@@ -1,5 +1,6 @@
 """ZOTrainer: a transformers.Trainer with a ZO step — trains a tiny causal LM from a config, resumes
 bit-identically, supports gradient accumulation, never perturbs frozen parameters, stores no gradient."""
+
 import os
 
 import pytest
@@ -15,8 +16,18 @@ from zeroth.integrations.transformers import ZOTrainer  # noqa: E402
 
 def _model(dropout=0.1):
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=64,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
     return GPT2LMHeadModel(cfg)
 
 
@@ -30,9 +41,20 @@ def _data(n=32):
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), per_device_train_batch_size=8, learning_rate=1e-2, max_steps=8,
-                logging_steps=4, report_to=[], save_strategy="no", use_cpu=True, seed=0, lr_scheduler_type="constant",
-                disable_tqdm=True, dataloader_num_workers=0)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        max_steps=8,
+        logging_steps=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -44,8 +66,13 @@ def _params(model):
 def test_zo_trainer_loss_falls_without_gradients(tmp_path):
     torch.set_num_threads(1)
     model, data = _model(), _data()
-    trainer = ZOTrainer(model=model, args=_args(tmp_path, max_steps=40, weight_decay=0.01), train_dataset=data,
-                        eval_dataset=data, estimator=SPSA(mu=1e-3))
+    trainer = ZOTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=40, weight_decay=0.01),
+        train_dataset=data,
+        eval_dataset=data,
+        estimator=SPSA(mu=1e-3),
+    )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
@@ -78,10 +105,14 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
 def test_gradient_accumulation_is_the_step_on_the_mean_loss(tmp_path):
     torch.set_num_threads(1)
     whole, split = _model(dropout=0.0), _model(dropout=0.0)
-    ZOTrainer(model=whole, args=_args(tmp_path / "a", per_device_train_batch_size=8, max_steps=4),
-              train_dataset=_data()).train()
-    ZOTrainer(model=split, args=_args(tmp_path / "b", per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                                      max_steps=4), train_dataset=_data()).train()
+    ZOTrainer(
+        model=whole, args=_args(tmp_path / "a", per_device_train_batch_size=8, max_steps=4), train_dataset=_data()
+    ).train()
+    ZOTrainer(
+        model=split,
+        args=_args(tmp_path / "b", per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=4),
+        train_dataset=_data(),
+    ).train()
     for a, b in zip(whole.parameters(), split.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -107,5 +138,9 @@ def test_frozen_parameters_are_never_perturbed(tmp_path):
 def test_refuses_a_first_order_optimizer(tmp_path):
     model = _model()
     with pytest.raises(TypeError, match="optimizers: ZOTrainer steps with a zeroth.ZOOptimizer"):
-        ZOTrainer(model=model, args=_args(tmp_path), train_dataset=_data(),
-                  optimizers=(torch.optim.AdamW(model.parameters()), None))
+        ZOTrainer(
+            model=model,
+            args=_args(tmp_path),
+            train_dataset=_data(),
+            optimizers=(torch.optim.AdamW(model.parameters()), None),
+        )

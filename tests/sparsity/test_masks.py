@@ -1,4 +1,5 @@
 """Mask rules: selection, schedule, resume through ZOOptimizer, sparse CGE, the base rule, training."""
+
 import copy
 
 import pytest
@@ -9,12 +10,16 @@ from torch import nn
 from zeroth import CGE, Objective, Sequential, ZOOptimizer, estimate_gradient
 from zeroth.data import accuracy, batches, load_digits
 from zeroth.models import DigitsCNN
-from zeroth.sparsity import DynamicMask, FixedMask, count_selected, grasp_ratios, balanced_batch
+from zeroth.sparsity import DynamicMask, FixedMask, balanced_batch, count_selected, grasp_ratios
 
 
 def _bn_net():
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5),
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(48, 5),
     ).double()
 
 
@@ -142,8 +147,9 @@ def test_sparse_cge_equals_dense_cge_restricted_to_the_selected_coordinates(net,
     masks = DynamicMask(0.3).select(params, 0, torch.Generator().manual_seed(0))
     est = CGE(mu=1e-6)
     loss_d, dense, _ = estimate_gradient(obj, params, est, Sequential())  # the reference
-    loss_s, sparse, losses = estimate_gradient(obj, params, est, ZOOptimizer(params, evaluator=evaluator).evaluator,
-                                               masks=masks)
+    loss_s, sparse, losses = estimate_gradient(
+        obj, params, est, ZOOptimizer(params, evaluator=evaluator).evaluator, masks=masks
+    )
     assert losses.count == 1 + count_selected(masks, params) < 0.5 * (1 + sum(p.numel() for p in params))
     exact = evaluator == "sequential"
     tol = dict(rtol=0, atol=0) if exact else dict(rtol=0, atol=1e-7)  # other evaluators: up to rounding / mu
@@ -165,8 +171,15 @@ def _step_unselected(base, **kw):
     model = _bn_net()
     x, y = _data()
     obj = Objective(model, F.cross_entropy, x, y)
-    opt = ZOOptimizer(model.parameters(), lr=0.1, base=base, estimator=CGE(mu=1e-5),
-                      sparsity=DynamicMask(RATIOS, 1, model=model), seed=0, **kw)
+    opt = ZOOptimizer(
+        model.parameters(),
+        lr=0.1,
+        base=base,
+        estimator=CGE(mu=1e-5),
+        sparsity=DynamicMask(RATIOS, 1, model=model),
+        seed=0,
+        **kw,
+    )
     opt.step(obj)
     w = model[4].weight
     before = w.detach().clone()
@@ -234,8 +247,14 @@ def test_sparse_cge_with_zo_grasp_ratios_trains_the_digits_cnn():
     gen = torch.Generator().manual_seed(0)
     x, y = balanced_batch(data.x_train, data.y_train, 25, gen)
     ratios = grasp_ratios(model, Objective(model, F.cross_entropy, x, y), 0.9, q=64, generator=gen)
-    opt = ZOOptimizer(model.parameters(), lr=2e-2, base="adam", estimator=CGE(mu=1e-3), seed=0,
-                      sparsity=DynamicMask(ratios, 1, model=model))
+    opt = ZOOptimizer(
+        model.parameters(),
+        lr=2e-2,
+        base="adam",
+        estimator=CGE(mu=1e-3),
+        seed=0,
+        sparsity=DynamicMask(ratios, 1, model=model),
+    )
     for xb, yb in batches(data.x_train, data.y_train, 64, gen):
         opt.step(Objective(model, F.cross_entropy, xb, yb))
     assert opt.num_evaluations / opt.zo_steps < 0.12 * sum(p.numel() for p in model.parameters())

@@ -1,4 +1,5 @@
 """ZO-GraSP ratios: determinism, global sparsity, agreement with autograd GraSP, the JSON file."""
+
 import json
 import os
 
@@ -12,8 +13,15 @@ from zeroth import Objective
 from zeroth.data import load_digits
 from zeroth.models import DigitsCNN
 from zeroth.sparsity import (
-    balanced_batch, grasp_ratios, grasp_scores, kept_fraction, load_ratios, prunable_weights, ratios_from_scores,
-    save_ratios, uniform_ratios,
+    balanced_batch,
+    grasp_ratios,
+    grasp_scores,
+    kept_fraction,
+    load_ratios,
+    prunable_weights,
+    ratios_from_scores,
+    save_ratios,
+    uniform_ratios,
 )
 
 from ..conftest import cosine
@@ -22,9 +30,17 @@ from ..conftest import cosine
 def _net():
     """Five prunable layers of very different sizes, BN and biases in between, float64."""
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(),
-        nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(),
-        nn.Linear(128, 32), nn.Tanh(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Tanh(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(128, 32),
+        nn.Tanh(),
+        nn.Linear(32, 16),
+        nn.Tanh(),
+        nn.Linear(16, 10),
     ).double()
 
 
@@ -86,14 +102,15 @@ def test_zo_grasp_prefers_the_layers_autograd_grasp_prefers(digits):
     # the ZO Hessian-vector product points the right way: noise alone gives |cos| ≈ 1/sqrt(d) ≈ 0.015
     assert cosine(list(zo.values()), list(exact.values())) > 0.1
     for sparsity in (0.8, 0.9):
-        rho = spearmanr(list(ratios_from_scores(exact, sparsity).values()),
-                        list(ratios_from_scores(zo, sparsity).values()))[0]
+        rho = spearmanr(
+            list(ratios_from_scores(exact, sparsity).values()), list(ratios_from_scores(zo, sparsity).values())
+        )[0]
         assert rho >= 0.8, (sparsity, rho)
 
 
 def test_ratios_from_scores_keeps_the_largest_magnitudes():
     scores = {"a": torch.tensor([-5.0, 0.1, 0.2, 0.3]), "b": torch.tensor([4.0, -3.0, 0.0, 0.05])}
-    assert ratios_from_scores(scores, 0.5) == {"a": 0.5, "b": 0.5}     # keeps 5, 4, -3, 0.3
+    assert ratios_from_scores(scores, 0.5) == {"a": 0.5, "b": 0.5}  # keeps 5, 4, -3, 0.3
     assert ratios_from_scores(scores, 0.75) == {"a": 0.25, "b": 0.25}  # keeps 5, 4
     assert ratios_from_scores(scores, 0.0) == {"a": 1.0, "b": 1.0}
 

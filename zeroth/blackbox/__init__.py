@@ -1,4 +1,5 @@
 """Black-box coupling: programs you cannot differentiate as autograd nodes with a ZO backward."""
+
 from .directions import PointDirections
 from .external import Subprocess
 from .module import BlackBox
@@ -14,6 +15,15 @@ from .program import (
 )
 
 __all__ = [
-    "BlackBox", "NumpyFunction", "PointDirections", "Program", "ProgramError", "ProgramWarning", "Subprocess",
-    "TensorFunction", "as_program", "batched", "from_numpy",
+    "BlackBox",
+    "NumpyFunction",
+    "PointDirections",
+    "Program",
+    "ProgramError",
+    "ProgramWarning",
+    "Subprocess",
+    "TensorFunction",
+    "as_program",
+    "batched",
+    "from_numpy",
 ]

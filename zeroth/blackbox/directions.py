@@ -8,6 +8,7 @@ from :meth:`Estimator.combine` unchanged, applied to all rows at once. Unlike th
 directions, these are materialised: black-box inputs are small and the program needs the
 points anyway.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -66,8 +67,9 @@ class PointDirections(Directions):
         *,
         generator: Optional[torch.Generator] = None,
         dtype: torch.dtype = torch.float64,
-        device: torch.device = torch.device("cpu"),
+        device: Optional[torch.device] = None,
     ):
+        device = torch.device("cpu") if device is None else device
         self.batch, self.dim = int(batch), int(dim)
         self.mus = [estimator.mu]
         self.dtype, self.device = dtype, device
@@ -83,8 +85,10 @@ class PointDirections(Directions):
             self.num_signs = 2 if estimator.antithetic else 1
             self.vectors = self._draw(generator).to(device=device, dtype=dtype)  # (q, B, d)
         else:
-            raise TypeError(f"estimator must estimate along coordinates (CGE) or random directions (RGE, SPSA), "
-                            f"got {type(estimator).__name__} (kind={kind!r})")
+            raise TypeError(
+                f"estimator must estimate along coordinates (CGE) or random directions (RGE, SPSA), "
+                f"got {type(estimator).__name__} (kind={kind!r})"
+            )
 
     def _draw(self, generator: Optional[torch.Generator]) -> Tensor:
         """``q`` random directions per row, drawn (on the CPU, in float64) from ``generator``."""
@@ -102,7 +106,7 @@ class PointDirections(Directions):
         return self.q
 
     def points(self, x: Tensor) -> Tensor:
-        """All evaluation points ``fl(x + s·μ·dₑ)`` in ``x``'s dtype, ``(len(self), B, d)`` for ``x`` of shape ``(B, d)``.
+        """All evaluation points ``fl(x + s·μ·dₑ)`` in ``x``'s dtype: ``(len(self), B, d)`` for ``x``: ``(B, d)``.
 
         CGE: coordinate ``k`` set to ``fl(x_k ± μ)`` (one ulp where that would not move it);
         the steps taken are kept in :attr:`spans` for :meth:`gradient`. Random directions:

@@ -21,6 +21,7 @@ normally, by a time-out, an error or an interrupt — the whole group is killed,
 that starts children (``sh -c "..."``, MPI launchers, solver wrappers) leaves none behind.
 The temporary folder of ``io="files"`` is removed whatever happens.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -112,13 +113,17 @@ class Subprocess(Program):
         if io == "files" and not (any("{input}" in a for a in cmd) and any("{output}" in a for a in cmd)):
             raise ValueError("cmd: io='files' needs the placeholders {input} and {output} in the command")
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not math.isfinite(timeout) or timeout <= 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, numbers.Real)
+            or not math.isfinite(timeout)
+            or timeout <= 0
         ):
             raise ValueError(f"Invalid timeout value: {timeout!r} (timeout must be a number > 0 or None)")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
-        super().__init__(name=name or shlex.join(cmd), batched=batched, max_points=max_points,
-                         on_failure=on_failure, retries=retries)
+        super().__init__(
+            name=name or shlex.join(cmd), batched=batched, max_points=max_points, on_failure=on_failure, retries=retries
+        )
         self.cmd = list(cmd)
         self.io, self.format = io, format
         self.timeout = None if timeout is None else float(timeout)
@@ -149,7 +154,9 @@ class Subprocess(Program):
                     out = out["outputs"]
                 out = np.asarray(out, dtype=np.float64)
         except Exception as err:
-            raise ValueError(f"malformed output ({type(err).__name__}: {err}); output began {_tail(data[:200])!r}") from None
+            raise ValueError(
+                f"malformed output ({type(err).__name__}: {err}); output began {_tail(data[:200])!r}"
+            ) from None
         if not np.issubdtype(out.dtype, np.number):
             raise ValueError(f"malformed output: values of dtype {out.dtype}")
         return out
@@ -223,12 +230,19 @@ class Subprocess(Program):
         return path
 
     def __repr__(self) -> str:
-        return (f"Subprocess({self.name!r}, io={self.io!r}, format={self.format!r}, timeout={self.timeout}, "
-                f"retries={self.retries}, on_failure={self.on_failure!r}, max_points={self.max_points})")
+        return (
+            f"Subprocess({self.name!r}, io={self.io!r}, format={self.format!r}, timeout={self.timeout}, "
+            f"retries={self.retries}, on_failure={self.on_failure!r}, max_points={self.max_points})"
+        )
 
 
-def run_in_own_group(cmd: Sequence[str], stdin: Optional[bytes], timeout: Optional[float], cwd: Optional[str],
-                     env: Optional[Mapping[str, str]]):
+def run_in_own_group(
+    cmd: Sequence[str],
+    stdin: Optional[bytes],
+    timeout: Optional[float],
+    cwd: Optional[str],
+    env: Optional[Mapping[str, str]],
+):
     """Run ``cmd`` in a new session and return ``(stdout, stderr, returncode)``.
 
     The run ends when the program (the direct child) exits, or after ``timeout`` seconds with a
@@ -250,9 +264,15 @@ def run_in_own_group(cmd: Sequence[str], stdin: Optional[bytes], timeout: Option
         TimeoutError: the program did not exit within ``timeout`` seconds.
         OSError: the command could not be started (e.g. ``FileNotFoundError``).
     """
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
     chunks: dict = {"stdout": [], "stderr": []}
 
     def pump(stream, key):
@@ -266,8 +286,10 @@ def run_in_own_group(cmd: Sequence[str], stdin: Optional[bytes], timeout: Option
         except (BrokenPipeError, OSError):  # the program exited without reading all of it
             pass
 
-    threads = [threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
-               threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True)]
+    threads = [
+        threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True),
+    ]
     if stdin is not None:
         threads.append(threading.Thread(target=feed, daemon=True))
     for t in threads:

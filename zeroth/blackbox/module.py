@@ -26,6 +26,7 @@ References:
 
     A. Chen et al., "DeepZero", ICLR 2024, arXiv:2310.02025 (CGE and RGE in this notation).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,7 @@ class _ZOVJP(torch.autograd.Function):
     """Returns the precomputed output; backward asks the stored estimate for Jᵀv."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, estimate: "VJPEstimate") -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, estimate: VJPEstimate) -> Tensor:  # type: ignore[override]
         ctx.estimate = estimate
         return estimate.output
 
@@ -69,11 +70,19 @@ class VJPEstimate:
         x: the forward's input (its shape and dtype shape the gradient).
     """
 
-    def __init__(self, estimator: Estimator, dirs: PointDirections, output: Tensor, diffs: Tensor,
-                 bad: Tensor, policy: str, x: Tensor):
+    def __init__(
+        self,
+        estimator: Estimator,
+        dirs: PointDirections,
+        output: Tensor,
+        diffs: Tensor,
+        bad: Tensor,
+        policy: str,
+        x: Tensor,
+    ):
         self.estimator, self.dirs, self.output = estimator, dirs, output
-        self.diffs = diffs            # (len(dirs), B, m)
-        self.bad = bad                # (1 + len(dirs), B): failed points, row 0 = forward
+        self.diffs = diffs  # (len(dirs), B, m)
+        self.bad = bad  # (1 + len(dirs), B): failed points, row 0 = forward
         self.policy = policy
         self.x_shape, self.x_dtype = x.shape, x.dtype
 
@@ -95,9 +104,9 @@ class VJPEstimate:
             s = torch.where(self.bad[1:], torch.zeros_like(s), s)
         coeffs = self.estimator.combine(dirs, torch.zeros_like(s[0]), s)  # (n, B)
         if skip:
-            ok = ~self.bad[1:1 + n]
+            ok = ~self.bad[1 : 1 + n]
             if dirs.num_signs == 2:
-                ok = ok & ~self.bad[1 + n:]
+                ok = ok & ~self.bad[1 + n :]
             coeffs = torch.where(ok, coeffs, torch.zeros_like(coeffs))
             if dirs.vectors is not None:  # average over the directions that worked
                 coeffs = coeffs * (n / ok.sum(0).clamp(min=1))
@@ -170,8 +179,10 @@ class BlackBox(nn.Module):
         self.program: Program = as_program(fn)
         self.estimator = ESTIMATORS.create(estimator, "estimator")
         if getattr(self.estimator, "kind", None) not in ("coordinates", "random"):
-            raise TypeError(f"estimator must be CGE, RGE or SPSA (kind 'coordinates' or 'random'), "
-                            f"got {type(self.estimator).__name__}")
+            raise TypeError(
+                f"estimator must be CGE, RGE or SPSA (kind 'coordinates' or 'random'), "
+                f"got {type(self.estimator).__name__}"
+            )
         if not isinstance(rowwise, bool):
             raise TypeError(f"rowwise must be a bool, got {type(rowwise).__name__}")
         self.rowwise = rowwise
@@ -182,7 +193,9 @@ class BlackBox(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if generator is not None and generator.device.type != "cpu":
-            raise ValueError(f"generator must be a CPU generator (directions are drawn on the CPU), got {generator.device}")
+            raise ValueError(
+                f"generator must be a CPU generator (directions are drawn on the CPU), got {generator.device}"
+            )
         if generator is None:
             generator = torch.Generator()
             generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
@@ -243,8 +256,10 @@ class BlackBox(nn.Module):
                 restored first.
         """
         if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}"
-                            + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
+            raise TypeError(
+                f"x must be a floating-point torch.Tensor, got {type(x).__name__}"
+                + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else "")
+            )
         if self.rowwise and x.dim() == 0:
             raise ValueError("x: rowwise=True needs at least one dimension (the rows)")
         batch = x.shape[0] if self.rowwise else 1
@@ -252,8 +267,10 @@ class BlackBox(nn.Module):
         if self.rowwise:
             for i, c in enumerate(context):
                 if isinstance(c, (Tensor, np.ndarray)) and (c.ndim == 0 or c.shape[0] != batch):
-                    raise ValueError(f"context[{i}]: with rowwise=True it needs x's first dimension {batch}, "
-                                     f"got shape {tuple(c.shape)}")
+                    raise ValueError(
+                        f"context[{i}]: with rowwise=True it needs x's first dimension {batch}, "
+                        f"got shape {tuple(c.shape)}"
+                    )
         flat = x.detach().reshape(batch, -1)
         need_grad = torch.is_grad_enabled() and x.requires_grad
         gen_state = self.generator.get_state()
@@ -261,8 +278,9 @@ class BlackBox(nn.Module):
             dirs = None
             points = flat.unsqueeze(0)
             if need_grad:
-                dirs = PointDirections(self.estimator, batch, flat.shape[1], generator=self.generator,
-                                       dtype=torch.float64, device=x.device)
+                dirs = PointDirections(
+                    self.estimator, batch, flat.shape[1], generator=self.generator, dtype=torch.float64, device=x.device
+                )
                 points = torch.cat([points, dirs.points(flat)])  # (1 + len(dirs), B, d)
             values, bad = self._evaluate(points, point_shape, context)
         except BaseException:
@@ -320,8 +338,10 @@ class BlackBox(nn.Module):
                 shape = point
                 pieces.append(out)
             except ProgramError as err:
-                err.add_note(f"zeroth.blackbox: the call covered {self._where(start // batch, num_evals)}"
-                             + (f" (rows {start % batch}..{(stop - 1) % batch})" if self.rowwise else ""))
+                err.add_note(
+                    f"zeroth.blackbox: the call covered {self._where(start // batch, num_evals)}"
+                    + (f" (rows {start % batch}..{(stop - 1) % batch})" if self.rowwise else "")
+                )
                 if program.on_failure == "raise":
                     raise
                 first_error = first_error or err
@@ -330,8 +350,10 @@ class BlackBox(nn.Module):
             shape = self._out_point_shape
             if shape is None:
                 assert first_error is not None
-                first_error.add_note(f"zeroth.blackbox: on_failure={program.on_failure!r} cannot fill NaN outputs: "
-                                     "the program has never returned an output, so its output shape is unknown")
+                first_error.add_note(
+                    f"zeroth.blackbox: on_failure={program.on_failure!r} cannot fill NaN outputs: "
+                    "the program has never returned an output, so its output shape is unknown"
+                )
                 raise first_error
         self._out_point_shape = shape
         m = math.prod(shape)
@@ -354,14 +376,18 @@ class BlackBox(nn.Module):
         name = self.program.name
         if self.program.batched or self.rowwise:
             if out.dim() == 0 or out.shape[0] != num_points:
-                raise ProgramError(f"program {name!r} returned shape {tuple(out.shape)} for {num_points} query "
-                                   f"point(s); expected the first dimension to be {num_points}")
+                raise ProgramError(
+                    f"program {name!r} returned shape {tuple(out.shape)} for {num_points} query "
+                    f"point(s); expected the first dimension to be {num_points}"
+                )
             point = tuple(out.shape[1:])
         else:
             point = tuple(out.shape)
             out = out.unsqueeze(0)
         if shape is not None and point != shape:
-            raise ProgramError(f"program {name!r} returned points of shape {point}, earlier {shape} in the same forward")
+            raise ProgramError(
+                f"program {name!r} returned points of shape {point}, earlier {shape} in the same forward"
+            )
         return out, point
 
     def _handle_failures(self, bad, values, flat_points, num_evals, batch) -> None:

@@ -23,6 +23,7 @@ the black box, a NaN/inf output. ``on_failure``:
 * ``"skip"`` — the failed points give NaN outputs, a failed forward row gets a zero gradient
   and failed perturbations are left out of their row's estimate.
 """
+
 from __future__ import annotations
 
 import numbers

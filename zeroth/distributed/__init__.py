@@ -5,6 +5,7 @@
 (``pip install 'zeroth-optim[ray]'``): this package imports without it, and using either
 class without it raises an ImportError that says so.
 """
+
 from .evaluator import RayEvaluator
 from .pool import WorkerFailureError, WorkerFailureWarning
 from .program import RayPool

@@ -16,6 +16,7 @@ A :class:`~zeroth.blackbox.BlackBox` inside the model counts the program calls i
 made (each piece that needs the base loss evaluates it once: N pieces, N − 1 calls more than
 locally; the calls of a worker that died mid-piece are not counted).
 """
+
 from __future__ import annotations
 
 import copy
@@ -115,9 +116,17 @@ class RayEvaluator(Evaluator):
         import_ray()
         self.inner = inner
         self.max_failures = int(max_failures)
-        self.pool = WorkerPool(EvaluatorWorker, (inner,), num_workers=num_workers, resources_per_worker=resources,
-                               address=address, max_failures=max_failures, balance=balance,
-                               blocks_per_worker=blocks_per_worker, ray_init=ray_init)
+        self.pool = WorkerPool(
+            EvaluatorWorker,
+            (inner,),
+            num_workers=num_workers,
+            resources_per_worker=resources,
+            address=address,
+            max_failures=max_failures,
+            balance=balance,
+            blocks_per_worker=blocks_per_worker,
+            ray_init=ray_init,
+        )
         self._model: Optional[nn.Module] = None
         self._structure: Optional[tuple] = None
         self._model_box: Optional[List[Any]] = None
@@ -125,7 +134,7 @@ class RayEvaluator(Evaluator):
         self.stats: Dict[str, Any] = {"steps": 0, "model_sends": 0, "failures": 0, "last_step": {}}
 
     # -- life cycle -----------------------------------------------------------------------
-    def start(self) -> "RayEvaluator":
+    def start(self) -> RayEvaluator:
         """Start Ray (if needed) and the actors now rather than on the first step."""
         self.pool.start()
         return self
@@ -135,7 +144,7 @@ class RayEvaluator(Evaluator):
         self.pool.close()
         self._model = self._structure = self._model_box = None
 
-    def __enter__(self) -> "RayEvaluator":
+    def __enter__(self) -> RayEvaluator:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -151,8 +160,9 @@ class RayEvaluator(Evaluator):
         return self.pool.describe()
 
     # -- applicability --------------------------------------------------------------------
-    def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> Support:
+    def supports(
+        self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None
+    ) -> Support:
         """Whether a step can run here: an :class:`~zeroth.Objective`, a splittable direction set,
         parameters of ``objective.model``, and a case the inner evaluator supports (checked locally).
 
@@ -163,12 +173,15 @@ class RayEvaluator(Evaluator):
             ``reason`` names what is missing (for ``evaluator="auto"``'s ``explain``).
         """
         if not isinstance(objective, Objective):
-            return Support.no("RayEvaluator needs an Objective(model, loss_fn, inputs, targets): its model is what "
-                              f"the Ray workers copy (got {type(objective).__name__}; a plain closure cannot be "
-                              "shipped)")
+            return Support.no(
+                "RayEvaluator needs an Objective(model, loss_fn, inputs, targets): its model is what "
+                f"the Ray workers copy (got {type(objective).__name__}; a plain closure cannot be "
+                "shipped)"
+            )
         if dirs is not None and not split.can_split(dirs):
-            return Support.no(f"{type(dirs).__name__} cannot be split across workers (it declares no "
-                              "subset/to_devices)")
+            return Support.no(
+                f"{type(dirs).__name__} cannot be split across workers (it declares no subset/to_devices)"
+            )
         if params is not None and not owns([objective.model], params):
             return Support.no("a perturbed parameter is not a parameter of objective.model")
         inner = self._local.supports(objective, dirs, params)
@@ -259,8 +272,11 @@ class RayEvaluator(Evaluator):
         if cuda is not None and lead["cuda_rng"] is not None:
             torch.cuda.set_rng_state(lead["cuda_rng"], cuda)
         self.stats["steps"] += 1
-        self.stats["last_step"] = {**self.pool.last_call, "prepare": put_seconds,
-                                   "seconds": time.perf_counter() - start}
+        self.stats["last_step"] = {
+            **self.pool.last_call,
+            "prepare": put_seconds,
+            "seconds": time.perf_counter() - start,
+        }
         return Losses(base, perturbed.to(device))
 
     def _send_model(self, ray: Any, model: nn.Module) -> List[Any]:
@@ -278,8 +294,10 @@ class RayEvaluator(Evaluator):
         return self._model_box
 
     def __repr__(self) -> str:
-        return (f"RayEvaluator(inner={self.inner!r}, num_workers={self.pool.num_workers}, "
-                f"resources_per_worker={self.pool.resources}, max_failures={self.max_failures})")
+        return (
+            f"RayEvaluator(inner={self.inner!r}, num_workers={self.pool.num_workers}, "
+            f"resources_per_worker={self.pool.resources}, max_failures={self.max_failures})"
+        )
 
 
 def _shell(objective: Objective) -> Objective:

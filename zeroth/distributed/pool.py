@@ -15,6 +15,7 @@ out through a :class:`WorkerPool`:
    replaced by a new actor that joins once it has started. More than ``max_failures``
    failures in one call raise :class:`WorkerFailureError`; the caller has changed nothing yet.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def import_ray():
     return require("ray", "ray")
 
 
-def check_options(num_workers: Any, resources_per_worker: Any, address: Any, max_failures: Any,
-                  balance: Any) -> Optional[Dict[str, float]]:
+def check_options(
+    num_workers: Any, resources_per_worker: Any, address: Any, max_failures: Any, balance: Any
+) -> Optional[Dict[str, float]]:
     """Validate the options shared by RayEvaluator and RayPool.
 
     Returns:
@@ -58,13 +60,16 @@ def check_options(num_workers: Any, resources_per_worker: Any, address: Any, max
             is negative or non-finite (or no positive CPU/GPU/custom amount at all).
         TypeError: ``address`` is not a string, or ``resources_per_worker`` is not a non-empty mapping.
     """
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral)
-                                    or num_workers < 1):
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1
+    ):
         raise ValueError(f"Invalid num_workers value: {num_workers!r} (an integer >= 1, or None for one per device)")
     if isinstance(max_failures, bool) or not isinstance(max_failures, numbers.Integral) or max_failures < 0:
         raise ValueError(f"Invalid max_failures value: {max_failures!r} (an integer >= 0)")
     if address is not None and not isinstance(address, str):
-        raise TypeError(f"address must be a string ('auto', 'ray://host:port', ...) or None, got {type(address).__name__}")
+        raise TypeError(
+            f"address must be a string ('auto', 'ray://host:port', ...) or None, got {type(address).__name__}"
+        )
     if balance not in ("measured", "even"):
         raise ValueError(f"Invalid balance value: {balance!r} (expected 'measured' or 'even')")
     if resources_per_worker is None:
@@ -73,13 +78,22 @@ def check_options(num_workers: Any, resources_per_worker: Any, address: Any, max
         raise TypeError("resources_per_worker must be a non-empty dict such as {'GPU': 1} or {'CPU': 1}")
     out = {}
     for key, value in resources_per_worker.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                or not math.isfinite(value) or value < 0:
-            raise ValueError(f"Invalid resources_per_worker entry {key!r}: {value!r} (a resource name and an amount >= 0)")
+        if (
+            not isinstance(key, str)
+            or isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(
+                f"Invalid resources_per_worker entry {key!r}: {value!r} (a resource name and an amount >= 0)"
+            )
         out[key] = float(value)
     if not any(v > 0 for k, v in out.items() if k != "memory"):
-        raise ValueError(f"Invalid resources_per_worker value: {resources_per_worker!r} (needs a positive amount "
-                         "of CPU, GPU or a custom resource)")
+        raise ValueError(
+            f"Invalid resources_per_worker value: {resources_per_worker!r} (needs a positive amount "
+            "of CPU, GPU or a custom resource)"
+        )
     return out
 
 
@@ -106,7 +120,7 @@ class _Slot:
     def __init__(self, number: int, handle: Any, ready: Any):
         self.number = number
         self.handle = handle
-        self.ready = ready          # ObjectRef of handle.ready.remote(): resolves once started
+        self.ready = ready  # ObjectRef of handle.ready.remote(): resolves once started
         self.started = False
         self.info: Dict[str, Any] = {}
         self.speed: Optional[float] = None  # units per second (EMA)
@@ -132,10 +146,21 @@ class WorkerPool:
         start_timeout: seconds to wait for the workers to start.
     """
 
-    def __init__(self, actor_cls: type, actor_args: Sequence[Any], *, num_workers: Optional[int],
-                 resources_per_worker: Optional[Dict[str, float]], address: Optional[str], max_failures: int,
-                 balance: str = "measured", blocks_per_worker: int = 32, tolerance: float = 0.1,
-                 ray_init: Optional[Mapping[str, Any]] = None, start_timeout: float = 300.0):
+    def __init__(
+        self,
+        actor_cls: type,
+        actor_args: Sequence[Any],
+        *,
+        num_workers: Optional[int],
+        resources_per_worker: Optional[Dict[str, float]],
+        address: Optional[str],
+        max_failures: int,
+        balance: str = "measured",
+        blocks_per_worker: int = 32,
+        tolerance: float = 0.1,
+        ray_init: Optional[Mapping[str, Any]] = None,
+        start_timeout: float = 300.0,
+    ):
         self.actor_cls = actor_cls
         self.actor_args = tuple(actor_args)
         self.num_workers = num_workers
@@ -150,7 +175,7 @@ class WorkerPool:
         self.slots: List[_Slot] = []
         self._next_number = 0
         self._weights: Dict[int, float] = {}  # speeds the current plan is made for
-        self.failures = 0                     # over the pool's life
+        self.failures = 0  # over the pool's life
         self.last_call: Dict[str, Any] = {}
         self._ray = None
 
@@ -218,8 +243,10 @@ class WorkerPool:
             done, _ = ray.wait(list(waiting), num_returns=len(waiting) if all_of else 1, timeout=left)
             if not done:
                 if all_of:
-                    raise WorkerFailureError(f"{len(waiting)} Ray worker(s) did not start within "
-                                             f"{self.start_timeout:g} s (resources {self.resources})")
+                    raise WorkerFailureError(
+                        f"{len(waiting)} Ray worker(s) did not start within "
+                        f"{self.start_timeout:g} s (resources {self.resources})"
+                    )
                 return
             for ref in done:
                 slot = waiting.pop(ref)
@@ -230,8 +257,12 @@ class WorkerPool:
                     self.slots.remove(slot)
                     if all_of:
                         raise WorkerFailureError(f"a Ray worker failed to start: {err}") from err
-                    warnings.warn(f"a replacement Ray worker failed to start ({type(err).__name__}); "
-                                  f"the pool goes on with {len(self.live())} worker(s)", WorkerFailureWarning)
+                    warnings.warn(
+                        f"a replacement Ray worker failed to start ({type(err).__name__}); "
+                        f"the pool goes on with {len(self.live())} worker(s)",
+                        WorkerFailureWarning,
+                        stacklevel=3,
+                    )
 
     def live(self) -> List[_Slot]:
         """The workers that have started (and not died)."""
@@ -329,10 +360,15 @@ class WorkerPool:
                 if len(failures) > self.max_failures:
                     raise WorkerFailureError(
                         f"{len(failures)} Ray worker failure(s) in {what}, more than max_failures="
-                        f"{self.max_failures}; nothing was changed. Failures: " + "; ".join(failures))
+                        f"{self.max_failures}; nothing was changed. Failures: " + "; ".join(failures)
+                    )
                 target = self._rerun_target(pending, sizes, exclude=slot)
-                warnings.warn(f"zeroth: Ray {slot} failed ({reason.splitlines()[0][:120]}); its piece of {what} "
-                              f"runs again on {target}", WorkerFailureWarning, stacklevel=3)
+                warnings.warn(
+                    f"zeroth: Ray {slot} failed ({reason.splitlines()[0][:120]}); its piece of {what} "
+                    f"runs again on {target}",
+                    WorkerFailureWarning,
+                    stacklevel=3,
+                )
                 pending[submit(target.handle, i)] = (i, target)
         except BaseException:
             for ref in pending:  # drop work nobody will read (queued tasks; running ones finish)
@@ -345,9 +381,14 @@ class WorkerPool:
         self._measure(ran_on, sizes, results)
         compute = max((r["seconds"] for r in results), default=0.0)
         share = [r["cpu_seconds"] / r["seconds"] for r in results if r.get("cpu_seconds") and r["seconds"] > 0]
-        self.last_call = {"seconds": wall, "compute": compute, "overhead": max(0.0, wall - compute),
-                          "pieces": sizes, "failures": len(failures),
-                          "core_share": sum(share) / len(share) if share else None}
+        self.last_call = {
+            "seconds": wall,
+            "compute": compute,
+            "overhead": max(0.0, wall - compute),
+            "pieces": sizes,
+            "failures": len(failures),
+            "core_share": sum(share) / len(share) if share else None,
+        }
         return results
 
     def _retire(self, slot: _Slot) -> None:

@@ -7,6 +7,7 @@ outputs in order. A worker that dies has its points re-run on another one; the p
 own ``retries`` / ``on_failure`` apply to what fails on a worker (see
 :mod:`zeroth.blackbox.program`).
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional
@@ -64,16 +65,28 @@ class RayPool(Program):
         resources = check_options(num_workers, resources_per_worker, address, max_failures, "measured")
         if not isinstance(split_context, bool):
             raise TypeError(f"split_context must be a bool, got {type(split_context).__name__}")
-        super().__init__(name=name or f"RayPool({program.name})", batched=True, max_points=max_points,
-                         on_failure=on_failure, retries=retries)
+        super().__init__(
+            name=name or f"RayPool({program.name})",
+            batched=True,
+            max_points=max_points,
+            on_failure=on_failure,
+            retries=retries,
+        )
         import_ray()
         self.program = program
         self.split_context = split_context
-        self.pool = WorkerPool(ProgramWorker, (), num_workers=num_workers, resources_per_worker=resources,
-                               address=address, max_failures=max_failures, ray_init=ray_init)
+        self.pool = WorkerPool(
+            ProgramWorker,
+            (),
+            num_workers=num_workers,
+            resources_per_worker=resources,
+            address=address,
+            max_failures=max_failures,
+            ray_init=ray_init,
+        )
         self._program_ref = None
 
-    def start(self) -> "RayPool":
+    def start(self) -> RayPool:
         """Start Ray (if needed) and the actors now rather than on the first call."""
         if not self.pool.started:
             ray = import_ray()
@@ -111,8 +124,10 @@ class RayPool(Program):
         """
         self.start()
         k = int(x.shape[0])
-        rows = [self.split_context and isinstance(c, (Tensor, np.ndarray)) and c.ndim > 0 and c.shape[0] == k
-                for c in context]
+        rows = [
+            self.split_context and isinstance(c, (Tensor, np.ndarray)) and c.ndim > 0 and c.shape[0] == k
+            for c in context
+        ]
         points = x.detach().cpu()
         plan = self.pool.plan(k)
         ids = [split.members(piece) for _, piece in plan]
@@ -128,13 +143,17 @@ class RayPool(Program):
         out = torch.empty((k,) + tuple(shaped.shape[1:]), dtype=shaped.dtype)
         for sel, o in zip(ids, outs):
             if o.shape[0] != sel.numel():
-                raise RuntimeError(f"program {self.program.name!r} returned {o.shape[0]} outputs for {sel.numel()} points")
+                raise RuntimeError(
+                    f"program {self.program.name!r} returned {o.shape[0]} outputs for {sel.numel()} points"
+                )
             out[sel] = o
         return out.to(x.device)
 
     def __repr__(self) -> str:
-        return (f"RayPool({self.program!r}, num_workers={self.pool.num_workers}, "
-                f"resources_per_worker={self.pool.resources}, on_failure={self.on_failure!r})")
+        return (
+            f"RayPool({self.program!r}, num_workers={self.pool.num_workers}, "
+            f"resources_per_worker={self.pool.resources}, on_failure={self.on_failure!r})"
+        )
 
 
 def _rows(c: Any, sel: Tensor) -> Any:

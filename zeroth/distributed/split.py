@@ -10,6 +10,7 @@ the blocks it was given, interleaved over the whole range (:func:`assign`), so t
 worker gets a similar mix of cheap and costly directions (with ``FeatureReuse``, a
 coordinate of the first layer costs far more than one of the classifier).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -101,7 +102,7 @@ def scatter(dirs: Directions, ids: Tensor, piece_losses: Tensor, out: Tensor) ->
         raise RuntimeError(f"a worker returned {piece_losses.shape[0]} losses for {m * dirs.num_signs} evaluations")
     ids = ids.to(out.device)
     for s in range(dirs.num_signs):
-        out[s * n + ids] = piece_losses[s * m:(s + 1) * m].to(out.device, out.dtype)
+        out[s * n + ids] = piece_losses[s * m : (s + 1) * m].to(out.device, out.dtype)
 
 
 def piece_size(piece: Optional[Sequence[Block]]) -> int:

@@ -5,6 +5,7 @@ object store) and a local evaluator; each call copies the step's parameters, buf
 train/eval flags and RNG state into it and evaluates one piece of the direction set.
 ``ProgramWorker`` runs a black-box program on a slice of query points.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,8 +73,11 @@ def local_evaluator(inner: Any):
 
 def counters(model: Any) -> Dict[int, Any]:
     """The modules of ``model`` that count their program calls (BlackBox), by position in ``modules()``."""
-    return {i: m for i, m in enumerate(model.modules()) if callable(getattr(m, "counts", None))
-            and callable(getattr(m, "add_counts", None))}
+    return {
+        i: m
+        for i, m in enumerate(model.modules())
+        if callable(getattr(m, "counts", None)) and callable(getattr(m, "add_counts", None))
+    }
 
 
 class EvaluatorWorker:
@@ -98,8 +102,11 @@ class EvaluatorWorker:
 
     def counters(self) -> Dict[str, Any]:
         """``{"loads", "version", "evaluator"}``: model loads so far, model version, the evaluator used last."""
-        return {"loads": self.loads, "version": self.version, "evaluator": repr(getattr(self.inner, "last", None)
-                                                                                or self.inner)}
+        return {
+            "loads": self.loads,
+            "version": self.version,
+            "evaluator": repr(getattr(self.inner, "last", None) or self.inner),
+        }
 
     def _load(self, version: int, model_ref: Any) -> None:
         import ray
@@ -180,8 +187,13 @@ class ProgramWorker:
         if self.program.batched:
             out = self.program(points, *context)
         else:
-            outs = [self.program(points[k], *(c[k] if r else c for c, r in zip(context, rows)))
-                    for k in range(points.shape[0])]
+            outs = [
+                self.program(points[k], *(c[k] if r else c for c, r in zip(context, rows)))
+                for k in range(points.shape[0])
+            ]
             out = torch.stack([torch.as_tensor(o) for o in outs]) if outs else torch.empty(0)
-        return {"out": torch.as_tensor(out).detach().cpu(), "seconds": time.perf_counter() - start,
-                "cpu_seconds": time.thread_time() - cpu}
+        return {
+            "out": torch.as_tensor(out).detach().cpu(),
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.thread_time() - cpu,
+        }

@@ -16,6 +16,7 @@ evaluations are the ``+`` points and the second half the ``−`` points, in the 
 μ is an absolute step in the units of the parameter it perturbs (not relative to ``|θ|``). The
 structural contract every direction set meets is :class:`zeroth.protocols.Directions`.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -24,7 +25,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-
 
 _MASK64 = (1 << 64) - 1
 
@@ -137,20 +137,27 @@ class Coordinates(Directions):
 
     kind = "coordinates"
 
-    def __init__(self, indices: Sequence[Tensor], mus: Sequence[float], scheme: str = "forward",
-                 params: Optional[Sequence[Tensor]] = None):
+    def __init__(
+        self,
+        indices: Sequence[Tensor],
+        mus: Sequence[float],
+        scheme: str = "forward",
+        params: Optional[Sequence[Tensor]] = None,
+    ):
         if len(indices) != len(mus):
             raise ValueError("indices and mus must have one entry per parameter")
         if params is None:
-            raise TypeError("params: Coordinates are made from the parameters they perturb (their values fix the steps)")
+            raise TypeError(
+                "params: Coordinates are made from the parameters they perturb (their values fix the steps)"
+            )
         if len(params) != len(indices):
             raise ValueError("indices and params must have one entry per parameter")
         self.indices = [idx.reshape(-1).to(torch.long) for idx in indices]
         self.mus = [float(m) for m in mus]
         self.scheme = scheme
         self.num_signs = 2 if scheme == "central" else 1
-        self.values: List[List[Tensor]] = [[] for _ in range(self.num_signs)]   # [sign][j]: perturbed values
-        self.steps: List[List[Tensor]] = [[] for _ in range(self.num_signs)]    # [sign][j]: |step| taken, float64
+        self.values: List[List[Tensor]] = [[] for _ in range(self.num_signs)]  # [sign][j]: perturbed values
+        self.steps: List[List[Tensor]] = [[] for _ in range(self.num_signs)]  # [sign][j]: |step| taken, float64
         with torch.no_grad():
             for p, idx, mu in zip(params, self.indices, self.mus):
                 x = p.detach().reshape(-1)[idx.to(p.device)]
@@ -167,7 +174,7 @@ class Coordinates(Directions):
         self._lists: Optional[List[List[int]]] = None
 
     @classmethod
-    def _from_parts(cls, indices, mus, scheme, values, steps) -> "Coordinates":
+    def _from_parts(cls, indices, mus, scheme, values, steps) -> Coordinates:
         out = cls.__new__(cls)
         out.indices, out.mus, out.scheme = list(indices), list(mus), scheme
         out.num_signs = 2 if scheme == "central" else 1
@@ -181,7 +188,7 @@ class Coordinates(Directions):
         return self.offsets[-1]
 
     def signed_steps(self, j: int, sign_block: int) -> Tensor:
-        """The steps actually taken for parameter ``j`` in block ``sign_block`` (0: ``+``, 1: ``−``), signed, float64."""
+        """The signed steps (float64) actually taken for parameter ``j`` in block ``sign_block`` (0: +, 1: −)."""
         return self.steps[sign_block][j] if sign_block == 0 else -self.steps[sign_block][j]
 
     def spans(self, j: int) -> Tensor:
@@ -191,7 +198,7 @@ class Coordinates(Directions):
         return (self.steps[0][j] + self.steps[1][j]) / 2
 
     def locate(self, e: int):
-        """(parameter j, position c of the coordinate in ``indices[j]``, flat index k, sign block) of evaluation ``e``."""
+        """``(j, c, k, sign block)`` of evaluation ``e``: parameter, position in ``indices[j]``, flat index."""
         n = self.num_directions
         c = e % n
         j = bisect.bisect_right(self.offsets, c) - 1
@@ -236,9 +243,9 @@ class Coordinates(Directions):
                 if a >= b:
                     continue
                 rows = torch.arange(a - lo, b - lo, device=stacks[j].device)
-                cols = idx[a - first:b - first].to(stacks[j].device)
+                cols = idx[a - first : b - first].to(stacks[j].device)
                 flat = stacks[j].view(k, -1) if stacks[j].is_contiguous() else None
-                values = self.values[sb][j][a - first:b - first].to(stacks[j].device)
+                values = self.values[sb][j][a - first : b - first].to(stacks[j].device)
                 if flat is not None:
                     flat[rows, cols] = values
                 else:  # row-major flat index of a strided stack
@@ -246,22 +253,28 @@ class Coordinates(Directions):
                         stacks[j][r][_element(stacks[j][r], col)] = v
         return stacks
 
-    def subset(self, ids: Tensor) -> "Coordinates":
+    def subset(self, ids: Tensor) -> Coordinates:
         """The directions ``ids`` (ascending) as a set of their own, on the CPU, parameter-major order kept."""
         bounds = torch.searchsorted(ids, torch.tensor(self.offsets, dtype=ids.dtype)).tolist()
-        picks = [(ids[bounds[j]:bounds[j + 1]] - self.offsets[j]) for j in range(len(self.indices))]
+        picks = [(ids[bounds[j] : bounds[j + 1]] - self.offsets[j]) for j in range(len(self.indices))]
         take = lambda t, j: t.detach().cpu()[picks[j]]  # noqa: E731
         return Coordinates._from_parts(
-            [take(idx, j) for j, idx in enumerate(self.indices)], self.mus, self.scheme,
+            [take(idx, j) for j, idx in enumerate(self.indices)],
+            self.mus,
+            self.scheme,
             [[take(v, j) for j, v in enumerate(block)] for block in self.values],
-            [[take(h, j) for j, h in enumerate(block)] for block in self.steps])
+            [[take(h, j) for j, h in enumerate(block)] for block in self.steps],
+        )
 
-    def to_devices(self, devices: Sequence[torch.device]) -> "Coordinates":
+    def to_devices(self, devices: Sequence[torch.device]) -> Coordinates:
         """The same set with parameter ``j``'s tensors on ``devices[j]``."""
         return Coordinates._from_parts(
-            [idx.to(d) for idx, d in zip(self.indices, devices)], self.mus, self.scheme,
+            [idx.to(d) for idx, d in zip(self.indices, devices)],
+            self.mus,
+            self.scheme,
             [[v.to(d) for v, d in zip(block, devices)] for block in self.values],
-            [[h.to(d) for h, d in zip(block, devices)] for block in self.steps])
+            [[h.to(d) for h, d in zip(block, devices)] for block in self.steps],
+        )
 
     def accumulate(self, coeffs: Tensor, grads: Sequence[Tensor], scales: Optional[Sequence[float]] = None) -> None:
         """``grads[j].flat[k] += scales[j] · c_k / span_k`` for every selected coordinate ``k``, in place.
@@ -278,7 +291,7 @@ class Coordinates(Directions):
             if idx.numel() == 0:
                 continue
             g = grads[j]
-            c = coeffs[self.offsets[j]:self.offsets[j + 1]].to(device=g.device, dtype=torch.float64)
+            c = coeffs[self.offsets[j] : self.offsets[j + 1]].to(device=g.device, dtype=torch.float64)
             scale = 1.0 if scales is None else scales[j]
             update = (c * scale / self.spans(j).to(g.device)).to(g.dtype)
             if g.is_contiguous():
@@ -336,9 +349,7 @@ class RandomDirections(Directions):
         self.devices = [p.device for p in params]
         self.dtypes = [p.dtype for p in params]
         self.masks = list(masks) if masks is not None else [None] * len(self.shapes)
-        self.dim = sum(
-            int(m.numel()) if m is not None else int(math.prod(s)) for m, s in zip(self.masks, self.shapes)
-        )
+        self.dim = sum(int(m.numel()) if m is not None else int(math.prod(s)) for m, s in zip(self.masks, self.shapes))
         self._norms: Optional[List[float]] = None
 
     @property
@@ -457,11 +468,11 @@ class RandomDirections(Directions):
                 st[e - lo].add_(self.direction(i, j), alpha=sign * self.mus[j])
         return stacks
 
-    def subset(self, ids: Tensor) -> "RandomDirections":
+    def subset(self, ids: Tensor) -> RandomDirections:
         """The directions ``ids`` (ascending), regenerated from the same seeds (see :class:`SeedSubset`)."""
         return SeedSubset(self, ids)
 
-    def to_devices(self, devices: Sequence[torch.device]) -> "RandomDirections":
+    def to_devices(self, devices: Sequence[torch.device]) -> RandomDirections:
         """Directions drawn where they are drawn now, handed out on ``devices`` (see :class:`SeedSubset`)."""
         return SeedSubset(self, torch.arange(self.num_directions)).place(devices)
 
@@ -498,16 +509,16 @@ class SeedSubset(RandomDirections):
         self._norms = None
         self.masks = [m.detach().cpu() if m is not None else None for m in parent.masks]
         self.devices = [torch.device(d.type) for d in parent.devices]  # where directions are drawn
-        self.targets = list(self.devices)                               # where they are used
+        self.targets = list(self.devices)  # where they are used
 
-    def place(self, devices: Sequence[torch.device]) -> "SeedSubset":
+    def place(self, devices: Sequence[torch.device]) -> SeedSubset:
         """Draw on the parent's device type (masks moved there), hand directions out on ``devices``."""
         self.devices = [torch.device(d.type) for d in self.devices]
         self.masks = [m.to(d) if m is not None else None for m, d in zip(self.masks, self.devices)]
         self.targets = list(devices)
         return self
 
-    def to_devices(self, devices: Sequence[torch.device]) -> "SeedSubset":
+    def to_devices(self, devices: Sequence[torch.device]) -> SeedSubset:
         """This set, its directions handed out on ``devices`` (:meth:`place`; drawn where they were)."""
         return self.place(devices)
 

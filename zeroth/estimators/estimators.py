@@ -38,6 +38,7 @@ References:
     A. Chen et al., "DeepZero: scaling up zeroth-order optimization for deep model training",
     ICLR 2024, arXiv:2310.02025 (CGE vs RGE notation used here, sparse CGE).
 """
+
 from __future__ import annotations
 
 import math
@@ -242,8 +243,7 @@ class CGE(Estimator):
         if masks is None:
             masks = [None] * len(params)
         indices = [
-            torch.arange(p.numel(), device=p.device) if m is None else m.to(p.device)
-            for p, m in zip(params, masks)
+            torch.arange(p.numel(), device=p.device) if m is None else m.to(p.device) for p, m in zip(params, masks)
         ]
         return Coordinates(indices, mus, self.scheme, params)
 

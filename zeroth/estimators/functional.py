@@ -4,6 +4,7 @@
 (e.g. :mod:`zeroth.constrained`) or a black-box adapter needs: ``fun`` takes a tensor shaped
 like ``x`` and returns a scalar (resp. a vector); ``x`` is never modified.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -39,9 +40,11 @@ def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
         if vector:
             ref = base if base is not None else (values[0] if values else y)
             if y.shape != ref.shape:  # a difference of outputs would broadcast: a silently wrong Jacobian
-                raise ValueError(f"fun returned {y.numel()} output(s) at evaluation point {e} (shape "
-                                 f"{tuple(y.shape)}) but {ref.numel()} at {ref_name} (shape {tuple(ref.shape)}): "
-                                 "fun must return the same number of outputs at every point")
+                raise ValueError(
+                    f"fun returned {y.numel()} output(s) at evaluation point {e} (shape "
+                    f"{tuple(y.shape)}) but {ref.numel()} at {ref_name} (shape {tuple(ref.shape)}): "
+                    "fun must return the same number of outputs at every point"
+                )
         values.append(y)
     return base, torch.stack(values), len(values) + (base is not None)
 

@@ -20,6 +20,7 @@ Lightning's automatic optimization runs ``backward()`` inside the closure it pas
 two lines above. (Lightning calls ``on_before_optimizer_step`` after each closure call, so
 once per loss evaluation: twice per SPSA step.)
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -31,8 +32,15 @@ from .._optional import require
 require("lightning.pytorch", "lightning")
 
 
-def zo_training_step(module: Any, closure: Callable[[], torch.Tensor], *, optimizer_idx: int = 0,
-                     scheduler: bool = True, log: Optional[str] = "train_loss", **log_kwargs: Any) -> Optional[torch.Tensor]:
+def zo_training_step(
+    module: Any,
+    closure: Callable[[], torch.Tensor],
+    *,
+    optimizer_idx: int = 0,
+    scheduler: bool = True,
+    log: Optional[str] = "train_loss",
+    **log_kwargs: Any,
+) -> Optional[torch.Tensor]:
     """One ZO step inside ``training_step`` (manual optimization): ``step(closure=...)``, scheduler, log.
 
     Args:
@@ -52,8 +60,10 @@ def zo_training_step(module: Any, closure: Callable[[], torch.Tensor], *, optimi
         zeroth.optim.BackwardInClosureError: the closure called ``backward()``.
     """
     if module.automatic_optimization:
-        raise RuntimeError("zo_training_step runs under manual optimization: set self.automatic_optimization = False "
-                           "in the LightningModule's __init__")
+        raise RuntimeError(
+            "zo_training_step runs under manual optimization: set self.automatic_optimization = False "
+            "in the LightningModule's __init__"
+        )
     opts = module.optimizers()
     opt = opts[optimizer_idx] if isinstance(opts, (list, tuple)) else opts
     loss = opt.step(closure=closure)

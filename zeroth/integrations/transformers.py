@@ -29,6 +29,7 @@ Evaluation, logging, saving and ``resume_from_checkpoint`` are ``Trainer``'s own
 optimizer's ``state_dict`` carries zeroth's generator, so a resumed run continues
 bit-identically (same seed, same data order, same model and scheduler state).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
@@ -69,13 +70,22 @@ class ZOTrainer(Trainer):
         arXiv:2305.17333 (MeZO's Trainer integration).
     """
 
-    def __init__(self, *args: Any, estimator: Union[str, Estimator, None] = None, inplace: bool = True,
-                 base: str = "sgd", zo_seed: Optional[int] = None, zo_options: Optional[Dict[str, Any]] = None,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        estimator: Union[str, Estimator, None] = None,
+        inplace: bool = True,
+        base: str = "sgd",
+        zo_seed: Optional[int] = None,
+        zo_options: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ):
         optimizers = kwargs.get("optimizers")
         if optimizers is not None and optimizers[0] is not None and not isinstance(optimizers[0], ZOOptimizer):
-            raise TypeError(f"optimizers: ZOTrainer steps with a zeroth.ZOOptimizer, got {type(optimizers[0]).__name__}; "
-                            "pass optimizers=(None, None) to build one from TrainingArguments")
+            raise TypeError(
+                f"optimizers: ZOTrainer steps with a zeroth.ZOOptimizer, got {type(optimizers[0]).__name__}; "
+                "pass optimizers=(None, None) to build one from TrainingArguments"
+            )
         self.zo_estimator = estimator if estimator is not None else SPSA(mu=1e-3)
         self.zo_inplace = inplace
         self.zo_base = base
@@ -98,14 +108,20 @@ class ZOTrainer(Trainer):
             opt_model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
             named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
-            groups = [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
-                      {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+            groups = [
+                {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+            ]
             groups = [g for g in groups if g["params"]]
             if not groups:
                 raise ValueError("model: no parameter has requires_grad=True, nothing to train")
             self.optimizer = ZOOptimizer(
-                groups, lr=self.args.learning_rate, estimator=self.zo_estimator, inplace=self.zo_inplace,
-                base=self.zo_base, seed=self.zo_seed if self.zo_seed is not None else self.args.seed,
+                groups,
+                lr=self.args.learning_rate,
+                estimator=self.zo_estimator,
+                inplace=self.zo_inplace,
+                base=self.zo_base,
+                seed=self.zo_seed if self.zo_seed is not None else self.args.seed,
                 **self.zo_options,
             )
         return self.optimizer
@@ -126,8 +142,9 @@ class ZOTrainer(Trainer):
         return opt
 
     # -- the step ----------------------------------------------------------------------------
-    def training_step(self, model: nn.Module, inputs: Dict[str, Any],
-                      num_items_in_batch: Optional[Union[torch.Tensor, int]] = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: Dict[str, Any], num_items_in_batch: Optional[Union[torch.Tensor, int]] = None
+    ) -> torch.Tensor:
         """Keep the micro-batch; on the last micro-batch of an update, estimate the ZO gradient on all of them.
 
         Returns this micro-batch's share of the loss as ``Trainer`` expects (the sum over the

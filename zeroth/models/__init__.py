@@ -1,4 +1,5 @@
 """Reference networks for tests, examples and benchmarks (torchvision is not used)."""
+
 from .digits import DigitsCNN, DigitsMLP
 from .resnet import PadShortcut, Residual, ResNet20, resnet20
 

@@ -1,4 +1,5 @@
 """Small networks for the 8×8 digits of ``sklearn.datasets.load_digits``."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -18,10 +19,10 @@ class DigitsCNN(nn.Sequential):
 
     def __init__(self, channels: tuple = (8, 16), num_classes: int = 10, batch_norm: bool = False):
         c1, c2 = channels
-        layers = [nn.Conv2d(1, c1, 3, padding=1)]                          # (B, c1, 8, 8)
+        layers = [nn.Conv2d(1, c1, 3, padding=1)]  # (B, c1, 8, 8)
         if batch_norm:
             layers.append(nn.BatchNorm2d(c1))
-        layers += [nn.ReLU(), nn.Conv2d(c1, c2, 3, stride=2, padding=1)]   # (B, c2, 4, 4)
+        layers += [nn.ReLU(), nn.Conv2d(c1, c2, 3, stride=2, padding=1)]  # (B, c2, 4, 4)
         if batch_norm:
             layers.append(nn.BatchNorm2d(c2))
         layers += [nn.ReLU(), nn.Flatten(), nn.Linear(c2 * 16, num_classes)]  # (B, 10)

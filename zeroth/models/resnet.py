@@ -8,6 +8,7 @@ References:
     K. He, X. Zhang, S. Ren and J. Sun, "Deep residual learning for image recognition",
     CVPR 2016, arXiv:1512.03385 (§4.2: the CIFAR-10 ResNet-20, option A shortcuts).
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -62,9 +63,9 @@ class PadShortcut(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` → ``(B, out_channels, ⌈H/s⌉, ⌈W/s⌉)``: every ``s``-th pixel, zero channels added."""
-        x = x[:, :, :: self.stride, :: self.stride]                 # (B, C, H/s, W/s)
+        x = x[:, :, :: self.stride, :: self.stride]  # (B, C, H/s, W/s)
         lo = self.extra // 2
-        return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))          # (B, C + extra, H/s, W/s)
+        return F.pad(x, (0, 0, 0, 0, lo, self.extra - lo))  # (B, C + extra, H/s, W/s)
 
 
 def basic_block(in_channels: int, out_channels: int, stride: int) -> Residual:
@@ -101,15 +102,15 @@ class ResNet20(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         blocks: List[nn.Module] = []
         cin = width
-        for i, cout in enumerate((width, 2 * width, 4 * width)):        # 32×32, 16×16, 8×8
+        for i, cout in enumerate((width, 2 * width, 4 * width)):  # 32×32, 16×16, 8×8
             for b in range(blocks_per_stage):
                 stride = 2 if (i > 0 and b == 0) else 1
                 blocks.append(basic_block(cin, cout, stride))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)                             # (B, 4w, 1, 1)
-        self.flatten = nn.Flatten()                                     # (B, 4w)
-        self.fc = nn.Linear(cin, num_classes)                           # (B, classes)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # (B, 4w, 1, 1)
+        self.flatten = nn.Flatten()  # (B, 4w)
+        self.fc = nn.Linear(cin, num_classes)  # (B, classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -5,6 +5,7 @@ A *ratio* is always the fraction of a layer's weights that is **kept** (estimate
 :mod:`zeroth.sparsity.masks` for the mask rules and how the base rule treats unselected
 coordinates.
 """
+
 from .masks import DynamicMask, FixedMask, MaskRule, count_selected
 from .ratios import (
     balanced_batch,
@@ -19,6 +20,17 @@ from .ratios import (
 )
 
 __all__ = [
-    "DynamicMask", "FixedMask", "MaskRule", "balanced_batch", "count_selected", "grasp_ratios", "grasp_scores",
-    "kept_fraction", "load_ratios", "prunable_weights", "ratios_from_scores", "save_ratios", "uniform_ratios",
+    "DynamicMask",
+    "FixedMask",
+    "MaskRule",
+    "balanced_batch",
+    "count_selected",
+    "grasp_ratios",
+    "grasp_scores",
+    "kept_fraction",
+    "load_ratios",
+    "prunable_weights",
+    "ratios_from_scores",
+    "save_ratios",
+    "uniform_ratios",
 ]

@@ -35,6 +35,7 @@ References:
     ICLR 2024, arXiv:2310.02025 ("sparse gradient, dense model": random coordinates at the
     ZO-GraSP layer ratios, re-drawn every few epochs).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -194,7 +195,9 @@ class DynamicMask(MaskRule):
         out = [self.ratios.get(names.get(id(p), ""), None) for p in params]
         unseen = set(self.ratios) - {names.get(id(p)) for p in params}
         if unseen and self.ratio is None:  # a named ratio for a tensor the optimizer does not train
-            raise ValueError(f"ratios: names not among the optimizer's trainable parameters: {', '.join(sorted(unseen))}")
+            raise ValueError(
+                f"ratios: names not among the optimizer's trainable parameters: {', '.join(sorted(unseen))}"
+            )
         return out
 
     def _draw(self, params: Sequence[Tensor], generator: Optional[torch.Generator]) -> Masks:
@@ -308,7 +311,9 @@ class FixedMask(MaskRule):
             self._by_position: Optional[Masks] = None
         elif isinstance(masks, (list, tuple)):
             self._by_name = {}
-            self._by_position = [None if m is None else _as_indices(m, None, f"masks[{i}]") for i, m in enumerate(masks)]
+            self._by_position = [
+                None if m is None else _as_indices(m, None, f"masks[{i}]") for i, m in enumerate(masks)
+            ]
         else:
             raise TypeError(f"masks must be a mapping from parameter name or a list, got {type(masks).__name__}")
         self.model = model
@@ -329,7 +334,9 @@ class FixedMask(MaskRule):
             out = [self._by_name.get(names.get(id(p), ""), None) for p in params]
         for i, (p, m) in enumerate(zip(params, out)):
             if m is not None and m.numel() and int(m.max()) >= p.numel():
-                raise ValueError(f"masks[{i}]: index {int(m.max())} out of range for a parameter of {p.numel()} entries")
+                raise ValueError(
+                    f"masks[{i}]: index {int(m.max())} out of range for a parameter of {p.numel()} entries"
+                )
         return [None if m is None else m.to(p.device) for p, m in zip(params, out)]
 
     def __repr__(self) -> str:
@@ -345,7 +352,9 @@ def _as_indices(mask: Any, param: Optional[Tensor], argument: str) -> Optional[T
         raise TypeError(f"{argument} must be a torch.Tensor (bool mask or flat indices), got {type(mask).__name__}")
     if mask.dtype == torch.bool:
         if param is not None and mask.shape != param.shape:
-            raise ValueError(f"{argument}: boolean mask of shape {tuple(mask.shape)} for a parameter of shape {tuple(param.shape)}")
+            raise ValueError(
+                f"{argument}: boolean mask of shape {tuple(mask.shape)} for a parameter of shape {tuple(param.shape)}"
+            )
         return mask.reshape(-1).nonzero().reshape(-1)
     if mask.is_floating_point() or mask.is_complex():
         raise TypeError(f"{argument}: expected a bool mask or integer indices, got dtype {mask.dtype}")

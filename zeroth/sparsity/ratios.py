@@ -23,6 +23,7 @@ References:
     C. Wang, G. Zhang and R. Grosse, "Picking winning tickets before training by preserving
     gradient flow", ICLR 2020, arXiv:2002.07376 (GraSP, the first-order score −θ ⊙ Hg).
 """
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,9 @@ def check_ratios(ratios: Any, argument: str = "ratios") -> Dict[str, float]:
         ValueError: a value is not a number in [0, 1].
     """
     if not isinstance(ratios, Mapping):
-        raise TypeError(f"{argument} must be a mapping from parameter name to kept fraction, got {type(ratios).__name__}")
+        raise TypeError(
+            f"{argument} must be a mapping from parameter name to kept fraction, got {type(ratios).__name__}"
+        )
     out = {}
     for name, r in ratios.items():
         if not isinstance(name, str):
@@ -301,7 +304,7 @@ def balanced_batch(
     return inputs[sel], targets[sel]
 
 
-def save_ratios(path: "os.PathLike[str] | str", ratios: Mapping[str, float], **meta: Any) -> None:
+def save_ratios(path: os.PathLike[str] | str, ratios: Mapping[str, float], **meta: Any) -> None:
     """Write ``ratios`` (plus JSON-serialisable ``meta``, e.g. sparsity, q, mu) to a small JSON file.
 
     The file holds ``{"format": "zeroth.sparsity.ratios/1", "meaning": ..., "ratios": ..., "meta": ...}``.
@@ -336,7 +339,7 @@ def save_ratios(path: "os.PathLike[str] | str", ratios: Mapping[str, float], **m
         raise
 
 
-def load_ratios(path: "os.PathLike[str] | str") -> Dict[str, float]:
+def load_ratios(path: os.PathLike[str] | str) -> Dict[str, float]:
     """Read ratios written by :func:`save_ratios`.
 
     Returns:
@@ -348,7 +351,7 @@ def load_ratios(path: "os.PathLike[str] | str") -> Dict[str, float]:
         TypeError: its ratios are not a mapping of names.
         OSError: the file cannot be read (e.g. ``FileNotFoundError``).
     """
-    with open(path, "r", encoding="utf-8") as fh:
+    with open(path, encoding="utf-8") as fh:
         try:
             doc = json.load(fh)
         except json.JSONDecodeError as err:
@@ -356,4 +359,3 @@ def load_ratios(path: "os.PathLike[str] | str") -> Dict[str, float]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"path: {os.fspath(path)!r} is not a ratios file (format {FORMAT!r} expected)")
     return check_ratios(doc.get("ratios"), argument=f"ratios in {os.fspath(path)!r}")
-

@@ -6,6 +6,7 @@ behind a :class:`~zeroth.blackbox.BlackBox` around ``f∘Dec`` whose backward is
 over the small latent ``z`` (CGE or RGE); the defended model ``f∘Dec∘Enc∘D`` is certified by
 randomized smoothing (Cohen et al.). ``zeroth defend`` runs the whole comparison.
 """
+
 from .autoencoder import build_decoder, build_encoder
 from .certify import (
     ABSTAIN,
@@ -33,9 +34,31 @@ from .train import (
 )
 
 __all__ = [
-    "ABSTAIN", "Certificate", "DefendConfig", "DnCNN", "Normalize", "OwnerSide", "PRESETS", "QueryCounter", "Report",
-    "Row", "TrainLog", "build_decoder", "build_encoder", "certified_accuracy", "certify", "certify_dataset",
-    "classifier_head", "denoised_loss", "load_cifar10",
-    "lower_confidence_bound", "predict", "pseudo_labels", "run", "sample_counts", "train_autoencoder",
-    "train_classifier", "train_denoiser",
+    "ABSTAIN",
+    "Certificate",
+    "DefendConfig",
+    "DnCNN",
+    "Normalize",
+    "OwnerSide",
+    "PRESETS",
+    "QueryCounter",
+    "Report",
+    "Row",
+    "TrainLog",
+    "build_decoder",
+    "build_encoder",
+    "certified_accuracy",
+    "certify",
+    "certify_dataset",
+    "classifier_head",
+    "denoised_loss",
+    "load_cifar10",
+    "lower_confidence_bound",
+    "predict",
+    "pseudo_labels",
+    "run",
+    "sample_counts",
+    "train_autoencoder",
+    "train_classifier",
+    "train_denoiser",
 ]

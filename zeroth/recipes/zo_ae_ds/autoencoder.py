@@ -7,6 +7,7 @@ map, reached by stride-2 convolutions (32 → 16 → 8 → 4 → 1 for CIFAR-10,
 digits); the decoder mirrors it with transposed convolutions and ends in a sigmoid (pixels in
 [0, 1]).
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -30,7 +31,11 @@ def _downsamplings(image_size: int) -> int:
 
 def _check(channels, latent_dim, width):
     """The three sizes, validated."""
-    return check_count("channels", channels, 1), check_count("latent_dim", latent_dim, 1), check_count("width", width, 1)
+    return (
+        check_count("channels", channels, 1),
+        check_count("latent_dim", latent_dim, 1),
+        check_count("width", width, 1),
+    )
 
 
 def build_encoder(channels: int, image_size: int, latent_dim: int, width: int = 32) -> nn.Sequential:
@@ -52,9 +57,9 @@ def build_encoder(channels: int, image_size: int, latent_dim: int, width: int = 
     layers: List[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]  # (B, w, S, S)
     c = width
     for _ in range(_downsamplings(image_size)):
-        layers += [nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.ReLU(inplace=True)]             # (B, 2c, S/2, S/2)
+        layers += [nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.ReLU(inplace=True)]  # (B, 2c, S/2, S/2)
         c *= 2
-    layers += [nn.Conv2d(c, latent_dim, 4), nn.ReLU(inplace=True)]                                 # (B, d_z, 1, 1)
+    layers += [nn.Conv2d(c, latent_dim, 4), nn.ReLU(inplace=True)]  # (B, d_z, 1, 1)
     return nn.Sequential(*layers)
 
 
@@ -69,9 +74,9 @@ def build_decoder(channels: int, image_size: int, latent_dim: int, width: int = 
     channels, latent_dim, width = _check(channels, latent_dim, width)
     steps = _downsamplings(image_size)
     c = width * 2**steps
-    layers: List[nn.Module] = [nn.ConvTranspose2d(latent_dim, c, 4), nn.ReLU(inplace=True)]       # (B, c, 4, 4)
+    layers: List[nn.Module] = [nn.ConvTranspose2d(latent_dim, c, 4), nn.ReLU(inplace=True)]  # (B, c, 4, 4)
     for _ in range(steps):
         layers += [nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1), nn.ReLU(inplace=True)]  # (B, c/2, 2s, 2s)
         c //= 2
-    layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]                                 # (B, C, S, S)
+    layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]  # (B, C, S, S)
     return nn.Sequential(*layers)

@@ -13,6 +13,7 @@ class unless a two-sided binomial test between the two most frequent classes can
 equality at level ``α``. ``σ`` is the noise standard deviation on [0, 1] pixels (the paper
 writes σ² = 0.25, its code and README use σ = 0.25: we follow the code).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -43,9 +44,9 @@ class Certificate:
     """
 
     prediction: int
-    radius: float    # 0.0 when abstaining
-    p_lower: float   # Clopper–Pearson lower bound on P(h(x + δ) = prediction)
-    count: int       # samples (of n) that voted for the candidate class
+    radius: float  # 0.0 when abstaining
+    p_lower: float  # Clopper–Pearson lower bound on P(h(x + δ) = prediction)
+    count: int  # samples (of n) that voted for the candidate class
     n: int
     label: Optional[int] = None
 
@@ -63,14 +64,15 @@ class Certificate:
 
 def _check_test(sigma, n, alpha):
     """``sigma > 0``, integer ``n > 0`` and ``0 < alpha < 1/2``, validated (ValueError naming each)."""
-    return (positive("sigma", sigma), positive("n", n, integer=True),
-            positive("alpha", alpha, upper=0.5))
+    return (positive("sigma", sigma), positive("n", n, integer=True), positive("alpha", alpha, upper=0.5))
 
 
 def _check_input(x) -> Tensor:
     """One floating-point input (no batch dimension), or a TypeError."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor (one input, without batch dimension), got {type(x).__name__}")
+        raise TypeError(
+            f"x must be a floating-point torch.Tensor (one input, without batch dimension), got {type(x).__name__}"
+        )
     return x
 
 
@@ -103,7 +105,7 @@ def sample_counts(
         for start in range(0, num, batch):
             k = min(batch, num - start)
             noise = torch.randn((k,) + tuple(x.shape), generator=generator, device=noise_device, dtype=x.dtype)
-            logits = model(x.unsqueeze(0) + sigma * noise.to(x.device))            # (k, K)
+            logits = model(x.unsqueeze(0) + sigma * noise.to(x.device))  # (k, K)
             if counts is None:
                 num_classes = num_classes or logits.shape[-1]
                 counts = torch.zeros(num_classes, dtype=torch.long)

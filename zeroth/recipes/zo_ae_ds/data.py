@@ -4,6 +4,7 @@ Nothing is downloaded: :func:`zeroth.data.load_cifar10` reads the standard pytho
 batches from a folder you provide, in [0, 1] and not normalised: smoothing noise lives on
 the [0, 1] pixel scale, and the classifier normalises inside (:class:`Normalize`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from ...data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10  # noqa: F401  (the recipe's data API)
-
 
 
 class Normalize(nn.Module):

@@ -13,6 +13,7 @@ Rows: no defense (``f`` itself: its accuracy at r = 0, no certificate beyond) ·
 smoothing of ``f`` alone · FO-DS · FO-AE-DS (white-box references) · ZO-DS (RGE over the
 pixels, ``q`` = the largest ``q``) · ZO-AE-DS RGE for each ``q`` · ZO-AE-DS CGE.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,18 +46,18 @@ class Preset:
     image_size: int
     classifier: Callable[[], nn.Module]
     classifier_name: str
-    latent_dim: int           # d_z: coordinates of the ZO estimate in ZO-AE-DS
-    ae_width: int             # channels of the AE's first conv (doubled per halving)
+    latent_dim: int  # d_z: coordinates of the ZO estimate in ZO-AE-DS
+    ae_width: int  # channels of the AE's first conv (doubled per halving)
     dncnn_depth: int
     dncnn_width: int
     classifier_epochs: int
     ae_epochs: int
-    epochs: int               # denoiser epochs per row
+    epochs: int  # denoiser epochs per row
     batch_size: int
-    n: int                    # Monte-Carlo samples of the certificate (N0 = 100 for both)
-    num_certify: int          # test images certified, evenly spaced over the test set
+    n: int  # Monte-Carlo samples of the certificate (N0 = 100 for both)
+    num_certify: int  # test images certified, evenly spaced over the test set
     radii: Tuple[float, ...]  # table radii (L2, on [0, 1] pixels)
-    max_points: Optional[int] # images per black-box call (memory bound)
+    max_points: Optional[int]  # images per black-box call (memory bound)
 
 
 def _cifar_classifier() -> nn.Module:
@@ -68,16 +69,44 @@ PRESETS: Dict[str, Preset] = {
     # 8×8 digits in [0, 1] (mean L2 norm 3.8; half the distance to the nearest other-class
     # training image: median 0.93): radii up to 0.5 = 2σ. With N = 1000, α = 0.001 the
     # largest certifiable radius is σ·Φ⁻¹(0.001^(1/1000)) = 0.62, so 0.75 is out of reach.
-    "digits": Preset(channels=1, image_size=8, classifier=DigitsCNN, classifier_name="DigitsCNN", latent_dim=24,
-                     ae_width=16, dncnn_depth=5, dncnn_width=16, classifier_epochs=30, ae_epochs=150,
-                     epochs=20, batch_size=64, n=1000, num_certify=450,
-                     radii=(0.0, 0.125, 0.25, 0.375, 0.5), max_points=None),
+    "digits": Preset(
+        channels=1,
+        image_size=8,
+        classifier=DigitsCNN,
+        classifier_name="DigitsCNN",
+        latent_dim=24,
+        ae_width=16,
+        dncnn_depth=5,
+        dncnn_width=16,
+        classifier_epochs=30,
+        ae_epochs=150,
+        epochs=20,
+        batch_size=64,
+        n=1000,
+        num_certify=450,
+        radii=(0.0, 0.125, 0.25, 0.375, 0.5),
+        max_points=None,
+    ),
     # The paper's CIFAR-10 setting (DnCNN 17/64, d_z = 192, N = 10 000, every 20th test
     # image as in Cohen et al.) with a ResNet-20 owner model; sized for one GPU.
-    "cifar10": Preset(channels=3, image_size=32, classifier=_cifar_classifier, classifier_name="ResNet-20",
-                      latent_dim=192, ae_width=32, dncnn_depth=17, dncnn_width=64, classifier_epochs=60,
-                      ae_epochs=100, epochs=50, batch_size=256, n=10_000, num_certify=500,
-                      radii=(0.0, 0.25, 0.5, 0.75), max_points=65_536),
+    "cifar10": Preset(
+        channels=3,
+        image_size=32,
+        classifier=_cifar_classifier,
+        classifier_name="ResNet-20",
+        latent_dim=192,
+        ae_width=32,
+        dncnn_depth=17,
+        dncnn_width=64,
+        classifier_epochs=60,
+        ae_epochs=100,
+        epochs=50,
+        batch_size=256,
+        n=10_000,
+        num_certify=500,
+        radii=(0.0, 0.25, 0.5, 0.75),
+        max_points=65_536,
+    ),
 }
 
 ESTIMATOR_CHOICES = ("cge", "rge", "all")
@@ -112,16 +141,16 @@ class DefendConfig:
     """
 
     dataset: str = "digits"
-    data_dir: Optional[str] = None          # CIFAR-10 python batches (required for cifar10)
-    sigma: float = 0.25                     # noise std on [0, 1] pixels (the paper's code; its text says σ²)
-    estimator: str = "all"                  # ZO-AE-DS rows: "cge", "rge" or "all"
-    q: Optional[Sequence[int]] = None       # RGE directions per image (default 2, d_z/4, d_z)
-    mu: float = 5e-3                        # finite-difference step (the paper's)
-    lr: float = 1e-3                        # Adam, denoiser and encoder (the paper's)
+    data_dir: Optional[str] = None  # CIFAR-10 python batches (required for cifar10)
+    sigma: float = 0.25  # noise std on [0, 1] pixels (the paper's code; its text says σ²)
+    estimator: str = "all"  # ZO-AE-DS rows: "cge", "rge" or "all"
+    q: Optional[Sequence[int]] = None  # RGE directions per image (default 2, d_z/4, d_z)
+    mu: float = 5e-3  # finite-difference step (the paper's)
+    lr: float = 1e-3  # Adam, denoiser and encoder (the paper's)
     n0: int = 100
     alpha: float = 0.001
     latent_dim: Optional[int] = None
-    epochs: Optional[int] = None            # denoiser epochs per row
+    epochs: Optional[int] = None  # denoiser epochs per row
     classifier_epochs: Optional[int] = None
     ae_epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -130,8 +159,8 @@ class DefendConfig:
     radii: Optional[Sequence[float]] = None
     seed: int = 0
     device: str = "cpu"
-    out: str = "zeroth_defend.png"          # the plot
-    checkpoint_dir: Optional[str] = None    # per-stage checkpoints; a rerun resumes from them
+    out: str = "zeroth_defend.png"  # the plot
+    checkpoint_dir: Optional[str] = None  # per-stage checkpoints; a rerun resumes from them
     progress: bool = True
     preset: Preset = field(init=False, repr=False)
 
@@ -140,9 +169,13 @@ class DefendConfig:
         if self.dataset not in PRESETS:
             raise ValueError(f"Invalid dataset value: {self.dataset!r} (expected one of {', '.join(PRESETS)})")
         if self.dataset == "cifar10" and not self.data_dir:
-            raise ValueError("data_dir: cifar10 needs --data-dir with the python-pickle batches (nothing is downloaded)")
+            raise ValueError(
+                "data_dir: cifar10 needs --data-dir with the python-pickle batches (nothing is downloaded)"
+            )
         if self.estimator not in ESTIMATOR_CHOICES:
-            raise ValueError(f"Invalid estimator value: {self.estimator!r} (expected one of {', '.join(ESTIMATOR_CHOICES)})")
+            raise ValueError(
+                f"Invalid estimator value: {self.estimator!r} (expected one of {', '.join(ESTIMATOR_CHOICES)})"
+            )
         self.preset = p = PRESETS[self.dataset]
         self.sigma, self.mu, self.lr = positive("sigma", self.sigma), positive("mu", self.mu), positive("lr", self.lr)
         self.alpha = positive("alpha", self.alpha, upper=0.5)
@@ -220,12 +253,19 @@ def _checkpoint(config: DefendConfig, name: str) -> Dict[str, object]:
 def _plan(config: DefendConfig) -> List[Tuple[str, dict]]:
     """The trained rows: name and ``train_denoiser`` arguments."""
     zo_ds_q = max(config.q)
-    rows = [("FO-DS", dict(mode="fo", through_ae=False)), ("FO-AE-DS", dict(mode="fo", through_ae=True)),
-            (f"ZO-DS RGE q={zo_ds_q}", dict(mode="zo", through_ae=False,
-                                            estimator=RGE(q=zo_ds_q, mu=config.mu, dist="sphere")))]
+    rows = [
+        ("FO-DS", dict(mode="fo", through_ae=False)),
+        ("FO-AE-DS", dict(mode="fo", through_ae=True)),
+        (
+            f"ZO-DS RGE q={zo_ds_q}",
+            dict(mode="zo", through_ae=False, estimator=RGE(q=zo_ds_q, mu=config.mu, dist="sphere")),
+        ),
+    ]
     if config.estimator in ("rge", "all"):
-        rows += [(f"ZO-AE-DS RGE q={q}", dict(mode="zo", through_ae=True, estimator=RGE(q=q, mu=config.mu, dist="sphere")))
-                 for q in config.q]
+        rows += [
+            (f"ZO-AE-DS RGE q={q}", dict(mode="zo", through_ae=True, estimator=RGE(q=q, mu=config.mu, dist="sphere")))
+            for q in config.q
+        ]
     if config.estimator in ("cge", "all"):
         rows.append(("ZO-AE-DS CGE", dict(mode="zo", through_ae=True, estimator=CGE(mu=config.mu))))
     return rows
@@ -253,45 +293,90 @@ def run(config: DefendConfig) -> Report:
 
     torch.manual_seed(config.seed)
     f = p.classifier().to(device)
-    train_classifier(f, data.x_train, data.y_train, epochs=config.classifier_epochs, batch_size=config.batch_size,
-                     seed=config.seed, progress=config.progress, **_checkpoint(config, "classifier"))
+    train_classifier(
+        f,
+        data.x_train,
+        data.y_train,
+        epochs=config.classifier_epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=config.progress,
+        **_checkpoint(config, "classifier"),
+    )
     f.requires_grad_(False).eval()
     encoder = build_encoder(p.channels, p.image_size, config.latent_dim, p.ae_width).to(device)
     decoder = build_decoder(p.channels, p.image_size, config.latent_dim, p.ae_width).to(device)
-    train_autoencoder(encoder, decoder, data.x_train, epochs=config.ae_epochs, batch_size=config.batch_size,
-                      seed=config.seed, progress=config.progress, **_checkpoint(config, "autoencoder"))
+    train_autoencoder(
+        encoder,
+        decoder,
+        data.x_train,
+        epochs=config.ae_epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=config.progress,
+        **_checkpoint(config, "autoencoder"),
+    )
     decoder.requires_grad_(False).eval()
     encoder.eval()
     with torch.no_grad():
-        recon = torch.cat([decoder(encoder(xs[i:i + 256])) for i in range(0, xs.shape[0], 256)])
-    notes = [f"black-box classifier {p.classifier_name}: clean test accuracy {100 * accuracy(f, data.x_test, data.y_test):.1f} %; "
-             f"AE (d_z = {config.latent_dim}): test MSE {float((recon - xs).pow(2).mean()):.4f}, "
-             f"f(Dec(Enc(x))) accuracy {100 * accuracy(f, recon, ys):.1f} %"]
+        recon = torch.cat([decoder(encoder(xs[i : i + 256])) for i in range(0, xs.shape[0], 256)])
+    notes = [
+        f"black-box classifier {p.classifier_name}: "
+        f"clean test accuracy {100 * accuracy(f, data.x_test, data.y_test):.1f} %; "
+        f"AE (d_z = {config.latent_dim}): test MSE {float((recon - xs).pow(2).mean()):.4f}, "
+        f"f(Dec(Enc(x))) accuracy {100 * accuracy(f, recon, ys):.1f} %"
+    ]
 
     def certify_row(name: str, model: nn.Module, log: Optional[TrainLog] = None) -> Row:
         """Certify one smoothed model on the shared test images with the shared noise."""
         gen = torch.Generator(device=device).manual_seed(config.seed + 2)  # the same noise for every row
         t = time.perf_counter()
-        certs = certify_dataset(model, xs, ys, config.sigma, config.n0, config.n, config.alpha,
-                                batch=min(config.n, 1000), generator=gen, progress=config.progress, desc=name)
-        row = Row(name, certified_accuracy(certs, config.radii), certify_seconds=time.perf_counter() - t, certificates=certs)
+        certs = certify_dataset(
+            model,
+            xs,
+            ys,
+            config.sigma,
+            config.n0,
+            config.n,
+            config.alpha,
+            batch=min(config.n, 1000),
+            generator=gen,
+            progress=config.progress,
+            desc=name,
+        )
+        row = Row(
+            name, certified_accuracy(certs, config.radii), certify_seconds=time.perf_counter() - t, certificates=certs
+        )
         if log is not None:
             row.queries_per_step, row.train_queries, row.train_seconds = log.queries_per_step, log.queries, log.seconds
         return row
 
     no_defense = accuracy(QueryCounter(f), xs, ys)
-    rows = [Row("no defense", [no_defense if r == 0 else 0.0 for r in config.radii]),
-            certify_row("RS of f alone", QueryCounter(f))]
+    rows = [
+        Row("no defense", [no_defense if r == 0 else 0.0 for r in config.radii]),
+        certify_row("RS of f alone", QueryCounter(f)),
+    ]
     for name, kwargs in _plan(config):
         torch.manual_seed(config.seed + 1)  # the same initial denoiser for every row
         denoiser = DnCNN(p.channels, p.dncnn_depth, p.dncnn_width).to(device)
         enc = copy.deepcopy(encoder) if kwargs["through_ae"] else None
         counter = QueryCounter(f, white_box=kwargs["mode"] == "fo")
-        log = train_denoiser(denoiser, counter, data.x_train, sigma=config.sigma, encoder=enc,
-                             decoder=decoder if kwargs["through_ae"] else None, epochs=config.epochs,
-                             batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                             max_points=p.max_points if kwargs["mode"] == "zo" else None, progress=config.progress,
-                             **kwargs, **_checkpoint(config, name.replace(" ", "_").replace("=", "")))
+        log = train_denoiser(
+            denoiser,
+            counter,
+            data.x_train,
+            sigma=config.sigma,
+            encoder=enc,
+            decoder=decoder if kwargs["through_ae"] else None,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            max_points=p.max_points if kwargs["mode"] == "zo" else None,
+            progress=config.progress,
+            **kwargs,
+            **_checkpoint(config, name.replace(" ", "_").replace("=", "")),
+        )
         stages = [denoiser] + ([enc, decoder] if enc is not None else []) + [QueryCounter(f)]
         rows.append(certify_row(name, nn.Sequential(*stages), log))
     report = Report(config, rows, notes, time.perf_counter() - start)
@@ -310,18 +395,22 @@ def format_report(report: Report) -> str:
     """The header, the table (certified accuracy in % per radius), the goal checks and the wall time."""
     c = report.config
     p = c.preset
-    head = (f"ZO-AE-DS certified defense on {c.dataset}: σ = {c.sigma}, d_z = {c.latent_dim}, μ = {c.mu} "
-            f"(forward differences, RGE on the unit sphere), DnCNN depth {p.dncnn_depth} / {p.dncnn_width} channels, "
-            f"{c.epochs} denoiser epochs (batch {c.batch_size}, Adam lr {c.lr})\n"
-            f"certified on {len(report.rows[1].certificates)} test images: N0 = {c.n0}, N = {c.n}, α = {c.alpha} "
-            f"({c.n0 + c.n} queries per image)")
+    head = (
+        f"ZO-AE-DS certified defense on {c.dataset}: σ = {c.sigma}, d_z = {c.latent_dim}, μ = {c.mu} "
+        f"(forward differences, RGE on the unit sphere), DnCNN depth {p.dncnn_depth} / {p.dncnn_width} channels, "
+        f"{c.epochs} denoiser epochs (batch {c.batch_size}, Adam lr {c.lr})\n"
+        f"certified on {len(report.rows[1].certificates)} test images: N0 = {c.n0}, N = {c.n}, α = {c.alpha} "
+        f"({c.n0 + c.n} queries per image)"
+    )
     radii = "".join(f"{'r=' + format(r, 'g'):>8}" for r in c.radii)
     title = f"{'method':<22}{'queries/step':>13}{'train queries':>15}{'train s':>9}{'cert s':>8}{radii}"
     lines = [head, *report.notes, "", title, "-" * len(title)]
     for r in report.rows:
         acc = "".join(f"{100 * a:>8.1f}" for a in r.accuracy)
-        lines.append(f"{r.name:<22}{_cell(r.queries_per_step, ','):>13}{_cell(r.train_queries, ','):>15}"
-                     f"{_cell(r.train_seconds, '.1f'):>9}{_cell(r.certify_seconds, '.1f'):>8}{acc}")
+        lines.append(
+            f"{r.name:<22}{_cell(r.queries_per_step, ','):>13}{_cell(r.train_queries, ','):>15}"
+            f"{_cell(r.train_seconds, '.1f'):>9}{_cell(r.certify_seconds, '.1f'):>8}{acc}"
+        )
     lines += ["", *goals(report), f"wall time {report.seconds:.0f} s"]
     return "\n".join(lines)
 
@@ -335,16 +424,23 @@ def goals(report: Report) -> List[str]:
     zo_ds = names.get(f"ZO-DS RGE q={max(c.q)}")
     out = []
     if cge and rge and zo_ds:
-        bad = [f"r={r:g} ({100 * a:.1f} / {100 * b:.1f} / {100 * z:.1f})"
-               for r, a, b, z in zip(c.radii, cge.accuracy, rge.accuracy, zo_ds.accuracy) if not a > b > z]
-        out.append(f"goal  ZO-AE-DS CGE > ZO-AE-DS RGE q={max(c.q)} > ZO-DS q={max(c.q)} at every radius: "
-                   + ("met" if not bad else "missed at " + ", ".join(bad)))
+        bad = [
+            f"r={r:g} ({100 * a:.1f} / {100 * b:.1f} / {100 * z:.1f})"
+            for r, a, b, z in zip(c.radii, cge.accuracy, rge.accuracy, zo_ds.accuracy)
+            if not a > b > z
+        ]
+        out.append(
+            f"goal  ZO-AE-DS CGE > ZO-AE-DS RGE q={max(c.q)} > ZO-DS q={max(c.q)} at every radius: "
+            + ("met" if not bad else "missed at " + ", ".join(bad))
+        )
     if cge and fo:
         gaps = [100 * (b - a) for a, b in zip(cge.accuracy, fo.accuracy)]
         worst = max(range(len(gaps)), key=lambda i: gaps[i])
-        out.append(f"goal  ZO-AE-DS CGE within 2 points of FO-AE-DS at every radius: "
-                   + ("met" if gaps[worst] <= 2 else "missed") +
-                   f" (largest shortfall {gaps[worst]:.1f} points at r={c.radii[worst]:g})")
+        out.append(
+            "goal  ZO-AE-DS CGE within 2 points of FO-AE-DS at every radius: "
+            + ("met" if gaps[worst] <= 2 else "missed")
+            + f" (largest shortfall {gaps[worst]:.1f} points at r={c.radii[worst]:g})"
+        )
     return out
 
 
@@ -364,8 +460,11 @@ def plot(report: Report, path: str) -> str:
             ax.plot([0], [100 * row.accuracy[0]], "ko", label=row.name)  # no certificate beyond r = 0
     for r in report.config.radii:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
-    ax.set(xlabel="L2 radius", ylabel="certified accuracy (%)",
-           title=f"ZO-AE-DS on {report.config.dataset}, σ = {report.config.sigma}")
+    ax.set(
+        xlabel="L2 radius",
+        ylabel="certified accuracy (%)",
+        title=f"ZO-AE-DS on {report.config.dataset}, σ = {report.config.sigma}",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

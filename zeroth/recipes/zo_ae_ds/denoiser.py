@@ -5,6 +5,7 @@ something the (clean-trained) classifier recognises. ZO-AE-DS trains it from scr
 than from a pretrained denoiser (better in the paper: 72.23 vs 59.74 % standard accuracy), so
 it starts as the identity: the last convolution is zero-initialised and ``D(x) = x − net(x)``.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -27,10 +28,10 @@ class DnCNN(nn.Module):
         channels = check_count("channels", channels, 1)
         depth = check_count("depth", depth, 2)
         width = check_count("width", width, 1)
-        layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]          # (B, width, H, W)
+        layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]  # (B, width, H, W)
         for _ in range(depth - 2):
             layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        last = nn.Conv2d(width, channels, 3, padding=1)                                        # (B, C, H, W)
+        last = nn.Conv2d(width, channels, 3, padding=1)  # (B, C, H, W)
         nn.init.zeros_(last.weight)  # zero residual: the denoiser starts as the identity
         nn.init.zeros_(last.bias)
         layers.append(last)

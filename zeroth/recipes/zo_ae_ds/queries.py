@@ -4,6 +4,7 @@ A model owner bills (and rate-limits) per image sent, so every image that reache
 classifier — pseudo-labels, the ZO perturbations of each training step, the Monte-Carlo
 samples of certification — is counted here, and the report's "queries" columns read it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict

@@ -14,6 +14,7 @@ each epoch when given a path (atomically: a file is always a complete epoch) and
 ``resume=True``, continues from it; the batch order and the noise come from one seeded
 generator saved in the checkpoint, so a resumed run equals an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,9 +53,9 @@ class TrainLog:
 
     losses: List[float] = field(default_factory=list)  # mean training loss of each epoch
     steps: int = 0
-    seconds: float = 0.0                                # wall time of the epochs (not of resuming)
-    queries_per_step: int = 0                           # images sent to the classifier by the last step
-    queries: int = 0                                    # all images sent (pseudo-labels included)
+    seconds: float = 0.0  # wall time of the epochs (not of resuming)
+    queries_per_step: int = 0  # images sent to the classifier by the last step
+    queries: int = 0  # all images sent (pseudo-labels included)
 
     @property
     def epochs(self) -> int:
@@ -144,7 +145,11 @@ def _fit(
             setattr(log, key, value)
     steps_per_epoch = max(1, x.shape[0] // batch_size)
     tqdm = require("tqdm", "science").tqdm if progress else None
-    bar = tqdm(total=epochs * steps_per_epoch, initial=log.epochs * steps_per_epoch, desc=desc, leave=False) if tqdm else None
+    bar = (
+        tqdm(total=epochs * steps_per_epoch, initial=log.epochs * steps_per_epoch, desc=desc, leave=False)
+        if tqdm
+        else None
+    )
     for _ in range(log.epochs, epochs):
         start, total, n = time.perf_counter(), 0.0, 0
         for xb, yb in batches(x, y, batch_size, generator):
@@ -172,8 +177,11 @@ def _fit(
     return log
 
 
-def _autograd_step(opt: torch.optim.Optimizer, loss_of: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+def _autograd_step(
+    opt: torch.optim.Optimizer, loss_of: Callable[[Tensor, Tensor], Tensor]
+) -> Callable[[Tensor, Tensor], Tensor]:
     """One optimiser step on ``loss_of(xb, yb)`` by ``backward()`` (a black box inside does its ZO VJP there)."""
+
     def step(xb: Tensor, yb: Tensor) -> Tensor:
         """Loss, backward, step; the detached loss."""
         loss = loss_of(xb, yb)
@@ -218,14 +226,27 @@ def train_classifier(
             ``batch_size``, ``lr`` or ``weight_decay``; ``resume=True`` without ``checkpoint``.
     """
     x = _check_images("x", x)
-    opt = torch.optim.Adam(model.parameters(), lr=positive("lr", lr),
-                           weight_decay=positive("weight_decay", weight_decay, allow_zero=True))
+    opt = torch.optim.Adam(
+        model.parameters(), lr=positive("lr", lr), weight_decay=positive("weight_decay", weight_decay, allow_zero=True)
+    )
 
     step = _autograd_step(opt, lambda xb, yb: F.cross_entropy(model(xb), yb))
     with _modes([model], []):
-        return _fit(step, x, y, stateful={"model": model, "optimizer": opt}, log=TrainLog(), counter=None,
-                    epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint, resume=resume,
-                    progress=progress, desc="classifier")
+        return _fit(
+            step,
+            x,
+            y,
+            stateful={"model": model, "optimizer": opt},
+            log=TrainLog(),
+            counter=None,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+            desc="classifier",
+        )
 
 
 def train_autoencoder(
@@ -261,15 +282,27 @@ def train_autoencoder(
 
     step = _autograd_step(opt, lambda xb, _: F.mse_loss(decoder(encoder(xb)), xb))
     with _modes([encoder, decoder], []):
-        return _fit(step, x, x, stateful={"encoder": encoder, "decoder": decoder, "optimizer": opt}, log=TrainLog(),
-                    counter=None, epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
-                    resume=resume, progress=progress, desc="autoencoder")
+        return _fit(
+            step,
+            x,
+            x,
+            stateful={"encoder": encoder, "decoder": decoder, "optimizer": opt},
+            log=TrainLog(),
+            counter=None,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+            desc="autoencoder",
+        )
 
 
 def pseudo_labels(classifier: QueryCounter, x: Tensor, batch_size: int = 1024) -> Tensor:
     """The classifier's own predictions on clean ``x`` (``N`` queries): the denoiser's targets."""
     with torch.no_grad():
-        return torch.cat([classifier(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([classifier(x[i : i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
 
 
 def _counter_for(classifier: nn.Module, mode: str) -> QueryCounter:
@@ -277,11 +310,15 @@ def _counter_for(classifier: nn.Module, mode: str) -> QueryCounter:
     if not isinstance(classifier, QueryCounter):
         return QueryCounter(classifier, white_box=mode == "fo")
     if mode == "fo" and not classifier.white_box:
-        raise ValueError("classifier: mode='fo' differentiates through the classifier; "
-                         "pass QueryCounter(f, white_box=True) or the bare model")
+        raise ValueError(
+            "classifier: mode='fo' differentiates through the classifier; "
+            "pass QueryCounter(f, white_box=True) or the bare model"
+        )
     if mode == "zo" and classifier.white_box:
-        raise ValueError("classifier: mode='zo' must treat the classifier as a black box; "
-                         "pass QueryCounter(f) (white_box=False) or the bare model")
+        raise ValueError(
+            "classifier: mode='zo' must treat the classifier as a black box; "
+            "pass QueryCounter(f) (white_box=False) or the bare model"
+        )
     return classifier
 
 
@@ -342,10 +379,10 @@ def denoised_loss(
     encoder: Optional[nn.Module] = None,
 ) -> Tensor:
     """``CE(head(Enc(D(x + noise))), targets)``: the training loss of (ZO-/FO-)(AE-)DS."""
-    u = denoiser(x + noise)                                   # (B, C, H, W)
+    u = denoiser(x + noise)  # (B, C, H, W)
     if encoder is not None:
-        u = encoder(u)                                        # (B, d_z, 1, 1)
-    return F.cross_entropy(head(u), targets)                  # head: f∘Dec or f, logits (B, K)
+        u = encoder(u)  # (B, d_z, 1, 1)
+    return F.cross_entropy(head(u), targets)  # head: f∘Dec or f, logits (B, K)
 
 
 def train_denoiser(
@@ -426,8 +463,9 @@ def train_denoiser(
     counter = _counter_for(classifier, mode)
     trained = [denoiser] + ([encoder] if through_ae and train_encoder else [])
     params = [p for m in trained for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=positive("lr", lr),
-                           weight_decay=positive("weight_decay", weight_decay, allow_zero=True))
+    opt = torch.optim.Adam(
+        params, lr=positive("lr", lr), weight_decay=positive("weight_decay", weight_decay, allow_zero=True)
+    )
     head = classifier_head(counter, mode=mode, decoder=decoder, estimator=estimator, seed=seed, max_points=max_points)
     noise = torch.Generator().manual_seed(int(seed) + 1)
 
@@ -452,6 +490,18 @@ def train_denoiser(
         if targets is None:
             targets = pseudo_labels(counter, x)
             log.queries = counter.queries
-        return _fit(step, x, targets.to(x.device), stateful=stateful, log=log, counter=counter, epochs=epochs,
-                    batch_size=batch_size, seed=seed, checkpoint=checkpoint, resume=resume, progress=progress,
-                    desc=f"{mode.upper()}-{'AE-' if through_ae else ''}DS")
+        return _fit(
+            step,
+            x,
+            targets.to(x.device),
+            stateful=stateful,
+            log=log,
+            counter=counter,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+            desc=f"{mode.upper()}-{'AE-' if through_ae else ''}DS",
+        )
