@@ -139,8 +139,9 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
 def _round_budget(size):
     """Active-set rounds (equality-QP solves) granted to the guesses of one QP before the
     interior-point fallback, which costs about as much as size/120 of them (measured on the
-    scaling family of ``bench.constrained`` at n = 300 … 3000); between 3 and 25."""
-    return int(min(25, max(3, size // 120)))
+    scaling family of ``bench.constrained`` at n = 300 … 3000); between 3 and 12 (guesses that
+    verify at all do so within 8 rounds there)."""
+    return int(min(12, max(3, size // 120)))
 
 
 def _active_at_zero(lo, hi, lb, ub, tol=1e-10):
@@ -301,6 +302,9 @@ class _SparseQP:
         self.eq = _is_equality(lo, hi)
         self.fixed_var = lb == ub
         self.solves = 0  # equality-constrained solves so far
+        self.hdiag_all = self.hdiag if self.hdiag is not None else H.diagonal()
+        dense = np.diff(C.indptr) > max(64, self.n // 8)  # rows bordered in the KKT solves (few, long)
+        self.dense_row = dense if dense.sum() <= 32 else np.zeros(self.m, dtype=bool)
 
     def hmul(self, x):
         """H x."""
@@ -322,9 +326,10 @@ class _SparseQP:
         bound_side[((bound_side > 0) & ~np.isfinite(self.ub)) | ((bound_side < 0) & ~np.isfinite(self.lb))] = 0
         return row_side, bound_side
 
-    def _kkt(self, free_mask, rows, reg):
-        """The sparse KKT matrix [[H_FF, C_RFᵀ], [C_RF, −reg·I]] of the free variables F and the
-        rows R, assembled from coordinate lists."""
+    def _kkt(self, free_mask, rows, reg, primal=0.0):
+        """The sparse KKT matrix [[H_FF + diag(primal), C_RFᵀ], [C_RF, −reg·I]] of the free
+        variables F and the rows R, assembled from coordinate lists (``primal``: only with a
+        diagonal H)."""
         free = np.flatnonzero(free_mask)
         nf, nr = free.size, rows.size
         pos = np.full(self.n, -1)
@@ -334,7 +339,7 @@ class _SparseQP:
         keep = (rpos[self.cr] >= 0) & free_mask[self.cc]
         ci, cj, cv = rpos[self.cr[keep]], pos[self.cc[keep]], self.cv[keep]
         if self.hdiag is not None:
-            hr, hc, hv = np.arange(nf), np.arange(nf), self.hdiag[free]
+            hr, hc, hv = np.arange(nf), np.arange(nf), self.hdiag[free] + primal
         else:
             keep = free_mask[self.hr] & free_mask[self.hc]
             hr, hc, hv = pos[self.hr[keep]], pos[self.hc[keep]], self.hv[keep]
@@ -365,23 +370,10 @@ class _SparseQP:
             return None
         w, wb = np.zeros(m), np.zeros(n)
         if nf + nr:
-            K = self._kkt(free_mask, rows, self.delta)
-            rhs = np.concatenate([-(self.g + self.hmul(x))[free], rhs_rows - (self.C @ x)[rows]])
-            lu = _factor(K)
-            if lu is None:  # singular: H singular on the face
+            sol = self._solve_kkt(x, free_mask, free, rows, rhs_rows)
+            if sol is None:
                 return None
-            sol = lu.solve(rhs)
-            scale = 1.0 + float(np.max(np.abs(rhs), initial=0.0))
-            for _ in range(3):  # refinement against the unregularised KKT system
-                res = rhs - K @ sol
-                res[nf:] -= self.delta * sol[nf:]
-                if not (np.all(np.isfinite(res)) and float(np.max(np.abs(res), initial=0.0)) > 1e-15 * scale):
-                    break
-                sol = sol + lu.solve(res)
-            if not np.all(np.isfinite(sol)):
-                return None
-            x[free] = sol[:nf]
-            w[rows] = sol[nf:]
+            x[free], w[rows] = sol
         Hx, CTw = self.hmul(x), self.CT @ w
         grad = Hx + self.g + CTw  # gradient of the Lagrangian without the bound multipliers
         fixed = ~free_mask
@@ -389,11 +381,74 @@ class _SparseQP:
         return x, w, wb, Hx, CTw, grad
 
 
+    def _solve_kkt(self, x, free_mask, free, rows, rhs_rows):
+        """(x_F, w_R) of the KKT system of the free variables F and active rows R (fixed variables'
+        values already in x), or None when it is singular. Dense rows (a nonlinear constraint's
+        gradient) are bordered: the sparse rows' KKT matrix K₀ is factorised alone and the dense
+        rows enter through their k×k Schur complement (Z = K₀⁻¹Bᵀ: k extra solves), which keeps
+        the factorisation as cheap as a projection's; iterative refinement against the full,
+        unregularised system."""
+        nf, delta = free.size, self.delta
+        dense = self.dense_row[rows]
+        flat = np.zeros(nf, dtype=bool)  # free variables of zero curvature (slacks): K₀ gets +δ there
+        if dense.any():
+            flat = self.hdiag_all[free] == 0
+            if flat.any() and self.hdiag is None:
+                dense[:] = False  # (a general H: no bordering)
+                flat[:] = False
+        rows_s, rows_d = rows[~dense], rows[dense]
+        ns, k = rows_s.size, rows_d.size
+        K = self._kkt(free_mask, rows_s, delta, flat * delta)
+        lu = _factor(K)
+        if lu is None:  # singular: H singular on the face
+            return None
+        Cx = self.C @ x
+        a = np.concatenate([-(self.g + self.hmul(x))[free], rhs_rows[~dense] - Cx[rows_s]])
+        b = rhs_rows[dense] - Cx[rows_d]
+        if k:
+            Bx = self.C[rows_d].toarray()[:, free]
+            Z = lu.solve(np.vstack([Bx.T, np.zeros((ns, k))]))
+            S = Bx @ Z[:nf] + delta * np.eye(k)
+
+        def solve(ra, rb):
+            t = lu.solve(ra)
+            if not k:
+                return t, np.zeros(0)
+            y = np.linalg.solve(S, Bx @ t[:nf] - rb)
+            return t - Z @ y, y
+
+        u, y = solve(a, b)
+        scale = 1.0 + max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+        for _ in range(3):  # refinement against the unregularised KKT system
+            ra = a - K @ u
+            ra[nf:] -= delta * u[nf:]
+            ra[:nf] += flat * delta * u[:nf]
+            rb = b.copy()
+            if k:
+                ra[:nf] -= Bx.T @ y
+                rb -= Bx @ u[:nf]
+            if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(rb))):
+                return None
+            if max(float(np.max(np.abs(ra), initial=0.0)), float(np.max(np.abs(rb), initial=0.0))) <= 1e-15 * scale:
+                break
+            du, dy = solve(ra, rb)
+            u, y = u + du, y + dy
+        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(y))):
+            return None
+        wr = np.empty(rows.size)
+        wr[~dense], wr[dense] = u[nf:], y
+        return u[:nf], wr
+
+
 def _factor(K):
-    """SuperLU factorisation of a symmetric KKT matrix (symmetric mode, COLAMD ordering, threshold
-    pivoting), or None when it is singular."""
+    """SuperLU factorisation of a symmetric KKT matrix (symmetric mode, threshold pivoting 0.1),
+    or None when it is singular. Ordering: minimum degree on KᵀK's symmetric pattern (MMD_AT_PLUS_A:
+    about half COLAMD's fill on the scaling family's KKT matrices) unless a column is long (a dense
+    row not bordered out), where minimum degree is slow and COLAMD is used."""
+    long_column = K.shape[0] and int(np.max(np.diff(K.indptr))) > 64
     try:
-        return splu(K, permc_spec="COLAMD", diag_pivot_thresh=0.1, options={"SymmetricMode": True})
+        return splu(K, permc_spec="COLAMD" if long_column else "MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
+                    options={"SymmetricMode": True})
     except RuntimeError:
         return None
 
