@@ -79,7 +79,7 @@ class BlockRestart:
         inputs, _ = cache
         b = self.owner[id(p)]
         flat = p.detach().view(-1)  # parameters are contiguous here (ResNet-20)
-        out = torch.empty(indices.numel(), dtype=torch.float64)
+        out = torch.empty(indices.numel(), dtype=torch.float64, device=inputs[0].device)
         with torch.no_grad(), frozen_batchnorm_buffers(self.model):
             for k, (i, v) in enumerate(zip(indices.tolist(), values)):
                 old = flat[i].clone()

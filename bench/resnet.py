@@ -84,12 +84,9 @@ def layers_of(model: nn.Module) -> List[Tuple[str, List[int]]]:
     return out
 
 
-def sample_of(masks: Sequence[Tensor], positions: Sequence[int], n: int) -> Dict[int, Tensor]:
-    """``n`` step coordinates of a layer spread over its parameters (at least one each), the first of each mask."""
-    sizes = [masks[i].numel() for i in positions]
-    total = sum(sizes)
-    share = [max(1, round(n * s / total)) for s in sizes]
-    return {i: masks[i][:c] for i, c in zip(positions, share)}
+def sample_of(masks: Sequence[Tensor], positions: Sequence[int], per_param: Dict[int, int]) -> Dict[int, Tensor]:
+    """The first ``per_param[i]`` step coordinates of each parameter ``i`` of a layer (masks are in random order)."""
+    return {i: masks[i][:max(1, per_param[i])] for i in positions}
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -109,10 +106,10 @@ def timed(fn: Callable[[], object], device: torch.device, min_seconds: float = 0
 class Methods:
     """The per-step setup and the per-layer loss evaluation of each method, on one problem."""
 
-    def __init__(self, model: nn.Module, obj: Objective, with_nhwc: bool):
+    def __init__(self, model: nn.Module, obj: Objective, with_nhwc: bool, max_memory: int, precision: str):
         self.model, self.obj = model, obj
         self.params = list(model.parameters())
-        self.fr = FeatureReuse()
+        self.fr = FeatureReuse(max_memory=max_memory, precision=precision)
         self.br = BlockRestart(model)
         self.nhwc = None
         if with_nhwc:  # a channels-last input makes every activation channels-last (weights as they are)
@@ -138,6 +135,20 @@ class Methods:
     def fr_chain(self):
         return self.model.zo_stages()
 
+    def fr_chunks(self) -> Dict[int, int]:
+        """Parameter position -> FeatureReuse's copies per chunk for it."""
+        from zeroth.engine.delta import is_residual
+        from zeroth.engine.feature_reuse import _owners
+
+        self.setup("FeatureReuse")
+        ctx = self.state["FeatureReuse"]
+        owner = _owners(ctx.chain)
+        out = {}
+        for i, p in enumerate(self.params):
+            s, _ = owner[id(p)]
+            out[i] = self.fr._chunk_size(ctx.acts, s + (not is_residual(ctx.chain[s])))
+        return out
+
     def losses(self, name: str, sample: Dict[int, Tensor]) -> Tensor:
         """Loss differences ``ℓ(θ + h e_k) − ℓ(θ)`` (float64) of the sampled coordinates, parameter by parameter."""
         positions = sorted(sample)
@@ -146,7 +157,7 @@ class Methods:
         with torch.no_grad(), frozen_batchnorm_buffers(self.model):
             if name == "Sequential":
                 base = self.state[name]
-                out = torch.empty(len(dirs), dtype=torch.float64)
+                out = torch.empty(len(dirs), dtype=torch.float64, device=self.obj.inputs.device)
                 for e in range(len(dirs)):
                     token = dirs.perturb(params, e)
                     out[e] = self.obj()
@@ -186,11 +197,15 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
     model, obj = problem(batch, device)
     masks = step_masks(model, args.keep)
     total = sum(int(m.numel()) for m in masks)
-    methods = Methods(model, obj, with_nhwc=not args.quick)
+    methods = Methods(model, obj, with_nhwc=not args.quick, max_memory=int(args.max_memory_gb * 2**30),
+                      precision=args.precision)
     names = methods.names()
     layers = layers_of(model)
-    samples = {label: sample_of(masks, pos, args.sample) for label, pos in layers}
-    seq_samples = {label: sample_of(masks, pos, args.seq_sample) for label, pos in layers}
+    # FeatureReuse evaluates K coordinates of a parameter at once: sample at least one full chunk
+    chunks = methods.fr_chunks()
+    per = {i: min(args.max_sample, max(args.sample, chunks[i])) for i in chunks}
+    samples = {label: sample_of(masks, pos, per) for label, pos in layers}
+    seq_samples = {label: sample_of(masks, pos, dict.fromkeys(pos, args.seq_sample)) for label, pos in layers}
     counts = {label: sum(int(masks[i].numel()) for i in pos) for label, pos in layers}
 
     # warm-up (kernels, plans), not timed
@@ -233,8 +248,10 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
     lines = [
         f"ResNet-20, batch {batch}, {where}, torch {torch.__version__}; forward differences, mu = {MU}",
         f"90 %-sparse step: {total:,} coordinates (10 % of each conv/linear weight, all BN parameters and biases); "
-        f"timed per layer on {args.sample} sampled coordinates ({args.seq_sample} for Sequential) x {rounds} rounds, "
-        "alternating order",
+        f"timed on a fixed random sample of them: {sum(int(v.numel()) for d in samples.values() for v in d.values())} "
+        f"({max(args.sample, 1)}-{args.max_sample} per parameter, at least FeatureReuse's chunk; Sequential "
+        f"{sum(int(v.numel()) for d in seq_samples.values() for v in d.values())}), x {rounds} rounds in alternating "
+        "order; per-coordinate times x the layer's step coordinates = the extrapolated step",
         f"autograd forward+backward: {med(scale) * 1e3:.1f} ms;  once per step: "
         + ", ".join(f"{n} {med(setup[n]) * 1e3:.0f} ms" for n in names),
         "",
@@ -352,16 +369,27 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--sample", type=int, default=None, help="coordinates timed per layer (default 4; 1 with --quick)")
+    ap.add_argument("--sample", type=int, default=2,
+                    help="coordinates timed per parameter, at least FeatureReuse's chunk for it (up to --max-sample)")
+    ap.add_argument("--max-sample", type=int, default=None, help="cap on the coordinates per parameter (16; 4 --quick)")
     ap.add_argument("--seq-sample", type=int, default=1, help="coordinates timed per layer for Sequential")
     ap.add_argument("--keep", type=float, default=0.1, help="fraction of each weight's coordinates in the step")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="1 coordinate per layer, 2 rounds, no NHWC baseline")
+    ap.add_argument("--max-memory-gb", type=float, default=None,
+                    help="FeatureReuse's working-set budget (default: its own, 0.25 GiB; e.g. 16 on a GPU)")
+    ap.add_argument("--precision", default="fp32",
+                    help="FeatureReuse's arithmetic of Δ's linear ops (tf32/bf16 on a GPU)")
+    ap.add_argument("--quick", action="store_true",
+                    help="1-4 coordinates per parameter, at most 2 rounds, no NHWC baseline")
     ap.add_argument("--calibrate", action="store_true", help="print the cost model's unit costs measured here")
     args = ap.parse_args(argv)
-    if args.sample is None:
-        args.sample = 1 if args.quick else 4
+    if args.max_memory_gb is None:
+        args.max_memory_gb = FeatureReuse().max_memory / 2**30
+    if args.max_sample is None:
+        args.max_sample = 4 if args.quick else 16
+    if args.quick:
+        args.sample = 1
     if args.quick:
         args.rounds = min(args.rounds, 2)
     torch.set_num_threads(args.threads)

@@ -128,8 +128,9 @@ def test_plans_depend_on_shapes_only():
 
 
 def test_materialise_and_add_delta_in_the_copies_layout():
+    """Copies take the cached activation's layout (channels-last here), confined Δ on its channel only."""
     torch.manual_seed(0)
-    a = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    a = torch.randn(3, 4, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     dense = Delta(torch.randn(2, 3, 4, 5, 5, dtype=torch.float64))
     confined = Delta(torch.randn(2, 3, 5, 5, dtype=torch.float64), torch.tensor([1, 3]))
     for d in (dense, confined, None):
@@ -152,7 +153,7 @@ def test_copies_forward_in_channels_last_equals_one_by_one():
             m.weight.data.uniform_(0.5, 2.0)
             m.bias.data.normal_()
     blocks = model.zo_stages()[5:7]  # a plain block and a downsampling one
-    a = torch.randn(2, 16, 32, 32, dtype=torch.float64)
+    a = torch.randn(2, 16, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x = materialise(a, Delta(1e-2 * torch.randn(3, 2, 16, 32, 32, dtype=torch.float64)), 3)
     keep = x.clone()
     with torch.no_grad(), frozen_batchnorm_buffers(model):
@@ -174,3 +175,45 @@ def test_block_restart_baseline_equals_sequential_in_float64():
     got = BlockRestart(model).evaluate(obj, params, dirs)
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=0, atol=1e-14)
+
+
+def test_copies_repeat_the_cached_pass_bit_for_bit():
+    """On a CPU the cached pass runs channels-last and unperturbed copies from any stage reproduce its logits
+    exactly, so rounding cancels in the copies' loss differences as between two forwards of Sequential."""
+    model, obj, params, _ = _problem(resnet20, batch=4, dtype=torch.float32)
+    fr = FeatureReuse()
+    with torch.no_grad(), frozen_batchnorm_buffers(model):
+        ctx = fr._base_pass(obj, model.zo_stages())
+        assert ctx.laid_out(ctx.acts[5]).is_contiguous(memory_format=torch.channels_last)
+        for t in (0, 3, 7, 12):
+            copies = ctx.materialise(ctx.acts[t], None, 3)
+            out = forward_copies(ctx.chain[t:], copies)
+            assert torch.equal(out, ctx.acts[-1].expand_as(out))
+
+
+class _ViewFlatten(nn.Module):
+    """A row-wise stage whose forward needs contiguous input (``view``), as users write them."""
+
+    zo_rowwise = True
+
+    def forward(self, x):
+        return x.view(x.shape[0], -1)
+
+
+def test_a_model_that_cannot_run_channels_last_runs_as_given():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), _ViewFlatten(), nn.Linear(4 * 30 * 30, 10))
+    x = torch.rand(3, 3, 32, 32)
+    y = torch.tensor([1, 2, 3])
+    obj = Objective(model, F.cross_entropy, x, y)
+    params = list(model.parameters())
+    masks = [torch.arange(min(4, p.numel())) for p in params]
+    dirs = CGE(mu=1e-3).directions(params, masks=masks)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = Sequential().evaluate(obj, params, dirs)
+    after_ref = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(start)
+    got = FeatureReuse().evaluate(obj, params, dirs)
+    torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
+    for k, v in model.state_dict().items():  # running statistics moved once, as Sequential moves them
+        torch.testing.assert_close(v, after_ref[k], rtol=1e-6, atol=1e-7)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .. import ops
 from .precision import apply_linear
 from .rules import rule_for
-from .stages import empty_copies, forward_cached, frozen_batchnorm_buffers, run_copies
+from .stages import copies_layout, empty_copies, forward_cached, frozen_batchnorm_buffers, run_copies
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -88,6 +88,51 @@ def materialise(a: Tensor, delta: Optional[Delta], k: int) -> Tensor:
         out[ks, :, delta.channels] += delta.values
     else:  # a confined block of flattened features
         torch.add(a.unsqueeze(0), delta.dense(a), out=out)
+    return out
+
+
+def fuses_conv(module: nn.Module, delta: Delta, a_out: Tensor) -> bool:
+    """True when :func:`conv_copies` can form the copies after Conv2d ``module`` directly from a Δ
+    confined to one input channel per copy (groups 1, zero padding, channels-last copies)."""
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str) and delta.channels is not None and delta.values.dim() == 4
+            and copies_layout(a_out) == torch.channels_last)
+
+
+FUSED_CONV_BYTES = 2 * 2**20
+""":func:`conv_copies` unfolds this many bytes of Δ patches at a time (a few images), so no large
+temporary is made."""
+
+
+def conv_copies(module: nn.Conv2d, a_out: Tensor, delta: Delta, k: int) -> Tensor:
+    """The K copies ``a_out + conv(Δ_k)`` after Conv2d ``module``, for ``Δ_k`` confined to input channel
+    ``c_k``, written straight into the copies' (channels-last) layout.
+
+    ``conv(Δ_k)`` needs only the weight's column ``W[:, c_k]``: per copy, its patches
+    ``(images, positions, kh·kw)`` times ``W[:, c_k]`` reshaped ``(kh·kw, C_out)``, added to the
+    cached output ``a_out`` (bias included) by one ``baddbmm`` per group of images — a fraction
+    ``1/C_in`` of the convolution's work, and no dense Δ in memory.
+
+    Args:
+        module: the convolution (groups 1, zero padding; see :func:`fuses_conv`).
+        a_out: its cached output ``(B, C_out, H', W')``, channels-last.
+        delta: confined Δ of its input, values ``(K, B, H, W)``, channels ``(K,)``.
+        k: the number of copies.
+    """
+    out = empty_copies(a_out, k)  # (K, B, C_out, H', W'), each copy channels-last
+    b, c_out, h, w = a_out.shape
+    kh, kw = module.kernel_size
+    weight = module.weight.detach()[:, delta.channels].permute(1, 2, 3, 0).reshape(k, kh * kw, c_out)
+    base = a_out.permute(0, 2, 3, 1).reshape(b, h * w, c_out)
+    rows = max(1, FUSED_CONV_BYTES // max(1, kh * kw * h * w * a_out.element_size()))
+    for i in range(k):
+        dst = out[i].permute(0, 2, 3, 1).reshape(b, h * w, c_out)  # a view: (B, positions, C_out)
+        for lo in range(0, b, rows):
+            hi = min(b, lo + rows)
+            cols = F.unfold(delta.values[i, lo:hi].unsqueeze(1), (kh, kw), module.dilation, module.padding,
+                            module.stride)  # (images, kh·kw, positions)
+            torch.baddbmm(base[lo:hi], cols.transpose(1, 2), weight[i].expand(hi - lo, kh * kw, c_out),
+                          out=dst[lo:hi])
     return out
 
 
@@ -143,6 +188,11 @@ class Traces:
         total = acts[-1] + short
         self._residual[id(block)] = ResidualTrace(acts, short, total)
         return forward_cached(block.post, total)
+
+    def convert(self, fn) -> None:
+        """Apply ``fn`` to every recorded activation (e.g. a change of memory layout)."""
+        for key, tr in self._residual.items():
+            self._residual[key] = ResidualTrace([fn(a) for a in tr.main], fn(tr.shortcut), fn(tr.total))
 
     def residual(self, block: nn.Module, a_in: Tensor) -> ResidualTrace:
         key = id(block)

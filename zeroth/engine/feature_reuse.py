@@ -38,12 +38,40 @@ from .. import ops
 from ..estimators.directions import Directions
 from ..objective import Objective, scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
-from .delta import Delta, Traces, add_delta_, is_residual, materialise, propagate, propagate_chain
+from .delta import (
+    Delta,
+    Traces,
+    add_delta_,
+    conv_copies,
+    fuses_conv,
+    is_residual,
+    materialise,
+    propagate,
+    propagate_chain,
+)
 from .precision import check_precision
-from .rules import (Support, Unsupported, classic_objective, cross_entropy_closed_form, dtype_support, global_hooks,
-                    layer_support, shared_parameters, starts_delta)
+from .rules import (
+    Support,
+    Unsupported,
+    classic_objective,
+    cross_entropy_closed_form,
+    dtype_support,
+    global_hooks,
+    layer_support,
+    shared_parameters,
+    starts_delta,
+)
 from .schemes import BlockShapes, Cut, candidate_cuts, choose_cut, costs_for
-from .stages import forward_cached, forward_copies, frozen_batchnorm_buffers, owns, run_copies, stages
+from .stages import (
+    copies_layout,
+    fast_layout,
+    forward_cached,
+    forward_copies,
+    frozen_batchnorm_buffers,
+    owns,
+    run_copies,
+    stages,
+)
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -151,21 +179,41 @@ class FeatureReuse(Evaluator):
             state.abort()
             raise
         state.finish()
-        perturbed = ctx.base.double() + diffs
-        return Losses(ctx.base if dirs.needs_base else None, perturbed)
+        perturbed = ctx.reported.double() + diffs
+        return Losses(ctx.reported if dirs.needs_base else None, perturbed)
 
     def _base_pass(self, objective: Any, chain: List[nn.Module]) -> _StepContext:
         """The unperturbed pass (under ``no_grad``): every stage's input and output, and the inner
         activations of residual blocks; BatchNorm running statistics move here, once, as in one
-        first-order step."""
+        first-order step.
+
+        Image inputs on a CPU are cached channels-last (:func:`~.stages.fast_layout`, the copies'
+        layout). Then the model's own forward on the input as given comes first: it moves the
+        running statistics and gives ℓ(θ) exactly as Sequential's unperturbed evaluation does; the
+        cached pass follows with statistics frozen (as given, if a stage cannot run channels-last,
+        e.g. a ``view`` in its forward).
+        """
+        x = objective.inputs
+        layout = fast_layout(x)
+        if layout == copies_layout(x):
+            return self._cached_pass(objective, chain, x)
+        reported = scalar_loss(objective())
+        with frozen_batchnorm_buffers(objective.model):
+            try:
+                ctx = self._cached_pass(objective, chain, x.contiguous(memory_format=layout))
+            except Exception:
+                ctx = self._cached_pass(objective, chain, x)
+        ctx.reported = reported
+        return ctx
+
+    def _cached_pass(self, objective: Any, chain: List[nn.Module], x: Tensor) -> _StepContext:
         traces = Traces()
-        acts = [objective.inputs]
+        acts = [x]
         for m in chain:
             acts.append(traces.record(m, acts[-1]) if is_residual(m) else forward_cached(m, acts[-1]))
-        base = scalar_loss(objective.loss_fn(acts[-1], objective.targets) if objective.targets is not None
-                           else objective.loss_fn(acts[-1]))
         scheme = "propagate" if (self.scheme == "auto" and self.precision != "fp32") else self.scheme
-        return _StepContext(chain, acts, objective, base, self.precision, traces, choose=SCHEMES[scheme])
+        return _StepContext(chain, acts, objective, _loss(objective, acts[-1]), self.precision, traces,
+                            choose=SCHEMES[scheme])
 
     def _differences(self, ctx: _StepContext, params: Sequence[Tensor], dirs: Directions) -> Tensor:
         """``ℓ(θ + h e_k) − ℓ(θ)`` for every evaluation, in float64."""
@@ -208,14 +256,34 @@ class _StepContext:
 
     def __init__(self, chain, acts, objective, base, precision, traces: Optional[Traces] = None,
                  choose: Callable[[Sequence[Tuple[Cut, float]]], Cut] = choose_cut):
-        self.chain, self.acts, self.objective, self.base = chain, acts, objective, base
+        # Δ's kernels read plain (contiguous) base activations; the copies start from the cached
+        # pass's own tensors (laid_out), so that they repeat its arithmetic
+        self._layouts: Dict[int, Tuple[Tensor, Tensor]] = {}
+        self.chain, self.objective, self.base = chain, objective, base
+        self.reported = base  # ℓ(θ) as reported (the model's own forward when the cached pass is laid out anew)
+        self.acts = [self._plain(a) for a in acts]
         self.precision = precision
         self.traces = traces if traces is not None else Traces()
-        self.closed_form = bool(cross_entropy_closed_form(objective.loss_fn, acts[-1], objective.targets))
-        self.costs = costs_for(acts[0].device.type)
+        self.traces.convert(self._plain)
+        self.closed_form = bool(cross_entropy_closed_form(objective.loss_fn, self.acts[-1], objective.targets))
+        self.costs = costs_for(self.acts[0].device.type)
         self.choose = choose
         self._heads: Dict[Tuple[int, float], Tensor] = {}
         self._plans: Dict[Tuple[int, str, int], Cut] = {}
+
+    def _plain(self, a: Tensor) -> Tensor:
+        plain = a.contiguous()
+        if plain is not a:
+            self._layouts[id(plain)] = (plain, a)  # (plain kept alive: its id stays unique)
+        return plain
+
+    def laid_out(self, a: Tensor) -> Tensor:
+        """The cached pass's own tensor (in its layout) for plain base activation ``a``."""
+        return self._layouts.get(id(a), (a, a))[1]
+
+    def materialise(self, a: Tensor, delta: Optional[Delta], k: int) -> Tensor:
+        """The K copies ``a + Δ_k`` from base activation ``a`` (see :func:`~.delta.materialise`)."""
+        return materialise(self.laid_out(a), delta, k)
 
     # -- the plan -------------------------------------------------------------------------
     def candidates(self, s: int, name: str, k: int) -> List[Tuple[Cut, float]]:
@@ -269,21 +337,23 @@ class _StepContext:
         t = s + 1
         while isinstance(state, Delta) and t < len(chain):
             if cut == Cut(t):
-                state = materialise(acts[t], state, k)
+                state = self.materialise(acts[t], state, k)
                 break
             if is_residual(chain[t]):
                 state = self._block(t, 0, state, state, cut.inner if cut.stage == t else None, k)
+            elif cut == Cut(t + 1) and self.precision == "fp32" and fuses_conv(chain[t], state, acts[t + 1]):
+                state = conv_copies(chain[t], self.laid_out(acts[t + 1]), state, k)
             else:
                 nxt = propagate(chain[t], acts[t], acts[t + 1], state, self.precision, self.traces)
                 if nxt is None:
-                    state = materialise(acts[t], state, k)
+                    state = self.materialise(acts[t], state, k)
                     break
                 state = nxt
             t += 1
         if isinstance(state, Delta):  # the difference reached the logits
             if self.closed_form:
                 return cross_entropy_difference(acts[-1], self.objective.targets, state)
-            state = materialise(acts[-1], state, k)
+            state = self.materialise(acts[-1], state, k)
         copies = forward_copies(chain[t:], state)
         if self.closed_form:  # the logits' change is exact in fp32 (nearby values); the loss's in float64
             return cross_entropy_difference(acts[-1], self.objective.targets, Delta(copies - acts[-1].unsqueeze(0)))
@@ -302,6 +372,9 @@ class _StepContext:
         layers = list(block.main)
         m = m0
         while isinstance(main, Delta) and m < len(layers) and m != cut:
+            if cut == m + 1 and self.precision == "fp32" and fuses_conv(layers[m], main, tr.main[m + 1]):
+                main, m = conv_copies(layers[m], self.laid_out(tr.main[m + 1]), main, k), m + 1
+                break
             nxt = propagate(layers[m], tr.main[m], tr.main[m + 1], main, self.precision, self.traces)
             if nxt is None:
                 break
@@ -315,17 +388,17 @@ class _StepContext:
                 out = propagate(block.post, tr.total, a_out, total, self.precision, self.traces)
                 if out is not None:
                     return out
-                return forward_copies([block.post], materialise(tr.total, total, k))
-        copies = main if isinstance(main, Tensor) else materialise(tr.main[m], main, k)
+                return forward_copies([block.post], self.materialise(tr.total, total, k))
+        copies = main if isinstance(main, Tensor) else self.materialise(tr.main[m], main, k)
         copies = forward_copies(layers[m:], copies)
         if delta_in is None:
-            copies = copies.add_(tr.shortcut)  # every copy shares the cached shortcut output
+            copies = copies.add_(self.laid_out(tr.shortcut))  # every copy shares the cached shortcut output
         else:
             short = propagate(block.shortcut, a_in, tr.shortcut, delta_in, self.precision, self.traces)
             if short is not None:
-                copies = add_delta_(copies.add_(tr.shortcut), short)
+                copies = add_delta_(copies.add_(self.laid_out(tr.shortcut)), short)
             else:
-                copies = copies.add_(run_copies(block.shortcut, materialise(a_in, delta_in, k)))
+                copies = copies.add_(run_copies(block.shortcut, self.materialise(a_in, delta_in, k)))
         return forward_copies([block.post], copies)
 
     def _head(self, stage: nn.Linear, name: str, p: Tensor, step: float) -> Tensor:
@@ -454,6 +527,13 @@ def perturbed_stage_outputs(stage: nn.Module, name: str, p: Tensor, sel: Tensor,
 
     with frozen_batchnorm_buffers(stage):
         return torch.func.vmap(one)(stacked)
+
+
+def _loss(objective: Objective, output: Tensor) -> Tensor:
+    """The objective's scalar loss of model output ``output``."""
+    if objective.targets is None:
+        return scalar_loss(objective.loss_fn(output))
+    return scalar_loss(objective.loss_fn(output, objective.targets))
 
 
 def _per_copy_losses(objective: Objective, copies: Tensor) -> Tensor:
