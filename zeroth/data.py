@@ -61,8 +61,9 @@ def load_digits(
     te = torch.cat(test_idx)
     tr = tr[torch.randperm(tr.numel(), generator=g)]
     te = te[torch.randperm(te.numel(), generator=g)]
-    to = dict(dtype=dtype, device=device)
-    return Split(x[tr].to(**to), y[tr].to(device), x[te].to(**to), y[te].to(device))
+    return Split(
+        x[tr].to(dtype=dtype, device=device), y[tr].to(device), x[te].to(dtype=dtype, device=device), y[te].to(device)
+    )
 
 
 def batches(

@@ -31,3 +31,31 @@ class NonFiniteLossWarning(ZerothWarning, RuntimeWarning):
 
     Also a ``RuntimeWarning``; parameters, optimizer state and generator are as before the step.
     """
+
+
+def add_note(err: BaseException, note: str) -> None:
+    """Append ``note`` to ``err.__notes__``, as ``BaseException.add_note`` does (PEP 678).
+
+    ``BaseException.add_note`` exists from Python 3.11 on; zeroth supports 3.10, where calling
+    it raised ``AttributeError`` in place of the error being reported. This helper writes the
+    same attribute on every version: Python 3.11+ prints the notes under the traceback, and on
+    3.10 they are kept in ``err.__notes__`` for handlers to read.
+
+    Args:
+        err: the exception being reported.
+        note: one line of context (which evaluation, worker or call failed).
+
+    Raises:
+        TypeError: ``note`` is not a string, or ``err.__notes__`` exists but is not a list
+            (the checks ``BaseException.add_note`` makes).
+    """
+    if not isinstance(note, str):
+        raise TypeError(f"note must be a str, not {type(note).__name__}")
+    notes = getattr(err, "__notes__", None)
+    if notes is None:
+        notes = []
+        # setattr: the type checker targets 3.10, where BaseException declares no __notes__
+        setattr(err, "__notes__", notes)  # noqa: B010
+    elif not isinstance(notes, list):
+        raise TypeError("Cannot add note: __notes__ is not a list")
+    notes.append(note)

@@ -93,7 +93,7 @@ class Objective:
                 "inputs: the model input is missing (a tensor, a mapping for model(**inputs), or an object)"
             )
         self.model = model
-        self.loss_fn = loss_fn if loss_fn is not None else output_loss
+        self.loss_fn: Callable[..., Tensor] = loss_fn if loss_fn is not None else output_loss
         self.inputs = inputs
         self.targets = targets
         self._reads_output_loss = loss_fn is None
@@ -129,6 +129,7 @@ class Objective:
         return {id(p): n for n, p in self.model.named_parameters()}
 
     def __repr__(self) -> str:
+        shape: object  # what the repr shows of the inputs
         if isinstance(self.inputs, Tensor):
             shape = tuple(self.inputs.shape)
         elif isinstance(self.inputs, Mapping):

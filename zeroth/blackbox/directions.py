@@ -11,13 +11,29 @@ points anyway.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, cast
 
 import torch
 from torch import Tensor
 
 from ..estimators import Directions, Estimator
 from ..estimators.directions import _applied_steps
+
+
+class _CoordinateEstimator(Protocol):
+    """What :class:`PointDirections` reads of a ``kind="coordinates"`` estimator (CGE)."""
+
+    mu: float
+    scheme: str
+
+
+class _RandomEstimator(Protocol):
+    """What :class:`PointDirections` reads of a ``kind="random"`` estimator (RGE, SPSA)."""
+
+    mu: float
+    q: int
+    dist: str
+    antithetic: bool
 
 
 class PointDirections(Directions):
@@ -74,15 +90,18 @@ class PointDirections(Directions):
         self.mus = [estimator.mu]
         self.dtype, self.device = dtype, device
         kind = getattr(estimator, "kind", None)
+        # ``kind`` names the estimator's family and with it the attributes read here (see Args)
         if kind == "coordinates":
-            self.dist = None
+            cge = cast(_CoordinateEstimator, estimator)
+            self.dist: Optional[str] = None
             self.q = self.dim
-            self.num_signs = 2 if estimator.scheme == "central" else 1
+            self.num_signs = 2 if cge.scheme == "central" else 1
             self.vectors: Optional[Tensor] = None  # coordinate k is e_k in every row
         elif kind == "random":
-            self.dist = estimator.dist
-            self.q = estimator.q
-            self.num_signs = 2 if estimator.antithetic else 1
+            rge = cast(_RandomEstimator, estimator)
+            self.dist = rge.dist
+            self.q = rge.q
+            self.num_signs = 2 if rge.antithetic else 1
             self.vectors = self._draw(generator).to(device=device, dtype=dtype)  # (q, B, d)
         else:
             raise TypeError(

@@ -194,7 +194,7 @@ class Subprocess(Program):
         except Exception as err:
             if self.failed_dir is None:  # the program's error names the input's first values
                 raise
-            raise type(err)(f"{err}; input kept in {self._keep(payload)}") from None
+            raise type(err)(f"{err}; input kept in {self._keep(self.failed_dir, payload)}") from None
         return torch.from_numpy(np.ascontiguousarray(out)).to(device=x.device, dtype=self.dtype or x.dtype)
 
     def _run_process(self, payload: bytes) -> np.ndarray:
@@ -220,11 +220,11 @@ class Subprocess(Program):
                 data = stdout
             return self._decode(data)
 
-    def _keep(self, payload: bytes) -> str:
+    def _keep(self, failed_dir: str, payload: bytes) -> str:
         """Save the input of a failed run in ``failed_dir`` and return its path (named in the error)."""
-        os.makedirs(self.failed_dir, exist_ok=True)
+        os.makedirs(failed_dir, exist_ok=True)
         self.num_failed_inputs += 1
-        path = os.path.join(self.failed_dir, f"failed-input-{self.num_failed_inputs}.{self.format}")
+        path = os.path.join(failed_dir, f"failed-input-{self.num_failed_inputs}.{self.format}")
         with open(path, "wb") as f:
             f.write(payload)
         return path
@@ -304,7 +304,8 @@ def run_in_own_group(
         for t in threads:
             t.join(timeout=5)
         for stream in (proc.stdout, proc.stderr):
-            stream.close()
+            if stream is not None:  # both are pipes (stdout=PIPE, stderr=PIPE)
+                stream.close()
     return b"".join(chunks["stdout"]), b"".join(chunks["stderr"]), proc.returncode
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import add_note
 from ..estimators import ESTIMATORS, Estimator
 from .directions import PointDirections
 from .program import Program, ProgramError, ProgramWarning, as_program, describe
@@ -47,13 +48,13 @@ class _ZOVJP(torch.autograd.Function):
     """Returns the precomputed output; backward asks the stored estimate for Jᵀv."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, estimate: VJPEstimate) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, estimate: VJPEstimate) -> Tensor:
         ctx.estimate = estimate
         return estimate.output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, v: Tensor):  # type: ignore[override]
+    def backward(ctx, v: Tensor):
         return ctx.estimate.vjp(v), None
 
 
@@ -282,13 +283,13 @@ class BlackBox(nn.Module):
                     self.estimator, batch, flat.shape[1], generator=self.generator, dtype=torch.float64, device=x.device
                 )
                 points = torch.cat([points, dirs.points(flat)])  # (1 + len(dirs), B, d)
-            values, bad = self._evaluate(points, point_shape, context)
+            values, bad, out_point_shape = self._evaluate(points, point_shape, context)
         except BaseException:
             self.generator.set_state(gen_state)
             raise
-        out_shape = ((batch,) if self.rowwise else ()) + self._out_point_shape
+        out_shape = ((batch,) if self.rowwise else ()) + out_point_shape
         output = values[0].reshape(out_shape).clone()
-        if not need_grad:
+        if not need_grad or dirs is None:  # dirs is None exactly when no gradient is needed
             return output
         diffs = values[1:].to(torch.float64) - values[0].to(torch.float64)  # no rounding of the difference
         estimate = VJPEstimate(self.estimator, dirs, output, diffs, bad, self.program.on_failure, x)
@@ -320,8 +321,8 @@ class BlackBox(nn.Module):
     def _where(self, e: int, num_evals: int) -> str:
         return "the forward point" if e == 0 else f"perturbed point {e} of {num_evals - 1} (for the ZO backward)"
 
-    def _evaluate(self, points: Tensor, point_shape, context) -> Tuple[Tensor, Tensor]:
-        """Program values at every point, ``(E, B, *out)`` flattened to ``(E, B, m)``, and failures ``(E, B)``."""
+    def _evaluate(self, points: Tensor, point_shape, context) -> Tuple[Tensor, Tensor, Tuple[int, ...]]:
+        """Values ``(E, B, *out)`` flattened to ``(E, B, m)``, failures ``(E, B)``, and the point shape ``out``."""
         num_evals, batch, _ = points.shape
         flat_points = points.reshape(num_evals * batch, -1)
         program = self.program
@@ -338,9 +339,10 @@ class BlackBox(nn.Module):
                 shape = point
                 pieces.append(out)
             except ProgramError as err:
-                err.add_note(
+                add_note(
+                    err,
                     f"zeroth.blackbox: the call covered {self._where(start // batch, num_evals)}"
-                    + (f" (rows {start % batch}..{(stop - 1) % batch})" if self.rowwise else "")
+                    + (f" (rows {start % batch}..{(stop - 1) % batch})" if self.rowwise else ""),
                 )
                 if program.on_failure == "raise":
                     raise
@@ -350,9 +352,10 @@ class BlackBox(nn.Module):
             shape = self._out_point_shape
             if shape is None:
                 assert first_error is not None
-                first_error.add_note(
+                add_note(
+                    first_error,
                     f"zeroth.blackbox: on_failure={program.on_failure!r} cannot fill NaN outputs: "
-                    "the program has never returned an output, so its output shape is unknown"
+                    "the program has never returned an output, so its output shape is unknown",
                 )
                 raise first_error
         self._out_point_shape = shape
@@ -369,7 +372,7 @@ class BlackBox(nn.Module):
         bad = failed | ~torch.isfinite(values).all(dim=1)
         if bool(bad.any()):
             self._handle_failures(bad, values, flat_points, num_evals, batch)
-        return values.reshape(num_evals, batch, m), bad.reshape(num_evals, batch)
+        return values.reshape(num_evals, batch, m), bad.reshape(num_evals, batch), shape
 
     def _check_output(self, out: Tensor, num_points: int, shape) -> Tuple[Tensor, Tuple[int, ...]]:
         """Outputs of one call as ``(num_points, *point_shape)``; shape errors name the program."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, overload
 
 import torch
 from torch import Tensor
@@ -65,6 +65,14 @@ def check_policy(on_failure: Any) -> str:
             f"Invalid on_failure value: {on_failure!r} (expected one of {', '.join(map(repr, FAILURE_POLICIES))})"
         )
     return on_failure
+
+
+@overload
+def check_count(name: str, value: Any, minimum: int, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_count(name: str, value: Any, minimum: int, allow_none: bool) -> Optional[int]: ...
 
 
 def check_count(name: str, value: Any, minimum: int, allow_none: bool = False) -> Optional[int]:

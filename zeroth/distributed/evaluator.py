@@ -303,7 +303,9 @@ class RayEvaluator(Evaluator):
 def _shell(objective: Objective) -> Objective:
     """The objective without its model (the workers have their own copy), batch on the CPU."""
     shell = copy.copy(objective)
-    shell.model = None
+    # no model on purpose (each worker sets its own copy before calling it); Objective.model is
+    # typed nn.Module for every objective that is called, so the checker cannot know the shell is not
+    shell.model = None  # type: ignore[assignment]
     shell.inputs = move(objective.inputs, torch.device("cpu"))
     shell.targets = move(objective.targets, torch.device("cpu"))
     return shell

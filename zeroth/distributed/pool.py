@@ -23,10 +23,11 @@ import numbers
 import os
 import time
 import warnings
+from types import ModuleType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .._optional import require
-from ..errors import ZerothError, ZerothWarning
+from ..errors import ZerothError, ZerothWarning, add_note
 from . import split
 
 
@@ -41,7 +42,7 @@ class WorkerFailureWarning(ZerothWarning, RuntimeWarning):
     """A Ray worker died; its work was re-run elsewhere, or a replacement could not start."""
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """``ray``, or an ImportError naming the extra to install."""
     return require("ray", "ray")
 
@@ -97,7 +98,7 @@ def check_options(
     return out
 
 
-def connect(address: Optional[str], ray_init: Optional[Mapping[str, Any]]):
+def connect(address: Optional[str], ray_init: Optional[Mapping[str, Any]]) -> ModuleType:
     """The ``ray`` module with a connection: the running one, a cluster (address / RAY_ADDRESS), or a new local one.
 
     Raises:
@@ -177,7 +178,7 @@ class WorkerPool:
         self._weights: Dict[int, float] = {}  # speeds the current plan is made for
         self.failures = 0  # over the pool's life
         self.last_call: Dict[str, Any] = {}
-        self._ray = None
+        self._ray: Optional[ModuleType] = None  # the connected ``ray`` module, once started
 
     # -- start-up -------------------------------------------------------------------------
     @property
@@ -212,8 +213,20 @@ class WorkerPool:
             self._add_slot()
         self._await_started(all_of=True)
 
+    def _connected(self) -> ModuleType:
+        """The ``ray`` module :meth:`start` connected (only called once the pool has started).
+
+        Raises:
+            RuntimeError: the pool has not started (or was closed).
+        """
+        if self._ray is None:
+            raise RuntimeError("the Ray worker pool has not started (call start() first)")
+        return self._ray
+
     def _add_slot(self) -> _Slot:
-        ray = self._ray
+        ray = self._connected()
+        if self.resources is None:  # start() sets the resources before it adds a slot
+            raise RuntimeError("the Ray worker pool has not started (call start() first)")
         res = dict(self.resources)
         options: Dict[str, Any] = {
             "num_cpus": res.pop("CPU", 0.0),
@@ -233,10 +246,10 @@ class WorkerPool:
 
     def _await_started(self, all_of: bool = False, timeout: Optional[float] = None) -> None:
         """Mark workers that have started; ``all_of`` waits for every one, else only polls."""
-        ray = self._ray
         waiting = {s.ready: s for s in self.slots if not s.started}
         if not waiting:
             return
+        ray = self._connected()
         deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
         while waiting:
             left = max(0.0, deadline - time.monotonic()) if all_of else 0
@@ -328,7 +341,7 @@ class WorkerPool:
             zeroth.distributed.WorkerFailureError: more than ``max_failures`` worker failures in
                 this call, or no worker left to re-run a failed piece. Queued work is cancelled.
         """
-        ray = self._ray
+        ray = self._connected()
         start = time.perf_counter()
         sizes = [split.piece_size(p) for _, p in plan]
         results: List[Any] = [None] * len(plan)
@@ -349,7 +362,7 @@ class WorkerPool:
                 except ray.exceptions.RayTaskError as err:
                     cause = getattr(err, "cause", None) or err
                     if not _is_resource_failure(cause):
-                        cause.add_note(f"zeroth: raised on Ray {slot} in {what}")
+                        add_note(cause, f"zeroth: raised on Ray {slot} in {what}")
                         raise cause from None
                     reason = f"{type(cause).__name__}: {cause}"
                 except ray.exceptions.RayError as err:  # the actor died, its node was lost, ...
@@ -397,7 +410,7 @@ class WorkerPool:
             self.slots.remove(slot)
             self._weights.pop(slot.number, None)
             try:
-                self._ray.kill(slot.handle)
+                self._connected().kill(slot.handle)
             except Exception:
                 pass
             self._add_slot()

@@ -13,7 +13,7 @@ coordinate of the first layer costs far more than one of the classifier).
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple, TypeGuard
 
 import torch
 from torch import Tensor
@@ -21,6 +21,14 @@ from torch import Tensor
 from ..estimators.directions import Directions, SeedSubset  # noqa: F401  (SeedSubset: old import path)
 
 Block = Tuple[int, int]  # directions [start, stop)
+
+
+class _Splittable(Protocol):
+    """A direction set that hands out subsets of its directions (what :func:`can_split` checks)."""
+
+    def subset(self, ids: Tensor) -> Directions: ...
+
+    def to_devices(self, devices: Sequence[torch.device]) -> Directions: ...
 
 
 def blocks(num_directions: int, num_blocks: int) -> List[Block]:
@@ -64,7 +72,7 @@ def members(piece: Sequence[Block]) -> Tensor:
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
 
-def can_split(dirs: Directions) -> bool:
+def can_split(dirs: Directions) -> TypeGuard[_Splittable]:
     """True when ``dirs`` can hand out subsets of its directions (declares ``subset`` and ``to_devices``)."""
     return callable(getattr(dirs, "subset", None)) and callable(getattr(dirs, "to_devices", None))
 
@@ -81,7 +89,13 @@ def subset(dirs: Directions, ids: Tensor) -> Directions:
 
 
 def to_device(dirs: Directions, devices: Sequence[torch.device]) -> Directions:
-    """A subset ready for parameters on ``devices`` (``dirs.to_devices``)."""
+    """A subset ready for parameters on ``devices`` (``dirs.to_devices``).
+
+    Raises:
+        TypeError: ``dirs`` declares no ``subset``/``to_devices`` (a piece made by :func:`subset` does).
+    """
+    if not can_split(dirs):
+        raise TypeError(f"cannot split a {type(dirs).__name__} direction set (it declares no subset/to_devices)")
     return dirs.to_devices(devices)
 
 

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..engine import EVALUATORS, Auto, Losses
 from ..estimators.directions import Directions
@@ -93,7 +93,7 @@ class EvaluatorWorker:
         self.device = device_of_worker()
         self.inner = local_evaluator(inner)
         self.version: Optional[int] = None
-        self.model = None
+        self.model: Optional[nn.Module] = None
         self.loads = 0  # how often a model was received (tests: once per structure)
 
     def ready(self) -> Dict[str, Any]:
@@ -112,21 +112,29 @@ class EvaluatorWorker:
         import ray
 
         blob = ray.get(model_ref)
-        model = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
-        self.model = model.to(self.device)
-        self.parameters = list(self.model.parameters())
-        self.tensors = self.parameters + list(self.model.buffers())
-        self.modules = list(self.model.modules())
+        model = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False).to(self.device)
+        self.model = model
+        self.parameters = list(model.parameters())
+        self.tensors = self.parameters + list(model.buffers())
+        self.modules = list(model.modules())
         self.version = version
         self.loads += 1
 
     def evaluate(self, model_box: List[Any], step_box: List[Any], piece: Directions, report: bool) -> Dict[str, Any]:
-        """Losses of ``piece`` at the step's point; ``report`` adds buffers and RNG after the first evaluation."""
+        """Losses of ``piece`` at the step's point; ``report`` adds buffers and RNG after the first evaluation.
+
+        Raises:
+            RuntimeError: no model was loaded (cannot happen: the first call loads its version's model).
+            Exception: what the local evaluator or the objective raised (the pool re-raises it on the driver).
+        """
         import ray
 
         version, model_ref = model_box
         if version != self.version:
             self._load(version, model_ref)
+        model = self.model
+        if model is None:  # never: self.version starts as None, and _load sets both
+            raise RuntimeError("EvaluatorWorker: no model was loaded")
         step = ray.get(step_box[0])
         with torch.no_grad():
             for t, v in zip(self.tensors, step["state"]):
@@ -138,12 +146,12 @@ class EvaluatorWorker:
         if cuda:
             torch.cuda.set_rng_state(step["cuda_rng"], self.device)
         objective = copy.copy(step["objective"])
-        objective.model = self.model
+        objective.model = model
         objective.inputs = move(objective.inputs, self.device)
         objective.targets = move(objective.targets, self.device)
         params = [self.parameters[i] for i in step["param_index"]]
         dirs = split.to_device(piece, [p.device for p in params])
-        counted = counters(self.model)
+        counted = counters(model)
         before = {i: m.counts() for i, m in counted.items()}
         start, cpu = time.perf_counter(), time.thread_time()
         losses: Losses = self.inner.evaluate(objective, params, dirs)
@@ -158,7 +166,7 @@ class EvaluatorWorker:
             "counts": {i: {k: v - before[i][k] for k, v in m.counts().items()} for i, m in counted.items()},
         }
         if report:
-            out["buffers"] = [b.detach().cpu().clone() for b in self.model.buffers()]
+            out["buffers"] = [b.detach().cpu().clone() for b in model.buffers()]
             out["rng"] = torch.get_rng_state()
             out["cuda_rng"] = torch.cuda.get_rng_state(self.device) if cuda else None
         return out

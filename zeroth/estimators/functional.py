@@ -2,19 +2,20 @@
 
 ``zo_gradient(fun, x, estimator)`` and ``zo_jacobian(fun, x, estimator)`` are what a solver
 (e.g. :mod:`zeroth.constrained`) or a black-box adapter needs: ``fun`` takes a tensor shaped
-like ``x`` and returns a scalar (resp. a vector); ``x`` is never modified.
+like ``x`` and returns a scalar (resp. a vector); ``x`` is never modified. ``estimator`` is any
+:class:`zeroth.protocols.Estimator` (CGE, RGE, SPSA or one's own): its direction sets are used
+through ``perturb``/``restore``/``accumulate`` only.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..objective import scalar_loss
-from .directions import Directions
-from .estimators import Estimator
+from ..protocols import Directions, Estimator
 
 
 def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
@@ -29,7 +30,7 @@ def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
         return scalar_loss(y).to(torch.float64)
 
     base = call() if dirs.needs_base else None
-    values = []
+    values: List[Tensor] = []
     ref_name = "x" if base is not None else "evaluation point 0"  # what every output's size is checked against
     for e in range(len(dirs)):
         token = dirs.perturb([work], e, exact=True)

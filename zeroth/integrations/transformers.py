@@ -32,7 +32,7 @@ bit-identically (same seed, same data order, same model and scheduler state).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -101,11 +101,13 @@ class ZOTrainer(Trainer):
         Built once (``self.optimizer``); later calls return it.
 
         Raises:
-            ValueError: no parameter has ``requires_grad=True``; the ZOOptimizer's own errors
-                for invalid ``zo_options``.
+            ValueError: no model (neither ``model`` nor ``self.model``), or no parameter has
+                ``requires_grad=True``; the ZOOptimizer's own errors for invalid ``zo_options``.
         """
         if self.optimizer is None:
             opt_model = self.model if model is None else model
+            if opt_model is None:
+                raise ValueError("model: the trainer has no model to optimize (pass model= or model_init=)")
             decay = set(self.get_decay_parameter_names(opt_model))
             named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
             groups = [
@@ -157,10 +159,13 @@ class ZOTrainer(Trainer):
         batches, self._zo_batches = self._zo_batches, []
 
         def closure() -> torch.Tensor:
-            total = None
+            total: Optional[torch.Tensor] = None
             for batch in batches:
-                loss = self.compute_loss(model, batch)
+                # without return_outputs=True, compute_loss returns the loss tensor alone
+                loss = cast(torch.Tensor, self.compute_loss(model, batch))
                 total = loss if total is None else total + loss
+            if total is None:  # never: batches holds at least this micro-batch
+                raise RuntimeError("ZOTrainer: no micro-batch to compute the loss on")
             return total / len(batches)
 
         loss = self.zo_optimizer.estimate(closure)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 from torch import nn
 
 
@@ -19,7 +21,7 @@ class DigitsCNN(nn.Sequential):
 
     def __init__(self, channels: tuple = (8, 16), num_classes: int = 10, batch_norm: bool = False):
         c1, c2 = channels
-        layers = [nn.Conv2d(1, c1, 3, padding=1)]  # (B, c1, 8, 8)
+        layers: List[nn.Module] = [nn.Conv2d(1, c1, 3, padding=1)]  # (B, c1, 8, 8)
         if batch_norm:
             layers.append(nn.BatchNorm2d(c1))
         layers += [nn.ReLU(), nn.Conv2d(c1, c2, 3, stride=2, padding=1)]  # (B, c2, 4, 4)

@@ -146,7 +146,7 @@ class DynamicMask(MaskRule):
         rule: str = "random",
     ):
         if isinstance(ratios, numbers.Real) and not isinstance(ratios, bool):
-            if not 0.0 <= ratios <= 1.0:
+            if not (ratios <= 1.0 and not ratios < 0.0):  # 0 <= ratios <= 1 with Real's <=, < (NaN fails)
                 raise ValueError(f"Invalid ratios value: {ratios!r} (a kept fraction, expected 0 <= ratios <= 1)")
             self.ratio: Optional[float] = float(ratios)
             self.ratios: Dict[str, float] = {}
@@ -270,7 +270,7 @@ class DynamicMask(MaskRule):
         if masks is None:
             self.current = None
             return
-        devices = [None] * len(masks)
+        devices: List[Optional[torch.device]] = [None] * len(masks)
         if self.current is not None and len(self.current) == len(masks):
             devices = [None if m is None else m.device for m in self.current]
         self.current = [None if m is None else (m.to(d) if d is not None else m) for m, d in zip(masks, devices)]

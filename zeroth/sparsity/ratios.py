@@ -74,7 +74,12 @@ def prunable_weights(model: nn.Module) -> Dict[str, nn.Parameter]:
 
 
 def _check_sparsity(sparsity: Any) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= sparsity < 1.0:
+    # 0 <= sparsity < 1 written with numbers.Real's own < (a NaN fails sparsity < 1.0)
+    if (
+        isinstance(sparsity, bool)
+        or not isinstance(sparsity, numbers.Real)
+        or not (sparsity < 1.0 and not sparsity < 0.0)
+    ):
         raise ValueError(f"Invalid sparsity value: {sparsity!r} (expected a number with 0 <= sparsity < 1)")
     return float(sparsity)
 
@@ -98,7 +103,8 @@ def check_ratios(ratios: Any, argument: str = "ratios") -> Dict[str, float]:
     for name, r in ratios.items():
         if not isinstance(name, str):
             raise TypeError(f"{argument}: keys must be parameter names (str), got {name!r}")
-        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 <= r <= 1.0:
+        # 0 <= r <= 1 written with numbers.Real's own <= and < (a NaN fails r <= 1.0)
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not (r <= 1.0 and not r < 0.0):
             raise ValueError(f"{argument}[{name!r}]: invalid kept fraction {r!r} (expected 0 <= ratio <= 1)")
         out[name] = float(r)
     return out

@@ -16,7 +16,8 @@ def positive(
         not isinstance(value, bool)
         and isinstance(value, kind)
         and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
+        # >= 0 / > 0 written with numbers.Real's own < and <= (value is finite here)
+        and (not value < 0 if allow_zero else not value <= 0)
         and (upper is None or value < upper)
     )
     if not ok:

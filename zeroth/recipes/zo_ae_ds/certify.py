@@ -107,9 +107,9 @@ def sample_counts(
             noise = torch.randn((k,) + tuple(x.shape), generator=generator, device=noise_device, dtype=x.dtype)
             logits = model(x.unsqueeze(0) + sigma * noise.to(x.device))  # (k, K)
             if counts is None:
-                num_classes = num_classes or logits.shape[-1]
-                counts = torch.zeros(num_classes, dtype=torch.long)
-            counts += torch.bincount(logits.argmax(-1).cpu(), minlength=num_classes)[:num_classes]
+                counts = torch.zeros(num_classes or logits.shape[-1], dtype=torch.long)
+            classes = counts.numel()
+            counts += torch.bincount(logits.argmax(-1).cpu(), minlength=classes)[:classes]
     assert counts is not None
     return counts
 

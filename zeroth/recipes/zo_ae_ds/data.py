@@ -18,6 +18,9 @@ from ...data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10  # noqa: F401  (the 
 class Normalize(nn.Module):
     """``(x − mean) / std`` per channel, as the classifier's first layer (inputs stay in [0, 1])."""
 
+    mean: Tensor  # (1, C, 1, 1) buffer
+    std: Tensor  # (1, C, 1, 1) buffer
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         """Buffers, so they follow ``.to(device)`` and the state dict."""
         super().__init__()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import copy
 import numbers
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, fields
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypedDict
 
 import torch
 from torch import nn
@@ -180,10 +180,11 @@ class DefendConfig:
         self.sigma, self.mu, self.lr = positive("sigma", self.sigma), positive("mu", self.mu), positive("lr", self.lr)
         self.alpha = positive("alpha", self.alpha, upper=0.5)
         self.n0 = positive("n0", self.n0, integer=True)
-        for name in ("latent_dim", "epochs", "classifier_epochs", "ae_epochs", "batch_size", "n", "num_certify"):
+        d_z = p.latent_dim if self.latent_dim is None else positive("latent_dim", self.latent_dim, integer=True)
+        self.latent_dim = d_z
+        for name in ("epochs", "classifier_epochs", "ae_epochs", "batch_size", "n", "num_certify"):
             value = getattr(self, name)
             setattr(self, name, getattr(p, name) if value is None else positive(name, value, integer=True))
-        d_z = self.latent_dim
         qs = (2, max(1, d_z // 4), d_z) if self.q is None else tuple(self.q)
         if not qs:
             raise ValueError("Invalid q value: () (give at least one number of directions)")
@@ -195,6 +196,30 @@ class DefendConfig:
         if not radii:
             raise ValueError("Invalid radii value: () (give at least one radius)")
         self.radii = tuple(sorted(float(r) for r in radii))
+
+
+@dataclass(frozen=True)
+class _Budgets:
+    """The budgets of a validated :class:`DefendConfig`, none of them None (``__post_init__`` filled them)."""
+
+    q: Tuple[int, ...]
+    latent_dim: int
+    epochs: int
+    classifier_epochs: int
+    ae_epochs: int
+    batch_size: int
+    n: int
+    num_certify: int
+    radii: Tuple[float, ...]
+
+
+def _budgets(config: DefendConfig) -> _Budgets:
+    """``config``'s budgets as they are now (ValueError if one was set to None after construction)."""
+    values = {f.name: getattr(config, f.name) for f in fields(_Budgets)}
+    unset = [name for name, value in values.items() if value is None]
+    if unset:
+        raise ValueError(f"DefendConfig: {', '.join(unset)} set to None after construction (give a value)")
+    return _Budgets(**values)
 
 
 @dataclass
@@ -237,10 +262,19 @@ def _load(config: DefendConfig) -> Split:
     """The dataset's split, pixels in [0, 1]."""
     if config.dataset == "digits":
         return load_digits()  # one fixed split: seeds vary the training, not the test set
+    if not config.data_dir:  # DefendConfig requires it for cifar10
+        raise ValueError("data_dir: cifar10 needs --data-dir with the python-pickle batches (nothing is downloaded)")
     return load_cifar10(config.data_dir)
 
 
-def _checkpoint(config: DefendConfig, name: str) -> Dict[str, object]:
+class _Resume(TypedDict, total=False):
+    """The ``checkpoint=`` / ``resume=`` arguments of one training stage."""
+
+    checkpoint: str
+    resume: bool
+
+
+def _checkpoint(config: DefendConfig, name: str) -> _Resume:
     """``checkpoint=`` / ``resume=`` arguments of one stage (nothing without a checkpoint dir)."""
     if config.checkpoint_dir is None:
         return {}
@@ -252,7 +286,8 @@ def _checkpoint(config: DefendConfig, name: str) -> Dict[str, object]:
 
 def _plan(config: DefendConfig) -> List[Tuple[str, dict]]:
     """The trained rows: name and ``train_denoiser`` arguments."""
-    zo_ds_q = max(config.q)
+    qs = _budgets(config).q
+    zo_ds_q = max(qs)
     rows = [
         ("FO-DS", dict(mode="fo", through_ae=False)),
         ("FO-AE-DS", dict(mode="fo", through_ae=True)),
@@ -264,7 +299,7 @@ def _plan(config: DefendConfig) -> List[Tuple[str, dict]]:
     if config.estimator in ("rge", "all"):
         rows += [
             (f"ZO-AE-DS RGE q={q}", dict(mode="zo", through_ae=True, estimator=RGE(q=q, mu=config.mu, dist="sphere")))
-            for q in config.q
+            for q in qs
         ]
     if config.estimator in ("cge", "all"):
         rows.append(("ZO-AE-DS CGE", dict(mode="zo", through_ae=True, estimator=CGE(mu=config.mu))))
@@ -286,9 +321,10 @@ def run(config: DefendConfig) -> Report:
     """
     start = time.perf_counter()
     p, device = config.preset, torch.device(config.device)
+    budget = _budgets(config)
     data = _load(config)
     data = Split(*(t.to(device) for t in data))
-    pick = torch.linspace(0, data.x_test.shape[0] - 1, min(config.num_certify, data.x_test.shape[0])).round().long()
+    pick = torch.linspace(0, data.x_test.shape[0] - 1, min(budget.num_certify, data.x_test.shape[0])).round().long()
     xs, ys = data.x_test[pick.to(device)], data.y_test[pick.to(device)]
 
     torch.manual_seed(config.seed)
@@ -297,21 +333,21 @@ def run(config: DefendConfig) -> Report:
         f,
         data.x_train,
         data.y_train,
-        epochs=config.classifier_epochs,
-        batch_size=config.batch_size,
+        epochs=budget.classifier_epochs,
+        batch_size=budget.batch_size,
         seed=config.seed,
         progress=config.progress,
         **_checkpoint(config, "classifier"),
     )
     f.requires_grad_(False).eval()
-    encoder = build_encoder(p.channels, p.image_size, config.latent_dim, p.ae_width).to(device)
-    decoder = build_decoder(p.channels, p.image_size, config.latent_dim, p.ae_width).to(device)
+    encoder = build_encoder(p.channels, p.image_size, budget.latent_dim, p.ae_width).to(device)
+    decoder = build_decoder(p.channels, p.image_size, budget.latent_dim, p.ae_width).to(device)
     train_autoencoder(
         encoder,
         decoder,
         data.x_train,
-        epochs=config.ae_epochs,
-        batch_size=config.batch_size,
+        epochs=budget.ae_epochs,
+        batch_size=budget.batch_size,
         seed=config.seed,
         progress=config.progress,
         **_checkpoint(config, "autoencoder"),
@@ -323,7 +359,7 @@ def run(config: DefendConfig) -> Report:
     notes = [
         f"black-box classifier {p.classifier_name}: "
         f"clean test accuracy {100 * accuracy(f, data.x_test, data.y_test):.1f} %; "
-        f"AE (d_z = {config.latent_dim}): test MSE {float((recon - xs).pow(2).mean()):.4f}, "
+        f"AE (d_z = {budget.latent_dim}): test MSE {float((recon - xs).pow(2).mean()):.4f}, "
         f"f(Dec(Enc(x))) accuracy {100 * accuracy(f, recon, ys):.1f} %"
     ]
 
@@ -337,15 +373,15 @@ def run(config: DefendConfig) -> Report:
             ys,
             config.sigma,
             config.n0,
-            config.n,
+            budget.n,
             config.alpha,
-            batch=min(config.n, 1000),
+            batch=min(budget.n, 1000),
             generator=gen,
             progress=config.progress,
             desc=name,
         )
         row = Row(
-            name, certified_accuracy(certs, config.radii), certify_seconds=time.perf_counter() - t, certificates=certs
+            name, certified_accuracy(certs, budget.radii), certify_seconds=time.perf_counter() - t, certificates=certs
         )
         if log is not None:
             row.queries_per_step, row.train_queries, row.train_seconds = log.queries_per_step, log.queries, log.seconds
@@ -353,7 +389,7 @@ def run(config: DefendConfig) -> Report:
 
     no_defense = accuracy(QueryCounter(f), xs, ys)
     rows = [
-        Row("no defense", [no_defense if r == 0 else 0.0 for r in config.radii]),
+        Row("no defense", [no_defense if r == 0 else 0.0 for r in budget.radii]),
         certify_row("RS of f alone", QueryCounter(f)),
     ]
     for name, kwargs in _plan(config):
@@ -368,8 +404,8 @@ def run(config: DefendConfig) -> Report:
             sigma=config.sigma,
             encoder=enc,
             decoder=decoder if kwargs["through_ae"] else None,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
+            epochs=budget.epochs,
+            batch_size=budget.batch_size,
             lr=config.lr,
             seed=config.seed,
             max_points=p.max_points if kwargs["mode"] == "zo" else None,
@@ -394,15 +430,15 @@ def _cell(value, fmt: str) -> str:
 def format_report(report: Report) -> str:
     """The header, the table (certified accuracy in % per radius), the goal checks and the wall time."""
     c = report.config
-    p = c.preset
+    p, budget = c.preset, _budgets(c)
     head = (
         f"ZO-AE-DS certified defense on {c.dataset}: σ = {c.sigma}, d_z = {c.latent_dim}, μ = {c.mu} "
         f"(forward differences, RGE on the unit sphere), DnCNN depth {p.dncnn_depth} / {p.dncnn_width} channels, "
         f"{c.epochs} denoiser epochs (batch {c.batch_size}, Adam lr {c.lr})\n"
         f"certified on {len(report.rows[1].certificates)} test images: N0 = {c.n0}, N = {c.n}, α = {c.alpha} "
-        f"({c.n0 + c.n} queries per image)"
+        f"({c.n0 + budget.n} queries per image)"
     )
-    radii = "".join(f"{'r=' + format(r, 'g'):>8}" for r in c.radii)
+    radii = "".join(f"{'r=' + format(r, 'g'):>8}" for r in budget.radii)
     title = f"{'method':<22}{'queries/step':>13}{'train queries':>15}{'train s':>9}{'cert s':>8}{radii}"
     lines = [head, *report.notes, "", title, "-" * len(title)]
     for r in report.rows:
@@ -418,19 +454,19 @@ def format_report(report: Report) -> str:
 def goals(report: Report) -> List[str]:
     """The issue's goals, checked on the measured rows (lines of text; nothing is assumed)."""
     names = {r.name: r for r in report.rows}
-    c = report.config
+    budget = _budgets(report.config)
     cge, fo = names.get("ZO-AE-DS CGE"), names.get("FO-AE-DS")
-    rge = names.get(f"ZO-AE-DS RGE q={max(c.q)}")
-    zo_ds = names.get(f"ZO-DS RGE q={max(c.q)}")
+    rge = names.get(f"ZO-AE-DS RGE q={max(budget.q)}")
+    zo_ds = names.get(f"ZO-DS RGE q={max(budget.q)}")
     out = []
     if cge and rge and zo_ds:
         bad = [
             f"r={r:g} ({100 * a:.1f} / {100 * b:.1f} / {100 * z:.1f})"
-            for r, a, b, z in zip(c.radii, cge.accuracy, rge.accuracy, zo_ds.accuracy)
+            for r, a, b, z in zip(budget.radii, cge.accuracy, rge.accuracy, zo_ds.accuracy)
             if not a > b > z
         ]
         out.append(
-            f"goal  ZO-AE-DS CGE > ZO-AE-DS RGE q={max(c.q)} > ZO-DS q={max(c.q)} at every radius: "
+            f"goal  ZO-AE-DS CGE > ZO-AE-DS RGE q={max(budget.q)} > ZO-DS q={max(budget.q)} at every radius: "
             + ("met" if not bad else "missed at " + ", ".join(bad))
         )
     if cge and fo:
@@ -439,18 +475,19 @@ def goals(report: Report) -> List[str]:
         out.append(
             "goal  ZO-AE-DS CGE within 2 points of FO-AE-DS at every radius: "
             + ("met" if gaps[worst] <= 2 else "missed")
-            + f" (largest shortfall {gaps[worst]:.1f} points at r={c.radii[worst]:g})"
+            + f" (largest shortfall {gaps[worst]:.1f} points at r={budget.radii[worst]:g})"
         )
     return out
 
 
 def plot(report: Report, path: str) -> str:
     """Certified accuracy against the L2 radius, one curve per row, saved to ``path``."""
+    radii = _budgets(report.config).radii
     matplotlib = require("matplotlib", "science")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max(max(report.config.radii) * 1.25, max((c.radius for r in report.rows for c in r.certificates), default=0))
+    top = max(max(radii) * 1.25, max((c.radius for r in report.rows for c in r.certificates), default=0))
     grid = [top * i / 200 for i in range(201)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in report.rows:
@@ -458,7 +495,7 @@ def plot(report: Report, path: str) -> str:
             ax.plot(grid, [100 * a for a in certified_accuracy(row.certificates, grid)], label=row.name)
         else:
             ax.plot([0], [100 * row.accuracy[0]], "ko", label=row.name)  # no certificate beyond r = 0
-    for r in report.config.radii:
+    for r in radii:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
     ax.set(
         xlabel="L2 radius",

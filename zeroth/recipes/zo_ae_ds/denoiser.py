@@ -33,7 +33,8 @@ class DnCNN(nn.Module):
             layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         last = nn.Conv2d(width, channels, 3, padding=1)  # (B, C, H, W)
         nn.init.zeros_(last.weight)  # zero residual: the denoiser starts as the identity
-        nn.init.zeros_(last.bias)
+        if last.bias is not None:  # it has one (bias=True)
+            nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
 

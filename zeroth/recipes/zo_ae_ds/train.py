@@ -66,7 +66,7 @@ class TrainLog:
 class _Stateful:
     """Adapter giving ``state_dict``/``load_state_dict`` to a getter/setter pair."""
 
-    def __init__(self, get: Callable[[], Any], set: Callable[[Any], None]):
+    def __init__(self, get: Callable[[], Any], set: Callable[[Any], object]):
         """Keep the two functions."""
         self.state_dict, self.load_state_dict = get, set
 
@@ -137,7 +137,7 @@ def _fit(
     stateful = dict(stateful, generator=_generator_state(generator))
     if counter is not None:
         stateful["counter"] = _Stateful(counter.get_extra_state, counter.set_extra_state)
-    if resume and os.path.exists(checkpoint):
+    if resume and checkpoint is not None and os.path.exists(checkpoint):  # resume implies a checkpoint (above)
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         for name, obj in stateful.items():
             obj.load_state_dict(saved[name])
@@ -461,7 +461,7 @@ def train_denoiser(
     if targets is not None and (not isinstance(targets, Tensor) or targets.shape != x.shape[:1]):
         raise ValueError(f"targets must be a tensor of {x.shape[0]} labels (one per image of x)")
     counter = _counter_for(classifier, mode)
-    trained = [denoiser] + ([encoder] if through_ae and train_encoder else [])
+    trained = [denoiser] + ([encoder] if through_ae and train_encoder and encoder is not None else [])
     params = [p for m in trained for p in m.parameters()]
     opt = torch.optim.Adam(
         params, lr=positive("lr", lr), weight_decay=positive("weight_decay", weight_decay, allow_zero=True)
