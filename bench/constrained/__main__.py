@@ -31,7 +31,7 @@ import numpy as np
 from zeroth.constrained import problems
 
 from . import ipopt, scaling
-from .runners import SOLVERS, budget
+from .runners import SOLVERS
 from .scipy_style import scipy_style_problems
 
 SLOW_ON_LARGE = {"trust-constr", "COBYQA", "COBYLA"}
@@ -86,7 +86,8 @@ def _run_table(probs, solvers, args, goals=True):
     _table(probs, solvers, results)
     _summary(probs, solvers, results)
     if goals and not args.slow_large:
-        print(f"skipped: {', '.join(sorted(SLOW_ON_LARGE))} on n >= 100 (5 to 40+ min each here; --slow-large runs them)")
+        print(f"skipped: {', '.join(sorted(SLOW_ON_LARGE))} on n >= 100 (5 to 40+ min each here; "
+              "--slow-large runs them)")
     if goals:
         _goals(probs, results)
 
@@ -104,7 +105,8 @@ def _scaling_table(args):
     runs = {}  # (n, solver) -> list of results, one per round
     for n in args.sizes:
         p = scaling.scaling_problem(n)
-        todo = [s for s in solvers if not ((s in dense_only and n > args.dense_max_n) or (s == "SLSQP" and n > args.slsqp_max_n))]
+        todo = [s for s in solvers
+                if not ((s in dense_only and n > args.dense_max_n) or (s == "SLSQP" and n > args.slsqp_max_n))]
         for r in range(args.repeat):
             order = todo if r % 2 == 0 else todo[::-1]  # alternate the order: no solver always runs first
             for s in order:
@@ -214,8 +216,8 @@ def _goals(probs, results):
     if common:
         zo, cobyla, cobyqa = (stats(s, common)[0] for s in ("NPASA-zo", "COBYLA", "COBYQA"))
         met = zo > cobyla and zo > cobyqa
-        print(f"goal 2 {'MET' if met else 'MISSED'}: within the same budget NPASA (jac='zo') solves {zo}/{len(common)}, "
-              f"COBYLA {cobyla}, COBYQA {cobyqa}")
+        print(f"goal 2 {'MET' if met else 'MISSED'}: within the same budget NPASA (jac='zo') solves "
+              f"{zo}/{len(common)}, COBYLA {cobyla}, COBYQA {cobyqa}")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ def test_best_iterate_prefers_feasibility():
 
 # --- 8./9. NaN/inf always its own status -------------------------------------------------------------
 def test_violation_is_inf_where_the_constraint_is_nan():
-    res = minimize(lambda x: float(x @ x), [1.0, 2.0], constraints=NonlinearConstraint(lambda x: np.array([np.nan]), 0, 1))
+    nan = NonlinearConstraint(lambda x: np.array([np.nan]), 0, 1)
+    res = minimize(lambda x: float(x @ x), [1.0, 2.0], constraints=nan)
     assert res.status == 4 and not res.success and res.constr_violation == np.inf
 
 

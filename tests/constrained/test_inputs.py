@@ -1,6 +1,4 @@
 """Bad inputs give clear errors naming the argument, before any evaluation."""
-import warnings
-
 import numpy as np
 import pytest
 from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint, OptimizeWarning

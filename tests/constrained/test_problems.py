@@ -1,6 +1,5 @@
 """Every problem of the collection: NPASA reaches the known optimum with exact gradients, and
 with jac="zo" within the benchmark's evaluation budget."""
-import numpy as np
 import pytest
 
 from zeroth.constrained import minimize, problems

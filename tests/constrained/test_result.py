@@ -120,7 +120,6 @@ def test_nan_region_is_avoided():
 
 
 def test_iteration_budget():
-    p = problems.get("hs071")
     _, res = hs071_result(options={"maxiter": 3})
     assert res.status == 1 and not res.success and res.message == STATUS_MESSAGES[1]
     assert np.isfinite(res.constr_violation)

@@ -11,7 +11,7 @@ from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint
 from bench.constrained.scaling import scaling_problem
 from tests.constrained.test_qp import assert_kkt, random_qp
 from zeroth.constrained import _qp, minimize
-from zeroth.constrained._qp import _SparseQP, _on_active_set, solve_qp
+from zeroth.constrained._qp import _on_active_set, _SparseQP, solve_qp
 from zeroth.constrained.npasa import _stack_rows
 from zeroth.constrained.polyhedron import Polyhedron
 

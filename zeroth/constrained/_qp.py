@@ -266,13 +266,13 @@ _ROWS = {}  # id(C) -> (C, data): the rows' transposes and coordinates, kept for
 
 
 def _rows_data(C):
-    """(Cᵀ as CSR, row, column and value arrays of C, max(1, max|C|)) for a CSR ``C``; cached
-    for the last few matrices seen (the polyhedron's rows come back at every projection)."""
+    """(Cᵀ (a CSC view), row, column and value arrays of C, max(1, max|C|)) for a CSR ``C``;
+    cached for the last few matrices seen (the polyhedron's rows come back at every projection)."""
     hit = _ROWS.get(id(C))
     if hit is not None and hit[0] is C:
         return hit[1]
-    Cc = C.tocoo()
-    data = (C.T.tocsr(), Cc.row, Cc.col, Cc.data, max(1.0, float(np.max(np.abs(Cc.data), initial=0.0))))
+    rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
+    data = (C.T, rows, C.indices, C.data, max(1.0, float(np.max(np.abs(C.data), initial=0.0))))
     if len(_ROWS) >= 4:
         del _ROWS[next(iter(_ROWS))]
     _ROWS[id(C)] = (C, data)
@@ -462,7 +462,6 @@ def _on_active_set(qp, active, rounds=12):
     gradient of the Lagrangian vanishes on the free variables, no row or bound is violated and
     every multiplier has the right sign (relative tolerances FEAS_TOL, SIGN_TOL); else None."""
     lo, hi, lb, ub, g = qp.lo, qp.hi, qp.lb, qp.ub, qp.g
-    n, m = qp.n, qp.m
     active = qp.normalize(active)
     if active is None:
         return None

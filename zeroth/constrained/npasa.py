@@ -39,7 +39,8 @@ Choices where the papers leave them open, all ours:
   that fails too, or the QP does, control returns to phase one from the last accepted point.
   A NaN/inf at a trial point counts as a failed trial (backtracking); at an accepted point it
   ends the run (status 3 for the objective and its gradient, 4 for the constraints), and a run
-  that ends without progress after meeting one reports that status instead of 7. Slacks are reset to clip(c(x)) after every step.
+  that ends without progress after meeting one reports that status instead of 7. Slacks are
+  reset to clip(c(x)) after every step.
 * Phase two runs first, from x0 with least-squares multipliers (argmin ‖∇f + ∇hᵀλ + Wᵀμ‖ over
   the constraints W of Ω active at x0): on most problems the solver never enters phase one.
   Otherwise phase two is retried after every phase-one iteration, so asymptotically only
@@ -61,7 +62,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr, splu
 

@@ -109,7 +109,7 @@ class Problem:
 
     def constraints_dict(self, derivatives: bool = True):
         """The same constraints in the dict form (for SLSQP/COBYLA): 'eq' is c = 0, 'ineq' is c ≥ 0."""
-        rows, jacs = [], []  # (kind, f(x) -> array, jac(x) -> array)
+        rows = []  # (kind, f(x) -> array, jac(x) -> array)
         if self.A is not None:
             A = np.asarray(self.A, dtype=float)
             for i in range(A.shape[0]):
