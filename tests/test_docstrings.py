@@ -49,11 +49,6 @@ MISSING = frozenset(
         "zeroth.engine.auto.Auto.load_state_dict",
         "zeroth.engine.base.Evaluator.evaluate",
         "zeroth.engine.base.Support.no",
-        "zeroth.engine.delta.Delta.k",
-        "zeroth.engine.delta.Traces.residual",
-        "zeroth.engine.precision.check_precision",
-        "zeroth.engine.schemes.CostModel.materialise",
-        "zeroth.engine.schemes.costs_for",
         "zeroth.engine.sequential.Sequential.evaluate",
     }
 )

@@ -217,3 +217,18 @@ def test_a_model_that_cannot_run_channels_last_runs_as_given():
     torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
     for k, v in model.state_dict().items():  # running statistics moved once, as Sequential moves them
         torch.testing.assert_close(v, after_ref[k], rtol=1e-6, atol=1e-7)
+
+
+def test_bench_resnet_runs_and_its_gradients_agree(capsys):
+    """``python -m bench.resnet`` end to end at a tiny batch: the table, the extrapolation and the
+    gradient check (every method against Sequential on the sampled coordinates)."""
+    import re
+
+    from bench import resnet
+
+    resnet.main(["--batch", "2", "--quick", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "FeatureReuse / block restart for the whole step" in out and "b8.3" in out
+    errors = dict(re.findall(r"(block restart|FeatureReuse) ([0-9.e+-]+) \(\|g\|", out))
+    assert float(errors["block restart"]) == 0.0  # the same arithmetic as Sequential
+    assert float(errors["FeatureReuse"]) < 2e-3  # fp32 rounding of the loss / mu is ~5e-5 per evaluation

@@ -51,6 +51,7 @@ class Delta:
 
     @property
     def k(self) -> int:
+        """The number of copies K."""
         return self.values.shape[0]
 
     def dense(self, like: Tensor) -> Tensor:
@@ -195,6 +196,8 @@ class Traces:
             self._residual[key] = ResidualTrace([fn(a) for a in tr.main], fn(tr.shortcut), fn(tr.total))
 
     def residual(self, block: nn.Module, a_in: Tensor) -> ResidualTrace:
+        """The inner activations of residual ``block`` at input ``a_in``: recorded by the base pass, or
+        computed now (once; batch statistics as in the base pass, running statistics untouched)."""
         key = id(block)
         if key not in self._residual:
             with torch.no_grad(), frozen_batchnorm_buffers(block):  # running stats move once, in the base pass

@@ -2,23 +2,31 @@ r"""``FeatureReuse``: CGE losses for models that are chains of stages, doing far
 
 For a coordinate of stage ``s``:
 
-1. the input of stage ``s`` is taken from the cached unperturbed pass (computed once a step);
+1. the input of stage ``s`` is taken from the cached unperturbed pass (computed once a step,
+   residual blocks' inner activations included);
 2. a coordinate of a Linear/Conv weight or bias (or a BatchNorm affine parameter) changes one
    output channel only, so the perturbed stage output is the cached output plus a local
    change ``Δ`` built from the cached input (``μ·x[:, i]`` for Linear, ``μ·patch`` for Conv);
-   other parameters re-run their stage on K perturbed copies (``torch.func``);
-   Inside a residual block (``zo_residual``) the same holds for its ``main`` layers, with the
-   block's inner activations cached on first use;
-3. the stages after ``s`` see only the *difference* (``delta.propagate``, including through
-   residual blocks) while it is supported, and otherwise run once on a stacked batch of the
-   chunk's K copies;
+   other parameters re-run their stage on K perturbed copies (``torch.func``).
+   Inside a residual block (``zo_residual``) the same holds for its ``main`` layers;
+3. the layers after it see only the *difference* (``delta.propagate``, including through
+   residual blocks) up to a position fixed before the step by a cost model
+   (:mod:`.schemes`, ``scheme=``): while Δ is confined to one channel it costs a fraction of a
+   forward; once it is dense, the chunk's K copies ``a + Δ`` are formed there and run the rest
+   as one batch — never from earlier than the perturbed layer's cached input (DeepZero restarts
+   from the perturbed *block*'s);
 4. the loss difference of each copy: for ``F.cross_entropy`` in closed form from the cached
-   logits, ``ℓ(z + Δ) − ℓ(z) = mean_b[log Σ_j p_bj e^{Δ_bj} − Δ_{b,y_b}]``, formed in float64;
-   for the last Linear layer all of its coordinates at once (``ops.head_cross_entropy_difference``,
-   the cost of about one forward); for any other loss by evaluating it per copy.
+   logits, ``ℓ(z + Δ) − ℓ(z) = mean_b[log Σ_j p_bj e^{Δ_bj} − Δ_{b,y_b}]``, formed in float64
+   (from the copies' logits minus the cached ones when copies ran); for the last Linear layer
+   all of its coordinates at once (``ops.head_cross_entropy_difference``, the cost of about one
+   forward); for any other loss by evaluating it per copy.
 
-``precision`` (``"fp32"`` | ``"tf32"`` | ``"bf16"``, see :mod:`.precision`) is the arithmetic
-of the linear ops applied to Δ; the base pass, the nonlinear differences and the loss
+On a CPU the cached pass of an image model runs channels-last and the copies repeat its
+arithmetic exactly (:mod:`.stages`), so their loss differences carry the rounding of the
+perturb–evaluate–restore loop, not more.
+
+``precision`` (``"fp32"`` | ``"tf32"`` | ``"bf16"`` | ``"bf16x3"``, see :mod:`.precision`) is the
+arithmetic of the linear ops applied to Δ; the base pass, the nonlinear differences and the loss
 difference stay in full precision, so low precision costs accuracy relative to Δ only.
 The hot loops run in :mod:`zeroth.ops` (compiled kernels when available).
 
@@ -289,7 +297,7 @@ class _StepContext:
     def candidates(self, s: int, name: str, k: int) -> List[Tuple[Cut, float]]:
         """The exact switch positions for K coordinates of ``name`` in stage ``s``, with modelled costs."""
         return candidate_cuts(self.chain, [tuple(a.shape) for a in self.acts], self._inner_shapes, s, name, k,
-                              self.costs, self.precision, self.closed_form)
+                              self.costs, self.closed_form)
 
     def plan(self, s: int, name: str, k: int) -> Cut:
         """The cut for K coordinates of ``name`` in stage ``s`` (fixed for the step)."""
@@ -341,7 +349,8 @@ class _StepContext:
                 break
             if is_residual(chain[t]):
                 state = self._block(t, 0, state, state, cut.inner if cut.stage == t else None, k)
-            elif cut == Cut(t + 1) and self.precision == "fp32" and fuses_conv(chain[t], state, acts[t + 1]):
+            elif (cut == Cut(t + 1) and self.precision == "fp32"
+                  and fuses_conv(chain[t], state, self.laid_out(acts[t + 1]))):
                 state = conv_copies(chain[t], self.laid_out(acts[t + 1]), state, k)
             else:
                 nxt = propagate(chain[t], acts[t], acts[t + 1], state, self.precision, self.traces)
@@ -372,7 +381,7 @@ class _StepContext:
         layers = list(block.main)
         m = m0
         while isinstance(main, Delta) and m < len(layers) and m != cut:
-            if cut == m + 1 and self.precision == "fp32" and fuses_conv(layers[m], main, tr.main[m + 1]):
+            if cut == m + 1 and self.precision == "fp32" and fuses_conv(layers[m], main, self.laid_out(tr.main[m + 1])):
                 main, m = conv_copies(layers[m], self.laid_out(tr.main[m + 1]), main, k), m + 1
                 break
             nxt = propagate(layers[m], tr.main[m], tr.main[m + 1], main, self.precision, self.traces)

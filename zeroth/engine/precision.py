@@ -33,6 +33,11 @@ PRECISIONS = ("fp32", "tf32", "bf16", "bf16x3")
 
 
 def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: any other value.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"Invalid precision value: {precision!r} (expected one of {', '.join(PRECISIONS)})")
     return precision

@@ -6,9 +6,10 @@ confined to one channel, see :mod:`.delta`), or materialise the K copies ``a + �
 rest of the network on them as one batch. Both are exact; which is cheaper depends on the
 layers: a Δ that becomes dense after a convolution costs more to propagate (float64
 differences) than the copies' own forward, while a confined Δ costs a fraction of it.
-Restarting on the copies right after the perturbed layer, from the cached input of that layer
-(never earlier), is always a candidate, so no choice costs more than DeepZero's restart from
-the cached input of the perturbed *block*.
+Restarting on the copies right after the perturbed layer (from that layer's cached input, never
+earlier) is always a candidate, and the chosen position is never modelled to cost more than it;
+that restart itself does less work than DeepZero's restart from the cached input of the
+perturbed *block* (arXiv:2310.02025), and runs a chunk's K coordinates as one batch.
 
 The choice is a :class:`Cut` — the position where the copies take over — picked by
 :func:`choose_cut` from the layer kinds (:data:`~zeroth.engine.rules.LAYER_RULES`) and the
@@ -24,7 +25,7 @@ result) does not depend on machine load. Positions:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
@@ -53,7 +54,9 @@ class Costs:
         batchnorm: train-mode BatchNorm of copies (own statistics), per element.
         delta_elementwise: ``σ(a + Δ) − σ(a)``, eval-mode BatchNorm or pooling of Δ, per element.
         delta_batchnorm: train-mode BatchNorm difference (float64 statistics), per element.
-        precision: factor on ``conv_mac`` for Δ's linear ops in each precision.
+
+    The model prices Δ's linear ops at ``conv_mac`` (fp32): FeatureReuse consults it only when
+    ``precision="fp32"``; a low-precision Δ is propagated as far as it goes.
     """
 
     conv_mac: float
@@ -63,25 +66,23 @@ class Costs:
     batchnorm: float
     delta_elementwise: float
     delta_batchnorm: float
-    precision: Dict[str, float] = field(default_factory=dict)
 
 
 COSTS: Dict[str, Costs] = {
     # one thread of the project's AMD EPYC (Zen 3, AVX2), float32, measured with
     # `python -m bench.resnet --calibrate` (medians; ResNet-20 shapes, batch 32 and 256)
     "cpu": Costs(conv_mac=5.0e-11, confined_mac=1.5e-10, call=2.0e-5, elementwise=6.0e-10, batchnorm=2.0e-9,
-                 delta_elementwise=2.0e-9, delta_batchnorm=6.0e-9,
-                 precision={"fp32": 1.0, "tf32": 3.0, "bf16": 3.0, "bf16x3": 9.0}),
-    # not measured (no GPU in the sessions so far): tensor-core TF32/bf16 several times fp32's rate,
-    # memory-bound elementwise work cheap relative to fp32 convolutions
-    "cuda": Costs(conv_mac=2.0e-14, confined_mac=2.0e-13, call=1.0e-5, elementwise=5.0e-12, batchnorm=1.5e-11,
-                  delta_elementwise=1.0e-11, delta_batchnorm=3.0e-11,
-                  precision={"fp32": 1.0, "tf32": 0.25, "bf16": 0.12, "bf16x3": 0.4}),
+                 delta_elementwise=2.0e-9, delta_batchnorm=6.0e-9),
+    # not measured (no GPU in the sessions so far): an H100/H200-class GPU's fp32 rate (~30 TMAC/s)
+    # and memory bandwidth (~4 TB/s), a few microseconds per kernel launch
+    "cuda": Costs(conv_mac=3.0e-14, confined_mac=2.0e-13, call=8.0e-6, elementwise=4.0e-12, batchnorm=1.5e-11,
+                  delta_elementwise=1.0e-11, delta_batchnorm=3.0e-11),
 }
 """Cost tables by device type (``torch.device.type``); other devices use the CPU's."""
 
 
 def costs_for(device_type: str) -> Costs:
+    """The cost table of ``device_type`` (``"cpu"``, ``"cuda"``; any other device uses the CPU's)."""
     return COSTS.get(device_type, COSTS["cpu"])
 
 
@@ -97,18 +98,16 @@ def _is_residual(m: nn.Module) -> bool:
 
 
 class CostModel:
-    """Costs of running layers on K copies or on Δ, from the cached activations' shapes.
+    """Modelled seconds of running a layer on K copies or on their Δ, from the base activations' shapes
+    ``(B, ...)`` around it."""
 
-    ``shape_in(m)`` / ``shape_out(m)``: the base activation shapes ``(B, ...)`` around module ``m``.
-    """
-
-    def __init__(self, costs: Costs, precision: str, k: int):
+    def __init__(self, costs: Costs, k: int):
         self.c = costs
-        self.precision = precision
         self.k = k
 
     # -- copies ---------------------------------------------------------------------------
     def materialise(self, shape: Sequence[int]) -> float:
+        """Forming the K copies ``a + Δ`` of an activation of ``shape``."""
         return self.c.call + 1.5 * self.c.elementwise * self.k * _numel(shape)
 
     def copies(self, m: nn.Module, a_in: Sequence[int], a_out: Sequence[int],
@@ -158,7 +157,6 @@ class CostModel:
         block_out = (_numel(a_out[2:]) if len(a_out) > 2 else block) if block else DENSE
         n_out = k * b * block_out if block else k * _numel(a_out)
         n_in = k * b * (_numel(a_in[2:]) if len(a_in) > 2 else block) if block else k * _numel(a_in)
-        factor = c.precision.get(self.precision, 1.0)
         if kind == "identity":
             return block, 0.0
         if kind == "flatten":
@@ -177,14 +175,14 @@ class CostModel:
                 return None
             if block:
                 return DENSE, c.call + c.confined_mac * k * b * m.out_features * block
-            return DENSE, c.call + c.conv_mac * factor * k * b * m.out_features * m.in_features
+            return DENSE, c.call + c.conv_mac * k * b * m.out_features * m.in_features
         if kind == "conv2d":
             if m.padding_mode != "zeros" or (block and m.groups != 1):
                 return None
             taps = m.kernel_size[0] * m.kernel_size[1]
             if block:
                 return DENSE, c.call * min(k, int(a_in[1])) + c.confined_mac * k * _numel(a_out) * taps
-            return DENSE, c.call + c.conv_mac * factor * k * _numel(a_out) * (m.in_channels // m.groups) * taps
+            return DENSE, c.call + c.conv_mac * k * _numel(a_out) * (m.in_channels // m.groups) * taps
         return None  # "copies" kind: the copies must run through it
 
 
@@ -202,7 +200,7 @@ class BlockShapes:
 
 def candidate_cuts(chain: Sequence[nn.Module], shapes: Sequence[Tuple[int, ...]],
                    inner: Callable[[int], BlockShapes], s: int, name: str, k: int, costs: Costs,
-                   precision: str = "fp32", closed_form: bool = True) -> List[Tuple[Cut, float]]:
+                   closed_form: bool = True) -> List[Tuple[Cut, float]]:
     """Every exact switch position for K coordinates of parameter ``name`` of stage ``s``, with its
     modelled cost (seconds), in chain order.
 
@@ -212,14 +210,14 @@ def candidate_cuts(chain: Sequence[nn.Module], shapes: Sequence[Tuple[int, ...]]
         inner: ``inner(t)``: the shapes inside residual stage ``t``.
         s, name: the perturbed stage and the parameter's name in it.
         k: copies per chunk.
-        costs: the device's cost table; ``precision``: the Δ linear ops' arithmetic.
+        costs: the device's cost table.
         closed_form: the loss difference has a closed form from Δ at the logits.
 
     Returns:
         ``(Cut, seconds)`` pairs; a single pair when there is no choice (the parameter's layer
         itself runs on K copies of the parameter).
     """
-    model = CostModel(costs, precision, k)
+    model = CostModel(costs, k)
     n = len(chain)
     block_shapes = {t: inner(t) for t in range(s, n) if _is_residual(chain[t])}
     suffix = [0.0] * (n + 1)  # copies through stages t.. and the loss
