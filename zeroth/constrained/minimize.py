@@ -98,8 +98,9 @@ def minimize(fun, x0, args=(), method="npasa", jac=None, hess=None, hessp=None, 
     ≥ 0 where an upper side is active, ≤ 0 where a lower side is. ``phase_history``: one dict per
     phase-one outer iteration (``phase`` 1, ``E_c``, ``E_m``, ``penalty``) and per phase-two step
     (``phase`` 2, ``step`` "constraint" | "multiplier", ``accept`` "estimators" | "merit" | None,
-    ``E_c``, ``E_m`` at the new point). ``nfev`` counts every call of ``fun`` (line searches,
-    differences, ZO estimates, the value at the returned point), ``njev`` every gradient.
+    ``E_c``, ``E_m`` at the new point; on the sparse path ``E_m`` is None where no decision
+    needed it and its projection was skipped). ``nfev`` counts every call of ``fun`` (line
+    searches, differences, ZO estimates, the value at the returned point), ``njev`` every gradient.
 
     Raises TypeError/ValueError naming the argument for malformed input, before any evaluation.
     Method: Diffenderfer & Hager, NPASA (arXiv:2107.07479, 2107.07478); see :mod:`.npasa`.

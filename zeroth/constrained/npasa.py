@@ -55,7 +55,18 @@ Choices where the papers leave them open, all ours:
   (max(violation, ctol), f), compared lexicographically: the least violation first, then f.
 * Large problems (N + rows > :data:`._qp.DENSE_LIMIT`, or sparse data): the step QPs go to
   the sparse back end of :mod:`._qp` with H's x-block made positive definite by a multiple of
-  I (Cholesky/LDLᵀ tests, as IPOPT's inertia correction) instead of the dense eigenvalue flip.
+  I (Cholesky/LDLᵀ tests, as IPOPT's inertia correction) instead of the dense eigenvalue flip
+  (a diagonal H is passed as its diagonal). Each QP is warm-started: a step QP from its
+  predecessor's active set and the last projection's, a projection from the active set of the
+  step that led to the point (``Polyhedron.hint``) and the last projection's.
+* Deferred E_m (large problems): the projection behind E_m is the costliest part of a step, and
+  most decisions do not need its value: E_m is kept as a :class:`Stationarity` with exact
+  bounds (coordinates that no linear row couples are projected exactly by clipping; the others
+  lie in their box) and projected only when a comparison — θ·E_m < E_c, max(E_c, E_m) ≤
+  0.9·E_best, E_m ≤ gtol·s, the one-sided-differences switch — is not decided by the bounds.
+  Every decision is the one the exact value gives, so the iterates are the same (a test
+  compares against computing E_m everywhere); the phase history then has ``E_m`` None where it
+  was never needed.
 """
 from __future__ import annotations
 
