@@ -21,6 +21,7 @@ evaluations are not counted for any solver. NPASA and SLSQP get exact gradients,
 exact gradients and Hessians; NPASA-zo, COBYLA and COBYQA only function values, within the same
 budget (``runners.budget``: 300·(n+1) objective evaluations, at most 6 000).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,15 +44,24 @@ def main(argv=None):
     parser.add_argument("--problems", nargs="*", help="HS-table problem names (default: all)")
     parser.add_argument("--solvers", nargs="*", choices=sorted(SOLVERS), help="solvers of the first two tables")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument("--slow-large", action="store_true",
-                        help="also run trust-constr, COBYLA and COBYQA on the n >= 100 problems (hours on 2 cores)")
+    parser.add_argument(
+        "--slow-large",
+        action="store_true",
+        help="also run trust-constr, COBYLA and COBYQA on the n >= 100 problems (hours on 2 cores)",
+    )
     parser.add_argument("--sizes", nargs="*", type=int, default=[100, 300, 1000, 3000], help="scaling-table sizes")
-    parser.add_argument("--dense-max-n", type=int, default=1000,
-                        help="largest n for trust-constr and npasa-bfgs in the scaling table (dense BFGS steps)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="scaling table: alternating rounds for npasa and IPOPT (medians reported)")
-    parser.add_argument("--slsqp-max-n", type=int, default=300,
-                        help="largest n for SLSQP in the scaling table (72 s at n = 300 here)")
+    parser.add_argument(
+        "--dense-max-n",
+        type=int,
+        default=1000,
+        help="largest n for trust-constr and npasa-bfgs in the scaling table (dense BFGS steps)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="scaling table: alternating rounds for npasa and IPOPT (medians reported)"
+    )
+    parser.add_argument(
+        "--slsqp-max-n", type=int, default=300, help="largest n for SLSQP in the scaling table (72 s at n = 300 here)"
+    )
     args = parser.parse_args(argv)
     solvers = args.solvers or list(SOLVERS)
     if "hs" in args.tables:
@@ -60,14 +70,22 @@ def main(argv=None):
             probs = [problems.get(name) for name in args.problems]
         print("== Hock-Schittkowski and polyhedral problems ==")
         _run_table(probs, solvers, args)
-        print("nfev = every objective call (line searches, differences, ZO estimates, final value); njev = gradient "
-              "calls; constraint calls not counted")
-        print("derivative-free budget per problem (NPASA-zo, COBYLA, COBYQA): 300*(n+1) objective evaluations, "
-              "at most 6000")
+        print(
+            "nfev = every objective call (line searches, differences, ZO estimates, final value); njev = gradient "
+            "calls; constraint calls not counted"
+        )
+        print(
+            "derivative-free budget per problem (NPASA-zo, COBYLA, COBYQA): 300*(n+1) objective evaluations, "
+            "at most 6000"
+        )
     if "scipy" in args.tables:
         print("\n== scipy-style problems (published definitions; bench/constrained/scipy_style.py) ==")
-        _run_table(scipy_style_problems(), [s for s in solvers if s in ("NPASA", "NPASA-zo", "SLSQP", "trust-constr")],
-                   args, goals=False)
+        _run_table(
+            scipy_style_problems(),
+            [s for s in solvers if s in ("NPASA", "NPASA-zo", "SLSQP", "trust-constr")],
+            args,
+            goals=False,
+        )
     if "scaling" in args.tables:
         print("\n== scaling family (bench/constrained/scaling.py) ==")
         _scaling_table(args)
@@ -86,8 +104,9 @@ def _run_table(probs, solvers, args, goals=True):
     _table(probs, solvers, results)
     _summary(probs, solvers, results)
     if goals and not args.slow_large:
-        print(f"skipped: {', '.join(sorted(SLOW_ON_LARGE))} on n >= 100 (5 to 40+ min each here; "
-              "--slow-large runs them)")
+        print(
+            f"skipped: {', '.join(sorted(SLOW_ON_LARGE))} on n >= 100 (5 to 40+ min each here; --slow-large runs them)"
+        )
     if goals:
         _goals(probs, results)
 
@@ -105,8 +124,11 @@ def _scaling_table(args):
     runs = {}  # (n, solver) -> list of results, one per round
     for n in args.sizes:
         p = scaling.scaling_problem(n)
-        todo = [s for s in solvers
-                if not ((s in dense_only and n > args.dense_max_n) or (s == "SLSQP" and n > args.slsqp_max_n))]
+        todo = [
+            s
+            for s in solvers
+            if not ((s in dense_only and n > args.dense_max_n) or (s == "SLSQP" and n > args.slsqp_max_n))
+        ]
         for r in range(args.repeat):
             order = todo if r % 2 == 0 else todo[::-1]  # alternate the order: no solver always runs first
             for s in order:
@@ -119,11 +141,18 @@ def _scaling_table(args):
     for key, results in runs.items():
         first = results[0]
         same = all(r["f"] == first["f"] and r["flag"] == first["flag"] for r in results)
-        rows[key] = dict(first, time=float(np.median([r["time"] for r in results])),
-                         cpu=float(np.median([r["cpu"] for r in results])), rounds=len(results), same=same)
+        rows[key] = dict(
+            first,
+            time=float(np.median([r["time"] for r in results])),
+            cpu=float(np.median([r["cpu"] for r in results])),
+            rounds=len(results),
+            same=same,
+        )
     head = f"{'n':>6s}" + "".join(f"{s:>28s}" for s in solvers)
-    print(f"cell = success(Y/-) wall[s] (cpu[s]) nfev/njev: medians over {args.repeat} alternating rounds for "
-          f"{', '.join(REPEATED)}, one run for the others; '.' = not run (--dense-max-n, --slsqp-max-n)")
+    print(
+        f"cell = success(Y/-) wall[s] (cpu[s]) nfev/njev: medians over {args.repeat} alternating rounds for "
+        f"{', '.join(REPEATED)}, one run for the others; '.' = not run (--dense-max-n, --slsqp-max-n)"
+    )
     print(head)
     print("-" * len(head))
     notes = []
@@ -140,8 +169,10 @@ def _scaling_table(args):
             cell = f"{'Y' if r['ok'] else '-'} {r['time']:.3f} ({r['cpu']:.3f}) {r['nfev']}/{r['njev']}"
             line += f"{cell:>28s}"
             if not r["ok"]:
-                notes.append(f"n = {n} {s}: own flag {r['flag']}, violation {r['viol']:.3g}, "
-                             f"f - best = {r['f'] - best:.3g} (best f {best:.10g})")
+                notes.append(
+                    f"n = {n} {s}: own flag {r['flag']}, violation {r['viol']:.3g}, "
+                    f"f - best = {r['f'] - best:.3g} (best f {best:.10g})"
+                )
             if not r["same"]:
                 notes.append(f"n = {n} {s}: rounds returned different results")
         print(line)
@@ -156,9 +187,11 @@ def _scaling_table(args):
                 wall = [x["time"] / y["time"] for x, y in zip(a[:k], b[:k])]
                 cpu = [x["cpu"] / y["cpu"] for x, y in zip(a[:k], b[:k])]
                 nit = rows[n, "npasa"]["nit"]
-                print(f"n = {n}: npasa / IPOPT time = {np.median(wall):.2f} wall, {np.median(cpu):.2f} cpu "
-                      f"(medians of {k} paired rounds; goal <= 2 for n >= 300); npasa {nit} iterations, "
-                      f"{rows[n, 'npasa']['cpu'] / max(1, nit) * 1e3:.1f} ms cpu each")
+                print(
+                    f"n = {n}: npasa / IPOPT time = {np.median(wall):.2f} wall, {np.median(cpu):.2f} cpu "
+                    f"(medians of {k} paired rounds; goal <= 2 for n >= 300); npasa {nit} iterations, "
+                    f"{rows[n, 'npasa']['cpu'] / max(1, nit) * 1e3:.1f} ms cpu each"
+                )
     sizes = [n for n in args.sizes if (n, "npasa") in rows]
     for n0, n1 in zip(sizes, sizes[1:]):
         a, b = rows[n0, "npasa"], rows[n1, "npasa"]
@@ -185,21 +218,26 @@ def _table(probs, solvers, results):
 
 
 def _summary(probs, solvers, results):
-    print(f"{'solver':14s}{'solved':>10s}{'rate':>8s}{'median nfev':>13s}{'(solved)':>10s}{'median njev':>13s}"
-          f"{'median nfev+njev':>18s}{'total time[s]':>15s}")
+    print(
+        f"{'solver':14s}{'solved':>10s}{'rate':>8s}{'median nfev':>13s}{'(solved)':>10s}{'median njev':>13s}"
+        f"{'median nfev+njev':>18s}{'total time[s]':>15s}"
+    )
     for s in solvers:
         vals = [results[p.name, s] for p in probs if (p.name, s) in results]
         if not vals:
             continue
         solved = sum(v[0] for v in vals)
         med_ok = np.median([v[1] for v in vals if v[0]]) if solved else float("nan")
-        print(f"{s:14s}{f'{solved}/{len(vals)}':>10s}{100 * solved / len(vals):7.1f}%"
-              f"{np.median([v[1] for v in vals]):13.0f}{med_ok:10.0f}{np.median([v[2] for v in vals]):13.0f}"
-              f"{np.median([v[1] + v[2] for v in vals]):18.0f}{sum(v[3] for v in vals):15.1f}")
+        print(
+            f"{s:14s}{f'{solved}/{len(vals)}':>10s}{100 * solved / len(vals):7.1f}%"
+            f"{np.median([v[1] for v in vals]):13.0f}{med_ok:10.0f}{np.median([v[2] for v in vals]):13.0f}"
+            f"{np.median([v[1] + v[2] for v in vals]):18.0f}{sum(v[3] for v in vals):15.1f}"
+        )
 
 
 def _goals(probs, results):
     """The issue's two goals, judged on this run (only where the solvers involved all ran)."""
+
     def stats(solver, names):
         vals = [results[n, solver] for n in names]
         return sum(v[0] for v in vals), len(vals), float(np.median([v[1] for v in vals]))
@@ -210,14 +248,18 @@ def _goals(probs, results):
     if common:
         (ok, tot, med), (_, _, med_slsqp) = stats("NPASA", common), stats("SLSQP", common)
         met = ok >= 0.95 * tot and med < med_slsqp
-        print(f"goal 1 {'MET' if met else 'MISSED'}: NPASA (exact gradients) solves {ok}/{tot} "
-              f"({100 * ok / tot:.1f}%, needs >= 95%) with median nfev {med:.0f} vs SLSQP's {med_slsqp:.0f}")
+        print(
+            f"goal 1 {'MET' if met else 'MISSED'}: NPASA (exact gradients) solves {ok}/{tot} "
+            f"({100 * ok / tot:.1f}%, needs >= 95%) with median nfev {med:.0f} vs SLSQP's {med_slsqp:.0f}"
+        )
     common = ran("NPASA-zo", "COBYLA", "COBYQA")
     if common:
         zo, cobyla, cobyqa = (stats(s, common)[0] for s in ("NPASA-zo", "COBYLA", "COBYQA"))
         met = zo > cobyla and zo > cobyqa
-        print(f"goal 2 {'MET' if met else 'MISSED'}: within the same budget NPASA (jac='zo') solves "
-              f"{zo}/{len(common)}, COBYLA {cobyla}, COBYQA {cobyqa}")
+        print(
+            f"goal 2 {'MET' if met else 'MISSED'}: within the same budget NPASA (jac='zo') solves "
+            f"{zo}/{len(common)}, COBYLA {cobyla}, COBYQA {cobyqa}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ fair baseline for the scaling family); ``available()`` says whether cyipopt is i
 cyipopt is optional and never required by the tests: Debian's ``coinor-libipopt-dev`` (plus
 ``liblapack-dev libblas-dev``), then ``pip install cyipopt``.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ the solver calls them for. Constraint evaluations are not counted for any solver
 trust-constr starts its barrier at 1e-8: from scipy's default (0.1) it stops with ``gtol``
 met while f is still ~1e-5 off on about a third of the HS problems (42/62 solved instead of 56).
 """
+
 from __future__ import annotations
 
 import time
@@ -49,22 +50,71 @@ def budget(p):
 
 
 SOLVERS = {
-    "NPASA": lambda p: _run(lambda p, f, g: npasa_minimize(
-        f, p.x0, jac=g, bounds=p.bounds(), constraints=p.constraints()), p),
-    "NPASA-zo": lambda p: _run(lambda p, f, g: npasa_minimize(
-        f, p.x0, jac="zo", bounds=p.bounds(), constraints=p.constraints(derivatives=False),
-        options={"maxfev": budget(p)}), p),
-    "SLSQP": lambda p: _run(lambda p, f, g: scipy_minimize(
-        f, p.x0, jac=g, bounds=p.bounds(), constraints=p.constraints_dict(), method="SLSQP",
-        options={"maxiter": 1000, "ftol": 1e-12}), p),
-    "trust-constr": lambda p: _run(lambda p, f, g: scipy_minimize(
-        f, p.x0, jac=g, hess=p.hess, bounds=p.bounds(), constraints=p.constraints(), method="trust-constr",
-        options={"maxiter": 1000, "gtol": 1e-12, "xtol": 1e-14,
-                 "initial_barrier_parameter": 1e-8, "initial_barrier_tolerance": 1e-8}), p),
-    "COBYLA": lambda p: _run(lambda p, f, g: scipy_minimize(
-        f, p.x0, bounds=p.bounds(), constraints=p.constraints_dict(derivatives=False), method="COBYLA",
-        options={"maxiter": budget(p), "tol": 1e-10}), p),
-    "COBYQA": lambda p: _run(lambda p, f, g: scipy_minimize(
-        f, p.x0, bounds=p.bounds(), constraints=p.constraints(derivatives=False), method="COBYQA",
-        options={"maxfev": budget(p), "final_tr_radius": 1e-10}), p),
+    "NPASA": lambda p: _run(
+        lambda p, f, g: npasa_minimize(f, p.x0, jac=g, bounds=p.bounds(), constraints=p.constraints()), p
+    ),
+    "NPASA-zo": lambda p: _run(
+        lambda p, f, g: npasa_minimize(
+            f,
+            p.x0,
+            jac="zo",
+            bounds=p.bounds(),
+            constraints=p.constraints(derivatives=False),
+            options={"maxfev": budget(p)},
+        ),
+        p,
+    ),
+    "SLSQP": lambda p: _run(
+        lambda p, f, g: scipy_minimize(
+            f,
+            p.x0,
+            jac=g,
+            bounds=p.bounds(),
+            constraints=p.constraints_dict(),
+            method="SLSQP",
+            options={"maxiter": 1000, "ftol": 1e-12},
+        ),
+        p,
+    ),
+    "trust-constr": lambda p: _run(
+        lambda p, f, g: scipy_minimize(
+            f,
+            p.x0,
+            jac=g,
+            hess=p.hess,
+            bounds=p.bounds(),
+            constraints=p.constraints(),
+            method="trust-constr",
+            options={
+                "maxiter": 1000,
+                "gtol": 1e-12,
+                "xtol": 1e-14,
+                "initial_barrier_parameter": 1e-8,
+                "initial_barrier_tolerance": 1e-8,
+            },
+        ),
+        p,
+    ),
+    "COBYLA": lambda p: _run(
+        lambda p, f, g: scipy_minimize(
+            f,
+            p.x0,
+            bounds=p.bounds(),
+            constraints=p.constraints_dict(derivatives=False),
+            method="COBYLA",
+            options={"maxiter": budget(p), "tol": 1e-10},
+        ),
+        p,
+    ),
+    "COBYQA": lambda p: _run(
+        lambda p, f, g: scipy_minimize(
+            f,
+            p.x0,
+            bounds=p.bounds(),
+            constraints=p.constraints(derivatives=False),
+            method="COBYQA",
+            options={"maxfev": budget(p), "final_tr_radius": 1e-10},
+        ),
+        p,
+    ),
 }

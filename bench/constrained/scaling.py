@@ -10,6 +10,7 @@ with x_f ~ U(−0.3, 0.3) a feasible point (seeded). The start is x0 = 0 (feasib
 not for the equalities). Gradients, Jacobians and Hessians are exact; the Jacobian of the linear
 rows and the Hessian are sparse (the ball row is dense).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,9 +55,13 @@ class ScalingProblem:
 
     def violation(self, x):
         x = np.asarray(x, dtype=float)
-        return max(0.0, float(np.max(np.abs(self.A_eq @ x - self.b_eq), initial=0.0)),
-                   float(np.max(self.A_in @ x - self.b_in, initial=0.0)), float(x @ x - self.r2),
-                   float(np.max(np.abs(x) - 1.0, initial=0.0)))
+        return max(
+            0.0,
+            float(np.max(np.abs(self.A_eq @ x - self.b_eq), initial=0.0)),
+            float(np.max(self.A_in @ x - self.b_in, initial=0.0)),
+            float(x @ x - self.r2),
+            float(np.max(np.abs(x) - 1.0, initial=0.0)),
+        )
 
 
 def _rows(rng, m, n, k=5):
@@ -82,6 +87,7 @@ def _counted(fn, counter, key):
     def call(x, *args):
         counter[key] += 1
         return fn(x)
+
     return call
 
 
@@ -112,17 +118,33 @@ def run(p: ScalingProblem, solver: str):
             res = npasa_minimize(fun, p.x0, jac=grad, bounds=bounds, constraints=lin + [ball])
             x, flag, nit = np.asarray(res.x), res.success, res.nit
         elif solver == "trust-constr":
-            res = scipy_minimize(fun, p.x0, jac=grad, hess=p.hess, bounds=bounds, constraints=lin + [ball],
-                                 method="trust-constr", options={"gtol": 1e-8, "xtol": 1e-12, "maxiter": 3000,
-                                                                 "sparse_jacobian": True})
+            res = scipy_minimize(
+                fun,
+                p.x0,
+                jac=grad,
+                hess=p.hess,
+                bounds=bounds,
+                constraints=lin + [ball],
+                method="trust-constr",
+                options={"gtol": 1e-8, "xtol": 1e-12, "maxiter": 3000, "sparse_jacobian": True},
+            )
             x, flag, nit = res.x, res.success, res.nit
         elif solver == "SLSQP":
             Ae, Ai = p.A_eq.toarray(), p.A_in.toarray()
-            cons = [{"type": "eq", "fun": lambda x: Ae @ x - p.b_eq, "jac": lambda x: Ae},
-                    {"type": "ineq", "fun": lambda x: p.b_in - Ai @ x, "jac": lambda x: -Ai},
-                    {"type": "ineq", "fun": lambda x: p.r2 - p.ball(x), "jac": lambda x: -p.ball_jac(x)}]
-            res = scipy_minimize(fun, p.x0, jac=grad, bounds=bounds, constraints=cons, method="SLSQP",
-                                 options={"maxiter": 1000, "ftol": 1e-12})
+            cons = [
+                {"type": "eq", "fun": lambda x: Ae @ x - p.b_eq, "jac": lambda x: Ae},
+                {"type": "ineq", "fun": lambda x: p.b_in - Ai @ x, "jac": lambda x: -Ai},
+                {"type": "ineq", "fun": lambda x: p.r2 - p.ball(x), "jac": lambda x: -p.ball_jac(x)},
+            ]
+            res = scipy_minimize(
+                fun,
+                p.x0,
+                jac=grad,
+                bounds=bounds,
+                constraints=cons,
+                method="SLSQP",
+                options={"maxiter": 1000, "ftol": 1e-12},
+            )
             x, flag, nit = res.x, res.success, res.nit
         elif solver in ("IPOPT", "IPOPT-lbfgs"):
             from .ipopt import solve_scaling
@@ -132,5 +154,13 @@ def run(p: ScalingProblem, solver: str):
         else:
             raise ValueError(f"unknown solver {solver!r}")
     elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return {"time": elapsed, "cpu": cpu, "nfev": counts["f"], "njev": counts["g"], "flag": bool(flag), "f": p.fun(x),
-            "viol": p.violation(x), "nit": nit}
+    return {
+        "time": elapsed,
+        "cpu": cpu,
+        "nfev": counts["f"],
+        "njev": counts["g"],
+        "flag": bool(flag),
+        "f": p.fun(x),
+        "viol": p.violation(x),
+        "nit": nit,
+    }

@@ -1,6 +1,7 @@
 """Regression tests for the faults of issue 18, each as a kind: never a false success, never a
 call outside the bounds, x0 projected first, sparse Jacobians, best iterate on budget stops,
 NaN/inf always its own status."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -34,15 +35,21 @@ def test_unbounded_is_reported_as_diverging(case):
     elif case == "x0+x1":
         res = minimize(lambda x: x[0] + x[1], [0.0, 0.0], jac=lambda x: np.ones(2))
     else:
-        res = minimize(lambda x: -x[0] - x[1], [0.0, 0.0], jac=lambda x: -np.ones(2),
-                       constraints=LinearConstraint([[1, -1]], 0, 0))
+        res = minimize(
+            lambda x: -x[0] - x[1], [0.0, 0.0], jac=lambda x: -np.ones(2), constraints=LinearConstraint([[1, -1]], 0, 0)
+        )
     assert res.status == 9 and not res.success, res.message
     assert res.message == STATUS_MESSAGES[9]
 
 
 def test_unbounded_along_a_nonlinear_equality_is_not_a_success():
-    res = minimize(lambda x: -x[0] - x[1], [0.0, 0.0], jac=lambda x: -np.ones(2),
-                   constraints={"type": "eq", "fun": lambda x: x[0] - x[1]}, options={"maxiter": 300})
+    res = minimize(
+        lambda x: -x[0] - x[1],
+        [0.0, 0.0],
+        jac=lambda x: -np.ones(2),
+        constraints={"type": "eq", "fun": lambda x: x[0] - x[1]},
+        options={"maxiter": 300},
+    )
     assert not res.success and res.status in (1, 9)
 
 
@@ -61,8 +68,12 @@ class Guarded:
         return self.fn(x)
 
 
-ZO_ESTIMATORS = {"default": None, "CGE forward": CGE(mu=1e-3, scheme="forward"),
-                 "CGE central": CGE(mu=1e-3, scheme="central"), "RGE": RGE(q=4, mu=1e-3)}
+ZO_ESTIMATORS = {
+    "default": None,
+    "CGE forward": CGE(mu=1e-3, scheme="forward"),
+    "CGE central": CGE(mu=1e-3, scheme="central"),
+    "RGE": RGE(q=4, mu=1e-3),
+}
 
 
 @pytest.mark.parametrize("jac", ["2-point", "3-point", "zo"] + [f"zo:{k}" for k in ZO_ESTIMATORS if k != "default"])
@@ -75,8 +86,14 @@ def test_no_call_outside_the_bounds(jac):
         options["zo_estimator"] = ZO_ESTIMATORS[jac[3:]]
         options["maxfev"] = 1000
         jac = "zo"
-    res = minimize(f, [0.5, 0.5], jac=jac, bounds=[(0, 1), (0, 1)],
-                   constraints=NonlinearConstraint(c, 0.1, np.inf), options=options)
+    res = minimize(
+        f,
+        [0.5, 0.5],
+        jac=jac,
+        bounds=[(0, 1), (0, 1)],
+        constraints=NonlinearConstraint(c, 0.1, np.inf),
+        options=options,
+    )
     assert f.bad == [] and c.bad == []
     assert f.calls > 0 and c.calls > 0
     if "zo_estimator" not in options:  # the precise schemes solve it
@@ -86,15 +103,22 @@ def test_no_call_outside_the_bounds(jac):
 @pytest.mark.parametrize("jac", ["2-point", "3-point", "cs", "zo", "zo:CGE central", "zo:RGE"])
 def test_fixed_variables_are_never_moved(jac):
     f = Guarded(lambda x: (x[0] - 1) ** 2 + x[0] * x[1] + x[2] ** 2, [-np.inf, 2, -np.inf], [np.inf, 2, np.inf])
-    con = NonlinearConstraint(Guarded(lambda x: x[0] + x[1] ** 2 + x[2], [-np.inf, 2, -np.inf],
-                                      [np.inf, 2, np.inf]), -np.inf, 10.0)
+    con = NonlinearConstraint(
+        Guarded(lambda x: x[0] + x[1] ** 2 + x[2], [-np.inf, 2, -np.inf], [np.inf, 2, np.inf]), -np.inf, 10.0
+    )
     options = {}
     if jac.startswith("zo:"):
         options["zo_estimator"] = ZO_ESTIMATORS[jac[3:]]
         options["maxfev"] = 1000
         jac = "zo"
-    res = minimize(f, np.array([0.0, 2.0, 1.0]), jac=jac, bounds=[(None, None), (2, 2), (None, None)],
-                   constraints=con, options=options)
+    res = minimize(
+        f,
+        np.array([0.0, 2.0, 1.0]),
+        jac=jac,
+        bounds=[(None, None), (2, 2), (None, None)],
+        constraints=con,
+        options=options,
+    )
     assert f.bad == [] and con.fun.bad == []
     assert res.x[1] == 2.0
     if "zo_estimator" not in options:
@@ -108,8 +132,9 @@ def test_x0_is_projected_before_any_call():
         seen.append(float(x[0]))
         return x[0] ** 2
 
-    res = minimize(lambda x: (x[0] - 0.2) ** 2, [8.0], bounds=[(-0.5, 1)],
-                   constraints=NonlinearConstraint(c, -np.inf, 0.5))
+    res = minimize(
+        lambda x: (x[0] - 0.2) ** 2, [8.0], bounds=[(-0.5, 1)], constraints=NonlinearConstraint(c, -np.inf, 0.5)
+    )
     assert seen and min(seen) >= -0.5 and max(seen) <= 1.0
     assert res.success and res.x[0] == pytest.approx(0.2, abs=1e-6)
     assert res.x0_feasible is False
@@ -132,10 +157,19 @@ def test_sparse_constraint_jacobian(kind):
 def test_sparse_linear_constraint_and_hessian():
     n = 6
     A = sp.csr_array(np.eye(n)[:3] + np.eye(n, k=1)[:3])
-    res = minimize(lambda x: 0.5 * float(x @ x) - x.sum(), np.zeros(n), jac=lambda x: x - 1,
-                   hess=lambda x: sp.identity(n, format="csr"), constraints=LinearConstraint(A, -np.inf, 1.0))
-    ref = minimize(lambda x: 0.5 * float(x @ x) - x.sum(), np.zeros(n), jac=lambda x: x - 1,
-                   constraints=LinearConstraint(A.toarray(), -np.inf, 1.0))
+    res = minimize(
+        lambda x: 0.5 * float(x @ x) - x.sum(),
+        np.zeros(n),
+        jac=lambda x: x - 1,
+        hess=lambda x: sp.identity(n, format="csr"),
+        constraints=LinearConstraint(A, -np.inf, 1.0),
+    )
+    ref = minimize(
+        lambda x: 0.5 * float(x @ x) - x.sum(),
+        np.zeros(n),
+        jac=lambda x: x - 1,
+        constraints=LinearConstraint(A.toarray(), -np.inf, 1.0),
+    )
     assert res.success and ref.success and np.allclose(res.x, ref.x, atol=1e-7)
 
 
@@ -189,8 +223,20 @@ def test_nan_constraint_mid_run_is_status_4():
 
 # --- scipy compatibility of the signature -----------------------------------------------------------
 def test_scipy_argument_order():
-    res = minimize(lambda x, a: float((x - a) @ (x - a)), [0.0, 0.0], (1.0,), "npasa",
-                   lambda x, a: 2 * (x - a), None, None, Bounds(-5, 5), (), 1e-10, None, {"maxiter": 100})
+    res = minimize(
+        lambda x, a: float((x - a) @ (x - a)),
+        [0.0, 0.0],
+        (1.0,),
+        "npasa",
+        lambda x, a: 2 * (x - a),
+        None,
+        None,
+        Bounds(-5, 5),
+        (),
+        1e-10,
+        None,
+        {"maxiter": 100},
+    )
     assert res.success and np.allclose(res.x, 1.0, atol=1e-8)
 
 
@@ -216,4 +262,4 @@ def test_complex_step_rejects_tensors():
     import torch
 
     with pytest.raises(ValueError, match="jac='cs'"):
-        minimize(lambda x: (x ** 2).sum(), torch.zeros(2, dtype=torch.float64), jac="cs")
+        minimize(lambda x: (x**2).sum(), torch.zeros(2, dtype=torch.float64), jac="cs")

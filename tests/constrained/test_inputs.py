@@ -1,4 +1,5 @@
 """Bad inputs give clear errors naming the argument, before any evaluation."""
+
 import numpy as np
 import pytest
 from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint, OptimizeWarning

@@ -1,5 +1,6 @@
 """Every problem of the collection: NPASA reaches the known optimum with exact gradients, and
 with jac="zo" within the benchmark's evaluation budget."""
+
 import pytest
 
 from zeroth.constrained import minimize, problems
@@ -43,7 +44,13 @@ def test_npasa_zo_solves_within_budget(prob):
         calls.append(1)
         return prob.fun(x)
 
-    res = minimize(fun, prob.x0, jac="zo", bounds=prob.bounds(), constraints=prob.constraints(derivatives=False),
-                   options={"maxfev": budget})
+    res = minimize(
+        fun,
+        prob.x0,
+        jac="zo",
+        bounds=prob.bounds(),
+        constraints=prob.constraints(derivatives=False),
+        options={"maxfev": budget},
+    )
     assert prob.solved(res.fun, res.x), (res.status, res.fun, prob.f_opt)
     assert res.nfev == len(calls) <= budget + 1  # + the value reported at the returned point

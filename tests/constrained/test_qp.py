@@ -1,6 +1,7 @@
 """The QP back ends against each other and against the KKT conditions (the slow obvious
 reference: a point is the optimum of a convex QP iff it is feasible and has multipliers of the
 right signs that make the gradient of the Lagrangian vanish); finite differences against scipy."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -63,8 +64,9 @@ def test_back_ends_agree_and_satisfy_kkt(seed):
 @pytest.mark.parametrize("method", ["daqp", "sparse"])
 def test_infeasible_qp_is_certified(method):
     H, g = np.eye(2), np.zeros(2)
-    res = solve_qp(H, g, np.array([[1.0, 1.0]]), np.array([3.0]), np.array([np.inf]), np.zeros(2), np.ones(2),
-                   method=method)
+    res = solve_qp(
+        H, g, np.array([[1.0, 1.0]]), np.array([3.0]), np.array([np.inf]), np.zeros(2), np.ones(2), method=method
+    )
     assert res.status == "infeasible"
 
 
@@ -73,8 +75,16 @@ def test_sparse_inputs_use_the_sparse_path():
     H = sp.identity(n, format="csr")
     C = sp.random(10, n, density=0.1, random_state=0, format="csr")
     res = solve_qp(H, -np.ones(n), C, np.full(10, -np.inf), np.zeros(10), -np.ones(n), np.ones(n))
-    ref = solve_qp(H.toarray(), -np.ones(n), C.toarray(), np.full(10, -np.inf), np.zeros(10), -np.ones(n),
-                   np.ones(n), method="daqp")
+    ref = solve_qp(
+        H.toarray(),
+        -np.ones(n),
+        C.toarray(),
+        np.full(10, -np.inf),
+        np.zeros(10),
+        -np.ones(n),
+        np.ones(n),
+        method="daqp",
+    )
     assert res.solver != "daqp" and np.allclose(res.x, ref.x, atol=1e-9)
 
 

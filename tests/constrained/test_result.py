@@ -1,4 +1,5 @@
 """Result fields, multipliers, statuses (NaN, budgets, infeasibility), torch tensors, callbacks."""
+
 import math
 
 import numpy as np
@@ -17,8 +18,19 @@ def hs071_result(**kw):
 def test_fields_and_values():
     p, res = hs071_result()
     assert isinstance(res, OptimizeResult)
-    for key in ("x", "fun", "success", "status", "message", "nit", "nfev", "njev", "constr_violation",
-                "multipliers", "phase_history"):
+    for key in (
+        "x",
+        "fun",
+        "success",
+        "status",
+        "message",
+        "nit",
+        "nfev",
+        "njev",
+        "constr_violation",
+        "multipliers",
+        "phase_history",
+    ):
         assert key in res
     assert res.status == 0 and res.success and res.message.startswith(STATUS_MESSAGES[0])
     assert res.fun == pytest.approx(p.fun(res.x), abs=0)
@@ -45,8 +57,9 @@ def test_multipliers_satisfy_kkt():
 
 def test_linear_multipliers():
     # min (x-3)^2 + (y-3)^2 s.t. x + y <= 2 → x = y = 1, multiplier 4 on the upper side
-    res = minimize(lambda x: (x[0] - 3) ** 2 + (x[1] - 3) ** 2, [0.0, 0.0],
-                   constraints=LinearConstraint([[1, 1]], -np.inf, 2))
+    res = minimize(
+        lambda x: (x[0] - 3) ** 2 + (x[1] - 3) ** 2, [0.0, 0.0], constraints=LinearConstraint([[1, 1]], -np.inf, 2)
+    )
     assert res.success and np.allclose(res.x, [1, 1], atol=1e-6)
     assert res.multipliers["linear"][0] == pytest.approx(4.0, rel=1e-5)
 
@@ -68,8 +81,7 @@ def test_finite_difference_modes():
 
 def test_jac_true():
     p = problems.get("hs071")
-    res = minimize(lambda x: (p.fun(x), p.grad(x)), p.x0, jac=True, bounds=p.bounds(),
-                   constraints=p.constraints())
+    res = minimize(lambda x: (p.fun(x), p.grad(x)), p.x0, jac=True, bounds=p.bounds(), constraints=p.constraints())
     assert p.solved(res.fun, res.x)
 
 
@@ -84,16 +96,22 @@ def test_infeasible_start_is_handled():
 
 def test_inconsistent_linear_constraints():
     calls = []
-    res = minimize(lambda x: calls.append(1) or float(x @ x), [0.0, 0.0], bounds=Bounds([0, 0], [1, 1]),
-                   constraints=LinearConstraint([[1, 1]], 3, np.inf))
+    res = minimize(
+        lambda x: calls.append(1) or float(x @ x),
+        [0.0, 0.0],
+        bounds=Bounds([0, 0], [1, 1]),
+        constraints=LinearConstraint([[1, 1]], 3, np.inf),
+    )
     assert res.status == 5 and not res.success
     assert res.message == STATUS_MESSAGES[5]
     assert res.constr_violation > 0
 
 
 def test_inconsistent_nonlinear_constraints():
-    con = [NonlinearConstraint(lambda x: x[0] ** 2 + x[1] ** 2, -np.inf, 1.0),
-           NonlinearConstraint(lambda x: x[0] + x[1], 3.0, np.inf)]
+    con = [
+        NonlinearConstraint(lambda x: x[0] ** 2 + x[1] ** 2, -np.inf, 1.0),
+        NonlinearConstraint(lambda x: x[0] + x[1], 3.0, np.inf),
+    ]
     res = minimize(lambda x: x[0], [0.0, 0.0], constraints=con, options={"maxiter": 2000})
     assert not res.success
     assert res.status in (6, 7, 1)

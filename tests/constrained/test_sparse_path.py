@@ -3,6 +3,7 @@ active sets (every back end and guess route) against DAQP and the KKT conditions
 bounds on the stationarity measure against the projection itself, the deferred E_m against
 computing it at every point (same decisions, same iterates), and a scaling-family problem
 solved on the sparse path against the same problem on the dense (DAQP) path."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -59,11 +60,26 @@ def test_interior_point_route_is_verified(seed, monkeypatch):
 def test_rows_on_fixed_variables_release_a_bound():
     # guess: both variables at their upper bound 1 and the row x0 + x1 = 1.5 active — inconsistent;
     # the row wins, one bound is released, and the next round is the optimum
-    qp = _SparseQP(np.ones(2), np.array([-5.0, -4.0]), sp.csr_array(np.array([[1.0, 1.0]])), np.array([1.5]),
-                   np.array([1.5]), np.zeros(2), np.ones(2))
+    qp = _SparseQP(
+        np.ones(2),
+        np.array([-5.0, -4.0]),
+        sp.csr_array(np.array([[1.0, 1.0]])),
+        np.array([1.5]),
+        np.array([1.5]),
+        np.zeros(2),
+        np.ones(2),
+    )
     res = _on_active_set(qp, (np.array([1], dtype=np.int8), np.array([1, 1], dtype=np.int8)))
-    ref = solve_qp(np.eye(2), np.array([-5.0, -4.0]), np.array([[1.0, 1.0]]), np.array([1.5]), np.array([1.5]),
-                   np.zeros(2), np.ones(2), method="daqp")
+    ref = solve_qp(
+        np.eye(2),
+        np.array([-5.0, -4.0]),
+        np.array([[1.0, 1.0]]),
+        np.array([1.5]),
+        np.array([1.5]),
+        np.zeros(2),
+        np.ones(2),
+        method="daqp",
+    )
     assert res is not None and np.allclose(res.x, ref.x, atol=1e-12)
 
 
@@ -107,8 +123,11 @@ def test_projection_bounds_bracket_the_projection(seed):
 def scaling_args(p, dense=False):
     A_eq, A_in = (p.A_eq.toarray(), p.A_in.toarray()) if dense else (p.A_eq, p.A_in)
     bounds = Bounds(-np.ones(p.n), np.ones(p.n))
-    cons = [LinearConstraint(A_eq, p.b_eq, p.b_eq), LinearConstraint(A_in, -np.inf, p.b_in),
-            NonlinearConstraint(p.ball, -np.inf, p.r2, jac=p.ball_jac, hess=p.ball_hess)]
+    cons = [
+        LinearConstraint(A_eq, p.b_eq, p.b_eq),
+        LinearConstraint(A_in, -np.inf, p.b_in),
+        NonlinearConstraint(p.ball, -np.inf, p.r2, jac=p.ball_jac, hess=p.ball_hess),
+    ]
     return dict(jac=p.grad, hess=p.hess, bounds=bounds, constraints=cons)
 
 

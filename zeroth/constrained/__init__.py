@@ -1,5 +1,6 @@
 """Constrained minimisation (NPASA) in the shape of :func:`scipy.optimize.minimize`,
 with exact, finite-difference or zeroth-order gradients, and the Hock–Schittkowski test set."""
+
 from . import problems
 from .minimize import STATUS_MESSAGES, minimize
 

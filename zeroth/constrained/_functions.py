@@ -29,6 +29,7 @@ gradient cached as rough is recomputed when a precise one is asked for. The defa
 runs CGE on coordinates scaled by dⱼ = max(1, |xⱼ|) (zeroth's CGE has one μ per tensor, so it
 runs on u ↦ f(x + D u), ∇f = D⁻¹∇ᵤ): precise μ = ε^{1/3} (central), rough μ = √ε (forward).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -295,7 +296,7 @@ class Functions:
         start = 0
         for p in self.parts:
             if p is part:
-                return self.c(x)[start:start + p.size]
+                return self.c(x)[start : start + p.size]
             start += p.size
         raise AssertionError("unknown constraint part")  # pragma: no cover
 
@@ -304,7 +305,7 @@ class Functions:
         H = None
         start = 0
         for part in self.parts:
-            vp = v[start:start + part.size]
+            vp = v[start : start + part.size]
             start += part.size
             if not np.any(vp):
                 continue
@@ -350,7 +351,7 @@ class Functions:
         bounds = (-np.inf, np.inf) if method == "cs" else (self.spec.lb[free], self.spec.ub[free])
         # steps of scipy's size, but always forward (scipy turns them backward for x < 0, which makes
         # the difference gradient jump by 2h at 0 and never vanish there); inwards at a bound
-        rel = self.eps ** (1 / 3) if method == "3-point" else self.eps ** 0.5
+        rel = self.eps ** (1 / 3) if method == "3-point" else self.eps**0.5
         step = None if method == "cs" else rel * np.maximum(1.0, np.abs(x[free]))
         Jf = approx_derivative(sub, x[free], method=method, abs_step=step, f0=f0, bounds=bounds)
         out[:, free] = np.reshape(Jf, (f0.size, free.size))
@@ -401,6 +402,7 @@ class Functions:
                     groups.append((free[one], sign * step / mu_c, fwd, x, False, 2.0))
                     groups.append((free[one], 2.0 * sign * step / mu_c, fwd, x, False, -1.0))
         for idx, d, est, center, clip, weight in groups:
+
             def call(u, idx=idx, d=d, center=center, clip=clip):
                 u = u.detach().cpu().numpy().astype(float)
                 if not np.any(u) and center is x:

@@ -3,6 +3,7 @@
 Every error names the argument at fault. The output is a :class:`Spec`: bounds, the stacked
 linear rows and a list of :class:`NonlinearPart` (one per nonlinear constraint object).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -88,8 +89,10 @@ def check_bounds(bounds, n: int):
         lb = np.broadcast_to(as_array(bounds.lb, "bounds.lb"), (n,)).copy() if np.size(bounds.lb) in (1, n) else None
         ub = np.broadcast_to(as_array(bounds.ub, "bounds.ub"), (n,)).copy() if np.size(bounds.ub) in (1, n) else None
         if lb is None or ub is None:
-            raise ValueError(f"bounds must have length {n} (the size of x0), got lb size {np.size(bounds.lb)}, "
-                             f"ub size {np.size(bounds.ub)}")
+            raise ValueError(
+                f"bounds must have length {n} (the size of x0), got lb size {np.size(bounds.lb)}, "
+                f"ub size {np.size(bounds.ub)}"
+            )
     else:
         try:
             pairs = list(bounds)
@@ -135,8 +138,10 @@ def check_constraints(constraints, n: int):
     try:
         items = list(constraints)
     except TypeError as exc:
-        raise TypeError("constraints must be a dict, LinearConstraint, NonlinearConstraint or a sequence of them, "
-                        f"got {type(constraints).__name__}") from exc
+        raise TypeError(
+            "constraints must be a dict, LinearConstraint, NonlinearConstraint or a sequence of them, "
+            f"got {type(constraints).__name__}"
+        ) from exc
     rows, lows, ups, parts = [], [], [], []
     for k, con in enumerate(items):
         where = f"constraints[{k}]"
@@ -170,8 +175,9 @@ def check_constraints(constraints, n: int):
             ub = 0.0 if ctype.lower() == "eq" else np.inf
             parts.append(NonlinearPart(con["fun"], jac, None, None, None, args, where, (0.0, ub)))
         else:
-            raise TypeError(f"{where} must be a dict, LinearConstraint or NonlinearConstraint, "
-                            f"got {type(con).__name__}")
+            raise TypeError(
+                f"{where} must be a dict, LinearConstraint or NonlinearConstraint, got {type(con).__name__}"
+            )
     if any(sp.issparse(A) for A in rows):
         A = sp.vstack([sp.csr_array(A) for A in rows], format="csr")
     else:

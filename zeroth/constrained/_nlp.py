@@ -5,6 +5,7 @@ bounds cl ≤ s ≤ cu put into Ω (NPASA's reduction); equalities give h = c(x)
 Linear constraints and bounds stay explicit in Ω. Derivative precision is an explicit
 argument (``rough``) of every method that needs one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,7 @@ class NLP:
         only the violation of c, and f is unchanged)."""
         if not self.ns:
             return z
-        return np.concatenate([z[: self.n], self.z_from_x(z[: self.n])[self.n:]])
+        return np.concatenate([z[: self.n], self.z_from_x(z[: self.n])[self.n :]])
 
     def f(self, z):
         return self.F.f(self.x(z))
@@ -62,7 +63,7 @@ class NLP:
         if self.mh == 0:
             return np.zeros(0)
         c = self.F.c(self.x(z))
-        return np.concatenate([c[self.eq_idx] - self.F.cl[self.eq_idx], c[self.in_idx] - z[self.n:]])
+        return np.concatenate([c[self.eq_idx] - self.F.cl[self.eq_idx], c[self.in_idx] - z[self.n :]])
 
     def J(self, z, rough=False):
         if self.mh == 0:
@@ -76,7 +77,7 @@ class NLP:
         """Multipliers λ of h mapped onto the components of c (inactive-free components get 0)."""
         v = np.zeros(self.F.m)
         v[self.eq_idx] = lam[: self.eq_idx.size]
-        v[self.in_idx] = lam[self.eq_idx.size:]
+        v[self.in_idx] = lam[self.eq_idx.size :]
         return v
 
     def grad_lagrangian(self, z, lam, rough=False):
@@ -110,8 +111,7 @@ class NLP:
             return gl[free]
 
         base = grad_l(x[free])
-        Hff = approx_derivative(grad_l, x[free], method="2-point", f0=base,
-                                bounds=(F.spec.lb[free], F.spec.ub[free]))
+        Hff = approx_derivative(grad_l, x[free], method="2-point", f0=base, bounds=(F.spec.lb[free], F.spec.ub[free]))
         H[np.ix_(free, free)] = 0.5 * (Hff + Hff.T)
         return H
 

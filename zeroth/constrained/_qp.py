@@ -35,6 +35,7 @@ Multiplier convention (everywhere in :mod:`zeroth.constrained`): ``Hd + g + Cᵀ
 ``w_i ≥ 0`` when the upper side of row i is active and ``w_i ≤ 0`` when the lower side is (the
 same for the bound multipliers ``wb``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -147,9 +148,12 @@ def _round_budget(size):
 def _active_at_zero(lo, hi, lb, ub, tol=1e-10):
     """The rows and bounds active at d = 0 (for the step QPs and shifted projections: the
     constraints active at the current point), as a guess."""
+
     def side(low, up):
-        return np.where(np.abs(up) <= tol * (1.0 + np.abs(up)), 1,
-                        np.where(np.abs(low) <= tol * (1.0 + np.abs(low)), -1, 0)).astype(np.int8)
+        return np.where(
+            np.abs(up) <= tol * (1.0 + np.abs(up)), 1, np.where(np.abs(low) <= tol * (1.0 + np.abs(low)), -1, 0)
+        ).astype(np.int8)
+
     with np.errstate(invalid="ignore"):
         return side(lo, hi), side(lb, ub)
 
@@ -162,8 +166,7 @@ def _daqp(H, g, C, lo, hi, lb, ub, dual_start=None):
     sense = np.zeros(n + m, dtype=np.int32)
     sense[_is_equality(bl, bu)] = 5
     kwargs = {} if dual_start is None else {"dual_start": np.ascontiguousarray(dual_start, dtype=float)}
-    x, _, flag, info = daqp.solve(0.5 * (H + H.T), g, C, bu, bl, sense, iter_limit=max(10000, 20 * (n + m)),
-                                  **kwargs)
+    x, _, flag, info = daqp.solve(0.5 * (H + H.T), g, C, bu, bl, sense, iter_limit=max(10000, 20 * (n + m)), **kwargs)
     x = np.asarray(x, dtype=float)
     if flag == -1:
         return QPResult(x, np.zeros(m), np.zeros(n), "infeasible", None, "daqp")
@@ -187,18 +190,29 @@ def _piqp(H, g, C, lo, hi, lb, ub):
     csc = lambda M: sp.csc_matrix(M) if M.shape[0] else None
     P = sp.csc_matrix(sp.triu(0.5 * (H + H.T), format="csc"))
     Ce, Ci = C[eq], C[~eq]
-    solver.setup(P, g, csc(Ce), lo[eq] if eq.any() else None, csc(Ci), lo[~eq] if Ci.shape[0] else None,
-                 hi[~eq] if Ci.shape[0] else None, lb, ub)
+    solver.setup(
+        P,
+        g,
+        csc(Ce),
+        lo[eq] if eq.any() else None,
+        csc(Ci),
+        lo[~eq] if Ci.shape[0] else None,
+        hi[~eq] if Ci.shape[0] else None,
+        lb,
+        ub,
+    )
     if solver.solve() != piqp.Status.PIQP_SOLVED:
         return None
     r = solver.result
     row_side, bound_side = np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8)
     row_side[eq] = 1
     rows = np.flatnonzero(~eq)
-    row_side[rows] = np.where(np.asarray(r.z_u) > np.asarray(r.s_u), 1,
-                              np.where(np.asarray(r.z_l) > np.asarray(r.s_l), -1, 0))
-    bound_side[:] = np.where(np.asarray(r.z_bu) > np.asarray(r.s_bu), 1,
-                             np.where(np.asarray(r.z_bl) > np.asarray(r.s_bl), -1, 0))
+    row_side[rows] = np.where(
+        np.asarray(r.z_u) > np.asarray(r.s_u), 1, np.where(np.asarray(r.z_l) > np.asarray(r.s_l), -1, 0)
+    )
+    bound_side[:] = np.where(
+        np.asarray(r.z_bu) > np.asarray(r.s_bu), 1, np.where(np.asarray(r.z_bl) > np.asarray(r.s_bl), -1, 0)
+    )
     return row_side, bound_side
 
 
@@ -349,8 +363,10 @@ class _SparseQP:
         order = np.lexsort((row, col))  # CSC order (by column, then row); no duplicates by construction
         indptr = np.zeros(nf + nr + 1, dtype=np.int32)
         np.cumsum(np.bincount(col, minlength=nf + nr), out=indptr[1:])
-        K = sp.csc_array((np.concatenate([hv, cv, cv, np.full(nr, -reg)])[order], row[order].astype(np.int32), indptr),
-                         shape=(nf + nr, nf + nr))
+        K = sp.csc_array(
+            (np.concatenate([hv, cv, cv, np.full(nr, -reg)])[order], row[order].astype(np.int32), indptr),
+            shape=(nf + nr, nf + nr),
+        )
         K.has_canonical_format = True
         return K
 
@@ -379,7 +395,6 @@ class _SparseQP:
         fixed = ~free_mask
         wb[fixed] = -grad[fixed]
         return x, w, wb, Hx, CTw, grad
-
 
     def _solve_kkt(self, x, free_mask, free, rows, rhs_rows):
         """(x_F, w_R) of the KKT system of the free variables F and active rows R (fixed variables'
@@ -447,8 +462,12 @@ def _factor(K):
     row not bordered out), where minimum degree is slow and COLAMD is used."""
     long_column = K.shape[0] and int(np.max(np.diff(K.indptr))) > 64
     try:
-        return splu(K, permc_spec="COLAMD" if long_column else "MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
-                    options={"SymmetricMode": True})
+        return splu(
+            K,
+            permc_spec="COLAMD" if long_column else "MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.1,
+            options={"SymmetricMode": True},
+        )
     except RuntimeError:
         return None
 
@@ -490,7 +509,7 @@ def _on_active_set(qp, active, rounds=12):
             # (per row, the bound with the smallest multiplier)
             released = False
             for i in np.flatnonzero(bad):
-                cols = qp.C.indices[qp.C.indptr[i]:qp.C.indptr[i + 1]]
+                cols = qp.C.indices[qp.C.indptr[i] : qp.C.indptr[i + 1]]
                 cols = cols[(bound_side[cols] != 0) & ~fixed_var[cols]]
                 if cols.size:
                     bound_side[cols[np.argmin(np.abs(wb[cols]))]] = 0

@@ -24,6 +24,7 @@ status cause
 violation above 10·ctol or a diverging iterate. On any other stop ``x`` is the best iterate by
 (max(violation, ctol), f), compared lexicographically.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -58,12 +59,34 @@ STATUS_MESSAGES = {
     9: "The iterates diverge (|x| > 1e20): the problem may be unbounded.",
 }
 
-_NPASA_OPTIONS = {"gtol", "ctol", "maxiter", "maxfev", "penalty", "theta", "disp",
-                  "zo_estimator", "zo_generator", "max_phase_two_steps"}
+_NPASA_OPTIONS = {
+    "gtol",
+    "ctol",
+    "maxiter",
+    "maxfev",
+    "penalty",
+    "theta",
+    "disp",
+    "zo_estimator",
+    "zo_generator",
+    "max_phase_two_steps",
+}
 
 
-def minimize(fun, x0, args=(), method="npasa", jac=None, hess=None, hessp=None, bounds=None, constraints=(),
-             tol=None, callback=None, options=None):
+def minimize(
+    fun,
+    x0,
+    args=(),
+    method="npasa",
+    jac=None,
+    hess=None,
+    hessp=None,
+    bounds=None,
+    constraints=(),
+    tol=None,
+    callback=None,
+    options=None,
+):
     """Minimise ``fun(x, *args)`` subject to bounds, linear and nonlinear constraints.
 
     The signature and argument forms are those of :func:`scipy.optimize.minimize` (same order).
@@ -113,8 +136,13 @@ def minimize(fun, x0, args=(), method="npasa", jac=None, hess=None, hessp=None, 
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
     args = args if isinstance(args, tuple) else (args,)
-    if not (callable(jac) or jac is None or jac is True or jac is False
-            or (isinstance(jac, str) and jac.lower() in ("2-point", "3-point", "cs", "zo"))):
+    if not (
+        callable(jac)
+        or jac is None
+        or jac is True
+        or jac is False
+        or (isinstance(jac, str) and jac.lower() in ("2-point", "3-point", "cs", "zo"))
+    ):
         raise ValueError(f"jac must be a callable, True, None, '2-point', '3-point', 'cs' or 'zo', got {jac!r}")
     if not (hess is None or callable(hess) or (isinstance(hess, str) and hess.lower() in HESS_MODES)):
         raise ValueError(f"hess must be None, a callable or one of {HESS_MODES}, got {hess!r}")
@@ -128,8 +156,11 @@ def minimize(fun, x0, args=(), method="npasa", jac=None, hess=None, hessp=None, 
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
     tol = check_tol(tol)
     x, spec = check_inputs(x0, bounds, constraints)
-    if (jac == "cs" or any(p.jac == "cs" for p in spec.nonlinear)) and torch is not None \
-            and isinstance(x0, torch.Tensor):
+    if (
+        (jac == "cs" or any(p.jac == "cs" for p in spec.nonlinear))
+        and torch is not None
+        and isinstance(x0, torch.Tensor)
+    ):
         raise ValueError("jac='cs' (complex step) needs x0 as a numpy array, not a torch tensor")
     return solver(fun, x0, x, spec, args, jac, hess, hessp, tol, dict(options), callback)
 
@@ -140,8 +171,12 @@ def _option(options, name, default, kind, positive=True):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (positive and value < 1):
             raise ValueError(f"options['{name}'] must be a positive integer, got {value!r}")
         return int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
-            or (positive and value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating))
+        or not np.isfinite(value)
+        or (positive and value <= 0)
+    ):
         raise ValueError(f"options['{name}'] must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -173,11 +208,15 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, hessp, tol, options
         for key in unknown:
             options.pop(key)
     if hessp is not None:
-        warnings.warn("Method npasa does not use Hessian-vector product information (hessp).",
-                      OptimizeWarning, stacklevel=3)
+        warnings.warn(
+            "Method npasa does not use Hessian-vector product information (hessp).", OptimizeWarning, stacklevel=3
+        )
     # default tolerance 1e-8 in float64; for lower-precision tensors √ε of their dtype (what is reachable)
-    low = torch is not None and isinstance(x0_user, torch.Tensor) and x0_user.dtype in (torch.float32, torch.float16,
-                                                                                          torch.bfloat16)
+    low = (
+        torch is not None
+        and isinstance(x0_user, torch.Tensor)
+        and x0_user.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    )
     default_tol = (1e-8 if not low else float(torch.finfo(x0_user.dtype).eps) ** 0.5) if tol is None else tol
     opts = NPASAOptions(
         gtol=_option(options, "gtol", default_tol, float),
@@ -192,8 +231,17 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, hessp, tol, options
     jac_mode = jac.lower() if isinstance(jac, str) else jac
     if jac_mode in (None, False):
         jac_mode = "2-point"
-    fns = Functions(fun, args, jac_mode, hess, spec, x0_user, maxfev,
-                    options.pop("zo_estimator", None), options.pop("zo_generator", None))
+    fns = Functions(
+        fun,
+        args,
+        jac_mode,
+        hess,
+        spec,
+        x0_user,
+        maxfev,
+        options.pop("zo_estimator", None),
+        options.pop("zo_generator", None),
+    )
     if callable(hess) and fns.has_exact_hessian():
         opts.hess_mode = "exact"
     elif isinstance(hess, str):
@@ -240,8 +288,12 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, hessp, tol, options
 
 def _result(fns, nlp, run, x, zl, status, opts, x0_feasible):
     fval = np.nan
-    multipliers = {"eq": np.zeros(0), "ineq": np.zeros(0), "linear": np.zeros(fns.spec.A.shape[0]),
-                   "bounds": np.zeros(fns.n)}
+    multipliers = {
+        "eq": np.zeros(0),
+        "ineq": np.zeros(0),
+        "linear": np.zeros(fns.spec.A.shape[0]),
+        "bounds": np.zeros(fns.n),
+    }
     if status != 5:
         saved = fns.maxfev
         fns.maxfev = fns.nfev + 1  # one more evaluation to report f at the returned point
@@ -286,11 +338,22 @@ def _result(fns, nlp, run, x, zl, status, opts, x0_feasible):
     if x0_feasible is False and status == 0:
         message += " (x0 violated the constraints; a feasible point was found.)"
     return OptimizeResult(
-        x=fns.to_user(x), fun=fval, success=status == 0, status=status, message=message,
-        nit=run.nit if run is not None else 0, nfev=fns.nfev, njev=fns.njev, nhev=fns.nhev,
-        ncev=fns.ncev, ncjev=fns.ncjev, constr_violation=viol, multipliers=multipliers,
+        x=fns.to_user(x),
+        fun=fval,
+        success=status == 0,
+        status=status,
+        message=message,
+        nit=run.nit if run is not None else 0,
+        nfev=fns.nfev,
+        njev=fns.njev,
+        nhev=fns.nhev,
+        ncev=fns.ncev,
+        ncjev=fns.ncjev,
+        constr_violation=viol,
+        multipliers=multipliers,
         phase_history=list(run.history) if run is not None else [],
-        x0_feasible=x0_feasible, method="npasa",
+        x0_feasible=x0_feasible,
+        method="npasa",
     )
 
 

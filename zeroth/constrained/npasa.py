@@ -68,6 +68,7 @@ Choices where the papers leave them open, all ours:
   compares against computing E_m everywhere); the phase history then has ``E_m`` None where it
   was never needed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -279,6 +280,7 @@ def run_npasa(run: Run, z0):
     rho, omega, eta = opts.penalty, 1e-1, 1e-1
     for outer in range(200):
         if mh:
+
             def value(y, lam=lam, rho=rho):
                 h = nlp.h(y)
                 return nlp.f(y) + lam @ h + 0.5 * rho * (h @ h)
@@ -290,6 +292,7 @@ def run_npasa(run: Run, z0):
 
             def grad(y):
                 return nlp.g(y, run.rough)
+
         run.rough = omega > ROUGH
         B = _al_hessian(nlp, hess, z, lam, rho, run.rough)
         res = minimize_polyhedral(value, grad, z, nlp.poly, omega, max(200, 20 * nlp.N), B=B, on_iter=run.tick)
@@ -301,7 +304,7 @@ def run_npasa(run: Run, z0):
                 eta, omega = max(eta / 10, 1e-3 * opts.ctol), max(omega / 10, 1e-3 * opts.gtol)
             else:
                 rho *= 10.0
-                eta, omega = max(0.1 / rho ** 0.1, 1e-3 * opts.ctol), max(0.1 / rho, 1e-3 * opts.gtol)
+                eta, omega = max(0.1 / rho**0.1, 1e-3 * opts.ctol), max(0.1 / rho, 1e-3 * opts.gtol)
         else:
             omega = max(omega / 10, 1e-3 * opts.gtol)
         run.z, run.lam = z, lam
@@ -377,8 +380,9 @@ def _shift_to_positive_definite(Hx, floor_rel=1e-8):
 def _positive_definite_test(M, floor):
     if sp.issparse(M):
         try:
-            lu = splu(sp.csc_array(M), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                      options={"SymmetricMode": True})
+            lu = splu(
+                sp.csc_array(M), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+            )
         except RuntimeError:
             return False
         d = lu.U.diagonal()
@@ -535,8 +539,10 @@ def _stack_rows(J, A):
     A = A if isinstance(A, sp.csr_array) else sp.csr_array(A)
     rows, cols = np.nonzero(J)
     indptr = np.concatenate([np.searchsorted(rows, np.arange(J.shape[0] + 1)), rows.size + A.indptr[1:]])
-    return sp.csr_array((np.concatenate([J[rows, cols], A.data]), np.concatenate([cols, A.indices]), indptr),
-                        shape=(J.shape[0] + A.shape[0], A.shape[1]))
+    return sp.csr_array(
+        (np.concatenate([J[rows, cols], A.data]), np.concatenate([cols, A.indices]), indptr),
+        shape=(J.shape[0] + A.shape[0], A.shape[1]),
+    )
 
 
 class _StepWarm:
@@ -556,7 +562,7 @@ class _StepWarm:
     @staticmethod
     def hint(nlp, active):
         """Pass a step QP's active set on to the next projection (its rows of Ω, its bounds)."""
-        nlp.poly.hint = (active[0][nlp.mh:], active[1])
+        nlp.poly.hint = (active[0][nlp.mh :], active[1])
 
 
 def _multiplier_step(nlp, z, h, J, g, H, warm, mode):
@@ -667,8 +673,9 @@ def _phase_two(run, z, lam, hess):
         if step is None:
             break
         kind, accept, znew, new_lam, (Ecn, emn, scalen), nu, gL_old = step
-        run.history.append({"phase": 2, "step": kind, "accept": accept, "nit": run.nit + 1, "E_c": Ecn,
-                            "E_m": emn.record()})
+        run.history.append(
+            {"phase": 2, "step": kind, "accept": accept, "nit": run.nit + 1, "E_c": Ecn, "E_m": emn.record()}
+        )
         if accept is None:
             break
         hess.update(znew - z, nlp.grad_lagrangian(znew, new_lam, run.rough) - gL_old)

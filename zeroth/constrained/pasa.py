@@ -15,6 +15,7 @@ constraint should be released) or the face line search fails; θ = 0.1.
 Stop when E ≤ tol; give up ("linesearch") when no step makes progress (a face step blocked at
 once falls back to GP; a step that does not move z ends the solve).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ H = I (DAQP for small dense data, else a sparse active-set guess verified by its
 from the previous projection or from Clarabel): exact face and multipliers, Ω = ∅ detected.
 ``A`` may be dense or scipy sparse (kept sparse).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ class EmptyPolyhedronError(Exception):
 class Polyhedron:
     """Ω = {lb ≤ z ≤ ub, l ≤ A z ≤ u}; rows of ``A`` with l == u are equalities."""
 
-    def __init__(self, lb, ub, A=None, l=None, u=None):
+    def __init__(self, lb, ub, A=None, l=None, u=None):  # noqa: E741 - the paper's l ≤ Az ≤ u
         self.lb = np.asarray(lb, dtype=float)
         self.ub = np.asarray(ub, dtype=float)
         self.n = self.lb.size

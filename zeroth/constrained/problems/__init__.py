@@ -2,6 +2,7 @@
 
 ``all_problems()`` lists every :class:`Problem`; ``get(name)`` returns one by name.
 """
+
 from ._base import Problem
 from .hs import HS_PROBLEMS
 from .polyhedral import polyhedral_problems

@@ -3,6 +3,7 @@
 Objectives and constraints are written once with torch operations; gradients, Jacobians and
 Hessians come from autograd (exact), so every form below is consistent by construction.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -101,8 +102,9 @@ class Problem:
             out.append(LinearConstraint(np.asarray(self.A, dtype=float), self.lin_lb, self.lin_ub))
         if self.c is not None:
             if derivatives:
-                out.append(NonlinearConstraint(self.cons, self.nl_lb, self.nl_ub, jac=self.cons_jac,
-                                               hess=self.cons_hess))
+                out.append(
+                    NonlinearConstraint(self.cons, self.nl_lb, self.nl_ub, jac=self.cons_jac, hess=self.cons_hess)
+                )
             else:
                 out.append(NonlinearConstraint(self.cons, self.nl_lb, self.nl_ub))
         return out
@@ -159,5 +161,6 @@ class Problem:
 
     def solved(self, f, x, ftol=1e-6, ctol=1e-6):
         """The benchmark's success test: |f − f*| ≤ ftol·max(1, |f*|) and violation ≤ ctol."""
-        return bool(np.isfinite(f) and abs(f - self.f_opt) <= ftol * max(1.0, abs(self.f_opt))
-                    and self.violation(x) <= ctol)
+        return bool(
+            np.isfinite(f) and abs(f - self.f_opt) <= ftol * max(1.0, abs(self.f_opt)) and self.violation(x) <= ctol
+        )

@@ -4,6 +4,7 @@ Each is min φ(x) + qᵀx over bounds and linear rows, with φ convex: we pick x
 constraints and multipliers of the right sign, then set q = −∇φ(x*) − Wᵀμ, so x* satisfies
 the KKT conditions of a convex problem and is a global minimiser; f* = f(x*).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,5 +55,5 @@ def polyhedral_problems():
     return [
         _kkt_problem("qp100", 100, 30, lambda x: 0.5 * x @ (H @ x), seed=1),
         _kkt_problem("lse120", 120, 40, lambda x: torch.logsumexp(G @ x, 0) + 0.05 * (x @ x), seed=2),
-        _kkt_problem("quartic150", 150, 50, lambda x: 0.25 * (x ** 4).sum() + 0.5 * (x @ x), seed=3),
+        _kkt_problem("quartic150", 150, 50, lambda x: 0.25 * (x**4).sum() + 0.5 * (x @ x), seed=3),
     ]
