@@ -34,14 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.optimize._numdiff import approx_derivative
 
 from ._inputs import as_array
-
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = ["Functions", "NonFiniteError", "BudgetError"]
 

@@ -12,12 +12,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint
-
-try:  # torch is a hard dependency of zeroth, but keep this module importable without it
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = ["Spec", "NonlinearPart", "as_array", "check_inputs", "JAC_MODES", "HESS_MODES"]
 
@@ -153,7 +149,9 @@ def check_constraints(constraints, n: int):
             lo, up = _side(con.lb, m, -np.inf, where + ".lb"), _side(con.ub, m, np.inf, where + ".ub")
             if np.any(lo > up):
                 raise ValueError(f"{where} is infeasible: lb > ub in some row")
-            rows.append(A), lows.append(lo), ups.append(up)
+            rows.append(A)
+            lows.append(lo)
+            ups.append(up)
         elif isinstance(con, NonlinearConstraint):
             if not callable(con.fun):
                 raise TypeError(f"{where}.fun must be callable")

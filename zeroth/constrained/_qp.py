@@ -39,7 +39,7 @@ same for the bound multipliers ``wb``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import clarabel
 import daqp
@@ -276,7 +276,7 @@ def _diagonal(H):
     return None
 
 
-_ROWS = {}  # id(C) -> (C, data): the rows' transposes and coordinates, kept for the last few C
+_ROWS: Dict[int, Any] = {}  # id(C) -> (C, data): the rows' transposes and coordinates, kept for the last few C
 
 
 def _rows_data(C):

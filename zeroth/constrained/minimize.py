@@ -31,6 +31,7 @@ import inspect
 import warnings
 
 import numpy as np
+import torch
 from scipy.optimize import OptimizeResult, OptimizeWarning
 
 from ._functions import BudgetError, Functions, NonFiniteError
@@ -38,11 +39,6 @@ from ._inputs import HESS_MODES, check_inputs, check_tol
 from ._nlp import NLP
 from .npasa import NPASAOptions, Run, StopSolver, run_npasa
 from .polyhedron import EmptyPolyhedronError, Polyhedron
-
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = ["minimize", "STATUS_MESSAGES"]
 

@@ -72,6 +72,7 @@ Choices where the papers leave them open, all ours:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -80,6 +81,9 @@ from scipy.sparse.linalg import lsqr, splu
 from ._functions import NonFiniteError
 from ._qp import DENSE_LIMIT, solve_qp
 from .pasa import DampedBFGS, minimize_polyhedral, null_space
+
+if TYPE_CHECKING:
+    from ._nlp import NLP
 
 __all__ = ["NPASAOptions", "Run", "run_npasa", "StopSolver", "DIVERGING"]
 
@@ -111,17 +115,17 @@ class Run:
     """State of one solve: the current and best iterates, counters, history, the derivative
     precision in use (``rough``) and the last non-finite value met at a trial point."""
 
-    nlp: object
+    nlp: NLP
     opts: NPASAOptions
-    callback: object
-    z: np.ndarray = None
-    lam: np.ndarray = None
+    callback: Any
+    z: Optional[np.ndarray] = None
+    lam: Optional[np.ndarray] = None
     nit: int = 0
     history: list = field(default_factory=list)
-    best: tuple = None  # (merit key, z, lam)
+    best: Optional[tuple] = None  # (merit key, z, lam)
     rough: bool = True
-    nonfinite: NonFiniteError = None
-    _ls: tuple = None  # (key, λ) of the last least-squares multipliers
+    nonfinite: Optional[NonFiniteError] = None
+    _ls: Optional[tuple] = None  # (key, λ) of the last least-squares multipliers
 
     def tick(self, z):
         self.nit += 1
@@ -288,9 +292,11 @@ def run_npasa(run: Run, z0):
             def grad(y, lam=lam, rho=rho):
                 return nlp.g(y, run.rough) + nlp.J(y, run.rough).T @ (lam + rho * nlp.h(y))
         else:
-            value = nlp.f
 
-            def grad(y):
+            def value(y, lam=lam, rho=rho):  # the same signatures as the penalised pair
+                return nlp.f(y)
+
+            def grad(y, lam=lam, rho=rho):
                 return nlp.g(y, run.rough)
 
         run.rough = omega > ROUGH

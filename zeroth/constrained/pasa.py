@@ -159,6 +159,7 @@ def minimize_polyhedral(value, grad, z0, poly: Polyhedron, tol, maxiter, B=None,
             if (tuple(f2), tuple(r2)) == act or (tuple(f2), tuple(r2)) == prev_active:
                 mode = "face"
             prev_active = (tuple(f2), tuple(r2))
+        assert step is not None  # the projected-gradient branch always sets a step or returns
         znew, val = step
         if np.array_equal(znew, z):
             return PolyhedralResult(z, phi, g, B, nit, E, "linesearch")

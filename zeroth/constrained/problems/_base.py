@@ -7,7 +7,7 @@ Hessians come from autograd (exact), so every form below is consistent by constr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,8 @@ class Problem:
     lb: Optional[Sequence[float]] = None
     ub: Optional[Sequence[float]] = None
     c: Optional[Callable] = None
-    nl_lb: Sequence[float] = ()
-    nl_ub: Sequence[float] = ()
+    nl_lb: Any = ()  # Sequence[float], an array after __post_init__
+    nl_ub: Any = ()  # Sequence[float], an array after __post_init__
     A: Optional[Sequence[Sequence[float]]] = None
     lin_lb: Sequence[float] = ()
     lin_ub: Sequence[float] = ()
