@@ -109,10 +109,10 @@ def conv_copies(module: nn.Conv2d, a_out: Tensor, delta: Delta, k: int) -> Tenso
     """The K copies ``a_out + conv(Δ_k)`` after Conv2d ``module``, for ``Δ_k`` confined to input channel
     ``c_k``, written straight into the copies' (channels-last) layout.
 
-    ``conv(Δ_k)`` needs only the weight's column ``W[:, c_k]``: per copy, its patches
-    ``(images, positions, kh·kw)`` times ``W[:, c_k]`` reshaped ``(kh·kw, C_out)``, added to the
-    cached output ``a_out`` (bias included) by one ``baddbmm`` per group of images — a fraction
-    ``1/C_in`` of the convolution's work, and no dense Δ in memory.
+    ``conv(Δ_k)`` needs only the weight's column ``W[:, c_k]``: each image's patches
+    ``(positions, kh·kw)`` times ``W[:, c_k]`` reshaped ``(kh·kw, C_out)``, added in place to the
+    copies of the cached output ``a_out`` (bias included) by batched matrix products over groups of
+    images — a fraction ``1/C_in`` of the convolution's work, and no dense Δ in memory.
 
     Args:
         module: the convolution (groups 1, zero padding; see :func:`fuses_conv`).
@@ -121,19 +121,19 @@ def conv_copies(module: nn.Conv2d, a_out: Tensor, delta: Delta, k: int) -> Tenso
         k: the number of copies.
     """
     out = empty_copies(a_out, k)  # (K, B, C_out, H', W'), each copy channels-last
+    out.copy_(a_out.unsqueeze(0).expand_as(out))
     b, c_out, h, w = a_out.shape
     kh, kw = module.kernel_size
-    weight = module.weight.detach()[:, delta.channels].permute(1, 2, 3, 0).reshape(k, kh * kw, c_out)
-    base = a_out.permute(0, 2, 3, 1).reshape(b, h * w, c_out)
-    rows = max(1, FUSED_CONV_BYTES // max(1, kh * kw * h * w * a_out.element_size()))
-    for i in range(k):
-        dst = out[i].permute(0, 2, 3, 1).reshape(b, h * w, c_out)  # a view: (B, positions, C_out)
-        for lo in range(0, b, rows):
-            hi = min(b, lo + rows)
-            cols = F.unfold(delta.values[i, lo:hi].unsqueeze(1), (kh, kw), module.dilation, module.padding,
-                            module.stride)  # (images, kh·kw, positions)
-            torch.baddbmm(base[lo:hi], cols.transpose(1, 2), weight[i].expand(hi - lo, kh * kw, c_out),
-                          out=dst[lo:hi])
+    taps = kh * kw
+    weight = module.weight.detach()[:, delta.channels].permute(1, 2, 3, 0).reshape(k, taps, c_out)
+    rows = out.permute(0, 1, 3, 4, 2).reshape(k * b, h * w, c_out)  # a view: (copies·images, positions, C_out)
+    planes = delta.values.reshape(k * b, 1, *delta.values.shape[2:])
+    step = max(1, FUSED_CONV_BYTES // max(1, taps * h * w * a_out.element_size()))
+    copy_of = torch.arange(k, device=a_out.device).repeat_interleave(b)
+    for lo in range(0, k * b, step):
+        hi = min(k * b, lo + step)
+        cols = F.unfold(planes[lo:hi], (kh, kw), module.dilation, module.padding, module.stride)  # (n, taps, positions)
+        rows[lo:hi].baddbmm_(cols.transpose(1, 2), weight[copy_of[lo:hi]])
     return out
 
 
