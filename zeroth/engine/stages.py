@@ -83,8 +83,9 @@ def copies_layout(a: Tensor) -> torch.memory_format:
 
 def fast_layout(x: Tensor) -> torch.memory_format:
     """The layout the cached pass (hence the copies) runs in for model input ``x``: channels-last for
-    images ``(B, C, H, W)`` on a CPU, else ``x``'s own."""
-    if x.dim() == 4 and x.device.type == "cpu":
+    images ``(B, C, H, W)`` with ``C > 1`` on a CPU (one channel is both layouts at once, and the
+    convolutions that follow keep the default), else ``x``'s own."""
+    if x.dim() == 4 and x.device.type == "cpu" and x.shape[1] > 1:
         return torch.channels_last
     return copies_layout(x)
 
