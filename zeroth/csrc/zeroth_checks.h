@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <initializer_list>
 #include <sstream>
 #include <string>
@@ -259,6 +260,62 @@ inline void scatter(const at::Tensor& grad, const at::Tensor& indices, const at:
                     ": indices and coeffs must be (K,) with one coefficient per index (got ", indices.sizes(), " and ",
                     coeffs.sizes(), ")");
   in_range(op, {indices, "indices"}, grad.numel());
+}
+
+// Exact Rademacher ops: x flat (1-D), contiguous, float16/bfloat16/float32/float64.
+inline void exact_x(const char* op, const at::Tensor& x) {
+  const auto st = x.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble, op,
+                   ": x must be torch.float16, torch.bfloat16, torch.float32 or torch.float64 (got ", dtype_name(st),
+                   ")");
+  TORCH_CHECK_VALUE(x.dim() == 1 && x.is_contiguous(), op, ": x must be flat (1-D) and contiguous");
+}
+
+// words: (count, W) int64, contiguous, on x's device, W >= ceil(x.numel() / 64) when count > 0.
+inline void exact_words(const char* op, const at::Tensor& x, const at::Tensor& words, const char* name, int64_t count,
+                        const char* per) {
+  same_device(op, {{x, "x"}, {words, name}});
+  TORCH_CHECK_TYPE(words.scalar_type() == at::kLong, op, ": ", name, " must be an int64 tensor of packed bits (got ",
+                   dtype_name(words.scalar_type()), ")");
+  const int64_t need = (x.numel() + 63) / 64;
+  TORCH_CHECK_VALUE(
+      words.dim() == 2 && words.size(0) == count && (count == 0 || words.size(1) >= need) && words.is_contiguous(), op,
+      ": ", name, " must be a contiguous (", count, ", W) int64 tensor, one row per ", per,
+      ", with W >= ceil(x.numel() / 64) = ", need, " (got ", words.sizes(), ")");
+}
+
+inline void exact_signs(const char* op, c10::ArrayRef<double> signs, const char* name) {
+  for (size_t k = 0; k < signs.size(); ++k)
+    TORCH_CHECK_VALUE(signs[k] == 1.0 || signs[k] == -1.0, op, ": ", name, " must be +1 or -1 (entry ", k, " is not)");
+}
+
+// a = 2^k with lo <= k <= hi for x's dtype: a and 2a are values of the dtype, 1/a is finite in its
+// opmath, Q = ulp(2a) and 1/Q are finite in the wide type (zeroth/ops/_checks.py EXACT_STEP_EXPONENTS).
+inline void exact_a(const char* op, double a, at::ScalarType st) {
+  const int lo = st == at::kHalf ? -24 : st == at::kBFloat16 ? -121 : st == at::kFloat ? -127 : -972;
+  const int hi = st == at::kHalf ? 14 : st == at::kDouble ? 1022 : 126;
+  int exponent = 0;
+  const bool pow2 = std::isfinite(a) && a > 0 && std::frexp(a, &exponent) == 0.5;
+  TORCH_CHECK_VALUE(pow2 && lo <= exponent - 1 && exponent - 1 <= hi, op, ": a must be a power of two 2^k with ", lo,
+                    " <= k <= ", hi, " for x of dtype ", dtype_name(st));
+}
+
+inline void rademacher_involution(const at::Tensor& x, const at::Tensor& words, c10::ArrayRef<double> signs, double a) {
+  const char* op = "rademacher_involution_";
+  exact_x(op, x);
+  exact_words(op, x, words, "words", static_cast<int64_t>(signs.size()), "sign");
+  exact_signs(op, signs, "signs");
+  exact_a(op, a, x.scalar_type());
+}
+
+inline void rademacher_sgd(const at::Tensor& x, const at::Tensor& undo_words, c10::ArrayRef<double> undo_signs,
+                           const at::Tensor& words, c10::ArrayRef<double> weights, double a) {
+  const char* op = "rademacher_sgd_";
+  exact_x(op, x);
+  exact_words(op, x, undo_words, "undo_words", static_cast<int64_t>(undo_signs.size()), "undo sign");
+  exact_signs(op, undo_signs, "undo_signs");
+  exact_words(op, x, words, "words", static_cast<int64_t>(weights.size()), "weight");
+  exact_a(op, a, x.scalar_type());
 }
 
 }  // namespace checks

@@ -1,4 +1,6 @@
-// zeroth.ops CPU kernels: the hot loops of feature reuse / difference propagation.
+// zeroth.ops CPU kernels: the hot loops of feature reuse / difference propagation, and the
+// bindings of the exact in-place (MeZO) step, rademacher_involution_ / rademacher_sgd_, whose
+// loops live in zeroth_exact_cpu.cpp (per-entry math: zeroth_exact.h).
 //
 // Registered as PyTorch custom ops in the `zeroth` namespace (torch.ops.zeroth.*); the
 // schemas are defined here, the CPU implementations follow, the CUDA ones live in
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "zeroth_checks.h"
+#include "zeroth_exact_cpu.h"
 #include "zeroth_math.h"
 
 namespace zeroth {
@@ -294,6 +297,65 @@ Tensor scatter_scaled_add_cpu(Tensor grad, const Tensor& indices_in, const Tenso
   return grad;
 }
 
+// -- exact Rademacher involutions (zeroth_exact.h; host loops in zeroth_exact_cpu.cpp) ---------
+exact_cpu::Dtype exact_dtype(const Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kHalf:
+      return exact_cpu::Dtype::kHalf;
+    case at::kBFloat16:
+      return exact_cpu::Dtype::kBFloat16;
+    case at::kFloat:
+      return exact_cpu::Dtype::kFloat;
+    default:
+      return exact_cpu::Dtype::kDouble;  // the checks admit these four only
+  }
+}
+
+constexpr int64_t kExactGrain = 1 << 14;  // entries per parallel_for task (a multiple of 64)
+
+// Moves M (rows of words, one sign each), applied one after the other to every entry; each entry
+// is read and written once.
+Tensor rademacher_involution_cpu(Tensor x, const Tensor& words, c10::ArrayRef<double> signs, double a) {
+  checks::rademacher_involution(x, words, signs, a);
+  const int64_t n = x.numel();
+  if (n == 0 || signs.empty()) return x;
+  const exact_cpu::Dtype dt = exact_dtype(x);
+  void* px = x.data_ptr();
+  const int64_t* pw = words.data_ptr<int64_t>();
+  const int64_t stride = words.size(1), blocks = (n + 63) / 64;
+  at::parallel_for(0, blocks, kExactGrain / 64, [&](int64_t lo, int64_t hi) {
+    exact_cpu::involution_range(dt, px, n, lo, hi, pw, stride, signs.data(), static_cast<int64_t>(signs.size()), a);
+  });
+  return x;
+}
+
+// Undo the moves, then x <- x·decay + scale·Σ_k w_k D_k(x)/a (W, rounded once), values below 2a
+// onto the lattice Q: the restore and MeZO's SGD update in one pass.
+Tensor rademacher_sgd_cpu(Tensor x, const Tensor& undo_words, c10::ArrayRef<double> undo_signs, const Tensor& words,
+                          c10::ArrayRef<double> weights, double a, double scale, double decay, bool antithetic) {
+  checks::rademacher_sgd(x, undo_words, undo_signs, words, weights, a);
+  const int64_t n = x.numel();
+  if (n == 0) return x;
+  exact_cpu::SgdArgs args;
+  args.undo_words = undo_signs.empty() ? nullptr : undo_words.data_ptr<int64_t>();
+  args.undo_stride = undo_words.size(1);
+  args.undo_signs = undo_signs.data();
+  args.num_undo = static_cast<int64_t>(undo_signs.size());
+  args.words = weights.empty() ? nullptr : words.data_ptr<int64_t>();
+  args.stride = words.size(1);
+  args.weights = weights.data();
+  args.num_directions = static_cast<int64_t>(weights.size());
+  args.a = a;
+  args.scale = scale;
+  args.decay = decay;
+  args.antithetic = antithetic;
+  const exact_cpu::Dtype dt = exact_dtype(x);
+  void* px = x.data_ptr();
+  at::parallel_for(0, (n + 63) / 64, kExactGrain / 64,
+                   [&](int64_t lo, int64_t hi) { exact_cpu::sgd_range(dt, px, n, lo, hi, args); });
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(zeroth, m) {
@@ -307,6 +369,10 @@ TORCH_LIBRARY(zeroth, m) {
       "conv_weight_patches(Tensor x, Tensor c, Tensor i, Tensor j, int out_h, int out_w, int sh, int sw, int ph, "
       "int pw, int dh, int dw) -> Tensor");
   m.def("scatter_scaled_add(Tensor(a!) grad, Tensor indices, Tensor coeffs, float scale) -> Tensor(a!)");
+  m.def("rademacher_involution_(Tensor(a!) x, Tensor words, float[] signs, float a) -> Tensor(a!)");
+  m.def(
+      "rademacher_sgd_(Tensor(a!) x, Tensor undo_words, float[] undo_signs, Tensor words, float[] weights, float a, "
+      "float scale, float decay, bool antithetic) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(zeroth, CPU, m) {
@@ -317,6 +383,8 @@ TORCH_LIBRARY_IMPL(zeroth, CPU, m) {
   m.impl("head_cross_entropy_difference", &head_cross_entropy_difference_cpu);
   m.impl("conv_weight_patches", &conv_weight_patches_cpu);
   m.impl("scatter_scaled_add", &scatter_scaled_add_cpu);
+  m.impl("rademacher_involution_", &rademacher_involution_cpu);
+  m.impl("rademacher_sgd_", &rademacher_sgd_cpu);
 }
 
 }  // namespace zeroth

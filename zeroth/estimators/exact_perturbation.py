@@ -55,15 +55,15 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .. import ops as _ops
+from ..ops import reference as _ref
+from ..ops._checks import EXACT_STEP_EXPONENTS
 from . import directions as _directions
 from .directions import RandomDirections, _mix_seed
 
-SUB = 1 << 17
-"""Entries processed at once (temporaries: a few of this many entries of the parameter dtype)."""
-
-_WIDE = {torch.bfloat16: torch.float32, torch.float16: torch.float32, torch.float32: torch.float64,
-         torch.float64: torch.float64}
-"""The dtype an update is computed in before its single rounding to the parameter dtype."""
+SUB = _ref.EXACT_PIECE
+"""Entries processed at once where a direction is materialised (``direction``/``accumulate``):
+temporaries of a few of this many entries of the wide dtype."""
 
 
 def power_of_two(mu: float) -> float:
@@ -90,97 +90,24 @@ def precision_bits(dtype: torch.dtype) -> int:
 
 def lattice(a: float, dtype: torch.dtype) -> float:
     """``Q = ulp(2a)`` in ``dtype``: every value with ``|x| ≥ 2a`` is a multiple of it."""
-    return a * 2.0 ** (2 - precision_bits(dtype))
+    return _ref.lattice(a, dtype)
 
 
-class _Consts:
-    """Per (dtype, a) constants of the involution."""
+def check_step(mu: float, a: float, dtype: torch.dtype, where: str = "") -> None:
+    """Check that the exact step ``a`` (rounded from ``mu``) is in the range the involutions take for ``dtype``.
 
-    def __init__(self, dtype: torch.dtype, a: float):
-        if dtype not in _BITS_OF:
-            raise TypeError(f"exact perturbation needs a floating dtype, got {dtype}")
-        self.dtype, self.a = dtype, float(a)
-        self.int = _BITS_OF[dtype]
-        self.wide = _WIDE[dtype]
-        self.inv_a = 1.0 / self.a
-        self.q = lattice(self.a, dtype)
-
-
-_BITS_OF = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-            torch.float64: torch.int64}
-
-
-def _unit_step(x: Tensor, bits: Tensor, c: _Consts) -> Tensor:
-    """``u = r·σ(x)`` as 0/1 (int64, 1 = +1): ``r = 2·bits − 1``, ``σ(x) = (−1)^⌊x/a⌋``.
-
-    Scaling by a power of two is exact; parities of ``|x/a| ≥ 2^62`` are meaningless but such
-    values have no exact partner anyway.
+    Raises:
+        TypeError: ``dtype`` is not float16, bfloat16, float32 or float64.
+        ValueError: ``a`` outside ``[2^lo, 2^hi]`` (:data:`zeroth.ops._checks.EXACT_STEP_EXPONENTS`).
     """
-    odd = torch.floor(x * c.inv_a).to(torch.int64).bitwise_and_(1)
-    return odd.bitwise_xor_(bits)
-
-
-def partner(x: Tensor, k: Tensor, sign: float, c: _Consts) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(y, ok, step)``: ``step = sign·a·(2k − 1)``, ``y = fl(x + step)`` and whether that sum is exact.
-
-    ``x``: 1-D chunk of a parameter; ``k``: :func:`_unit_step` of it. Exactness is checked in
-    x's own dtype: the sum ``y = x + step`` (``|step| = a``) is exact iff ``fl(y − x) = step``
-    and ``fl(y − step) = x`` — one of the two differences is itself exact (Sterbenz:
-    ``|y| ≤ 2|x|`` or ``|y| ≤ 2a``), so a rounded ``y`` fails it. The second test compares
-    bit patterns, so ``−0.0`` (whose partner would come back as ``+0.0``) is never moved.
-    """
-    step = k.to(c.dtype).mul_(2.0 * sign * c.a).sub_(sign * c.a)
-    y = x + step
-    ok = (y - x) == step
-    return y, ok.logical_and_((y - step).view(c.int) == x.view(c.int)), step
-
-
-def _select_(x: Tensor, y: Tensor, ok: Tensor, c: _Consts) -> None:
-    """``x ← ok ? y : x`` on the bit patterns (exact, and much faster than ``torch.where`` on CPU)."""
-    xi = x.view(c.int)
-    xi.add_((y.view(c.int) - xi).mul_(ok))
-
-
-def involution_(x: Tensor, bits: Tensor, sign: float, c: _Consts) -> Tensor:
-    """``x ← S_{sign·r}(x)`` in place (an involution: applying it twice restores ``x`` bitwise). Returns ``ok``."""
-    y, ok, _ = partner(x, _unit_step(x, bits, c), sign, c)
-    _select_(x, y, ok, c)
-    return ok
-
-
-def applied_direction(x: Tensor, bits: Tensor, c: _Consts, antithetic: bool,
-                      ok_minus: Optional[Tensor] = None) -> Tensor:
-    """``D/a`` (in the wide dtype): the perturbation actually applied at ``x``, in units of ``a``.
-
-    One-sided: ``S_r(x) − x``; antithetic: ``(S_r(x) − S_{−r}(x))/2``. ``ok_minus`` (whether
-    ``S_{−r}`` moves ``x``) may be passed when already known.
-    """
-    k = _unit_step(x, bits, c)
-    _, ok_plus, _ = partner(x, k, 1.0, c)
-    u = k.to(c.wide).mul_(2.0).sub_(1.0)
-    if not antithetic:
-        return u.mul_(ok_plus)
-    if ok_minus is None:
-        _, ok_minus, _ = partner(x, k, -1.0, c)
-    return u.mul_(ok_plus.to(c.wide).add_(ok_minus).mul_(0.5))
-
-
-def update_(x: Tensor, step: Optional[Tensor], lr: float, wd: float, c: _Consts) -> None:
-    """``x ← x(1 − lr·wd) + step`` rounded once to x's dtype, values below ``2a`` on the lattice Q.
-
-    ``step`` (wide, or None for weight decay alone) is the already scaled update.
-    """
-    xw = x.to(c.wide, copy=True)
-    if wd:
-        xw.mul_(1.0 - lr * wd)
-    if step is not None:
-        xw.add_(step)
-    x.copy_(xw)  # rounded once
-    small = xw.abs() < 2.0 * c.a
-    _select_(x, torch.round(xw.mul_(1.0 / c.q)).mul_(c.q).to(c.dtype), small, c)
-
-
-_SHIFTS = {}
+    if dtype not in EXACT_STEP_EXPONENTS:
+        raise TypeError(
+            f"exact perturbation needs a float16, bfloat16, float32 or float64 parameter, got {dtype}{where}"
+        )
+    lo, hi = EXACT_STEP_EXPONENTS[dtype]
+    if not 2.0 ** lo <= a <= 2.0 ** hi:
+        raise ValueError(f"mu: exact in-place perturbation of a {dtype} parameter needs mu between 2^{lo} and 2^{hi} "
+                         f"(got {mu!r}{where}, rounded to {a!r})")
 
 
 def _rademacher_words(seed: int, i: int, j: int, chunk: int, n: int, device) -> Tensor:
@@ -192,11 +119,12 @@ def _rademacher_words(seed: int, i: int, j: int, chunk: int, n: int, device) -> 
 
 def _unpack(words: Tensor, start: int, stop: int) -> Tensor:
     """Bits ``start:stop`` of ``words`` (``start`` a multiple of 64) as int64 0/1."""
-    shifts = _SHIFTS.get(words.device)
-    if shifts is None:
-        shifts = _SHIFTS[words.device] = torch.arange(64, dtype=torch.int64, device=words.device)
-    w = words[start // 64:-(-stop // 64)]
-    return (w.view(-1, 1) >> shifts).bitwise_and_(1).view(-1)[:stop - start]
+    return _ref.rademacher_bits(words, start, stop)
+
+
+def _stack(rows: Sequence[Tensor], like: Tensor) -> Tensor:
+    """Rows of words as one contiguous ``(len(rows), W)`` tensor (``(0, 0)`` for none)."""
+    return torch.stack(list(rows)) if rows else torch.empty(0, 0, dtype=torch.int64, device=like.device)
 
 
 class ExactRademacher(RandomDirections):
@@ -224,15 +152,18 @@ class ExactRademacher(RandomDirections):
         masks: per parameter, None or a 1-D int64 tensor of flat indices.
 
     Raises:
-        ValueError: an entry of ``mus`` is not a finite number > 0.
+        ValueError: an entry of ``mus`` is not a finite number > 0, or outside the range the
+            parameter's dtype takes (:func:`check_step`: e.g. fp16 2⁻²⁴ ≤ a ≤ 2¹⁴).
         TypeError: a parameter is not of a floating dtype (bf16, fp16, fp32, fp64).
     """
 
     def __init__(self, params: Sequence[Tensor], seed: int, q: int, mus: Sequence[float], antithetic: bool = True,
                  masks: Optional[Sequence[Optional[Tensor]]] = None):
-        super().__init__(params, seed, q, [power_of_two(m) for m in mus], "rademacher", antithetic, masks)
+        steps = [power_of_two(m) for m in mus]
+        for j, (p, m, a) in enumerate(zip(params, mus, steps)):
+            check_step(m, a, p.dtype, f" for parameter {j}")
+        super().__init__(params, seed, q, steps, "rademacher", antithetic, masks)
         self.params = list(params)
-        self._consts = [_Consts(p.dtype, m) for p, m in zip(self.params, self.mus)]
 
     @classmethod
     def from_directions(cls, dirs: RandomDirections, params: Sequence[Tensor]) -> ExactRademacher:
@@ -251,42 +182,40 @@ class ExactRademacher(RandomDirections):
 
     def _visit(self, params: Sequence[Tensor], fn: Callable[[int, Tensor, int, List[Tensor]], None],
                directions: Sequence[int]) -> None:
-        """Call ``fn(j, x, start, signs)`` on sub-chunks ``x`` (views, or gathered copies written back)
-        of every parameter, ``signs[k]`` the int8 0/1 signs of ``directions[k]`` there."""
+        """Call ``fn(j, x, start, words)`` on chunks ``x`` (flat contiguous views, or gathered copies
+        written back) of every parameter, ``words[k]`` the packed random bits of ``directions[k]``
+        there (entry ``start + t`` of the parameter's selected entries is bit ``t``)."""
         for j, p in enumerate(params):
             if p.numel() == 0:
                 continue
             work = p.data if p.is_contiguous() else p.data.contiguous()
             flat, mask = work.view(-1), self.masks[j]
-            chunk, sub = _directions.CHUNK, min(SUB, _directions.CHUNK)
+            chunk = _directions.CHUNK
             for ch in self._chunks(j):
                 lo = ch * chunk
                 n = max(0, min(chunk, self._size(j) - lo))
                 if n == 0:
                     continue
-                signs = [self._signs(i, j, ch, n) for i in directions]
-                for s in range(0, n, sub):
-                    e = min(n, s + sub)
-                    sub_signs = [_unpack(t, s, e) for t in signs]
-                    if mask is None:
-                        fn(j, flat[lo + s:lo + e], lo + s, sub_signs)
-                    else:
-                        idx = mask[lo + s:lo + e].to(flat.device)
-                        x = flat[idx]
-                        fn(j, x, lo + s, sub_signs)
-                        flat[idx] = x
+                words = [self._signs(i, j, ch, n) for i in directions]
+                if mask is None:
+                    fn(j, flat[lo:lo + n], lo, words)
+                else:
+                    idx = mask[lo:lo + n].to(flat.device)
+                    x = flat[idx]
+                    fn(j, x, lo, words)
+                    flat[idx] = x
             if work is not p.data:
                 p.data.copy_(work)
 
     # -- the Directions interface ----------------------------------------------------------
     def _apply(self, params: Sequence[Tensor], moves: Sequence[Tuple[int, float]]) -> None:
-        """Apply the involutions ``S_{s·r_i}`` for ``(i, s)`` in ``moves``, in order, in one pass."""
+        """Apply the involutions ``S_{s·r_i}`` for ``(i, s)`` in ``moves``, in order, in one pass
+        (:func:`zeroth.ops.rademacher_involution_`: each entry read and written once)."""
         order = list(dict.fromkeys(i for i, _ in moves))
+        signs = [s for _, s in moves]
 
-        def fn(j, x, start, signs):
-            c = self._consts[j]
-            for i, s in moves:
-                involution_(x, signs[order.index(i)], s, c)
+        def fn(j, x, start, words):
+            _ops.rademacher_involution_(x, _stack([words[order.index(i)] for i, _ in moves], x), signs, self.mus[j])
 
         with torch.no_grad():
             self._visit(params, fn, order)
@@ -308,16 +237,10 @@ class ExactRademacher(RandomDirections):
         """Restore evaluation ``e_from`` and perturb to ``e_to`` in one pass over the parameters."""
         self._apply(params, [(e_from % self.q, self.sign(e_from)), (e_to % self.q, self.sign(e_to))])
 
-    def _direction_sum(self, j: int, x: Tensor, signs: Sequence[Tensor], weights: Sequence[float],
-                       ok_minus: Optional[Sequence[Optional[Tensor]]] = None) -> Tensor:
-        """``Σ_i w_i · D_i(x)/a`` (wide) at the current values ``x``."""
-        c = self._consts[j]
-        total = None
-        known = ok_minus or [None] * len(signs)
-        for sg, w, okm in zip(signs, weights, known):
-            d = applied_direction(x, sg, c, self.num_signs == 2, okm).mul_(w)
-            total = d if total is None else total.add_(d)
-        return total
+    def _direction_sum(self, j: int, x: Tensor, start: int, words: Sequence[Tensor],
+                       weights: Sequence[float]) -> Tensor:
+        """``Σ_i w_i · D_i(x)/a`` (wide) at the current values ``x`` (entries ``start ...``)."""
+        return _ref.rademacher_direction_sum(x, words, start, weights, self.mus[j], self.num_signs == 2)
 
     def _own_params(self, what: str) -> List[Tensor]:
         """The parameters whose current values ``direction``/``accumulate`` read."""
@@ -336,15 +259,17 @@ class ExactRademacher(RandomDirections):
         out = torch.zeros(math.prod(self.shapes[j]), dtype=self.dtypes[j], device=own[j].device)
         flat_out = out
 
-        def fn(jj, x, start, signs):
+        def fn(jj, x, start, words):
             if jj != j:
                 return
-            d = self._direction_sum(j, x, signs, [1.0]).to(self.dtypes[j])
             mask = self.masks[j]
-            if mask is None:
-                flat_out[start:start + x.numel()] = d
-            else:
-                flat_out[mask[start:start + x.numel()].to(out.device)] = d
+            for s in range(0, x.numel(), SUB):  # temporaries of SUB entries
+                piece = x[s:s + SUB]
+                d = self._direction_sum(j, piece, 0, [w[s // 64:] for w in words], [1.0]).to(self.dtypes[j])
+                if mask is None:
+                    flat_out[start + s:start + s + piece.numel()] = d
+                else:
+                    flat_out[mask[start + s:start + s + piece.numel()].to(out.device)] = d
 
         params = [p if k == j else p.new_empty(0) for k, p in enumerate(own)]
         with torch.no_grad():
@@ -411,12 +336,16 @@ class ExactRademacher(RandomDirections):
             target = g if g.is_contiguous() else torch.zeros(g.shape, dtype=g.dtype, device=g.device)
             tflat, mask, scale = target.view(-1), self.masks[j], scales[j] / self.mus[j]
 
-            def fn(jj, x, start, signs, tflat=tflat, mask=mask, scale=scale, j=j):
-                total = self._direction_sum(j, x, signs, [cs[i] for i in live]).mul_(scale).to(tflat.dtype)
-                if mask is None:
-                    tflat[start:start + x.numel()].add_(total)
-                else:
-                    tflat.index_add_(0, mask[start:start + x.numel()].to(tflat.device), total)
+            def fn(jj, x, start, words, tflat=tflat, mask=mask, scale=scale, j=j):
+                for s in range(0, x.numel(), SUB):  # temporaries of SUB entries
+                    piece = x[s:s + SUB]
+                    total = self._direction_sum(j, piece, 0, [w[s // 64:] for w in words], [cs[i] for i in live])
+                    total = total.mul_(scale).to(tflat.dtype)
+                    a, b = start + s, start + s + piece.numel()
+                    if mask is None:
+                        tflat[a:b].add_(total)
+                    else:
+                        tflat.index_add_(0, mask[a:b].to(tflat.device), total)
 
             only_j = [p if k == j else p.new_empty(0) for k, p in enumerate(own)]
             with torch.no_grad():
@@ -443,23 +372,18 @@ class ExactRademacher(RandomDirections):
         live = [i for i, ci in enumerate(cs) if ci != 0.0]
         undo = [] if restore is None else [(restore % self.q, self.sign(restore))]
         order = list(dict.fromkeys([i for i, _ in undo] + live))
+        undo_signs = [s for _, s in undo]
+        antithetic = self.num_signs == 2
 
-        def fn(j, x, start, signs):
-            c = self._consts[j]
-            known = {}
-            for i, s in undo:  # undoing S_{-r_i} tells whether S_{-r_i} moves the restored value
-                ok = involution_(x, signs[order.index(i)], s, c)
-                if s < 0 and self.num_signs == 2:
-                    known[i] = ok
+        def fn(j, x, start, words):
+            undo_words = _stack([words[order.index(i)] for i, _ in undo], x)
             lr, wd = float(lrs[j]), float(weight_decays[j])
-            if lr == 0.0:
+            if lr == 0.0:  # restore only: bitwise what the parameters were
+                _ops.rademacher_involution_(x, undo_words, undo_signs, self.mus[j])
                 return
-            step = None
-            if live:
-                step = self._direction_sum(j, x, [signs[order.index(i)] for i in live], [cs[i] for i in live],
-                                           [known.get(i) for i in live])
-                step.mul_((lr if ascend[j] else -lr) / self.mus[j])
-            update_(x, step, lr, wd, c)
+            scale = (lr if ascend[j] else -lr) / self.mus[j]
+            _ops.rademacher_sgd_(x, undo_words, undo_signs, _stack([words[order.index(i)] for i in live], x),
+                                 [cs[i] for i in live], self.mus[j], scale, 1.0 - lr * wd if wd else 1.0, antithetic)
 
         with torch.no_grad():
             self._visit(params, fn, order)
@@ -471,8 +395,10 @@ class ExactRademacher(RandomDirections):
                 work = p.data.reshape(-1).clone() if flat is None else flat
                 idx = mask.to(work.device)
                 kept = work[idx]
-                for s in range(0, work.numel(), SUB):
-                    update_(work[s:s + SUB], None, lr, wd, self._consts[j])
+                none = _stack([], work)
+                for s in range(0, work.numel(), _directions.CHUNK):
+                    _ops.rademacher_sgd_(work[s:s + _directions.CHUNK], none, [], none, [], self.mus[j], 0.0,
+                                         1.0 - lr * wd, antithetic)
                 work[idx] = kept
                 if flat is None:
                     p.data.copy_(work.view(p.shape))

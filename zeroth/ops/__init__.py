@@ -15,7 +15,10 @@ The ops (shapes in each docstring):
 * ``cross_entropy_difference``: per-copy ``CE(z + Δ_k) − CE(z)`` from the cached softmax;
 * ``head_cross_entropy_difference``: every coordinate of the last Linear layer at once;
 * ``conv_weight_patches``: the Δ of a chunk of Conv2d weight coordinates (divided by μ);
-* ``scatter_scaled_add``: ``grad[idx] += c·scale`` for the selected coordinates.
+* ``scatter_scaled_add``: ``grad[idx] += c·scale`` for the selected coordinates;
+* ``rademacher_involution_`` / ``rademacher_sgd_``: the exact in-place (MeZO) step of
+  :mod:`zeroth.estimators.exact_perturbation` — the involutions of a perturb/move/restore
+  pass, and the restore fused with the SGD update — each reading and writing a parameter once.
 
 Every op checks its arguments before reading memory, the same way in C++ and Python (one
 helper per op, ``zeroth_checks.h`` and :mod:`zeroth.ops._checks`): ``TypeError`` for a
@@ -23,6 +26,8 @@ dtype it does not take, ``IndexError`` for an index, target or channel out of ra
 cross-entropy target of ``ignore_index`` included), ``ValueError`` for shapes, lengths,
 devices or an unknown activation kind. The kernels dispatch float32 and float64; tensors of
 another floating dtype (bfloat16, float16) run the reference, which computes in float64.
+The exact Rademacher kernels dispatch float16, bfloat16, float32 and float64 and agree with
+their references bitwise (both round every step in the parameter's own dtype).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ __all__ = [
     "cuda_buildable",
     "head_cross_entropy_difference",
     "mode",
+    "rademacher_involution_",
+    "rademacher_sgd_",
     "reference",
     "reference_only",
     "scatter_scaled_add",
@@ -315,3 +322,69 @@ def scatter_scaled_add(grad: Tensor, indices: Tensor, coeffs: Tensor, scale: flo
     if _compiled((grad, indices, coeffs), (grad, coeffs)):
         return torch.ops.zeroth.scatter_scaled_add(grad, indices, coeffs, float(scale))
     return reference.scatter_scaled_add(grad, indices, coeffs, float(scale))
+
+
+def rademacher_involution_(x: Tensor, words: Tensor, signs: Sequence[float], a: float) -> Tensor:
+    """Apply the exact involutions ``S_{signs[m]·r_m}`` to ``x`` in place, one after the other.
+
+    ``S_{±r}(x) = x ± r·σ(x)·a`` with ``σ(x) = (−1)^⌊x/a⌋``, applied to an entry only where that
+    sum is exact in x's dtype (else the entry is kept): applying the same involution again
+    restores ``x`` bitwise (see :mod:`zeroth.estimators.exact_perturbation`).
+
+    Args:
+        x: flat (1-D) contiguous float16/bfloat16/float32/float64, updated in place and returned.
+        words: ``(M, W)`` int64, row m the packed random bits ``r_m`` (entry ``t`` is bit ``t % 64``
+            of word ``t // 64``: 1 means +1), ``W ≥ ⌈x.numel()/64⌉``; x's device.
+        signs: M values, each +1 or −1.
+        a: the step, a power of two > 0 (absolute, in x's units).
+
+    Raises:
+        TypeError: ``x`` of another dtype, or ``words`` not int64.
+        ValueError: ``x`` not flat and contiguous, a ``words`` shape other than ``(M, W)``,
+            a sign other than ±1, ``a`` not a finite power of two > 0, or different devices.
+    """
+    if _compiled((x, words), ()):
+        return torch.ops.zeroth.rademacher_involution_(x, words, [float(s) for s in signs], float(a))
+    return reference.rademacher_involution_(x, words, [float(s) for s in signs], float(a))
+
+
+def rademacher_sgd_(
+    x: Tensor,
+    undo_words: Tensor,
+    undo_signs: Sequence[float],
+    words: Tensor,
+    weights: Sequence[float],
+    a: float,
+    scale: float,
+    decay: float,
+    antithetic: bool,
+) -> Tensor:
+    """Undo ``S_{undo_signs[m]·r_m}``, then MeZO's SGD update from the displacements actually applied, in place.
+
+    ``x ← x·decay + scale·Σ_k w_k·D_k(x)/a``, formed in float32 (16-bit ``x``) or float64 and
+    rounded once to x's dtype; ``D_k(x)/a = u·(ok₊ + ok₋)/2`` (two-sided) or ``u·ok₊`` (one-sided):
+    ±1, ±½ or 0 where an exact partner is missing. A result below ``2a`` in magnitude is
+    rounded to the nearest multiple of ``Q = ulp(2a)`` (x's dtype), so it is perturbed from the
+    next step on. Without directions (``K = 0``) nothing is added; ``decay == 1`` multiplies by nothing.
+
+    Args:
+        x: as for :func:`rademacher_involution_`.
+        undo_words, undo_signs: the moves to undo first (``(M, W)`` words, M signs; M may be 0).
+        words: ``(K, W)`` int64, row k the bits of direction k.
+        weights: K coefficients ``w_k``.
+        a: the step, a power of two > 0.
+        scale: the factor of the sum (``∓lr/μ``).
+        decay: ``1 − lr·weight_decay``.
+        antithetic: two-sided directions (``D`` counts both partners).
+
+    Raises:
+        TypeError, ValueError: as :func:`rademacher_involution_` (for both word tensors).
+    """
+    undo, weights = [float(s) for s in undo_signs], [float(w) for w in weights]
+    if _compiled((x, undo_words, words), ()):
+        return torch.ops.zeroth.rademacher_sgd_(
+            x, undo_words, undo, words, weights, float(a), float(scale), float(decay), bool(antithetic)
+        )
+    return reference.rademacher_sgd_(
+        x, undo_words, undo, words, weights, float(a), float(scale), float(decay), bool(antithetic)
+    )

@@ -9,11 +9,13 @@ input through both.
 The one difference is by design: the compiled kernels dispatch float32/float64 only and
 reject other floating dtypes (bfloat16, float16) with a ``TypeError`` naming the argument,
 so a caller can decline; the references compute in float64 whatever the floating dtype, so
-they take them (``floating_dtypes`` says which set applies).
+they take them (``floating_dtypes`` says which set applies). The exact Rademacher ops take
+float16, bfloat16, float32 and float64 on both sides (``EXACT_DTYPES``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Tuple
 
 import torch
@@ -233,3 +235,72 @@ def scatter(grad: Tensor, indices: Tensor, coeffs: Tensor, kernel: bool = False)
             f"{_shape(indices)} and {_shape(coeffs)})"
         )
     in_range(op, (indices, "indices"), grad.numel())
+
+
+EXACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes of the exact Rademacher ops (kernels and references alike)."""
+
+
+def _exact_x(op: str, x: Tensor) -> None:
+    if x.dtype not in EXACT_DTYPES:
+        raise TypeError(
+            f"{op}: x must be torch.float16, torch.bfloat16, torch.float32 or torch.float64 (got {x.dtype})"
+        )
+    if x.dim() != 1 or not x.is_contiguous():
+        raise ValueError(f"{op}: x must be flat (1-D) and contiguous")
+
+
+def _exact_words(op: str, x: Tensor, words: Tensor, name: str, count: int, per: str) -> None:
+    same_device(op, [(x, "x"), (words, name)])
+    if words.dtype != torch.int64:
+        raise TypeError(f"{op}: {name} must be an int64 tensor of packed bits (got {words.dtype})")
+    need = -(-x.numel() // 64)
+    if words.dim() != 2 or words.shape[0] != count or (count and words.shape[1] < need) or not words.is_contiguous():
+        raise ValueError(
+            f"{op}: {name} must be a contiguous ({count}, W) int64 tensor, one row per {per}, with "
+            f"W >= ceil(x.numel() / 64) = {need} (got {_shape(words)})"
+        )
+
+
+def _exact_signs(op: str, signs: Sequence[float], name: str) -> None:
+    for k, s in enumerate(signs):
+        if float(s) not in (1.0, -1.0):
+            raise ValueError(f"{op}: {name} must be +1 or -1 (entry {k} is not)")
+
+
+EXACT_STEP_EXPONENTS = {
+    torch.float16: (-24, 14),
+    torch.bfloat16: (-121, 126),
+    torch.float32: (-127, 126),
+    torch.float64: (-972, 1022),
+}
+"""Per dtype, the exponents ``(lo, hi)`` of the steps ``a = 2^k`` (``lo ≤ k ≤ hi``) the exact ops take:
+``a`` and ``2a`` are values of the dtype, ``1/a`` is finite in its opmath (so ``⌊x/a⌋`` is exact
+wherever a partner exists), and ``Q = ulp(2a)`` and ``1/Q`` are finite in the wide dtype."""
+
+
+def _exact_a(op: str, a: float, dtype: torch.dtype) -> None:
+    lo, hi = EXACT_STEP_EXPONENTS[dtype]
+    if not (math.isfinite(a) and a > 0 and math.frexp(a)[0] == 0.5 and lo <= math.frexp(a)[1] - 1 <= hi):
+        raise ValueError(f"{op}: a must be a power of two 2^k with {lo} <= k <= {hi} for x of dtype {dtype}")
+
+
+def rademacher_involution(x: Tensor, words: Tensor, signs: Sequence[float], a: float) -> None:
+    """x flat contiguous fp16/bf16/fp32/fp64; words (len(signs), W ≥ ⌈n/64⌉) int64; signs ±1; a = 2^k."""
+    op = "rademacher_involution_"
+    _exact_x(op, x)
+    _exact_words(op, x, words, "words", len(signs), "sign")
+    _exact_signs(op, signs, "signs")
+    _exact_a(op, a, x.dtype)
+
+
+def rademacher_sgd(
+    x: Tensor, undo_words: Tensor, undo_signs: Sequence[float], words: Tensor, weights: Sequence[float], a: float
+) -> None:
+    """As :func:`rademacher_involution` for the undone moves, and words (len(weights), W) for the directions."""
+    op = "rademacher_sgd_"
+    _exact_x(op, x)
+    _exact_words(op, x, undo_words, "undo_words", len(undo_signs), "undo sign")
+    _exact_signs(op, undo_signs, "undo_signs")
+    _exact_words(op, x, words, "words", len(weights), "weight")
+    _exact_a(op, a, x.dtype)

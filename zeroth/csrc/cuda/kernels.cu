@@ -1,5 +1,6 @@
 // CUDA kernels of zeroth.ops (torch-free; see kernels.cuh). Arithmetic in double, as on CPU.
 #include "kernels.cuh"
+#include "../zeroth_exact.h"
 #include "../zeroth_math.h"
 
 namespace zeroth {
@@ -149,6 +150,73 @@ __global__ void scatter_scaled_add_kernel(T* grad, const int64_t* indices, const
   if (k < K) atomicAdd(grad + indices[k], static_cast<T>(coeffs[k] * scale));
 }
 
+// One thread per entry: the moves applied in order (../zeroth_exact.h; the CPU loops compute the same).
+template <class F>
+__global__ void rademacher_involution_kernel(typename F::Storage* x, int64_t n, const int64_t* words, int64_t stride,
+                                             const double* signs, int64_t num_moves, double a) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    typename F::T v = static_cast<typename F::T>(x[t]);
+    for (int64_t m = 0; m < num_moves; ++m) {
+      const exact::Involution<F> s(signs[m], a);
+      v = exact::involution<F>(v, s, static_cast<typename F::Int>(exact::word_bit(words + m * stride, t)));
+    }
+    x[t] = static_cast<typename F::Storage>(v);
+  }
+}
+
+template <class F>
+__global__ void rademacher_sgd_kernel(typename F::Storage* x, int64_t n, const int64_t* undo_words, int64_t undo_stride,
+                                      const double* undo_signs, int64_t num_undo, const int64_t* words, int64_t stride,
+                                      const double* weights, int64_t num_directions, double a, double scale,
+                                      double decay, bool antithetic) {
+  using W = typename F::W;
+  using Int = typename F::Int;
+  const exact::Involution<F> plus(1.0, a), minus(-1.0, a);
+  const exact::Update<F> upd(a, F::kPrecision, scale, decay);
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    typename F::T v = static_cast<typename F::T>(x[t]);
+    for (int64_t m = 0; m < num_undo; ++m) {
+      const exact::Involution<F> s(undo_signs[m], a);
+      v = exact::involution<F>(v, s, static_cast<Int>(exact::word_bit(undo_words + m * undo_stride, t)));
+    }
+    W step = 0;
+    if (num_directions > 0) {
+      W total =
+          exact::mul_rn(exact::applied<F>(v, plus, minus, static_cast<Int>(exact::word_bit(words, t)), antithetic),
+                        static_cast<W>(weights[0]));
+      for (int64_t k = 1; k < num_directions; ++k)
+        total = exact::add_rn(
+            total,
+            exact::mul_rn(
+                exact::applied<F>(v, plus, minus, static_cast<Int>(exact::word_bit(words + k * stride, t)), antithetic),
+                static_cast<W>(weights[k])));
+      step = exact::mul_rn(total, upd.scale);
+    }
+    x[t] = static_cast<typename F::Storage>(exact::update<F>(v, upd, num_directions > 0, step));
+  }
+}
+
+template <class F>
+cudaError_t launch_involution(void* x, int64_t n, const int64_t* words, int64_t stride, const double* signs,
+                              int64_t num_moves, double a, cudaStream_t stream) {
+  rademacher_involution_kernel<F><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<typename F::Storage*>(x), n,
+                                                                          words, stride, signs, num_moves, a);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
+}
+
+template <class F>
+cudaError_t launch_sgd(void* x, int64_t n, const int64_t* undo_words, int64_t undo_stride, const double* undo_signs,
+                       int64_t num_undo, const int64_t* words, int64_t stride, const double* weights,
+                       int64_t num_directions, double a, double scale, double decay, bool antithetic,
+                       cudaStream_t stream) {
+  rademacher_sgd_kernel<F><<<blocks_for(n), kThreads, 0, stream>>>(
+      static_cast<typename F::Storage*>(x), n, undo_words, undo_stride, undo_signs, num_undo, words, stride, weights,
+      num_directions, a, scale, decay, antithetic);
+  return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
+}
+
 }  // namespace
 
 template <typename T>
@@ -214,6 +282,42 @@ cudaError_t scatter_scaled_add(T* grad, const int64_t* indices, const double* co
   if (K == 0) return cudaSuccess;
   scatter_scaled_add_kernel<T><<<blocks_for(K), kThreads, 0, stream>>>(grad, indices, coeffs, K, scale);
   return cudaGetLastError();  // a failed launch (bad configuration, no device) surfaces here
+}
+
+cudaError_t rademacher_involution(int dtype, void* x, int64_t n, const int64_t* words, int64_t stride,
+                                  const double* signs, int64_t num_moves, double a, cudaStream_t stream) {
+  if (n == 0 || num_moves == 0) return cudaSuccess;
+  switch (static_cast<exact::Dtype>(dtype)) {
+    case exact::Dtype::kHalf:
+      return launch_involution<exact::HalfFormat>(x, n, words, stride, signs, num_moves, a, stream);
+    case exact::Dtype::kBFloat16:
+      return launch_involution<exact::BFloat16Format>(x, n, words, stride, signs, num_moves, a, stream);
+    case exact::Dtype::kFloat:
+      return launch_involution<exact::FloatFormat>(x, n, words, stride, signs, num_moves, a, stream);
+    default:
+      return launch_involution<exact::DoubleFormat>(x, n, words, stride, signs, num_moves, a, stream);
+  }
+}
+
+cudaError_t rademacher_sgd(int dtype, void* x, int64_t n, const int64_t* undo_words, int64_t undo_stride,
+                           const double* undo_signs, int64_t num_undo, const int64_t* words, int64_t stride,
+                           const double* weights, int64_t num_directions, double a, double scale, double decay,
+                           bool antithetic, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  switch (static_cast<exact::Dtype>(dtype)) {
+    case exact::Dtype::kHalf:
+      return launch_sgd<exact::HalfFormat>(x, n, undo_words, undo_stride, undo_signs, num_undo, words, stride, weights,
+                                           num_directions, a, scale, decay, antithetic, stream);
+    case exact::Dtype::kBFloat16:
+      return launch_sgd<exact::BFloat16Format>(x, n, undo_words, undo_stride, undo_signs, num_undo, words, stride,
+                                               weights, num_directions, a, scale, decay, antithetic, stream);
+    case exact::Dtype::kFloat:
+      return launch_sgd<exact::FloatFormat>(x, n, undo_words, undo_stride, undo_signs, num_undo, words, stride, weights,
+                                            num_directions, a, scale, decay, antithetic, stream);
+    default:
+      return launch_sgd<exact::DoubleFormat>(x, n, undo_words, undo_stride, undo_signs, num_undo, words, stride,
+                                             weights, num_directions, a, scale, decay, antithetic, stream);
+  }
 }
 
 #define ZEROTH_INSTANTIATE(T)                                                                                         \

@@ -43,5 +43,16 @@ template <typename T>
 cudaError_t scatter_scaled_add(T* grad, const int64_t* indices, const double* coeffs, int64_t K, double scale,
                                cudaStream_t stream);
 
+// Exact Rademacher involutions (../zeroth_exact.h), x flat of n entries of `dtype` (0 float16,
+// 1 bfloat16, 2 float32, 3 float64: zeroth::exact::Dtype). words: (moves, stride) int64 on the
+// device; signs and weights: device arrays of doubles.
+cudaError_t rademacher_involution(int dtype, void* x, int64_t n, const int64_t* words, int64_t stride,
+                                  const double* signs, int64_t num_moves, double a, cudaStream_t stream);
+
+cudaError_t rademacher_sgd(int dtype, void* x, int64_t n, const int64_t* undo_words, int64_t undo_stride,
+                           const double* undo_signs, int64_t num_undo, const int64_t* words, int64_t stride,
+                           const double* weights, int64_t num_directions, double a, double scale, double decay,
+                           bool antithetic, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace zeroth

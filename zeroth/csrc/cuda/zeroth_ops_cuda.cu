@@ -138,6 +138,49 @@ Tensor scatter_scaled_add_cuda(Tensor grad, const Tensor& indices_in, const Tens
   return grad;
 }
 
+int exact_dtype(const Tensor& x) {  // zeroth::exact::Dtype (the checks admit these four only)
+  switch (x.scalar_type()) {
+    case at::kHalf:
+      return 0;
+    case at::kBFloat16:
+      return 1;
+    case at::kFloat:
+      return 2;
+    default:
+      return 3;
+  }
+}
+
+// Per-move or per-direction scalars, copied to x's device for the kernel.
+Tensor on_device_doubles(c10::ArrayRef<double> values, const Tensor& x) {
+  return at::tensor(values, x.options().dtype(at::kDouble));
+}
+
+Tensor rademacher_involution_cuda(Tensor x, const Tensor& words, c10::ArrayRef<double> signs, double a) {
+  checks::rademacher_involution(x, words, signs, a);
+  const auto guard = on_device(x, "rademacher_involution_");
+  if (x.numel() == 0 || signs.empty()) return x;
+  const Tensor dsigns = on_device_doubles(signs, x);
+  C10_CUDA_CHECK(cuda::rademacher_involution(exact_dtype(x), x.data_ptr(), x.numel(), words.data_ptr<int64_t>(),
+                                             words.size(1), dsigns.data_ptr<double>(),
+                                             static_cast<int64_t>(signs.size()), a, stream()));
+  return x;
+}
+
+Tensor rademacher_sgd_cuda(Tensor x, const Tensor& undo_words, c10::ArrayRef<double> undo_signs, const Tensor& words,
+                           c10::ArrayRef<double> weights, double a, double scale, double decay, bool antithetic) {
+  checks::rademacher_sgd(x, undo_words, undo_signs, words, weights, a);
+  const auto guard = on_device(x, "rademacher_sgd_");
+  if (x.numel() == 0) return x;
+  const Tensor dundo = on_device_doubles(undo_signs, x), dweights = on_device_doubles(weights, x);
+  C10_CUDA_CHECK(cuda::rademacher_sgd(
+      exact_dtype(x), x.data_ptr(), x.numel(), undo_signs.empty() ? nullptr : undo_words.data_ptr<int64_t>(),
+      undo_words.size(1), dundo.data_ptr<double>(), static_cast<int64_t>(undo_signs.size()),
+      weights.empty() ? nullptr : words.data_ptr<int64_t>(), words.size(1), dweights.data_ptr<double>(),
+      static_cast<int64_t>(weights.size()), a, scale, decay, antithetic, stream()));
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(zeroth, CUDA, m) {
@@ -148,6 +191,8 @@ TORCH_LIBRARY_IMPL(zeroth, CUDA, m) {
   m.impl("head_cross_entropy_difference", &head_cross_entropy_difference_cuda);
   m.impl("conv_weight_patches", &conv_weight_patches_cuda);
   m.impl("scatter_scaled_add", &scatter_scaled_add_cuda);
+  m.impl("rademacher_involution_", &rademacher_involution_cuda);
+  m.impl("rademacher_sgd_", &rademacher_sgd_cuda);
 }
 
 }  // namespace zeroth
