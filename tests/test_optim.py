@@ -1,4 +1,5 @@
 """ZOOptimizer: the torch.optim contract, checkpoints, failures, argument validation, training."""
+import contextlib
 import copy
 import io
 import warnings
@@ -622,6 +623,34 @@ def test_exact_inplace_step_equals_the_stored_gradient_step_on_the_same_directio
     assert lb == pytest.approx(la, rel=1e-12)
     for a, b in zip(pa, pb):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("estimator", ["spsa", "rge4-onesided"])
+def test_inplace_step_is_the_same_with_the_reference_ops(dtype, estimator):
+    """The fused kernels (zeroth.ops.rademacher_*) and their PyTorch references (what runs without
+    a compiler) give the same parameters bitwise, weight decay, two groups and a mask included."""
+    from zeroth import ops
+    from zeroth.sparsity import DynamicMask
+
+    runs = []
+    for reference_only in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(70, 33), nn.Tanh(), nn.Linear(33, 8)).to(dtype)
+        x, y = torch.randn(16, 70, dtype=dtype), torch.randint(0, 8, (16,))
+        est = SPSA(mu=1e-3) if estimator == "spsa" else RGE(q=4, mu=1e-3, dist="rademacher", antithetic=False)
+        groups = [{"params": model[0].parameters(), "weight_decay": 0.05}, {"params": model[2].parameters()}]
+        opt = ZOOptimizer(groups, lr=1e-2, estimator=est, inplace=True, seed=0,
+                          sparsity=DynamicMask(0.5, model=model) if estimator != "spsa" else None)
+        def loss(model=model, x=x, y=y):
+            return F.cross_entropy(model(x).float(), y)
+
+        with ops.reference_only() if reference_only else contextlib.nullcontext():
+            for _ in range(3):
+                opt.step(loss)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
 def test_inplace_bf16_transformer_drift_is_zero():
