@@ -1,17 +1,19 @@
 """``python -m bench`` (``make bench``): the engine tables, the peak-memory tables, the
-kernel/precision tables, the sparse-CGE table, then the constrained-solver table
+kernel/precision tables, the sparse-CGE table, the ResNet-20 FeatureReuse vs block-restart
+table (``bench.resnet --quick``), then the constrained-solver table
 (``--no-constrained`` skips it), then the Ray scaling table when ray is installed
 (``--no-distributed`` skips it)."""
 
 import sys
 
-from . import engine, kernels, memory, sparsity
+from . import engine, kernels, memory, resnet, sparsity
 
 args = [a for a in sys.argv[1:] if a not in ("--no-constrained", "--no-distributed")]
 engine.main(args)
 memory.main([])
 kernels.main([])
 sparsity.main([])
+resnet.main(["--quick"])
 if "--no-constrained" not in sys.argv:
     from .constrained.__main__ import main as constrained_main
 

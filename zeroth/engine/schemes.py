@@ -26,7 +26,7 @@ result) does not depend on machine load. Positions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -93,7 +93,7 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def _is_residual(m: nn.Module) -> bool:
+def _is_residual(m: Any) -> bool:
     return bool(getattr(m, "zo_residual", False)) and isinstance(getattr(m, "main", None), nn.Sequential)
 
 
@@ -110,13 +110,13 @@ class CostModel:
         """Forming the K copies ``a + Δ`` of an activation of ``shape``."""
         return self.c.call + 1.5 * self.c.elementwise * self.k * _numel(shape)
 
-    def copies(self, m: nn.Module, a_in: Sequence[int], a_out: Sequence[int],
-               inner: Optional[Callable[[nn.Module], BlockShapes]] = None) -> float:
+    def copies(self, m: Any, a_in: Sequence[int], a_out: Sequence[int],
+               inner: Optional[Callable[[Any], BlockShapes]] = None) -> float:
         """K copies through module ``m`` (input shape ``a_in``, output ``a_out``)."""
         c, k = self.c, self.k
         if _is_residual(m) and inner is not None:
             sh = inner(m)
-            total = sum(self.copies(layer, sh.main[i], sh.main[i + 1]) for i, layer in enumerate(m.main))
+            total = sum((self.copies(layer, sh.main[i], sh.main[i + 1]) for i, layer in enumerate(m.main)), 0.0)
             total += self.copies(m.shortcut, a_in, sh.total) + c.elementwise * k * _numel(sh.total)
             return total + self.copies(m.post, sh.total, a_out)
         if isinstance(m, nn.Sequential):
@@ -141,7 +141,7 @@ class CostModel:
         return 4 * c.call + 4 * c.elementwise * max(n_out, k * _numel(a_in))  # other layers: a rough guess
 
     # -- differences ----------------------------------------------------------------------
-    def delta(self, m: nn.Module, a_in: Sequence[int], a_out: Sequence[int], block: int) -> Optional[Tuple[int, float]]:
+    def delta(self, m: Any, a_in: Sequence[int], a_out: Sequence[int], block: int) -> Optional[Tuple[int, float]]:
         """``(state after m, cost)`` of pushing Δ through leaf module ``m``, or None when Δ cannot pass.
 
         The state is the size of a confined Δ's block per row (its channel's elements), 0 when dense.
@@ -198,7 +198,7 @@ class BlockShapes:
     total: Tuple[int, ...]
 
 
-def candidate_cuts(chain: Sequence[nn.Module], shapes: Sequence[Tuple[int, ...]],
+def candidate_cuts(chain: Sequence[Any], shapes: Sequence[Tuple[int, ...]],
                    inner: Callable[[int], BlockShapes], s: int, name: str, k: int, costs: Costs,
                    closed_form: bool = True) -> List[Tuple[Cut, float]]:
     """Every exact switch position for K coordinates of parameter ``name`` of stage ``s``, with its
@@ -223,7 +223,7 @@ def candidate_cuts(chain: Sequence[nn.Module], shapes: Sequence[Tuple[int, ...]]
     suffix = [0.0] * (n + 1)  # copies through stages t.. and the loss
     suffix[n] = costs.call * (1 if closed_form else k) + costs.elementwise * k * _numel(shapes[n])
     for t in range(n - 1, s - 1, -1):
-        suffix[t] = suffix[t + 1] + model.copies(chain[t], shapes[t], shapes[t + 1], lambda m, t=t: block_shapes[t])
+        suffix[t] = suffix[t + 1] + model.copies(chain[t], shapes[t], shapes[t + 1], _fixed(block_shapes.get(t)))
     out: List[Tuple[Cut, float]] = []
 
     def block_from(t: int, m0: int, state: int, spent: float, perturbed: bool) -> Optional[Tuple[int, float]]:
@@ -237,7 +237,7 @@ def candidate_cuts(chain: Sequence[nn.Module], shapes: Sequence[Tuple[int, ...]]
         main_state = state
         for m in range(m0, len(layers) + 1):
             if m > m0 or perturbed:  # m0 == 0 of an entered block is the stage-input cut
-                rest = sum(model.copies(layers[i], sh.main[i], sh.main[i + 1]) for i in range(m, len(layers)))
+                rest = sum((model.copies(layers[i], sh.main[i], sh.main[i + 1]) for i in range(m, len(layers))), 0.0)
                 out.append((Cut(t, m), spent + model.materialise(sh.main[m]) + rest + short + post + suffix[t + 1]))
             if m == len(layers):
                 break
@@ -292,6 +292,10 @@ def candidate_cuts(chain: Sequence[nn.Module], shapes: Sequence[Tuple[int, ...]]
         end += model.materialise(shapes[n]) + costs.call * k
     out.append((Cut(n), end))
     return out
+
+
+def _fixed(shapes: Optional[BlockShapes]) -> Optional[Callable[[Any], BlockShapes]]:
+    return None if shapes is None else (lambda m: shapes)
 
 
 def choose_cut(candidates: Sequence[Tuple[Cut, float]]) -> Cut:
