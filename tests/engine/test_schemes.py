@@ -232,3 +232,19 @@ def test_bench_resnet_runs_and_its_gradients_agree(capsys):
     errors = dict(re.findall(r"(block restart|FeatureReuse) ([0-9.e+-]+) \(\|g\|", out))
     assert float(errors["block restart"]) == 0.0  # the same arithmetic as Sequential
     assert float(errors["FeatureReuse"]) < 2e-3  # fp32 rounding of the loss / mu is ~5e-5 per evaluation
+
+
+def test_the_cuda_path_is_exact_on_a_cpu(monkeypatch):
+    """What a GPU runs — copies in the cached pass's NCHW layout (folded per-copy BatchNorm, no fused
+    convolution) and cuts chosen by the CUDA cost table — equals Sequential (no GPU in CI: run on a CPU)."""
+    import zeroth.engine.feature_reuse as fr
+    from zeroth.engine.stages import copies_layout
+
+    monkeypatch.setattr(fr, "fast_layout", copies_layout)
+    monkeypatch.setattr(fr, "costs_for", lambda device_type: COSTS["cuda"])
+    model, obj, params, masks = _problem(_small, batch=2, per_param=2)
+    est = CGE(mu=1e-4)
+    _, ref, _ = estimate_gradient(obj, params, est, Sequential(), masks=masks)
+    _, got, _ = estimate_gradient(obj, params, est, FeatureReuse(), masks=masks)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
