@@ -78,7 +78,7 @@ def _mlp_case(kind: str, width: int, depth: int, batch: int, steps: int = 1) -> 
         else:
             est, options = {"spsa": (SPSA(), {}), "spsa-sequential": (SPSA(), {"evaluator": "sequential"}),
                             "spsa-inplace": (SPSA(), {"inplace": True}),
-                            "rge8-inplace": (RGE(q=8), {"inplace": True})}[kind]
+                            "rge8-inplace": (RGE(q=8, dist="rademacher"), {"inplace": True})}[kind]
             opt = ZOOptimizer(model.parameters(), lr=1e-3, estimator=est, seed=0, **options)
             for _ in range(steps):  # steady state: no zero_grad between steps, as in a plain loop
                 opt.step(obj)

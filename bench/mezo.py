@@ -4,18 +4,21 @@
 download), in fp32 and bf16, and compares on one batch of token ids:
 
 * ``zeroth``: ``ZOOptimizer(params, lr, inplace=True)`` — SPSA with exact Rademacher
-  involutions, 3 passes over the parameters per step (:mod:`zeroth.estimators.exact_perturbation`);
+  involutions, 3 passes over the parameters per step, each one fused kernel
+  (:mod:`zeroth.estimators.exact_perturbation`, :func:`zeroth.ops.rademacher_sgd_`);
 * ``mezo``: MeZO's Algorithm 1 (Malladi et al., 2023) as written: ``z ~ N(0, I)`` regenerated
   from a seed, perturb ``+εz``, evaluate, ``−2εz``, evaluate, ``+εz``, then
   ``θ ← θ − lr·(g·z + wd·θ)`` with z regenerated again (4 regenerations);
 * ``mezo-fused``: the same with the restore and the update in one pass (3 regenerations);
 * ``autograd-sgd``: forward + backward + ``torch.optim.SGD`` (the first-order scale).
 
-Columns: seconds per step (one thread; rounds alternate over the methods, the ratio is the
-median of per-round ratios to ``mezo-fused``), peak resident memory of three steps (each case
-in a fresh process, model included, divided by a plain ``no_grad`` forward of the same model),
-and the drift after ``--drift-steps`` steps at lr = 0 (max |Δθ| over all parameters, and
-‖Δθ‖/‖θ‖).
+Columns: seconds per step (one thread; rounds alternate over the methods and a plain
+``no_grad`` forward, the ratio is the median of per-round ratios to ``mezo-fused``); for the
+ZO rows, the seconds beyond their two forwards (median per round of ``step − 2·forward``:
+the passes over the parameters and the Python around them); peak resident memory of three
+steps (each case in a fresh process, model included, divided by a plain ``no_grad`` forward of
+the same model), and the drift after ``--drift-steps`` steps at lr = 0 (max |Δθ| over all
+parameters, and ‖Δθ‖/‖θ‖).
 """
 from __future__ import annotations
 
@@ -169,12 +172,13 @@ def time_and_drift(model_name: str, dtype: str, size: str, steps: int, rounds: i
     torch.set_num_threads(1)
     models = {m: build(model_name, dtype, size) for m in METHODS}
     inputs = batch(models["zeroth"], size)
-    stepper = {m: make_step(m, models[m], inputs, 1e-6) for m in METHODS}
-    for m in METHODS:
+    timed = METHODS + ["inference"]
+    stepper = {m: make_step(m, models[m if m in models else "zeroth"], inputs, 1e-6) for m in timed}
+    for m in timed:
         stepper[m]()  # warm-up
-    times: Dict[str, List[float]] = {m: [] for m in METHODS}
+    times: Dict[str, List[float]] = {m: [] for m in timed}
     for _ in range(rounds):
-        for m in METHODS:
+        for m in timed:
             start = time.perf_counter()
             for _ in range(steps):
                 stepper[m]()
@@ -190,10 +194,12 @@ def time_and_drift(model_name: str, dtype: str, size: str, steps: int, rounds: i
         num = sum(float(d.pow(2).sum()) for d in diff) ** 0.5
         den = sum(float(b.double().pow(2).sum()) for b in before) ** 0.5
         drift[m] = (max(float(d.abs().max()) for d in diff), num / den)
-    ratio = {m: statistics.median(t / f for t, f in zip(times[m], times["mezo-fused"])) for m in METHODS}
+    ratio = {m: statistics.median(t / f for t, f in zip(times[m], times["mezo-fused"])) for m in timed}
+    beyond = {m: statistics.median(t - 2 * f for t, f in zip(times[m], times["inference"]))
+              for m in ("zeroth", "mezo", "mezo-fused")}
     params = sum(p.numel() for p in models["zeroth"].parameters())
     return {"times": {m: statistics.median(v) for m, v in times.items()}, "ratio": ratio, "drift": drift,
-            "params": params}
+            "params": params, "beyond": beyond}
 
 
 def main(argv=None) -> None:
@@ -210,8 +216,8 @@ def main(argv=None) -> None:
     if args.case:
         child(json.loads(args.case))
         return
-    header = (f"{'model':<6}{'dtype':<6}{'method':<14}{'s/step':>9}{'x fused':>9}{'peak MB':>9}{'x infer':>9}"
-              f"{'max|dθ| lr=0':>14}{'rel drift':>11}")
+    header = (f"{'model':<6}{'dtype':<6}{'method':<14}{'s/step':>9}{'x fused':>9}{'>2 fwd':>9}{'peak MB':>9}"
+              f"{'x infer':>9}{'max|dθ| lr=0':>14}{'rel drift':>11}")
     print(header)
     for model in args.models:
         for dtype in args.dtypes:
@@ -222,12 +228,14 @@ def main(argv=None) -> None:
                     peaks[m] = measure_peak({"model": model, "dtype": dtype, "method": m, "size": args.size})
             shape = "4x64" if args.size == "small" else "2x8"
             print(f"# {model} {dtype}: {res['params'] / 1e6:.1f} M parameters, batch {shape} tokens")
-            if peaks:
-                print(f"{model:<6}{dtype:<6}{'inference':<14}{'':>9}{'':>9}{peaks['inference'] / 2**20:>9.1f}{1.0:>9.2f}")
+            mem = f"{peaks['inference'] / 2**20:>9.1f}{1.0:>9.2f}" if peaks else f"{'':>18}"
+            print(f"{model:<6}{dtype:<6}{'inference':<14}{res['times']['inference']:>9.3f}"
+                  f"{res['ratio']['inference']:>9.2f}{'':>9}{mem}")
             for m in METHODS:
                 mem = (f"{peaks[m] / 2**20:>9.1f}{peaks[m] / peaks['inference']:>9.2f}" if peaks else f"{'':>18}")
                 dmax, drel = res["drift"][m]
-                print(f"{model:<6}{dtype:<6}{m:<14}{res['times'][m]:>9.3f}{res['ratio'][m]:>9.2f}{mem}"
+                beyond = f"{res['beyond'][m]:>9.3f}" if m in res["beyond"] else f"{'':>9}"
+                print(f"{model:<6}{dtype:<6}{m:<14}{res['times'][m]:>9.3f}{res['ratio'][m]:>9.2f}{beyond}{mem}"
                       f"{dmax:>14.2e}{drel:>11.2e}", flush=True)
 
 

@@ -338,6 +338,22 @@ def _inplace_evaluator(evaluator: Any) -> Any:
                      f"got {evaluator!r}")
 
 
+def _check_inplace_directions(dist: Any, what: str) -> None:
+    """``inplace=True`` restores exactly only Rademacher directions: refuse Gaussian/sphere ones.
+
+    Raises:
+        ValueError: ``dist`` is ``"gaussian"`` or ``"sphere"`` (the message names the exact alternatives).
+    """
+    if dist in ("gaussian", "sphere"):
+        raise ValueError(
+            f"dist: inplace=True perturbs and restores the parameters in place exactly only along Rademacher "
+            f"directions, got {what} with dist={dist!r}, whose perturbation would be undone by subtraction "
+            "(parameters drift by about one ulp per evaluation; MeZO issue #42). Use dist='rademacher' "
+            "(SPSA() or RGE(q=..., dist='rademacher'): exact in every dtype, no parameter copy), or inplace=False "
+            f"to keep dist={dist!r} (restored bitwise from a parameter copy)"
+        )
+
+
 def _unhooked_step(opt: torch.optim.Optimizer) -> None:
     """``opt.step()`` without torch's step hooks (they already ran for the ZOOptimizer's own step)."""
     fn = type(opt).step
@@ -373,9 +389,10 @@ class ZOOptimizer(torch.optim.Optimizer):
             "rademacher")``) the perturbations are exact involutions
             (:mod:`zeroth.estimators.exact_perturbation`): μ is rounded to a power of two, the
             restore is bitwise in every dtype and the update uses the perturbation actually
-            applied; SPSA's step is fused into 3 passes over the parameters. Gaussian/sphere
-            directions are undone by subtraction (about one ulp per evaluation); coordinates
-            (CGE) restore bitwise.
+            applied; SPSA's step is fused into 3 passes over the parameters, each one compiled
+            kernel (:func:`zeroth.ops.rademacher_involution_`, :func:`zeroth.ops.rademacher_sgd_`).
+            Gaussian/sphere directions are refused (``ValueError`` naming ``dist``: they could
+            only be undone by subtraction, which drifts); coordinates (CGE) restore bitwise.
         mu: the perturbation size of every group that sets none (an absolute step in the
             parameters' units, not relative to ``|θ|``); None: the estimator's ``mu``.
         **base_kwargs: options of the base rule (``momentum``, ``weight_decay``, ``betas`` ...).
@@ -402,8 +419,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     Raises:
         ValueError: an invalid ``lr`` (negative, non-finite, a tensor of more than one element),
             ``mu``, ``nan_policy``, estimator or evaluator name, or base name; ``inplace=True``
-            with a base other than SGD, with momentum/Nesterov, or with an evaluator other than
-            ``Sequential(restore="inverse")``.
+            with a base other than SGD, with momentum/Nesterov, with Gaussian or sphere directions
+            (``dist``), or with an evaluator other than ``Sequential(restore="inverse")``.
         TypeError: ``inplace`` is not a bool, ``seed`` not an int, ``sparsity`` has no
             ``select``, ``base`` is neither a name nor an optimizer class, the base rejects
             ``base_kwargs``, or a parameter is not floating-point.
@@ -466,6 +483,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.inplace = inplace
         if inplace:
             self._check_inplace_groups()
+            _check_inplace_directions(getattr(estimator, "dist", None), type(estimator).__name__)
         self.estimator = estimator
         self.evaluator = evaluator
         self.sparsity = sparsity
@@ -641,6 +659,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         try:
             masks = self.sparsity.select(params, self.zo_steps, self.generator) if self.sparsity is not None else None
             dirs = self.estimator.directions(params, mus=mus, generator=self.generator, masks=masks)
+            if self.inplace and isinstance(dirs, RandomDirections):  # checked again: the estimator may have changed
+                _check_inplace_directions(dirs.dist, f"{type(self.estimator).__name__}'s directions")
             if self.inplace and isinstance(dirs, RandomDirections) and dirs.dist == "rademacher":
                 dirs = ExactRademacher.from_directions(dirs, params)
                 losses, coeffs = exact_inplace_step(objective, params, dirs, self.estimator,

@@ -50,6 +50,7 @@ References:
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -110,9 +111,25 @@ def check_step(mu: float, a: float, dtype: torch.dtype, where: str = "") -> None
                          f"(got {mu!r}{where}, rounded to {a!r})")
 
 
+_GENERATORS = threading.local()
+
+
+def _generator(device) -> torch.Generator:
+    """This thread's generator for ``device``, reused: ``manual_seed`` resets its whole state, so a
+    reseeded generator draws what a fresh one would (and saves creating one per chunk)."""
+    cache = getattr(_GENERATORS, "by_device", None)
+    if cache is None:
+        cache = _GENERATORS.by_device = {}
+    key = torch.device(device)
+    g = cache.get(key)
+    if g is None:
+        g = cache[key] = torch.Generator(device=key)
+    return g
+
+
 def _rademacher_words(seed: int, i: int, j: int, chunk: int, n: int, device) -> Tensor:
     """Chunk ``chunk`` of direction ``i`` in parameter ``j``: ``⌈n/64⌉`` random int64 words, one bit an entry."""
-    g = torch.Generator(device=device)
+    g = _generator(device)
     g.manual_seed(_mix_seed(seed, i, j, chunk))
     return torch.empty(-(-n // 64), dtype=torch.int64, device=device).random_(generator=g)
 
@@ -123,7 +140,9 @@ def _unpack(words: Tensor, start: int, stop: int) -> Tensor:
 
 
 def _stack(rows: Sequence[Tensor], like: Tensor) -> Tensor:
-    """Rows of words as one contiguous ``(len(rows), W)`` tensor (``(0, 0)`` for none)."""
+    """Rows of words as one contiguous ``(len(rows), W)`` tensor (``(0, 0)`` for none; one row: a view)."""
+    if len(rows) == 1:
+        return rows[0].unsqueeze(0)
     return torch.stack(list(rows)) if rows else torch.empty(0, 0, dtype=torch.int64, device=like.device)
 
 
@@ -185,12 +204,17 @@ class ExactRademacher(RandomDirections):
         """Call ``fn(j, x, start, words)`` on chunks ``x`` (flat contiguous views, or gathered copies
         written back) of every parameter, ``words[k]`` the packed random bits of ``directions[k]``
         there (entry ``start + t`` of the parameter's selected entries is bit ``t``)."""
+        chunk = _directions.CHUNK
         for j, p in enumerate(params):
-            if p.numel() == 0:
+            n = p.numel()
+            if n == 0:
                 continue
-            work = p.data if p.is_contiguous() else p.data.contiguous()
+            data = p.detach()
+            if self.masks[j] is None and n <= chunk and data.is_contiguous():  # one chunk, a view: the common case
+                fn(j, data.view(-1), 0, [self._signs(i, j, 0, n) for i in directions])
+                continue
+            work = data if data.is_contiguous() else data.contiguous()
             flat, mask = work.view(-1), self.masks[j]
-            chunk = _directions.CHUNK
             for ch in self._chunks(j):
                 lo = ch * chunk
                 n = max(0, min(chunk, self._size(j) - lo))
@@ -204,8 +228,8 @@ class ExactRademacher(RandomDirections):
                     x = flat[idx]
                     fn(j, x, lo, words)
                     flat[idx] = x
-            if work is not p.data:
-                p.data.copy_(work)
+            if work is not data:
+                data.copy_(work)
 
     # -- the Directions interface ----------------------------------------------------------
     def _apply(self, params: Sequence[Tensor], moves: Sequence[Tuple[int, float]]) -> None:

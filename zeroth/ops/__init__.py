@@ -324,6 +324,20 @@ def scatter_scaled_add(grad: Tensor, indices: Tensor, coeffs: Tensor, scale: flo
     return reference.scatter_scaled_add(grad, indices, coeffs, float(scale))
 
 
+def _exact_compiled(x: Tensor, *words: Tensor) -> bool:
+    """``_compiled`` for the exact Rademacher ops (every floating dtype), with less per-call work:
+    these run once per parameter tensor and pass, many of them small."""
+    if getattr(_reference_only, "on", False):
+        return False
+    active = _loaded if _tried else backend()
+    if not active:
+        return False
+    device = x.device
+    if any(w.device != device for w in words):
+        return False  # the reference raises the kernel's error
+    return device.type == "cpu" or (device.type == "cuda" and active == "cpp+cuda")
+
+
 def rademacher_involution_(x: Tensor, words: Tensor, signs: Sequence[float], a: float) -> Tensor:
     """Apply the exact involutions ``S_{signs[m]·r_m}`` to ``x`` in place, one after the other.
 
@@ -343,7 +357,7 @@ def rademacher_involution_(x: Tensor, words: Tensor, signs: Sequence[float], a: 
         ValueError: ``x`` not flat and contiguous, a ``words`` shape other than ``(M, W)``,
             a sign other than ±1, ``a`` not a finite power of two > 0, or different devices.
     """
-    if _compiled((x, words), ()):
+    if _exact_compiled(x, words):
         return torch.ops.zeroth.rademacher_involution_(x, words, [float(s) for s in signs], float(a))
     return reference.rademacher_involution_(x, words, [float(s) for s in signs], float(a))
 
@@ -381,7 +395,7 @@ def rademacher_sgd_(
         TypeError, ValueError: as :func:`rademacher_involution_` (for both word tensors).
     """
     undo, weights = [float(s) for s in undo_signs], [float(w) for w in weights]
-    if _compiled((x, undo_words, words), ()):
+    if _exact_compiled(x, undo_words, words):
         return torch.ops.zeroth.rademacher_sgd_(
             x, undo_words, undo, words, weights, float(a), float(scale), float(decay), bool(antithetic)
         )
