@@ -227,7 +227,7 @@ template <class F>
 ZEROTH_HD typename F::Int unit_bit(typename F::T x, typename F::O inv_a, typename F::Int bit) {
   using O = typename F::O;
   using Int = typename F::Int;
-  const O f = floor_(F::up(F::down(F::up(x) * inv_a)));
+  const O f = floor_(F::up(x) * inv_a);
   const O h = f * O(0.5);
   return (h != floor_(h) ? Int(1) : Int(0)) ^ bit;
 }

@@ -267,6 +267,7 @@ class _StepContext:
         # Δ's kernels read plain (contiguous) base activations; the copies start from the cached
         # pass's own tensors (laid_out), so that they repeat its arithmetic
         self._layouts: Dict[int, Tuple[Tensor, Tensor]] = {}
+        self._plains: Dict[int, Tuple[Tensor, Tensor]] = {}
         self.chain, self.objective, self.base = chain, objective, base
         self.reported = base  # ℓ(θ) as reported (the model's own forward when the cached pass is laid out anew)
         self.acts = [self._plain(a) for a in acts]
@@ -280,10 +281,14 @@ class _StepContext:
         self._plans: Dict[Tuple[int, str, int], Cut] = {}
 
     def _plain(self, a: Tensor) -> Tensor:
-        plain = a.contiguous()
-        if plain is not a:
-            self._layouts[id(plain)] = (plain, a)  # (plain kept alive: its id stays unique)
-        return plain
+        """``a`` contiguous, converted once (a block's input is also its trace's first activation)."""
+        if a.is_contiguous():
+            return a
+        if id(a) not in self._plains:
+            plain = a.contiguous()
+            self._plains[id(a)] = (a, plain)  # (both kept alive: their ids stay unique)
+            self._layouts[id(plain)] = (plain, a)
+        return self._plains[id(a)][1]
 
     def laid_out(self, a: Tensor) -> Tensor:
         """The cached pass's own tensor (in its layout) for plain base activation ``a``."""

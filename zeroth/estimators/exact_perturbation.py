@@ -37,8 +37,22 @@ Where an exact ±a move does not exist:
 * half of the values in the last ``a/2`` below a binade edge have only one partner:
   perturbed one-sided, updated with ``D = ±a/2``.
 
-Functions here work on one contiguous 1-D chunk; :class:`ExactRademacher` drives them over
-parameters a chunk at a time (temporaries: a few ``SUB`` entries of the wide dtype).
+Each pass over the parameters is one compiled kernel per chunk of ``2²⁰`` entries that reads
+and writes every entry once: :func:`zeroth.ops.rademacher_involution_` (perturb, move from one
+evaluation point to the next, restore) and :func:`zeroth.ops.rademacher_sgd_` (restore and the
+SGD update from the applied displacement, in one pass), C++ on CPU and CUDA on GPU. The random
+signs are the packed bits of a generator seeded per (step seed, direction, parameter, chunk),
+never stored (temporaries: ``2²⁰/64`` int64 words per direction). Without a compiler the
+PyTorch references of those ops run (:mod:`zeroth.ops.reference`): the same bits, slower.
+The step ``a`` must lie in the range the parameter's dtype takes (:func:`check_step`; fp32:
+``2⁻¹²⁷ ≤ a ≤ 2¹²⁶``, fp16: ``2⁻²⁴ ≤ a ≤ 2¹⁴``).
+
+Only Rademacher signs are made exact: ``ZOOptimizer(inplace=True)`` refuses Gaussian and sphere
+directions. An exact involution has to pair representable values, so a Gaussian magnitude
+would be quantised to each coordinate's own ulp grid (bf16 near 0.02: steps in multiples of
+``a/8``, none for ``|z| < 1/16``) and values near 0 would need a separate signed lattice — a
+different distribution, not MeZO's Gaussian; and ±1 signs are the asymptotically optimal
+SPSA perturbation (Sadegh and Spall, 1998).
 
 References:
     S. Malladi et al., "Fine-tuning language models with just forward passes", NeurIPS 2023,
@@ -46,6 +60,10 @@ References:
 
     P. H. Sterbenz, "Floating-Point Computation", Prentice-Hall, 1974 (the exact-subtraction
     lemma used to test that a sum is exact).
+
+    P. Sadegh and J. C. Spall, "Optimal random perturbations for stochastic approximation using
+    a simultaneous perturbation gradient approximation", IEEE Trans. Automatic Control 43(10),
+    1998 (symmetric Bernoulli ±1 perturbations are asymptotically optimal for SPSA).
 """
 from __future__ import annotations
 
