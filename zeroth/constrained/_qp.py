@@ -106,15 +106,19 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
         H = sp.csc_array(H)
     C = C if isinstance(C, sp.csr_array) else sp.csr_array(C)
     qp = _SparseQP(H, g, C, lo, hi, lb, ub)
-    guesses = [] if warm is None else (list(warm) if isinstance(warm, list) else [warm])
-    guesses += [_active_at_zero(lo, hi, lb, ub), (np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8))]
-    budget, tried = _round_budget(n + m), set()
-    for guess in guesses:
+    warm = [] if warm is None else (list(warm) if isinstance(warm, list) else [warm])
+    generic = [lambda: _active_at_zero(lo, hi, lb, ub), lambda: (np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8))]
+    budget, limit, tried = _round_budget(n + m), _change_limit(n + m), set()
+    for k, guess in enumerate(warm + generic):
+        if qp.solves >= budget or (qp.far_off and k >= len(warm)):
+            break  # (the generic guesses are not tried once a caller's guess was far off)
+        guess = guess() if callable(guess) else guess
         guess = None if guess is None else qp.normalize(guess)
-        if guess is None or guess[0].tobytes() + guess[1].tobytes() in tried or qp.solves >= budget:
+        if guess is None or guess[0].tobytes() + guess[1].tobytes() in tried:
             continue
         tried.add(guess[0].tobytes() + guess[1].tobytes())
-        res = _on_active_set(qp, guess, rounds=budget - qp.solves if len(tried) == 1 else min(3, budget - qp.solves))
+        rounds = budget - qp.solves if len(tried) == 1 else min(3, budget - qp.solves)
+        res = _on_active_set(qp, guess, rounds=rounds, max_changes=limit)
         if res is not None:
             res.solver = "active-set guess"
             return res
@@ -135,6 +139,15 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
             return polished
     dual = None if res is None else np.concatenate([res.wb, res.w])
     return _daqp(H.toarray(), g, C.toarray(), lo, hi, lb, ub, dual_start=dual)
+
+
+def _change_limit(size):
+    """Most sides (rows and bounds) a round of a guess may change before the guess is given up for
+    the interior-point back end: a tenth of them, at least 8. On the scaling family of
+    ``bench.constrained`` (n = 300 … 3000) every guess that verified changed fewer in every round
+    but one (n = 1000: 417, then 177, 47, …, 0 in 8 rounds, where PIQP is cheaper), and most that
+    did not verify changed more in their first or second round."""
+    return max(8, size // 10)
 
 
 def _round_budget(size):
@@ -178,42 +191,59 @@ def _daqp(H, g, C, lo, hi, lb, ub, dual_start=None):
     return QPResult(x, w, wb, "optimal", active, "daqp")
 
 
+def _select_rows(C, mask):
+    """The rows of a CSR ``C`` where ``mask`` holds, as a CSC matrix (PIQP's input type), or None
+    when there are none; the rows are gathered with array operations (no sparse fancy indexing)."""
+    rows = np.flatnonzero(mask)
+    if not rows.size:
+        return None
+    counts = np.diff(C.indptr)[rows]
+    indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    take = np.repeat(C.indptr[rows] - indptr[:-1], counts) + np.arange(indptr[-1])
+    return sp.csc_matrix(sp.csr_matrix((C.data[take], C.indices[take], indptr), shape=(rows.size, C.shape[1])))
+
+
+def _upper_triangle(H):
+    """The upper triangle of ½(H + Hᵀ) as a CSC matrix (a diagonal H: built directly)."""
+    diag = _diagonal(H)
+    if diag is not None:
+        idx = np.arange(diag.size + 1, dtype=np.int32)
+        return sp.csc_matrix((diag, idx[:-1], idx), shape=H.shape)
+    return sp.csc_matrix(sp.triu(0.5 * (H + H.T), format="csc"))
+
+
 def _piqp(H, g, C, lo, hi, lb, ub):
     """The active set of PIQP's solution (proximal interior point: one sparse LDLᵀ per iteration,
     bounds handled natively), a guess for :func:`_on_active_set`; None when PIQP does not solve the
-    QP (an infeasible one is left to Clarabel, whose certificate is reported)."""
+    QP (an infeasible one is left to Clarabel, whose certificate is reported). ``C``: CSR."""
     n, m = g.size, C.shape[0]
     eq = _is_equality(lo, hi)
+    ineq = ~eq
     solver = piqp.SparseSolver()
     solver.settings.verbose = False
     solver.settings.eps_abs = solver.settings.eps_rel = 1e-9
-    csc = lambda M: sp.csc_matrix(M) if M.shape[0] else None
-    P = sp.csc_matrix(sp.triu(0.5 * (H + H.T), format="csc"))
-    Ce, Ci = C[eq], C[~eq]
+    Ce, Ci = _select_rows(C, eq), _select_rows(C, ineq)
     solver.setup(
-        P,
+        _upper_triangle(H),
         g,
-        csc(Ce),
-        lo[eq] if eq.any() else None,
-        csc(Ci),
-        lo[~eq] if Ci.shape[0] else None,
-        hi[~eq] if Ci.shape[0] else None,
+        Ce,
+        None if Ce is None else lo[eq],
+        Ci,
+        None if Ci is None else lo[ineq],
+        None if Ci is None else hi[ineq],
         lb,
         ub,
     )
     if solver.solve() != piqp.Status.PIQP_SOLVED:
         return None
     r = solver.result
-    row_side, bound_side = np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8)
-    row_side[eq] = 1
-    rows = np.flatnonzero(~eq)
-    row_side[rows] = np.where(
-        np.asarray(r.z_u) > np.asarray(r.s_u), 1, np.where(np.asarray(r.z_l) > np.asarray(r.s_l), -1, 0)
-    )
-    bound_side[:] = np.where(
-        np.asarray(r.z_bu) > np.asarray(r.s_bu), 1, np.where(np.asarray(r.z_bl) > np.asarray(r.s_bl), -1, 0)
-    )
-    return row_side, bound_side
+    side = lambda z_u, s_u, z_l, s_l: np.where(  # noqa: E731 - the larger of each complementary pair
+        np.asarray(z_u) > np.asarray(s_u), 1, np.where(np.asarray(z_l) > np.asarray(s_l), -1, 0)
+    ).astype(np.int8)
+    row_side = np.ones(m, dtype=np.int8)
+    row_side[ineq] = side(r.z_u, r.s_u, r.z_l, r.s_l)
+    return row_side, side(r.z_bu, r.s_bu, r.z_bl, r.s_bl)
 
 
 def _clarabel(H, g, C, lo, hi, lb, ub):
@@ -276,30 +306,72 @@ def _diagonal(H):
     return None
 
 
-_ROWS: Dict[int, Any] = {}  # id(C) -> (C, data): the rows' transposes and coordinates, kept for the last few C
+_ROWS: Dict[int, Any] = {}  # id(C) -> (C, data): a CSR C's coordinates (and KKT patterns), kept for the last few C
 
 
 def _rows_data(C):
-    """(Cᵀ (a CSC view), row, column and value arrays of C, max(1, max|C|)) for a CSR ``C``;
-    cached for the last few matrices seen (the polyhedron's rows come back at every projection)."""
+    """(Cᵀ (a CSC view), row, column and value arrays of C, max(1, max|C|), a dict for the KKT
+    pattern built on C) for a CSR ``C``; cached for the last few matrices seen (the polyhedron's
+    rows come back at every projection)."""
     hit = _ROWS.get(id(C))
     if hit is not None and hit[0] is C:
         return hit[1]
-    rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
-    data = (C.T, rows, C.indices, C.data, max(1.0, float(np.max(np.abs(C.data), initial=0.0))))
+    rows = np.repeat(np.arange(C.shape[0], dtype=np.int32), np.diff(C.indptr))
+    cols = C.indices.astype(np.int32, copy=False)
+    data = (C.T, rows, cols, C.data, max(1.0, float(np.max(np.abs(C.data), initial=0.0))), {})
     if len(_ROWS) >= 4:
         del _ROWS[next(iter(_ROWS))]
     _ROWS[id(C)] = (C, data)
     return data
 
 
+class _KKTPattern:
+    """The KKT matrix of *every* variable and row, [[H, Cᵀ], [C, −δI]] (size n + m), in CSC order
+    (by column, then row). The KKT matrix of a guess (free variables F, active rows R) is its
+    principal submatrix on F ∪ (n + R): the entries whose row and column are both kept, relabelled
+    by a monotone map, which keeps them in CSC order — no sorting per guess."""
+
+    def __init__(self, n, m, hr, hc, hv, cr, cc, cv, delta):
+        size = n + m
+        ri = n + np.arange(m, dtype=np.int32)
+        row = np.concatenate([hr, n + cr, cc, ri]).astype(np.int32, copy=False)
+        col = np.concatenate([hc, cc, n + cr, ri]).astype(np.int32, copy=False)
+        order = np.lexsort((row, col))  # no duplicates by construction
+        self.row, self.col = row[order], col[order]
+        self.data = np.concatenate([hv, cv, cv, np.full(m, -delta)])[order]
+        self.indptr = np.zeros(size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(col, minlength=size), out=self.indptr[1:])
+        self.delta = delta
+        where = np.empty(order.size, dtype=np.int64)  # where the first hr.size entries (H's) went
+        where[order] = np.arange(order.size)
+        self.h_at = where[: hr.size]
+
+    def submatrix(self, keep, diag_shift_at=None):
+        """K restricted to ``keep`` (bool, size n + m), as a CSC array; ``diag_shift_at``: positions
+        (in H's coordinate list, all kept) of diagonal entries that get +δ."""
+        ek = keep[self.row] & keep[self.col]
+        before = np.zeros(self.row.size + 1, dtype=np.int64)
+        np.cumsum(ek, out=before[1:])
+        label = np.cumsum(keep, dtype=np.int32) - 1
+        data = self.data[ek]
+        if diag_shift_at is not None and diag_shift_at.size:
+            data[before[self.h_at[diag_shift_at]]] += self.delta
+        kept = np.flatnonzero(keep)
+        indptr = np.append(before[self.indptr[kept]], before[-1]).astype(np.int32)
+        K = sp.csc_array((data, label[self.row[ek]], indptr), shape=(kept.size, kept.size))
+        K.has_canonical_format = True
+        return K
+
+
 class _SparseQP:
     """One QP prepared for repeated equality-constrained solves on guessed active sets.
 
-    The KKT matrix of a guess is assembled from the coordinate lists of H and C in a few array
-    operations (no sparse slicing), with a tiny dual regularisation −δI on the row block (so that
-    dependent active rows do not make it singular) that iterative refinement against the exact
-    KKT system removes; it is factorised by :func:`scipy.sparse.linalg.splu` (SuperLU)."""
+    The KKT matrix of a guess is a principal submatrix of the KKT pattern of all variables and
+    rows (:class:`_KKTPattern`, built once per QP, or reused for the same rows and diagonal H),
+    extracted in a few array operations (no sparse slicing, no sorting), with a tiny dual
+    regularisation −δI on the row block (so that dependent active rows do not make it singular)
+    that iterative refinement against the exact KKT system removes; it is factorised by
+    :func:`scipy.sparse.linalg.splu` (SuperLU)."""
 
     def __init__(self, H, g, C, lo, hi, lb, ub):
         self.g, self.C = g, C
@@ -307,26 +379,48 @@ class _SparseQP:
         self.n, self.m = g.size, C.shape[0]
         self.hdiag = H if not sp.issparse(H) else _diagonal(H)
         self.H = None if self.hdiag is not None and not sp.issparse(H) else H
+        self.CT, cr, cc, cv, self.cmax, patterns = _rows_data(C)
         if self.hdiag is None:
             Hc = H.tocoo()
-            self.hr, self.hc, self.hv = Hc.row, Hc.col, Hc.data
-        self.CT, self.cr, self.cc, self.cv, self.cmax = _rows_data(C)
-        hmax = float(np.max(np.abs(self.hdiag if self.hdiag is not None else self.hv), initial=0.0))
+            hr, hc, hv = Hc.row, Hc.col, Hc.data
+        hmax = float(np.max(np.abs(self.hdiag if self.hdiag is not None else hv), initial=0.0))
         self.delta = 1e-13 * max(1.0, hmax)
+        if self.hdiag is not None:  # the same rows and diagonal come back (projections): reuse the pattern
+            hit = patterns.get("diagonal")
+            if hit is not None and hit[1] == self.delta and np.array_equal(hit[0], self.hdiag):
+                self.pattern = hit[2]
+            else:
+                idx = np.arange(self.n, dtype=np.int32)
+                self.pattern = _KKTPattern(self.n, self.m, idx, idx, self.hdiag, cr, cc, cv, self.delta)
+                patterns["diagonal"] = (self.hdiag.copy(), self.delta, self.pattern)
+        else:
+            self.pattern = _KKTPattern(self.n, self.m, hr, hc, hv, cr, cc, cv, self.delta)
         self.eq = _is_equality(lo, hi)
         self.fixed_var = lb == ub
         self.solves = 0  # equality-constrained solves so far
+        self.far_off = False  # whether a guess changed more than its limit of sides in a round
         self.hdiag_all = self.hdiag if self.hdiag is not None else H.diagonal()
         dense = np.diff(C.indptr) > max(64, self.n // 8)  # rows bordered in the KKT solves (few, long)
         self.dense_row = dense if dense.sum() <= 32 else np.zeros(self.m, dtype=bool)
+        if self.dense_row.any():  # the bordered rows as dense arrays (row i of C at dense_at[i])
+            idx = np.flatnonzero(self.dense_row)
+            self.dense_at = np.full(self.m, -1)
+            self.dense_at[idx] = np.arange(idx.size)
+            self.dense_rows = np.zeros((idx.size, self.n))
+            for k, i in enumerate(idx):
+                span = slice(C.indptr[i], C.indptr[i + 1])
+                self.dense_rows[k, C.indices[span]] = C.data[span]
 
     def hmul(self, x):
         """H x."""
         return self.hdiag * x if self.hdiag is not None else self.H @ x
 
     def matrix(self):
-        """H as a sparse matrix."""
-        return self.H if self.H is not None else sp.diags_array(self.hdiag, format="csc")
+        """H as a sparse (CSC) matrix."""
+        if self.H is not None:
+            return self.H
+        idx = np.arange(self.n + 1, dtype=np.int32)
+        return sp.csc_array((self.hdiag.copy(), idx[:-1], idx), shape=(self.n, self.n))
 
     def normalize(self, active):
         """A guessed active set (row sides, bound sides) made consistent with the QP: equalities and
@@ -340,36 +434,6 @@ class _SparseQP:
         bound_side[((bound_side > 0) & ~np.isfinite(self.ub)) | ((bound_side < 0) & ~np.isfinite(self.lb))] = 0
         return row_side, bound_side
 
-    def _kkt(self, free_mask, rows, reg, primal=0.0):
-        """The sparse KKT matrix [[H_FF + diag(primal), C_RFᵀ], [C_RF, −reg·I]] of the free
-        variables F and the rows R, assembled from coordinate lists (``primal``: only with a
-        diagonal H)."""
-        free = np.flatnonzero(free_mask)
-        nf, nr = free.size, rows.size
-        pos = np.full(self.n, -1)
-        pos[free] = np.arange(nf)
-        rpos = np.full(self.m, -1)
-        rpos[rows] = nf + np.arange(nr)
-        keep = (rpos[self.cr] >= 0) & free_mask[self.cc]
-        ci, cj, cv = rpos[self.cr[keep]], pos[self.cc[keep]], self.cv[keep]
-        if self.hdiag is not None:
-            hr, hc, hv = np.arange(nf), np.arange(nf), self.hdiag[free] + primal
-        else:
-            keep = free_mask[self.hr] & free_mask[self.hc]
-            hr, hc, hv = pos[self.hr[keep]], pos[self.hc[keep]], self.hv[keep]
-        ri = nf + np.arange(nr)
-        row = np.concatenate([hr, ci, cj, ri])
-        col = np.concatenate([hc, cj, ci, ri])
-        order = np.lexsort((row, col))  # CSC order (by column, then row); no duplicates by construction
-        indptr = np.zeros(nf + nr + 1, dtype=np.int32)
-        np.cumsum(np.bincount(col, minlength=nf + nr), out=indptr[1:])
-        K = sp.csc_array(
-            (np.concatenate([hv, cv, cv, np.full(nr, -reg)])[order], row[order].astype(np.int32), indptr),
-            shape=(nf + nr, nf + nr),
-        )
-        K.has_canonical_format = True
-        return K
-
     def eqp(self, row_side, bound_side):
         """The QP with the rows/bounds of the given sides held as equalities: (x, w, wb, Hx, Cᵀw,
         Hx + g + Cᵀw) from one factorisation and iterative refinement (not yet checked: see
@@ -382,7 +446,7 @@ class _SparseQP:
         nf, nr = free.size, rows.size
         x = np.where(bound_side > 0, ub, np.where(bound_side < 0, lb, 0.0))
         rhs_rows = np.where(row_side[rows] > 0, hi[rows], lo[rows])
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(rhs_rows))):
+        if not (np.isfinite(x).all() and np.isfinite(rhs_rows).all()):
             return None
         w, wb = np.zeros(m), np.zeros(n)
         if nf + nr:
@@ -403,25 +467,31 @@ class _SparseQP:
         rows enter through their k×k Schur complement (Z = K₀⁻¹Bᵀ: k extra solves), which keeps
         the factorisation as cheap as a projection's; iterative refinement against the full,
         unregularised system."""
-        nf, delta = free.size, self.delta
+        n, nf, delta = self.n, free.size, self.delta
         dense = self.dense_row[rows]
-        flat = np.zeros(nf, dtype=bool)  # free variables of zero curvature (slacks): K₀ gets +δ there
+        flat = None  # free variables of zero curvature (slacks): K₀ gets +δ there
         if dense.any():
-            flat = self.hdiag_all[free] == 0
-            if flat.any() and self.hdiag is None:
+            flat = free[self.hdiag_all[free] == 0]
+            if flat.size and self.hdiag is None:
                 dense[:] = False  # (a general H: no bordering)
-                flat[:] = False
+                flat = None
         rows_s, rows_d = rows[~dense], rows[dense]
         ns, k = rows_s.size, rows_d.size
-        K = self._kkt(free_mask, rows_s, delta, flat * delta)
+        keep = np.zeros(n + self.m, dtype=bool)
+        keep[:n] = free_mask
+        keep[n + rows_s] = True
+        K = self.pattern.submatrix(keep, flat)  # (the first n entries of H's list are its diagonal)
         lu = _factor(K)
         if lu is None:  # singular: H singular on the face
             return None
         Cx = self.C @ x
         a = np.concatenate([-(self.g + self.hmul(x))[free], rhs_rows[~dense] - Cx[rows_s]])
         b = rhs_rows[dense] - Cx[rows_d]
+        shift = np.zeros(nf)
+        if flat is not None and flat.size:
+            shift[np.searchsorted(free, flat)] = delta
         if k:
-            Bx = self.C[rows_d].toarray()[:, free]
+            Bx = self.dense_rows[self.dense_at[rows_d]][:, free]
             Z = lu.solve(np.vstack([Bx.T, np.zeros((ns, k))]))
             S = Bx @ Z[:nf] + delta * np.eye(k)
 
@@ -437,18 +507,19 @@ class _SparseQP:
         for _ in range(3):  # refinement against the unregularised KKT system
             ra = a - K @ u
             ra[nf:] -= delta * u[nf:]
-            ra[:nf] += flat * delta * u[:nf]
+            ra[:nf] += shift * u[:nf]
             rb = b.copy()
             if k:
                 ra[:nf] -= Bx.T @ y
                 rb -= Bx @ u[:nf]
-            if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(rb))):
+            err = max(float(np.max(np.abs(ra), initial=0.0)), float(np.max(np.abs(rb), initial=0.0)))
+            if not np.isfinite(err):
                 return None
-            if max(float(np.max(np.abs(ra), initial=0.0)), float(np.max(np.abs(rb), initial=0.0))) <= 1e-15 * scale:
+            if err <= 1e-15 * scale:
                 break
             du, dy = solve(ra, rb)
             u, y = u + du, y + dy
-        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(y))):
+        if not (np.isfinite(u).all() and np.isfinite(y).all()):
             return None
         wr = np.empty(rows.size)
         wr[~dense], wr[dense] = u[nf:], y
@@ -472,22 +543,25 @@ def _factor(K):
         return None
 
 
-def _on_active_set(qp, active, rounds=12):
+def _on_active_set(qp, active, rounds=12, max_changes=None):
     """Primal–dual active-set iterations from a guessed active set (Hintermüller, Ito & Kunisch,
     SIAM J. Optim. 13, 2003): solve the QP on the guess; add every violated row/bound on the
     violated side, drop every row/bound whose multiplier has the wrong sign; repeat at most
-    ``rounds`` times (or until an active set repeats). Returns the result only once it satisfies
-    every KKT condition of the full QP (then it is the optimum, exactly): the active rows hold, the
-    gradient of the Lagrangian vanishes on the free variables, no row or bound is violated and
-    every multiplier has the right sign (relative tolerances FEAS_TOL, SIGN_TOL); else None."""
+    ``rounds`` times (or until an active set repeats, no round has come closer for
+    :data:`STALL_ROUNDS` rounds, or a round would change more than ``max_changes`` sides: then
+    the guess was far off and an interior-point solve is cheaper). Returns the result only once
+    it satisfies every KKT condition of the full QP (then it is the optimum, exactly): the active
+    rows hold, the gradient of the Lagrangian vanishes on the free variables, no row or bound is
+    violated and every multiplier has the right sign (relative tolerances FEAS_TOL, SIGN_TOL);
+    else None."""
     lo, hi, lb, ub, g = qp.lo, qp.hi, qp.lb, qp.ub, qp.g
     active = qp.normalize(active)
     if active is None:
         return None
     row_side, bound_side = active
-    eq, fixed_var = qp.eq, qp.fixed_var
+    not_eq, not_fixed = ~qp.eq, ~qp.fixed_var
     seen = set()
-    gmax = float(np.max(np.abs(g), initial=0.0))
+    gmax = float(np.abs(g).max(initial=0.0))
     fewest, since = None, 0  # fewest changes of a round so far, rounds since then
     for _ in range(rounds):
         key = row_side.tobytes() + bound_side.tobytes()
@@ -498,9 +572,9 @@ def _on_active_set(qp, active, rounds=12):
         if sol is None:
             return None
         x, w, wb, Hx, CTw, grad = sol
-        scale_x = 1.0 + float(np.max(np.abs(x), initial=0.0))
         Cx = qp.C @ x
-        tol_r = FEAS_TOL * (1.0 + np.abs(Cx)) * qp.cmax
+        tol_r = FEAS_TOL * qp.cmax * (1.0 + np.abs(Cx))
+        row_free = row_side == 0
         rhs = np.where(row_side > 0, hi, np.where(row_side < 0, lo, Cx))
         bad = np.abs(Cx - rhs) > tol_r
         if bad.any():
@@ -510,26 +584,29 @@ def _on_active_set(qp, active, rounds=12):
             released = False
             for i in np.flatnonzero(bad):
                 cols = qp.C.indices[qp.C.indptr[i] : qp.C.indptr[i + 1]]
-                cols = cols[(bound_side[cols] != 0) & ~fixed_var[cols]]
+                cols = cols[(bound_side[cols] != 0) & not_fixed[cols]]
                 if cols.size:
                     bound_side[cols[np.argmin(np.abs(wb[cols]))]] = 0
                     released = True
             if not released:
                 return None
             continue
-        stat = grad[bound_side == 0]
-        size = 1.0 + gmax + float(np.max(np.abs(Hx), initial=0.0)) + float(np.max(np.abs(CTw), initial=0.0))
-        if np.any(np.abs(stat) > SIGN_TOL * size):
+        bound_free = bound_side == 0
+        size = 1.0 + gmax + float(np.abs(Hx).max(initial=0.0)) + float(np.abs(CTw).max(initial=0.0))
+        if float(np.abs(grad[bound_free]).max(initial=0.0)) > SIGN_TOL * size:
             return None  # the KKT system was not solved to round-off
-        up_r, dn_r = (Cx > hi + tol_r) & (row_side == 0), (Cx < lo - tol_r) & (row_side == 0)
-        up_b = (x > ub + FEAS_TOL * scale_x) & (bound_side == 0)
-        dn_b = (x < lb - FEAS_TOL * scale_x) & (bound_side == 0)
-        wscale = 1.0 + gmax + float(np.max(np.abs(w), initial=0.0)) + float(np.max(np.abs(wb), initial=0.0))
-        wrong_r = ~eq & (w * row_side < -SIGN_TOL * wscale)
-        wrong_b = ~fixed_var & (wb * bound_side < -SIGN_TOL * wscale)
-        if not (up_r.any() or dn_r.any() or up_b.any() or dn_b.any() or wrong_r.any() or wrong_b.any()):
+        tol_x = FEAS_TOL * (1.0 + float(np.abs(x).max(initial=0.0)))
+        wtol = SIGN_TOL * (1.0 + gmax + float(np.abs(w).max(initial=0.0)) + float(np.abs(wb).max(initial=0.0)))
+        up_r, dn_r = row_free & (Cx > hi + tol_r), row_free & (Cx < lo - tol_r)
+        up_b, dn_b = bound_free & (x > ub + tol_x), bound_free & (x < lb - tol_x)
+        wrong_r = not_eq & (w * row_side < -wtol)
+        wrong_b = not_fixed & (wb * bound_side < -wtol)
+        changes = sum(int(np.count_nonzero(v)) for v in (up_r, dn_r, up_b, dn_b, wrong_r, wrong_b))
+        if not changes:
             return QPResult(np.clip(x, lb, ub), w, wb, "optimal", (row_side, bound_side), "active set")
-        changes = int(up_r.sum() + dn_r.sum() + up_b.sum() + dn_b.sum() + wrong_r.sum() + wrong_b.sum())
+        if max_changes is not None and changes > max_changes:
+            qp.far_off = True
+            return None
         fewest, since = (changes, 0) if fewest is None or changes < fewest else (fewest, since + 1)
         row_side[up_r], row_side[dn_r], row_side[wrong_r] = 1, -1, 0
         bound_side[up_b], bound_side[dn_b], bound_side[wrong_b] = 1, -1, 0
