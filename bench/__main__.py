@@ -1,5 +1,5 @@
 """``python -m bench`` (``make bench``): the engine tables, the peak-memory tables, the
-kernel/precision tables, the sparse-CGE table, the ResNet-20 FeatureReuse vs block-restart
+kernel/precision tables, the sparse-CGE table, the ResNet-20 FeatureReuseEvaluator vs block-restart
 table (``bench.resnet --quick``), then the constrained-solver table
 (``--no-constrained`` skips it), then the Ray scaling table when ray is installed
 (``--no-distributed`` skips it)."""

@@ -11,7 +11,7 @@ Blocks are the model's stages as DeepZero groups them: each residual block (``zo
 one block, and runs of other stages between them are one block each (ResNet-20: the stem
 conv/BN/ReLU, the nine basic blocks, pooling + classifier). BatchNorm runs in train mode in the
 perturbed forwards with batch statistics and leaves the running statistics as the cache pass left
-them (what :class:`~zeroth.engine.Sequential` does), so the losses equal Sequential's.
+them (what :class:`~zeroth.engine.SequentialEvaluator` does), so the losses equal SequentialEvaluator's.
 
 This is a baseline for ``bench/resnet.py``, not part of the package.
 """
@@ -53,7 +53,7 @@ class BlockRestart:
 
     ``cache(objective)`` makes the step's cache (block inputs and the base loss);
     ``coordinate_losses(cache, p, indices, values)`` the perturbed losses of coordinates of one
-    parameter; ``evaluate`` both, with :class:`~zeroth.engine.Sequential`'s contract (CGE
+    parameter; ``evaluate`` both, with :class:`~zeroth.engine.SequentialEvaluator`'s contract (CGE
     coordinates only, forward or central).
     """
 
@@ -94,7 +94,7 @@ class BlockRestart:
         return out
 
     def evaluate(self, objective, params: Sequence[Tensor], dirs) -> Losses:
-        """Losses at every evaluation of CGE coordinates ``dirs`` (Sequential's order)."""
+        """Losses at every evaluation of CGE coordinates ``dirs`` (SequentialEvaluator's order)."""
         cache = self.cache(objective)
         parts = []
         for sign in range(dirs.num_signs):

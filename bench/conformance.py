@@ -2,8 +2,8 @@
 
 Run: ``python -m bench.conformance [--estimators cge_forward cge_central rge] [--cases NAME ...]``.
 
-Each cell is ``exact`` (agrees with Sequential: largest gradient difference relative to
-Sequential's largest entry, ≤ 1e-6), ``declined`` (the path says no, or raised with parameters
+Each cell is ``exact`` (agrees with SequentialEvaluator: largest gradient difference relative to
+SequentialEvaluator's largest entry, ≤ 1e-6), ``declined`` (the path says no, or raised with parameters
 and buffers restored — the reason is printed below the table) or ``WRONG`` (never expected).
 The ``auto`` column names the evaluator that produced its result.
 """
@@ -33,18 +33,18 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, Outcome]]]:
     table: Dict[str, Dict[str, Dict[str, Outcome]]] = {}
     reasons: Dict[str, List[str]] = {}
     for est in args.estimators:
-        print(f"\n{est}: gradient of every evaluator vs Sequential (float64)")
-        print(f"{'case':<28}{'FeatureReuse':<20}{'Batched':<20}{'auto':<30}")
+        print(f"\n{est}: gradient of every evaluator vs SequentialEvaluator (float64)")
+        print(f"{'case':<28}{'FeatureReuseEvaluator':<20}{'BatchedEvaluator':<20}{'auto':<30}")
         for name in args.cases:
             out = check(name, est)
             table.setdefault(name, {})[est] = out
             print(
-                f"{name:<28}{_cell(out['FeatureReuse'], False):<20}{_cell(out['Batched'], False):<20}"
+                f"{name:<28}{_cell(out['FeatureReuseEvaluator'], False):<20}{_cell(out['BatchedEvaluator'], False):<20}"
                 f"{_cell(out['auto'], True):<30}",
                 flush=True,
             )
-            for label in ("FeatureReuse", "Batched"):
-                if out[label].status == "declined" and (est != "rge" or label != "FeatureReuse"):
+            for label in ("FeatureReuseEvaluator", "BatchedEvaluator"):
+                if out[label].status == "declined" and (est != "rge" or label != "FeatureReuseEvaluator"):
                     reasons.setdefault(f"{label}: {out[label].reason}", []).append(name)
     print("\nwhy a fast path declined (cases):")
     for reason, names in reasons.items():

@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from zeroth import CGE, SPSA, estimate_gradient
-from zeroth.engine import FeatureReuse, Sequential
+from zeroth.engine import FeatureReuseEvaluator, SequentialEvaluator
 
 from .engine import problem
 
@@ -45,21 +45,21 @@ def _workload(name: str, batch: int, resnet_coords: int):
     """(title, objective, params, masks, inner evaluator name, local evaluator)."""
     if name == "digits-seq":
         model, obj, params = problem("digits_cnn", batch)
-        return f"digits_cnn, batch {batch}, inner Sequential", obj, params, None, "sequential", Sequential()
+        return f"digits_cnn, batch {batch}, inner SequentialEvaluator", obj, params, None, "sequential", SequentialEvaluator()
     if name == "digits-fr":
         model, obj, params = problem("digits_cnn", batch)
-        return f"digits_cnn, batch {batch}, inner auto (FeatureReuse)", obj, params, None, "auto", FeatureReuse()
+        return f"digits_cnn, batch {batch}, inner auto (FeatureReuseEvaluator)", obj, params, None, "auto", FeatureReuseEvaluator()
     if name == "resnet-fr":
         model, obj, params = problem("resnet20", batch)
         g = torch.Generator().manual_seed(0)
         masks = [torch.randperm(p.numel(), generator=g)[:resnet_coords] for p in params]
         return (
-            f"resnet20, batch {batch}, {resnet_coords} coordinates per tensor, inner auto (FeatureReuse)",
+            f"resnet20, batch {batch}, {resnet_coords} coordinates per tensor, inner auto (FeatureReuseEvaluator)",
             obj,
             params,
             masks,
             "auto",
-            FeatureReuse(),
+            FeatureReuseEvaluator(),
         )
     raise ValueError(f"unknown workload {name!r}")
 
@@ -218,7 +218,7 @@ def latency_table(workers: int, repeat: int) -> List[str]:
     _, obj, params = problem("digits_cnn", 32)
     gen = torch.Generator().manual_seed(0)
     t_local, _, _ = _median_step(
-        lambda: estimate_gradient(obj, params, SPSA(), Sequential(), generator=gen), max(repeat, 10)
+        lambda: estimate_gradient(obj, params, SPSA(), SequentialEvaluator(), generator=gen), max(repeat, 10)
     )
     with RayEvaluator("sequential", num_workers=workers) as ev:
         t_ray, overhead, _ = _median_step(

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroth import CGE, RGE, SPSA, Objective, estimate_gradient
-from zeroth.engine import Batched, FeatureReuse, Sequential
+from zeroth.engine import BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 from zeroth.models import DigitsCNN, resnet20
 
 
@@ -62,12 +62,12 @@ def cge_table(model_name: str, batch: int, evaluators: Dict[str, object], repeat
     n = sum(int(m.numel()) for m in masks) if masks is not None else sum(p.numel() for p in params)
     rows = [
         f"{model_name}, batch {batch}, {n:,} coordinates (full CGE gradient, forward differences)",
-        f"{'evaluator':<28}{'seconds':>10}{'x autograd f+b':>16}{'speedup vs Sequential':>24}",
+        f"{'evaluator':<28}{'seconds':>10}{'x autograd f+b':>16}{'speedup vs SequentialEvaluator':>24}",
     ]
     times = {}
     for name, ev in evaluators.items():
         times[name] = median_time(lambda ev=ev: estimate_gradient(obj, params, CGE(mu=1e-3), ev, masks=masks), repeat)
-    seq = times.get("Sequential")
+    seq = times.get("SequentialEvaluator")
     rows.append(f"{'autograd forward+backward':<28}{ref:>10.4f}{1.0:>16.1f}{'':>24}")
     for name, t in times.items():
         speed = f"{seq / t:>24.1f}" if seq else f"{'-':>24}"
@@ -84,7 +84,7 @@ def random_table(batch: int, repeat: int) -> List[str]:
         f"{'estimator':<36}{'evaluations':>12}{'seconds':>10}{'x one forward':>15}",
     ]
     for est in (SPSA(), RGE(q=16), RGE(q=16, antithetic=True)):
-        for ev in (Sequential(), Batched()):
+        for ev in (SequentialEvaluator(), BatchedEvaluator()):
 
             def one_gradient(est=est, ev=ev):
                 return estimate_gradient(obj, params, est, ev, generator=torch.Generator().manual_seed(0))
@@ -107,18 +107,18 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     for b in args.batch:
-        evs = {"Sequential": Sequential(), "Batched": Batched(), "FeatureReuse": FeatureReuse()}
+        evs = {"SequentialEvaluator": SequentialEvaluator(), "BatchedEvaluator": BatchedEvaluator(), "FeatureReuseEvaluator": FeatureReuseEvaluator()}
         print("\n".join(cge_table("digits_cnn", b, evs, args.repeat)), "\n")
     _, _, params = problem("resnet20", args.resnet_batch)
     g = torch.Generator().manual_seed(0)
     masks = [torch.randperm(p.numel(), generator=g)[: args.resnet_coords] for p in params]
-    evs = {"Sequential": Sequential(), "FeatureReuse": FeatureReuse()}
+    evs = {"SequentialEvaluator": SequentialEvaluator(), "FeatureReuseEvaluator": FeatureReuseEvaluator()}
     rows = cge_table("resnet20", args.resnet_batch, evs, 1, masks=masks)
     print("\n".join(rows))
     n = sum(int(m.numel()) for m in masks)
     per = float(rows[-1].split()[1]) / n
     print(
-        f"  -> FeatureReuse {per * 1e3:.2f} ms per coordinate; a full ResNet-20 gradient (269,722 coordinates) "
+        f"  -> FeatureReuseEvaluator {per * 1e3:.2f} ms per coordinate; a full ResNet-20 gradient (269,722 coordinates) "
         f"extrapolates to {per * 269722 / 60:.1f} min at batch {args.resnet_batch}\n"
     )
     for b in args.batch:

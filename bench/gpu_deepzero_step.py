@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroth import CGE, Objective, estimate_gradient
-from zeroth.engine import Batched, FeatureReuse, Sequential
+from zeroth.engine import BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 from zeroth.models import resnet20
 
 
@@ -63,9 +63,9 @@ def main(argv=None) -> None:
     print(f"ResNet-20 on {name}, batch {args.batch}, {n:,} coordinates, fp32 (TF32 off), mu {args.mu}")
     mem = int(args.max_memory_gb * 2**30)
     evs = {
-        "feature_reuse": FeatureReuse(max_memory=mem),
-        "batched": Batched(max_memory=mem),
-        "sequential": Sequential(),
+        "feature_reuse": FeatureReuseEvaluator(max_memory=mem),
+        "batched": BatchedEvaluator(max_memory=mem),
+        "sequential": SequentialEvaluator(),
     }
     for key in args.evaluators:
         ev = evs[key]
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     ref_model.load_state_dict(model.state_dict())
     ref_obj = Objective(ref_model, F.cross_entropy, x.double(), y)
     _, ref, _ = estimate_gradient(
-        ref_obj, list(ref_model.parameters()), CGE(mu=1e-6, scheme="central"), Sequential(), masks=sample
+        ref_obj, list(ref_model.parameters()), CGE(mu=1e-6, scheme="central"), SequentialEvaluator(), masks=sample
     )
     a = torch.cat([g.reshape(-1)[s] for g, s in zip(grads, sample)]).double()
     b = torch.cat([r.reshape(-1)[s] for r, s in zip(ref, sample)])

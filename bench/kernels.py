@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroth import CGE, Objective, estimate_gradient, ops
-from zeroth.engine import FeatureReuse
+from zeroth.engine import FeatureReuseEvaluator
 from zeroth.models import DigitsCNN, resnet20
 
 from .engine import median_time, problem
@@ -94,7 +94,7 @@ def kernel_table(batch: int, repeat: int) -> List[str]:
 def gradient_table(batch: int, resnet_batch: int, resnet_coords: int, repeat: int) -> List[str]:
     """Full CGE gradient: kernels vs references; precisions with accuracy vs float64 autograd."""
     rows = [
-        "full CGE gradient with FeatureReuse: kernels vs references, and precision of the linear ops on Δ",
+        "full CGE gradient with FeatureReuseEvaluator: kernels vs references, and precision of the linear ops on Δ",
         f"{'model':<30}{'variant':<24}{'seconds':>9}{'vs ref fp32':>12}{'cosine':>11}{'rel err':>10}",
     ]
     for name, b in (("digits_cnn", batch), ("resnet20", resnet_batch)):
@@ -113,7 +113,7 @@ def gradient_table(batch: int, resnet_batch: int, resnet_coords: int, repeat: in
             ("kernels, bf16 (emul.)", "bf16", False),
             ("kernels, bf16x3 (emul.)", "bf16x3", False),
         ):
-            ev = FeatureReuse(precision=precision)
+            ev = FeatureReuseEvaluator(precision=precision)
 
             def run(reference=reference, obj=obj, params=params, ev=ev, masks=masks):  # this variant's values
                 if reference:

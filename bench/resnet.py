@@ -1,4 +1,4 @@
-"""ResNet-20 CGE on DeepZero's 90 %-sparse step: Sequential, block restart and FeatureReuse side by side.
+"""ResNet-20 CGE on DeepZero's 90 %-sparse step: SequentialEvaluator, block restart and FeatureReuseEvaluator side by side.
 
 Run: ``python -m bench.resnet [--batch 32 256] [--quick] [--rounds 3] [--sample 2] [--threads 1]
 [--device cpu|cuda]``.
@@ -7,7 +7,7 @@ The step is DeepZero's "sparse gradient, dense model" (arXiv:2310.02025): a fixe
 every Conv/Linear weight's coordinates plus all BatchNorm parameters and biases (28,217 of
 ResNet-20's 269,722 at CIFAR shapes), forward differences, μ = 5e-3, BatchNorm in train mode.
 Timing all of them takes hours on one core, so each layer is timed on a fixed random **sample**
-of its step coordinates (``--sample`` per layer; ``--seq-sample`` for Sequential, whose cost per
+of its step coordinates (``--sample`` per layer; ``--seq-sample`` for SequentialEvaluator, whose cost per
 coordinate is one full forward wherever the coordinate is) and the per-coordinate time is
 multiplied by the layer's number of step coordinates: the extrapolated full step is the sum
 over layers plus each method's once-per-step work (the cached pass).
@@ -15,17 +15,17 @@ over layers plus each method's once-per-step work (the cached pass).
 Methods, timed layer by layer in alternating order over ``--rounds`` rounds (ratios are taken
 within a round, then the median and the range over rounds are printed):
 
-* ``Sequential``: perturb in place, full forward, restore (zeroth's reference loop);
+* ``SequentialEvaluator``: perturb in place, full forward, restore (zeroth's reference loop);
 * ``block restart``: DeepZero's CGE worker written from its description (bench/block_restart.py:
   cache every block's input once per step; per coordinate perturb, run from the perturbed
   block to the loss, restore) on the model as given (NCHW);
 * ``restart NHWC`` (not with ``--quick``): the same with the input, hence every activation,
-  channels-last, to show how much of FeatureReuse's lead is the copies' memory layout rather than the algorithm;
-* ``FeatureReuse``: zeroth's evaluator (difference propagation up to the cut its cost model
+  channels-last, to show how much of FeatureReuseEvaluator's lead is the copies' memory layout rather than the algorithm;
+* ``FeatureReuseEvaluator``: zeroth's evaluator (difference propagation up to the cut its cost model
   chooses, then the K copies as one batch; see zeroth/engine/schemes.py).
 
 One autograd forward+backward is timed as the scale. One thread unless ``--threads``. The
-gradients of the first round's sample are compared with Sequential's (fp32: they agree to the
+gradients of the first round's sample are compared with SequentialEvaluator's (fp32: they agree to the
 rounding of the loss, about ulp(ℓ)/μ).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeroth import CGE, Objective
-from zeroth.engine import FeatureReuse
+from zeroth.engine import FeatureReuseEvaluator
 from zeroth.engine.stages import frozen_batchnorm_buffers
 from zeroth.models import resnet20
 
@@ -109,7 +109,7 @@ class Methods:
     def __init__(self, model: nn.Module, obj: Objective, with_nhwc: bool, max_memory: int, precision: str):
         self.model, self.obj = model, obj
         self.params = list(model.parameters())
-        self.fr = FeatureReuse(max_memory=max_memory, precision=precision)
+        self.fr = FeatureReuseEvaluator(max_memory=max_memory, precision=precision)
         self.br = BlockRestart(model)
         self.nhwc = None
         if with_nhwc:  # a channels-last input makes every activation channels-last (weights as they are)
@@ -118,12 +118,12 @@ class Methods:
         self.state: Dict[str, object] = {}
 
     def names(self) -> List[str]:
-        return ["Sequential", "block restart"] + (["restart NHWC"] if self.nhwc else []) + ["FeatureReuse"]
+        return ["SequentialEvaluator", "block restart"] + (["restart NHWC"] if self.nhwc else []) + ["FeatureReuseEvaluator"]
 
     def setup(self, name: str) -> None:
         """The once-per-step work: the cached pass (running statistics frozen, so every round sees the same model)."""
         with torch.no_grad(), frozen_batchnorm_buffers(self.model):
-            if name == "Sequential":
+            if name == "SequentialEvaluator":
                 self.state[name] = self.obj()
             elif name == "block restart":
                 self.state[name] = self.br.cache(self.obj)
@@ -136,12 +136,12 @@ class Methods:
         return self.model.zo_stages()
 
     def fr_chunks(self) -> Dict[int, int]:
-        """Parameter position -> FeatureReuse's copies per chunk for it."""
+        """Parameter position -> FeatureReuseEvaluator's copies per chunk for it."""
         from zeroth.engine.delta import is_residual
         from zeroth.engine.feature_reuse import _owners
 
-        self.setup("FeatureReuse")
-        ctx = self.state["FeatureReuse"]
+        self.setup("FeatureReuseEvaluator")
+        ctx = self.state["FeatureReuseEvaluator"]
         owner = _owners(ctx.chain)
         out = {}
         for i, p in enumerate(self.params):
@@ -155,7 +155,7 @@ class Methods:
         params = [self.params[i] for i in positions]
         dirs = CGE(mu=MU).directions(params, masks=[sample[i] for i in positions])
         with torch.no_grad(), frozen_batchnorm_buffers(self.model):
-            if name == "Sequential":
+            if name == "SequentialEvaluator":
                 base = self.state[name]
                 out = torch.empty(len(dirs), dtype=torch.float64, device=self.obj.inputs.device)
                 for e in range(len(dirs)):
@@ -201,7 +201,7 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
                       precision=args.precision)
     names = methods.names()
     layers = layers_of(model)
-    # FeatureReuse evaluates K coordinates of a parameter at once: sample at least one full chunk
+    # FeatureReuseEvaluator evaluates K coordinates of a parameter at once: sample at least one full chunk
     chunks = methods.fr_chunks()
     per = {i: min(args.max_sample, max(args.sample, chunks[i])) for i in chunks}
     samples = {label: sample_of(masks, pos, per) for label, pos in layers}
@@ -211,7 +211,7 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
     # warm-up (kernels, plans), not timed
     for name in names:
         methods.setup(name)
-        if name != "Sequential":
+        if name != "SequentialEvaluator":
             for label, _ in layers:
                 methods.losses(name, {i: s[:1] for i, s in samples[label].items()})
 
@@ -226,7 +226,7 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
             setup[name].append(timed(lambda name=name: methods.setup(name), device, min_seconds=0.0))
         for label, _ in layers:
             for name in order:
-                smp = seq_samples[label] if name == "Sequential" else samples[label]
+                smp = seq_samples[label] if name == "SequentialEvaluator" else samples[label]
                 n = sum(int(s.numel()) for s in smp.values())
                 holder: List[Tensor] = []
                 t = timed(lambda name=name, smp=smp, holder=holder: holder.append(methods.losses(name, smp)), device)
@@ -249,7 +249,7 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
         f"ResNet-20, batch {batch}, {where}, torch {torch.__version__}; forward differences, mu = {MU}",
         f"90 %-sparse step: {total:,} coordinates (10 % of each conv/linear weight, all BN parameters and biases); "
         f"timed on a fixed random sample of them: {sum(int(v.numel()) for d in samples.values() for v in d.values())} "
-        f"({max(args.sample, 1)}-{args.max_sample} per parameter, at least FeatureReuse's chunk; Sequential "
+        f"({max(args.sample, 1)}-{args.max_sample} per parameter, at least FeatureReuseEvaluator's chunk; SequentialEvaluator "
         f"{sum(int(v.numel()) for d in seq_samples.values() for v in d.values())}), x {rounds} rounds in alternating "
         "order; per-coordinate times x the layer's step coordinates = the extrapolated step",
         f"autograd forward+backward: {med(scale) * 1e3:.1f} ms;  once per step: "
@@ -268,11 +268,11 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
     worst = (0.0, "")
     for label, _ in layers:
         row = f"{label:<10}{counts[label]:>7}" + "".join(f"{med(per[n][label]) * 1e3:>15.3f}" for n in names)
-        m, lo, hi = ratio_stats("FeatureReuse", "block restart", label)
+        m, lo, hi = ratio_stats("FeatureReuseEvaluator", "block restart", label)
         worst = max(worst, (m, label))
         row += f"{m:>9.2f}{f'{lo:.2f}-{hi:.2f}':>13}"
         if "restart NHWC" in names:
-            row += f"{ratio_stats('FeatureReuse', 'restart NHWC', label)[0]:>11.2f}"
+            row += f"{ratio_stats('FeatureReuseEvaluator', 'restart NHWC', label)[0]:>11.2f}"
         lines.append(row)
 
     def step_total(name: str, r: int) -> float:
@@ -283,15 +283,15 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
     lines.append(f"{'seconds':<28}" + "".join(f"{med(totals[n]):>15.1f}" for n in names))
     lines.append(f"{'x autograd forward+backward':<28}"
                  + "".join(f"{med(totals[n]) / med(scale):>15.0f}" for n in names))
-    for other in [n for n in names if n not in ("FeatureReuse", "Sequential")] + ["Sequential"]:
-        rs = [f / o for f, o in zip(totals["FeatureReuse"], totals[other])]
-        lines.append(f"FeatureReuse / {other} for the whole step: {med(rs):.3f} (rounds {min(rs):.3f}-{max(rs):.3f})")
+    for other in [n for n in names if n not in ("FeatureReuseEvaluator", "SequentialEvaluator")] + ["SequentialEvaluator"]:
+        rs = [f / o for f, o in zip(totals["FeatureReuseEvaluator"], totals[other])]
+        lines.append(f"FeatureReuseEvaluator / {other} for the whole step: {med(rs):.3f} (rounds {min(rs):.3f}-{max(rs):.3f})")
     lines.append(f"slowest layer relative to block restart: {worst[1]} at {worst[0]:.2f}")
 
-    # gradients of the first round's sample against Sequential's (coordinates both evaluated)
+    # gradients of the first round's sample against SequentialEvaluator's (coordinates both evaluated)
     errs = {}
     for name in names:
-        if name == "Sequential":
+        if name == "SequentialEvaluator":
             continue
         worst_err, scale_g = 0.0, 0.0
         for label, _ in layers:
@@ -299,7 +299,7 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
             spans = methods.steps(smp)
             got = check[name][label] / spans
             ref_spans = methods.steps(seq_smp)
-            ref = check["Sequential"][label] / ref_spans
+            ref = check["SequentialEvaluator"][label] / ref_spans
             offset_got, offset_ref = 0, 0
             for i in sorted(smp):
                 n_ref = int(seq_smp[i].numel())
@@ -313,7 +313,7 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
                 offset_got += n_got
         errs[name] = (worst_err, scale_g)
     fp32_noise = torch.finfo(torch.float32).eps * 2.3 / MU
-    lines.append("gradients vs Sequential on the sampled coordinates (max |difference|, largest |g|; "
+    lines.append("gradients vs SequentialEvaluator on the sampled coordinates (max |difference|, largest |g|; "
                  f"fp32 loss rounding / mu = {fp32_noise:.1e}): "
                  + ", ".join(f"{n} {e:.1e} (|g| {s:.2f})" for n, (e, s) in errs.items()))
     return lines
@@ -370,22 +370,22 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sample", type=int, default=2,
-                    help="coordinates timed per parameter, at least FeatureReuse's chunk for it (up to --max-sample)")
+                    help="coordinates timed per parameter, at least FeatureReuseEvaluator's chunk for it (up to --max-sample)")
     ap.add_argument("--max-sample", type=int, default=None, help="cap on the coordinates per parameter (16; 4 --quick)")
-    ap.add_argument("--seq-sample", type=int, default=1, help="coordinates timed per layer for Sequential")
+    ap.add_argument("--seq-sample", type=int, default=1, help="coordinates timed per layer for SequentialEvaluator")
     ap.add_argument("--keep", type=float, default=0.1, help="fraction of each weight's coordinates in the step")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-memory-gb", type=float, default=None,
-                    help="FeatureReuse's working-set budget (default: its own, 0.25 GiB; e.g. 16 on a GPU)")
+                    help="FeatureReuseEvaluator's working-set budget (default: its own, 0.25 GiB; e.g. 16 on a GPU)")
     ap.add_argument("--precision", default="fp32",
-                    help="FeatureReuse's arithmetic of Δ's linear ops (tf32/bf16 on a GPU)")
+                    help="FeatureReuseEvaluator's arithmetic of Δ's linear ops (tf32/bf16 on a GPU)")
     ap.add_argument("--quick", action="store_true",
                     help="1-4 coordinates per parameter, at most 2 rounds, no NHWC baseline")
     ap.add_argument("--calibrate", action="store_true", help="print the cost model's unit costs measured here")
     args = ap.parse_args(argv)
     if args.max_memory_gb is None:
-        args.max_memory_gb = FeatureReuse().max_memory / 2**30
+        args.max_memory_gb = FeatureReuseEvaluator().max_memory / 2**30
     if args.max_sample is None:
         args.max_sample = 4 if args.quick else 16
     if args.quick:

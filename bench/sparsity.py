@@ -14,7 +14,7 @@ from typing import List
 import torch
 
 from zeroth import CGE, estimate_gradient
-from zeroth.engine import FeatureReuse, Sequential
+from zeroth.engine import FeatureReuseEvaluator, SequentialEvaluator
 from zeroth.sparsity import DynamicMask, count_selected, grasp_ratios, uniform_ratios
 
 from .engine import median_time, problem
@@ -26,9 +26,9 @@ def sparsity_table(batch: int, repeat: int, sparsities=(0.8, 0.9, 0.95)) -> List
     rows = [
         f"digits_cnn, batch {batch}: one sparse CGE step (masks from DynamicMask; biases always estimated)",
         f"{'ratios':<18}{'sparsity':>9}{'queries':>9}{'x fewer':>9}"
-        f"{'FeatureReuse s':>16}{'x faster':>10}{'Sequential s':>14}{'x faster':>10}",
+        f"{'FeatureReuseEvaluator s':>16}{'x faster':>10}{'SequentialEvaluator s':>14}{'x faster':>10}",
     ]
-    evaluators = {"fr": FeatureReuse(), "seq": Sequential()}
+    evaluators = {"fr": FeatureReuseEvaluator(), "seq": SequentialEvaluator()}
     times = {}
     cases = [("dense", 0.0, None)]
     for s in sparsities:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zeroth import CGE, estimate_gradient
-from zeroth.engine import Sequential
+from zeroth.engine import SequentialEvaluator
 
 from .engine import problem
 
@@ -21,12 +21,12 @@ def test_full_cge_gradient_over_ray_workers(benchmark, workers):
 
     torch.set_num_threads(1)
     _, obj, params = problem("digits_cnn", 64)
-    benchmark.group = "digits_cnn full CGE (inner Sequential), batch 64"
+    benchmark.group = "digits_cnn full CGE (inner SequentialEvaluator), batch 64"
     # the evaluator starts Ray on this machine when none is running (and it stays up for the next rows)
     ev = (
         RayEvaluator("sequential", num_workers=workers, ray_init={"log_to_driver": False}).start()
         if workers
-        else Sequential()
+        else SequentialEvaluator()
     )
     try:
         benchmark.pedantic(lambda: estimate_gradient(obj, params, CGE(), ev), rounds=3, warmup_rounds=1)

@@ -7,13 +7,13 @@ Run with ``python -m pytest bench --benchmark-only``; compare rows within one ru
 import pytest
 
 from zeroth import CGE, SPSA, estimate_gradient
-from zeroth.engine import Batched, FeatureReuse, Sequential
+from zeroth.engine import BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 
 from .engine import problem
 
 
 @pytest.mark.parametrize("batch", [256, 32])
-@pytest.mark.parametrize("evaluator", [Sequential(), Batched(), FeatureReuse()], ids=repr)
+@pytest.mark.parametrize("evaluator", [SequentialEvaluator(), BatchedEvaluator(), FeatureReuseEvaluator()], ids=repr)
 def test_full_cge_gradient(benchmark, evaluator, batch):
     model, obj, params = problem("digits_cnn", batch)
     benchmark.group = f"digits_cnn full CGE, batch {batch}"
@@ -37,4 +37,4 @@ def test_autograd_forward_backward(benchmark, batch):
 def test_spsa_step(benchmark, batch):
     model, obj, params = problem("digits_cnn", batch)
     benchmark.group = f"digits_cnn SPSA, batch {batch}"
-    benchmark(lambda: estimate_gradient(obj, params, SPSA(), Sequential()))
+    benchmark(lambda: estimate_gradient(obj, params, SPSA(), SequentialEvaluator()))

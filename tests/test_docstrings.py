@@ -45,11 +45,7 @@ MISSING = frozenset(
         "zeroth.constrained.pasa.PolyhedralResult",
         "zeroth.constrained.problems.hs.rosen",
         "zeroth.demo.RunResult.seconds_per_step",
-        "zeroth.engine.auto.Auto.evaluate",
-        "zeroth.engine.auto.Auto.load_state_dict",
-        "zeroth.engine.base.Evaluator.evaluate",
         "zeroth.engine.base.Support.no",
-        "zeroth.engine.sequential.Sequential.evaluate",
     }
 )
 

@@ -19,11 +19,6 @@ from zeroth.errors import add_note
 
 ROOT = pathlib.Path(zeroth.__file__).parent
 
-# Modules of areas still being reworked that call BaseException.add_note directly (3.11+ only).
-# Only ever remove entries; a listed module that no longer calls it is fine.
-PENDING = frozenset({"optim.py", "engine/sequential.py"})
-
-
 def test_add_note_appends_in_order_and_creates_the_list():
     err = ValueError("boom")
     assert not hasattr(err, "__notes__")
@@ -77,8 +72,6 @@ def test_no_module_calls_the_3_11_only_method():
     offenders = {}
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel in PENDING:
-            continue
         lines = _calls_add_note(path)
         if lines:
             offenders[rel] = lines

@@ -209,9 +209,9 @@ def test_nan_loss_leaves_params_and_state_untouched(bad_at):
             assert torch.equal(torch.as_tensor(after["state"][k][name]), torch.as_tensor(t))
 
 
-def test_nan_policy_skip_warns_and_skips():
+def test_on_failure_omit_warns_and_leaves_the_step_out():
     model, x, y = _setup()
-    opt = ZOOptimizer(model.parameters(), lr=0.05, nan_policy="skip")
+    opt = ZOOptimizer(model.parameters(), lr=0.05, on_failure="omit")
     params = [p.clone() for p in model.parameters()]
     with pytest.warns(NonFiniteLossWarning):
         assert opt.step(lambda: torch.tensor(float("inf"))) is None
@@ -251,13 +251,18 @@ BAD_CONSTRUCTION = [
     (dict(momentum=-0.5), ValueError, r"Invalid momentum value"),
     (dict(betas_typo=1), TypeError, r"base optimizer SGD rejected its options \['betas_typo'\]"),
     (dict(nan_policy="ignore"), ValueError, r"Invalid nan_policy value"),
+    (dict(on_failure="skip"), ValueError, r"Invalid on_failure value"),
+    (dict(on_failure="propagate"), ValueError, r"Invalid on_failure value"),
+    (dict(on_failure="omit", nan_policy="skip"), ValueError, r"either on_failure or nan_policy"),
+    (dict(seed=1, generator=torch.Generator()), ValueError, r"either seed or generator"),
+    (dict(generator=1), TypeError, r"generator must be a torch.Generator"),
     (dict(seed="abc"), TypeError, r"seed must be an int"),
     (dict(mu=0.0), ValueError, r"Invalid mu value"),
     (dict(sparsity=object()), TypeError, r"sparsity must provide select"),
     (dict(inplace=1), TypeError, r"inplace must be a bool"),
     (dict(inplace=True, base="adam"), ValueError, r"base: inplace=True applies SGD itself"),
     (dict(inplace=True, momentum=0.9), ValueError, r"momentum: inplace=True has no momentum buffer"),
-    (dict(inplace=True, evaluator="batched"), ValueError, r"evaluator: inplace=True evaluates with Sequential"),
+    (dict(inplace=True, evaluator="batched"), ValueError, r"evaluator: inplace=True evaluates with SequentialEvaluator"),
 ]
 
 

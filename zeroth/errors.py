@@ -15,7 +15,7 @@ class ZerothError(Exception):
 class EvaluationError(ZerothError, RuntimeError):
     """A loss evaluation failed; parameters were restored before it was raised.
 
-    Raised for a NaN/inf loss (:func:`zeroth.optim.check_finite`, ``nan_policy="raise"``) and,
+    Raised for a NaN/inf loss (:func:`zeroth.optim.check_finite`, ``on_failure="raise"``) and,
     as its subclass :class:`~zeroth.blackbox.ProgramError`, for a black-box program that
     crashed, timed out or returned malformed or non-finite output. Also a ``RuntimeError``,
     so existing ``except RuntimeError`` handlers keep working.
@@ -26,8 +26,34 @@ class ZerothWarning(UserWarning):
     """Base class of every warning zeroth issues."""
 
 
+class ZerothDeprecationWarning(ZerothWarning, DeprecationWarning):
+    """A renamed or retired name or argument value was used; it keeps working for one release.
+
+    Also a ``DeprecationWarning``, so Python's default filters treat it as one (shown in
+    ``__main__`` and under test runners, hidden elsewhere) and ``-W error::DeprecationWarning``
+    escalates it; the message names the replacement.
+    """
+
+
+def warn_deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """Issue a :class:`ZerothDeprecationWarning`: ``old`` is deprecated, use ``new``.
+
+    Args:
+        old: the deprecated spelling, as the user wrote it (e.g. ``"zeroth.Sequential"``).
+        new: its replacement (e.g. ``"zeroth.SequentialEvaluator"``).
+        stacklevel: passed to :func:`warnings.warn` (3: the caller of the function that warns).
+    """
+    import warnings
+
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {new}",
+        ZerothDeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
 class NonFiniteLossWarning(ZerothWarning, RuntimeWarning):
-    """A step was skipped because an evaluated loss was NaN or infinite (``nan_policy="skip"``).
+    """A step was skipped because an evaluated loss was NaN or infinite (``on_failure="omit"``).
 
     Also a ``RuntimeWarning``; parameters, optimizer state and generator are as before the step.
     """

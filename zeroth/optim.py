@@ -31,12 +31,13 @@ from torch import Tensor
 
 from .engine import EVALUATORS, Evaluator, Losses
 from .engine.base import StepState
-from .errors import EvaluationError, NonFiniteLossWarning, ZerothError
+from .errors import EvaluationError, NonFiniteLossWarning, ZerothError, add_note, warn_deprecated
 from .estimators import ESTIMATORS, Estimator
 from .estimators.directions import RandomDirections
 from .estimators.estimators import _check_mu
 from .estimators.exact_perturbation import ExactRademacher
 from .objective import Objective, scalar_loss
+from .randomness import make_generator
 
 BASE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -68,7 +69,7 @@ def estimate_gradient(
             the parameters' current values (it is called with the parameters perturbed in place).
         params: the parameter tensors to estimate (floating dtypes, any shapes and devices).
         estimator: an :class:`~zeroth.estimators.Estimator` (``CGE()``, ``RGE(q=...)``, ``SPSA()``).
-        evaluator: an :class:`~zeroth.engine.Evaluator` (``Sequential()`` always applies).
+        evaluator: an :class:`~zeroth.engine.Evaluator` (``SequentialEvaluator()`` always applies).
         mus: one step μ per tensor, absolute (in the tensor's units); None: ``estimator.mu``.
         generator: where random choices come from (None: torch's global RNG).
         masks: per tensor, None or a 1-D int64 tensor of flat indices to estimate (the others get 0).
@@ -278,7 +279,7 @@ def exact_inplace_step(
                 try:
                     value = scalar_loss(objective())
                 except BaseException as err:
-                    err.add_note(f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
+                    add_note(err, f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
                     raise
                 state.after()
                 out[e] = value.to(out.device, torch.float64)
@@ -327,14 +328,14 @@ def _base_class(base: Union[str, Type[torch.optim.Optimizer]]) -> Type[torch.opt
 
 
 def _inplace_evaluator(evaluator: Any) -> Any:
-    """The evaluator of an ``inplace=True`` optimizer: ``Sequential(restore="inverse")`` (nothing copied)."""
-    from .engine import Sequential
+    """The evaluator of an ``inplace=True`` optimizer: ``SequentialEvaluator(restore="inverse")`` (nothing copied)."""
+    from .engine import SequentialEvaluator
 
     if isinstance(evaluator, str) and evaluator.lower() in ("auto", "sequential"):
-        return Sequential(restore="inverse")
-    if isinstance(evaluator, Sequential) and evaluator.restore == "inverse":
+        return SequentialEvaluator(restore="inverse")
+    if isinstance(evaluator, SequentialEvaluator) and evaluator.restore == "inverse":
         return evaluator
-    raise ValueError(f"evaluator: inplace=True evaluates with Sequential(restore='inverse') (no parameter copy), "
+    raise ValueError(f"evaluator: inplace=True evaluates with SequentialEvaluator(restore='inverse') (no parameter copy), "
                      f"got {evaluator!r}")
 
 
@@ -360,6 +361,21 @@ def _unhooked_step(opt: torch.optim.Optimizer) -> None:
     getattr(fn, "__wrapped__", fn)(opt)
 
 
+def _check_on_failure(on_failure: Any, nan_policy: Any) -> str:
+    """``ZOOptimizer``'s failure policy: ``on_failure``, or the deprecated ``nan_policy`` translated."""
+    if nan_policy is not None:
+        if on_failure != "raise":
+            raise ValueError("pass either on_failure or nan_policy (deprecated), not both")
+        if nan_policy not in ("raise", "skip"):
+            raise ValueError(f"Invalid nan_policy value: {nan_policy!r} (expected 'raise' or 'skip'; "
+                             "nan_policy is deprecated: use on_failure='raise' or 'omit')")
+        on_failure = "omit" if nan_policy == "skip" else "raise"
+        warn_deprecated(f"ZOOptimizer(nan_policy={nan_policy!r})", f"on_failure={on_failure!r}", stacklevel=4)
+    if on_failure not in ("raise", "omit"):
+        raise ValueError(f"Invalid on_failure value: {on_failure!r} (expected 'raise' or 'omit')")
+    return on_failure
+
+
 class ZOOptimizer(torch.optim.Optimizer):
     r"""Zeroth-order optimizer: estimates gradients from loss values, then takes a base step.
 
@@ -376,11 +392,19 @@ class ZOOptimizer(torch.optim.Optimizer):
             :class:`~zeroth.engine.Evaluator`.
         sparsity: optional mask rule with ``select(params, step, generator)`` (see
             :mod:`zeroth.sparsity`): only the selected coordinates are estimated.
-        seed: seed of the optimizer's generator (every random choice flows from it; it is
-            saved in ``state_dict``). ``None`` draws one from torch's global RNG.
-        nan_policy: ``"raise"`` (default) raises :class:`~zeroth.errors.EvaluationError` when a
-            loss is NaN/inf; ``"skip"`` warns and skips the step. Either way parameters and
-            optimizer state are left exactly as they were.
+        seed: seed of the optimizer's generator (every random choice flows from it; its state
+            is saved in ``state_dict``). ``None`` (and no ``generator``) draws one from torch's
+            global RNG.
+        generator: a CPU ``torch.Generator`` to draw every random choice from instead (not
+            copied; exclusive with ``seed``; see :mod:`zeroth.randomness`).
+        on_failure: what a NaN/inf loss does: ``"raise"`` (default) raises
+            :class:`~zeroth.errors.EvaluationError`; ``"omit"`` leaves the step out (no update,
+            not counted) with a :class:`~zeroth.errors.NonFiniteLossWarning`. Either way
+            parameters, optimizer state and generator are left exactly as they were. (The
+            values are scipy's ``nan_policy`` words, shared with black boxes' ``on_failure``;
+            ``"propagate"`` — a NaN update — is refused.)
+        nan_policy: deprecated spelling of ``on_failure`` (``"skip"`` = ``"omit"``), accepted for
+            one release with a :class:`~zeroth.errors.ZerothDeprecationWarning`.
         inplace: MeZO's memory-lean step (default ``False``): parameters are perturbed and
             restored in place (no parameter copy) and SGD is applied straight from the
             regenerated directions — no gradient tensor, so a step needs the memory of
@@ -418,10 +442,12 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     Raises:
         ValueError: an invalid ``lr`` (negative, non-finite, a tensor of more than one element),
-            ``mu``, ``nan_policy``, estimator or evaluator name, or base name; ``inplace=True``
+            ``mu``, ``on_failure``, estimator or evaluator name, or base name; both ``seed``
+            and ``generator``, both ``on_failure`` and ``nan_policy``; ``inplace=True``
             with a base other than SGD, with momentum/Nesterov, with Gaussian or sphere directions
-            (``dist``), or with an evaluator other than ``Sequential(restore="inverse")``.
-        TypeError: ``inplace`` is not a bool, ``seed`` not an int, ``sparsity`` has no
+            (``dist``), or with an evaluator other than ``SequentialEvaluator(restore="inverse")``.
+        TypeError: ``inplace`` is not a bool, ``seed`` not an int, ``generator`` not a
+            CPU ``torch.Generator``, ``sparsity`` has no
             ``select``, ``base`` is neither a name nor an optimizer class, the base rejects
             ``base_kwargs``, or a parameter is not floating-point.
 
@@ -442,7 +468,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         evaluator: Union[str, Evaluator] = "auto",
         sparsity: Any = None,
         seed: Optional[int] = None,
-        nan_policy: str = "raise",
+        generator: Optional[torch.Generator] = None,
+        on_failure: str = "raise",
+        nan_policy: Optional[str] = None,
         mu: Optional[float] = None,
         inplace: bool = False,
         **base_kwargs: Any,
@@ -460,10 +488,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         if inplace and base_cls is not torch.optim.SGD:
             raise ValueError(f"base: inplace=True applies SGD itself (no gradient is stored), got base={base!r}; "
                              "use base='sgd' or inplace=False")
-        if nan_policy not in ("raise", "skip"):
-            raise ValueError(f"Invalid nan_policy value: {nan_policy!r} (expected 'raise' or 'skip')")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        on_failure = _check_on_failure(on_failure, nan_policy)
+        generator = make_generator(seed, generator)
         if sparsity is not None and not callable(getattr(sparsity, "select", None)):
             raise TypeError("sparsity must provide select(params, step, generator)")
         if mu is not None:
@@ -487,9 +513,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.estimator = estimator
         self.evaluator = evaluator
         self.sparsity = sparsity
-        self.nan_policy = nan_policy
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        self.on_failure = on_failure
+        self.generator = generator
         self.zo_steps = 0
         self.num_evaluations = 0
         self.last_losses: Optional[Losses] = None
@@ -600,11 +625,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         Returns:
             The loss at the current point (0-d tensor; for two-sided schemes the mean of the
             two-sided values), None without a closure, without trainable parameters, or when
-            ``nan_policy="skip"`` skipped the step (with a :class:`~zeroth.errors.NonFiniteLossWarning`).
+            ``on_failure="omit"`` left the step out (with a :class:`~zeroth.errors.NonFiniteLossWarning`).
 
         Raises:
             TypeError: no closure and no pending estimate, or ``closure`` is not callable.
-            zeroth.errors.EvaluationError: a NaN/inf loss with ``nan_policy="raise"``.
+            zeroth.errors.EvaluationError: a NaN/inf loss with ``on_failure="raise"``.
             BackwardInClosureError: a plain closure called ``backward()``.
 
         An error while estimating leaves parameters, optimizer state, generator and mask
@@ -634,7 +659,7 @@ class ZOOptimizer(torch.optim.Optimizer):
 
         Raises:
             TypeError: ``closure`` is None or not callable.
-            zeroth.errors.EvaluationError: a NaN/inf loss with ``nan_policy="raise"``.
+            zeroth.errors.EvaluationError: a NaN/inf loss with ``on_failure="raise"``.
             BackwardInClosureError: a plain closure called ``backward()``.
         """
         if closure is None or not callable(closure):
@@ -675,7 +700,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.generator.set_state(gen_state)
             if sparsity_state is not None:
                 self.sparsity.load_state_dict(sparsity_state)
-            if isinstance(err, EvaluationError) and self.nan_policy == "skip":
+            if isinstance(err, EvaluationError) and self.on_failure == "omit":
                 warnings.warn(f"step skipped: {err}", NonFiniteLossWarning, stacklevel=3)
                 return None
             raise

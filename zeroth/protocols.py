@@ -123,7 +123,7 @@ class Estimator(Protocol):
 
 @runtime_checkable
 class Evaluator(Protocol):
-    """Computes the losses of a direction set: what :class:`~zeroth.engine.Sequential` computes, faster.
+    """Computes the losses of a direction set: what :class:`~zeroth.engine.SequentialEvaluator` computes, faster.
 
     ``supports`` answers before anything runs (a truthy/falsy :class:`~zeroth.engine.base.Support`
     whose ``reason`` says why not); ``evaluate`` returns :class:`~zeroth.engine.base.Losses` —

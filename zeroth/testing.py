@@ -4,10 +4,10 @@
 and tied weights, odd targets, random forwards, normalisation layers, attention, recurrent
 layers, every convolution and pooling flavour, parametrizations, data-dependent forwards). For
 each case, :func:`check` computes a CGE (forward and central) and an RGE gradient with every
-evaluator and compares it with :class:`~zeroth.engine.Sequential`'s, in float64. A fast path
+evaluator and compares it with :class:`~zeroth.engine.SequentialEvaluator`'s, in float64. A fast path
 must either agree (``exact``) or decline (``declined``: ``supports`` says no, or it raised
 :class:`~zeroth.engine.rules.Unsupported`/another error with parameters and buffers restored);
-:class:`~zeroth.engine.Auto` must always agree and reports the path it took.
+:class:`~zeroth.engine.AutoEvaluator` must always agree and reports the path it took.
 
 ``python -m bench.conformance`` prints the table; ``tests/engine/test_conformance.py`` asserts
 it against the expected-support table.
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import Auto, Batched, FeatureReuse, Sequential
+from .engine import AutoEvaluator, BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 from .estimators import CGE, RGE, Estimator
 from .objective import Objective
 from .optim import estimate_gradient
@@ -377,10 +377,10 @@ class Outcome:
     """What one evaluator did on one case.
 
     Attributes:
-        status: ``"exact"`` (agrees with Sequential to 1e-6), ``"declined"`` (``supports`` said
+        status: ``"exact"`` (agrees with SequentialEvaluator to 1e-6), ``"declined"`` (``supports`` said
             no, or it raised with parameters and buffers intact) or ``"WRONG"`` (disagrees: a bug).
-        error: the largest gradient difference from Sequential relative to Sequential's largest entry.
-        path: the evaluator that produced the result (for Auto, the one it chose).
+        error: the largest gradient difference from SequentialEvaluator relative to SequentialEvaluator's largest entry.
+        path: the evaluator that produced the result (for AutoEvaluator, the one it chose).
         reason: why a fast path declined.
     """
 
@@ -406,7 +406,7 @@ def check(name: str, estimator: str) -> Dict[str, Outcome]:
     Seeds torch's global RNG (via :func:`build`) and leaves it as the last run left it.
 
     Returns:
-        ``{"FeatureReuse": Outcome, "Batched": Outcome, "auto": Outcome}``.
+        ``{"FeatureReuseEvaluator": Outcome, "BatchedEvaluator": Outcome, "auto": Outcome}``.
 
     Raises:
         AssertionError: an evaluator raised and left a parameter or buffer changed.
@@ -425,10 +425,10 @@ def check(name: str, estimator: str) -> Dict[str, Outcome]:
             obj, params, ESTIMATORS[estimator](), ev, masks=masks, generator=torch.Generator().manual_seed(7)
         )
 
-    _, ref, _ = run(Sequential())
+    _, ref, _ = run(SequentialEvaluator())
     scale = max(float(g.abs().max()) for g in ref) or 1.0
     out: Dict[str, Outcome] = {}
-    for label, ev in (("FeatureReuse", FeatureReuse()), ("Batched", Batched(chunk_size=4)), ("auto", Auto())):
+    for label, ev in (("FeatureReuseEvaluator", FeatureReuseEvaluator()), ("BatchedEvaluator", BatchedEvaluator(chunk_size=4)), ("auto", AutoEvaluator())):
         support = ev.supports(obj, ESTIMATORS[estimator]().directions(params, masks=masks), params)
         if label != "auto" and not support:
             out[label] = Outcome("declined", reason=support.reason)
@@ -440,6 +440,6 @@ def check(name: str, estimator: str) -> Dict[str, Outcome]:
             out[label] = Outcome("declined", reason=f"{type(err).__name__}: {err}"[:200])
             continue
         rel_err = max(float((a - b).abs().max()) for a, b in zip(got, ref)) / scale
-        path = type(ev.last).__name__ if isinstance(ev, Auto) else label
+        path = type(ev.last).__name__ if isinstance(ev, AutoEvaluator) else label
         out[label] = Outcome("exact" if rel_err <= 1e-6 else "WRONG", rel_err, path)
     return out

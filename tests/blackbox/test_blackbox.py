@@ -278,8 +278,8 @@ def test_nan_output_raises_in_forward_and_leaves_everything_untouched():
     assert torch.equal(bb.generator.get_state(), gen)
 
 
-def test_nan_policy_propagates_nan_with_a_warning():
-    _, bb, _ = _hybrid(from_numpy(guarded, on_failure="nan"))
+def test_propagate_policy_gives_nan_with_a_warning():
+    _, bb, _ = _hybrid(from_numpy(guarded, on_failure="propagate"))
     x = torch.tensor([[0.5, 0.2, 0.1], [0.9995, 0.3, 0.2]], dtype=torch.float64, requires_grad=True)
     with pytest.warns(ProgramWarning, match="NaN outputs and gradients"):
         out = bb(x)
@@ -289,8 +289,8 @@ def test_nan_policy_propagates_nan_with_a_warning():
     assert bb.counts()["failed_points"] == 1
 
 
-def test_skip_policy_drops_failed_points_from_the_estimate():
-    _, bb, _ = _hybrid(from_numpy(guarded, on_failure="skip"), CGE(mu=1e-6))
+def test_omit_policy_drops_failed_points_from_the_estimate():
+    _, bb, _ = _hybrid(from_numpy(guarded, on_failure="omit"), CGE(mu=1e-6))
     x = torch.tensor([[0.5, 0.2, 0.1], [0.9999995, 0.3, 0.2], [1.5, 0.1, 0.1]], dtype=torch.float64, requires_grad=True)
     with pytest.warns(ProgramWarning, match="left out of the estimate"):
         out = bb(x)
@@ -302,7 +302,7 @@ def test_skip_policy_drops_failed_points_from_the_estimate():
     assert torch.allclose(x.grad, expected, atol=1e-5)
 
 
-def test_skip_policy_averages_rge_over_the_directions_that_worked():
+def test_omit_policy_averages_rge_over_the_directions_that_worked():
     calls = []
 
     def flaky(a):  # fails at the perturbed points of every second evaluation (rows share the call)
@@ -311,7 +311,7 @@ def test_skip_policy_averages_rge_over_the_directions_that_worked():
         return out * np.nan if len(calls) in (2, 4) else out
 
     x, _ = data(batch=4)
-    bb = BlackBox(from_numpy(flaky, on_failure="skip"), RGE(q=400, mu=1e-6), seed=0)
+    bb = BlackBox(from_numpy(flaky, on_failure="omit"), RGE(q=400, mu=1e-6), seed=0)
     xr = x.clone().requires_grad_(True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ProgramWarning)
@@ -372,7 +372,7 @@ def test_a_changing_number_of_outputs_is_refused_not_broadcast(rowwise, estimato
     with pytest.raises(ProgramError, match=r"returned points of shape \(3,\), earlier \(2,\)") as info:
         bb(x)
     assert any("perturbed point 1" in n for n in info.value.__notes__)
-    bb = BlackBox(TensorFunction(changing, on_failure="nan"), estimator, rowwise=rowwise, seed=0)
+    bb = BlackBox(TensorFunction(changing, on_failure="propagate"), estimator, rowwise=rowwise, seed=0)
     with pytest.warns(ProgramWarning):
         out = bb(x)
     out.sum().backward()

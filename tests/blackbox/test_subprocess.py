@@ -129,10 +129,10 @@ def test_flaky_program_recovers_with_retries(tmp_path):
     assert not all(torch.equal(p, b) for p, b in zip(net.parameters(), before))  # the step went through
 
 
-def test_nan_and_skip_policies_for_a_crashing_run(tmp_path):
+def test_propagate_and_omit_policies_for_a_crashing_run(tmp_path):
     # crashes when an input exceeds 1; runs of 2 points, so only the run holding the perturbed row fails
     x = torch.tensor([[0.2, 0.3], [0.9999995, 0.1]], dtype=torch.float64, requires_grad=True)
-    for policy in ("nan", "skip"):
+    for policy in ("propagate", "omit"):
         prog = program("crash-above:1.0", on_failure=policy, max_points=2, failed_dir=str(tmp_path))
         bb = BlackBox(prog, CGE(mu=1e-6))
         with warnings.catch_warnings(record=True) as caught:
@@ -145,7 +145,7 @@ def test_nan_and_skip_policies_for_a_crashing_run(tmp_path):
         assert bb.counts()["failed_points"] == 2  # the run with perturbed point 1 (both rows) failed
         row0 = expected_vjp(x.detach(), torch.ones(2, 2, dtype=torch.float64))
         assert torch.isfinite(x.grad[:, 1]).all()
-        if policy == "nan":
+        if policy == "propagate":
             assert math.isnan(float(x.grad[0, 0])) and math.isnan(float(x.grad[1, 0]))
         else:
             assert torch.equal(x.grad[:, 0], torch.zeros(2, dtype=torch.float64))
@@ -153,7 +153,7 @@ def test_nan_and_skip_policies_for_a_crashing_run(tmp_path):
 
 
 def test_policy_needs_a_known_output_shape_when_every_run_fails():
-    bb = BlackBox(program("crash", on_failure="nan"))
+    bb = BlackBox(program("crash", on_failure="propagate"))
     with pytest.raises(ProgramError, match="output shape is unknown"):
         bb(torch.ones(2, 2))
 

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 from zeroth import CGE, RGE, SPSA, BlackBox, EvaluationError, Objective, ZOOptimizer, estimate_gradient  # noqa: E402
 from zeroth.blackbox import batched, from_numpy  # noqa: E402
 from zeroth.distributed import RayEvaluator, RayPool, WorkerFailureError, WorkerFailureWarning  # noqa: E402
-from zeroth.engine import FeatureReuse, Sequential  # noqa: E402
+from zeroth.engine import FeatureReuseEvaluator, SequentialEvaluator  # noqa: E402
 from zeroth.models import DigitsCNN  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def batch(n=16, seed=1):
 def run_both(make_model, estimator, ray_evaluator, local_evaluator=None, steps=1, seed=0):
     """Parameters, buffers, RNG and losses after ``steps`` optimizer steps, local and on Ray."""
     out = []
-    for ev in (local_evaluator or Sequential(), ray_evaluator):
+    for ev in (local_evaluator or SequentialEvaluator(), ray_evaluator):
         model = make_model()
         x, y = batch()
         opt = ZOOptimizer(model.parameters(), lr=0.05, estimator=estimator, evaluator=ev, seed=seed)
@@ -106,7 +106,7 @@ def test_exact_rademacher_pieces_on_workers_give_the_local_losses(shared, dtype)
     params = list(model.parameters())
     dirs = ExactRademacher(params, seed=5, q=6, mus=[1e-3] * len(params), antithetic=True)
     assert shared.supports(obj, dirs, params)
-    local = Sequential().evaluate(obj, params, dirs)
+    local = SequentialEvaluator().evaluate(obj, params, dirs)
     remote = shared.evaluate(obj, params, dirs)
     assert len(shared.stats["last_step"]["pieces"]) > 1
     assert torch.equal(local.perturbed, remote.perturbed)
@@ -152,7 +152,7 @@ def test_program_calls_on_the_workers_are_counted_by_the_drivers_black_box(share
     )
     x, y = batch()
     counts = []
-    for ev in (Sequential(), shared):
+    for ev in (SequentialEvaluator(), shared):
         model = make()
         estimate_gradient(Objective(model, F.cross_entropy, x, y), list(model[1].parameters()), CGE(), ev)
         counts.append(model[2].counts())
@@ -237,10 +237,10 @@ def test_feature_reuse_on_workers_agrees_with_local_to_rounding(cpus_free):
     x, y = batch(24)
     obj = Objective(model, F.cross_entropy, x, y)
     params = list(model.parameters())
-    _, ref, ref_losses = estimate_gradient(obj, params, CGE(), FeatureReuse())
-    with RayEvaluator("auto", num_workers=2) as ev:  # auto picks FeatureReuse on the workers
+    _, ref, ref_losses = estimate_gradient(obj, params, CGE(), FeatureReuseEvaluator())
+    with RayEvaluator("auto", num_workers=2) as ev:  # auto picks FeatureReuseEvaluator on the workers
         _, got, losses = estimate_gradient(obj, params, CGE(), ev)
-        assert ray.get(ev.workers[0].counters.remote())["evaluator"].startswith("FeatureReuse")
+        assert ray.get(ev.workers[0].counters.remote())["evaluator"].startswith("FeatureReuseEvaluator")
     torch.testing.assert_close(losses.perturbed, ref_losses.perturbed, rtol=1e-6, atol=0)
     # how the coordinates are split depends on the workers' measured speed, and a worker given part
     # of the last layer takes its sparse path instead of the whole-layer table: both exact, rounded
@@ -251,8 +251,8 @@ def test_feature_reuse_on_workers_agrees_with_local_to_rounding(cpus_free):
 
 
 # -- faults --------------------------------------------------------------------------------
-class SlowSequential(Sequential):
-    """Sequential that first sleeps, so a test can kill the worker in the middle of a step."""
+class SlowSequential(SequentialEvaluator):
+    """SequentialEvaluator that first sleeps, so a test can kill the worker in the middle of a step."""
 
     def __init__(self, delay):
         super().__init__()
@@ -263,7 +263,7 @@ class SlowSequential(Sequential):
         return super().evaluate(objective, params, dirs)
 
 
-class Crash(Sequential):
+class Crash(SequentialEvaluator):
     """A worker process that dies in every evaluation (as if killed by the OOM killer)."""
 
     def evaluate(self, objective, params, dirs):

@@ -5,7 +5,7 @@ import torch
 
 from zeroth import CGE, RGE, SPSA
 from zeroth.distributed import split
-from zeroth.engine import Sequential
+from zeroth.engine import SequentialEvaluator
 from zeroth.models import DigitsMLP
 
 
@@ -36,11 +36,11 @@ def test_pieces_evaluated_apart_give_the_whole(estimator):
         return torch.nn.functional.cross_entropy(model(x), y)
 
     dirs = estimator.directions(params, generator=torch.Generator().manual_seed(1))
-    whole = Sequential().evaluate(objective, params, dirs)
+    whole = SequentialEvaluator().evaluate(objective, params, dirs)
     out = torch.full((len(dirs),), float("nan"), dtype=torch.float64)
     for piece in split.assign(split.blocks(dirs.num_directions, 6), [1.0, 2.0]):
         ids = split.members(piece)
-        part = Sequential().evaluate(
+        part = SequentialEvaluator().evaluate(
             objective, params, split.to_device(split.subset(dirs, ids), [p.device for p in params])
         )
         split.scatter(dirs, ids, part.perturbed, out)

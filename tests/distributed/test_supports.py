@@ -11,7 +11,7 @@ pytest.importorskip("ray")
 
 from zeroth import CGE, SPSA, Objective  # noqa: E402
 from zeroth.distributed import RayEvaluator  # noqa: E402
-from zeroth.engine import Auto  # noqa: E402
+from zeroth.engine import AutoEvaluator  # noqa: E402
 from zeroth.engine.base import Support  # noqa: E402
 
 
@@ -51,8 +51,8 @@ def test_supports_returns_support_with_a_reason_for_each_refusal():
 
 def test_auto_reports_the_ray_evaluators_reason_and_runs_the_next_one():
     model, obj, params = problem()
-    auto = Auto(preferred=[RayEvaluator("sequential")])
+    auto = AutoEvaluator(preferred=[RayEvaluator("sequential")])
     dirs = SPSA().directions(params, generator=torch.Generator().manual_seed(0))
-    losses = auto.evaluate(lambda: obj(), params, dirs)  # a plain closure: Ray declines, Sequential runs
+    losses = auto.evaluate(lambda: obj(), params, dirs)  # a plain closure: Ray declines, SequentialEvaluator runs
     assert losses.perturbed.shape == (len(dirs),)
     assert "needs an Objective" in auto.explain(), auto.explain()

@@ -1,9 +1,9 @@
-"""The conformance suite: every fast path agrees with Sequential in float64 or declines, as the table says.
+"""The conformance suite: every fast path agrees with SequentialEvaluator in float64 or declines, as the table says.
 
-``EXPECTED[name] = (FeatureReuse computes it, Batched computes it)``. A fast path that declines
+``EXPECTED[name] = (FeatureReuseEvaluator computes it, BatchedEvaluator computes it)``. A fast path that declines
 where the table says it computes (a regression), or computes where the table says it declines
-(the table is stale), fails — nothing is skipped. ``auto`` must always agree with Sequential and
-take the first path that computes the case: FeatureReuse for CGE, then Batched, then Sequential.
+(the table is stale), fails — nothing is skipped. ``auto`` must always agree with SequentialEvaluator and
+take the first path that computes the case: FeatureReuseEvaluator for CGE, then BatchedEvaluator, then SequentialEvaluator.
 """
 
 import pytest
@@ -52,7 +52,7 @@ EXPECTED = {
     "channels_last": (True, True),
     "frozen_parameters": (True, True),
     "spectral_norm": (False, False),  # the forward moves buffer _u
-    "weight_norm": (False, True),  # parametrized: FeatureReuse declines all parametrizations
+    "weight_norm": (False, True),  # parametrized: FeatureReuseEvaluator declines all parametrizations
     "softmax_over_batch": (False, True),  # mixes batch rows
     "overridden_forward": (False, True),  # a Linear subclass with its own forward
     "item_in_forward": (False, False),  # .item() and a data-dependent branch
@@ -71,9 +71,9 @@ def test_fast_paths_are_exact_or_decline(name, estimator):
     fr, batched = EXPECTED[name]
     fr = fr and estimator != "rge"  # difference propagation needs coordinates
     out = check(name, estimator)
-    assert out["FeatureReuse"].status == ("exact" if fr else "declined"), (name, out["FeatureReuse"])
-    assert out["Batched"].status == ("exact" if batched else "declined"), (name, out["Batched"])
+    assert out["FeatureReuseEvaluator"].status == ("exact" if fr else "declined"), (name, out["FeatureReuseEvaluator"])
+    assert out["BatchedEvaluator"].status == ("exact" if batched else "declined"), (name, out["BatchedEvaluator"])
     assert out["auto"].status == "exact", (name, out["auto"])
-    assert out["auto"].path == ("FeatureReuse" if fr else "Batched" if batched else "Sequential")
-    for label in ("FeatureReuse", "Batched"):
+    assert out["auto"].path == ("FeatureReuseEvaluator" if fr else "BatchedEvaluator" if batched else "SequentialEvaluator")
+    for label in ("FeatureReuseEvaluator", "BatchedEvaluator"):
         assert out[label].status != "declined" or out[label].reason, f"{label} declined {name} without a reason"

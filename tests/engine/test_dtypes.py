@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroth import CGE, Objective, ZOOptimizer, estimate_gradient
-from zeroth.engine import Auto, Batched, FeatureReuse, Sequential
+from zeroth.engine import AutoEvaluator, BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,7 @@ def test_cge_divides_by_the_step_actually_taken(dtype, step):
     # f(w) = Σ w² at w = 8 (computed in float64), μ = 1e-2: fp16 moves w to 8 + 2⁻⁷ (the step taken), bf16
     # cannot move by 1e-2 at all and takes one ulp (2⁻⁴); the forward difference is then exactly 2w + h
     w = nn.Parameter(torch.full((3,), 8.0, dtype=dtype))
-    _, (g,), _ = estimate_gradient(lambda: (w.double() ** 2).sum(), [w], CGE(mu=1e-2), Sequential())
+    _, (g,), _ = estimate_gradient(lambda: (w.double() ** 2).sum(), [w], CGE(mu=1e-2), SequentialEvaluator())
     h = step if step is not None else float((torch.tensor(8.0, dtype=dtype) + 1e-2).double() - 8.0)
     assert g.dtype == dtype
     # the estimate 16 + h, stored in the parameter's dtype (not 12.5 = 0.78 × 16, not 0)
@@ -34,14 +34,14 @@ def test_low_precision_models_train_with_the_default_evaluator(dtype):
     x, y = torch.randn(16, 6).to(dtype), torch.randint(0, 3, (16,))
     obj = Objective(model, F.cross_entropy, x, y)
     params = list(model.parameters())
-    support = FeatureReuse().supports(obj, CGE().directions(params), params)
+    support = FeatureReuseEvaluator().supports(obj, CGE().directions(params), params)
     assert not support and str(dtype).split(".")[1] in support.reason
-    auto = Auto()
+    auto = AutoEvaluator()
     estimate_gradient(obj, params, CGE(mu=1e-2), auto)
-    assert isinstance(auto.last, Batched)
-    # the same points as Sequential; each loss equal up to the rounding of the loss in this dtype
+    assert isinstance(auto.last, BatchedEvaluator)
+    # the same points as SequentialEvaluator; each loss equal up to the rounding of the loss in this dtype
     dirs = CGE(mu=1e-2).directions(params)
-    got, ref = Batched().evaluate(obj, params, dirs), Sequential().evaluate(obj, params, dirs)
+    got, ref = BatchedEvaluator().evaluate(obj, params, dirs), SequentialEvaluator().evaluate(obj, params, dirs)
     ulp = float(torch.finfo(dtype).eps) * float(ref.perturbed.abs().max())
     assert float((got.perturbed - ref.perturbed).abs().max()) <= 4 * ulp
     # as in mixed-precision training, the loss is formed in float32 (a bf16 loss rounds to 2⁻⁷ and

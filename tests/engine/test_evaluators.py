@@ -1,4 +1,4 @@
-"""Every evaluator agrees with Sequential (the perturb-evaluate-restore loop) — one suite for all."""
+"""Every evaluator agrees with SequentialEvaluator (the perturb-evaluate-restore loop) — one suite for all."""
 
 import pytest
 import torch
@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroth import CGE, RGE, SPSA, Objective, ZOOptimizer, estimate_gradient
-from zeroth.engine import Auto, Batched, FeatureReuse, Sequential
+from zeroth.engine import AutoEvaluator, BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 from zeroth.models import DigitsCNN, DigitsMLP, resnet20
 
 from ..conftest import cosine
 
-EVALUATORS = [FeatureReuse(), Batched(chunk_size=7)]  # chunk_size=7: chunks end inside parameters
+EVALUATORS = [FeatureReuseEvaluator(), BatchedEvaluator(chunk_size=7)]  # chunk_size=7: chunks end inside parameters
 
 
 def _mse(out, t):
@@ -78,13 +78,13 @@ def test_losses_agree_with_sequential_in_float32(evaluator, name, per_param, bat
     assert evaluator.supports(obj, dirs, params)  # every model here is one both fast paths compute
     before = [p.clone() for p in params]
     buffers = [b.clone() for b in model.buffers()]
-    ref = Sequential().evaluate(obj, params, dirs)
+    ref = SequentialEvaluator().evaluate(obj, params, dirs)
     ref_buffers = [b.clone() for b in model.buffers()]
     for b, v in zip(model.buffers(), buffers):
         b.copy_(v)
     got = evaluator.evaluate(obj, params, dirs)
     assert all(torch.equal(a, b) for a, b in zip(before, params))  # parameters bitwise unchanged
-    # BN running statistics as after one pass: for two-sided schemes Sequential's first pass is at
+    # BN running statistics as after one pass: for two-sided schemes SequentialEvaluator's first pass is at
     # θ + μe₀ (no unperturbed pass) while the others make one at θ — equal up to O(μ)
     for a, b in zip(ref_buffers, model.buffers()):
         if scheme == "forward":
@@ -101,7 +101,7 @@ def test_gradients_agree_with_sequential_and_autograd_in_float64(evaluator, name
     model, obj, params, masks = _problem(name, torch.float64, batch, per_param)
     est = CGE(mu=1e-4)  # float64 rounding of a loss difference: ~1e-16·ℓ/μ ≈ 1e-12, far below the tolerance
     assert evaluator.supports(obj, est.directions(params, masks=masks), params)
-    _, ref, _ = estimate_gradient(obj, params, est, Sequential(), masks=masks)
+    _, ref, _ = estimate_gradient(obj, params, est, SequentialEvaluator(), masks=masks)
     _, got, _ = estimate_gradient(obj, params, est, evaluator, masks=masks)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
@@ -114,14 +114,14 @@ def test_gradients_agree_with_sequential_and_autograd_in_float64(evaluator, name
 def test_batched_random_directions_agree_with_sequential(estimator):
     model, obj, params, _ = _problem("digits_cnn_bn", torch.float32)
     dirs = estimator.directions(params, generator=torch.Generator().manual_seed(3))
-    ref = Sequential().evaluate(obj, params, dirs)
-    got = Batched(chunk_size=2).evaluate(obj, params, dirs)
+    ref = SequentialEvaluator().evaluate(obj, params, dirs)
+    got = BatchedEvaluator(chunk_size=2).evaluate(obj, params, dirs)
     torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
 
 
 def test_feature_reuse_declines_what_it_cannot_do_and_says_why():
     model, obj, params, _ = _problem("digits_cnn", torch.float32)
-    fr = FeatureReuse()
+    fr = FeatureReuseEvaluator()
     cases = [
         ((lambda: obj(), None), "plain closure"),
         ((obj, RGE(q=2).directions(params)), "CGE coordinates only"),
@@ -136,23 +136,23 @@ def test_feature_reuse_declines_what_it_cannot_do_and_says_why():
     for args, reason in cases:
         support = fr.supports(*args)
         assert not support and reason in support.reason, (reason, support)
-    assert Batched().supports(drop)  # copies share the base pass's mask through vmap(randomness="same")
+    assert BatchedEvaluator().supports(drop)  # copies share the base pass's mask through vmap(randomness="same")
     drop.model.eval()
     assert fr.supports(drop)
 
 
 def test_auto_is_a_rule_not_a_measurement():
     model, obj, params, _ = _problem("digits_cnn", torch.float32)
-    auto = Auto()
+    auto = AutoEvaluator()
     estimate_gradient(obj, params, CGE(), auto)
-    assert isinstance(auto.last, FeatureReuse)
-    # digits CNN at batch 12: few activations, so on a CPU Batched keeps random directions
+    assert isinstance(auto.last, FeatureReuseEvaluator)
+    # digits CNN at batch 12: few activations, so on a CPU BatchedEvaluator keeps random directions
     for _ in range(2):
         estimate_gradient(obj, params, RGE(q=4), auto, generator=torch.Generator().manual_seed(0))
-        assert isinstance(auto.last, Batched) and not auto.timings
+        assert isinstance(auto.last, BatchedEvaluator) and not auto.timings
     estimate_gradient(lambda: obj(), params, CGE(), auto)
-    assert isinstance(auto.last, Sequential)
-    assert "FeatureReuse(): a plain closure" in auto.explain()
+    assert isinstance(auto.last, SequentialEvaluator)
+    assert "FeatureReuseEvaluator(): a plain closure" in auto.explain()
 
 
 def test_auto_moves_to_sequential_above_the_activation_rule(monkeypatch):
@@ -160,11 +160,11 @@ def test_auto_moves_to_sequential_above_the_activation_rule(monkeypatch):
 
     monkeypatch.setattr(auto_module, "BATCHED_CPU_MAX_ACTIVATIONS", 10)
     model, obj, params, _ = _problem("digits_cnn", torch.float32)
-    auto = Auto()
+    auto = AutoEvaluator()
     first = estimate_gradient(obj, params, RGE(q=3), auto, generator=torch.Generator().manual_seed(0))
-    assert isinstance(auto.last, Batched)  # the key's first step counts activations
+    assert isinstance(auto.last, BatchedEvaluator)  # the key's first step counts activations
     second = estimate_gradient(obj, params, RGE(q=3), auto, generator=torch.Generator().manual_seed(0))
-    assert isinstance(auto.last, Sequential)  # then the rule applies, for good
+    assert isinstance(auto.last, SequentialEvaluator)  # then the rule applies, for good
     assert "activation elements" in auto.explain()
     torch.testing.assert_close(first[0], second[0])
 
@@ -173,12 +173,12 @@ def test_auto_with_tune_times_candidates_and_moves_batchnorm_statistics_once():
     model, obj, params, _ = _problem("bn_mlp", torch.float32)
     model.train()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    ref_losses = Sequential().evaluate(
+    ref_losses = SequentialEvaluator().evaluate(
         obj, params, RGE(q=3).directions(params, generator=torch.Generator().manual_seed(0))
     )
     ref = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(start)
-    auto = Auto(tune=True)
+    auto = AutoEvaluator(tune=True)
     got = auto.evaluate(obj, params, RGE(q=3).directions(params, generator=torch.Generator().manual_seed(0)))
     assert len(next(iter(auto.timings.values()))) == 2  # two candidates ran
     for k, v in model.state_dict().items():
@@ -201,10 +201,10 @@ def test_auto_choice_is_saved_with_the_optimizer():
 @pytest.mark.parametrize(
     "cls,kwargs,match",
     [
-        (FeatureReuse, dict(max_memory=10), "Invalid max_memory"),
-        (Batched, dict(max_memory=-1), "Invalid max_memory"),
-        (Batched, dict(chunk_size=0), "Invalid chunk_size"),
-        (Sequential, dict(restore="undo"), "Invalid restore"),
+        (FeatureReuseEvaluator, dict(max_memory=10), "Invalid max_memory"),
+        (BatchedEvaluator, dict(max_memory=-1), "Invalid max_memory"),
+        (BatchedEvaluator, dict(chunk_size=0), "Invalid chunk_size"),
+        (SequentialEvaluator, dict(restore="undo"), "Invalid restore"),
     ],
 )
 def test_bad_evaluator_arguments(cls, kwargs, match):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroth import CGE, Objective, estimate_gradient
-from zeroth.engine import FeatureReuse, Sequential
+from zeroth.engine import FeatureReuseEvaluator, SequentialEvaluator
 from zeroth.engine.precision import emulate_plain, round_to
 from zeroth.models import DigitsCNN, ResNet20
 
@@ -30,7 +30,7 @@ def test_round_to_bf16_and_tf32():
 
 def test_bad_precision_names_the_argument():
     with pytest.raises(ValueError, match="precision"):
-        FeatureReuse(precision="fp16")
+        FeatureReuseEvaluator(precision="fp16")
 
 
 def _digits(seed=0, batch=32):
@@ -69,7 +69,7 @@ def _errors(make, mu=1e-3, reference="autograd", per_param=None):
     if reference == "autograd":
         exact = torch.autograd.grad(obj64(), list(exact_model.parameters()))
     else:
-        exact = estimate_gradient(obj64, list(exact_model.parameters()), est, Sequential(), masks=masks)[1]
+        exact = estimate_gradient(obj64, list(exact_model.parameters()), est, SequentialEvaluator(), masks=masks)[1]
     obj = Objective(model, F.cross_entropy, x, y)
     state = [b.clone() for b in model.buffers()]
 
@@ -78,11 +78,11 @@ def _errors(make, mu=1e-3, reference="autograd", per_param=None):
             b.copy_(v)
         return estimate_gradient(obj, params, est, evaluator, masks=masks)[1]
 
-    out = {"fp32": grad(Sequential()), "fr_fp32": grad(FeatureReuse())}
+    out = {"fp32": grad(SequentialEvaluator()), "fr_fp32": grad(FeatureReuseEvaluator())}
     for precision in ("tf32", "bf16", "bf16x3"):
-        out[precision] = grad(FeatureReuse(precision=precision))
+        out[precision] = grad(FeatureReuseEvaluator(precision=precision))
     with emulate_plain(model, "bf16"):
-        out["plain_bf16"] = grad(Sequential())
+        out["plain_bf16"] = grad(SequentialEvaluator())
 
     def sampled(ts):  # the estimated coordinates only
         if masks is None:

@@ -1,5 +1,5 @@
-"""FeatureReuse's per-stage choice between propagating Δ and restarting on K copies: every choice is exact,
-the cost model's choice is fixed by shapes, and the block-restart baseline (bench) equals Sequential."""
+"""FeatureReuseEvaluator's per-stage choice between propagating Δ and restarting on K copies: every choice is exact,
+the cost model's choice is fixed by shapes, and the block-restart baseline (bench) equals SequentialEvaluator."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +7,7 @@ from torch import nn
 
 from bench.block_restart import BlockRestart, blocks_of
 from zeroth import CGE, Objective, estimate_gradient
-from zeroth.engine import FeatureReuse, Sequential
+from zeroth.engine import FeatureReuseEvaluator, SequentialEvaluator
 from zeroth.engine.delta import Delta, add_delta_, materialise
 from zeroth.engine.feature_reuse import _owners
 from zeroth.engine.schemes import COSTS, BlockShapes, Cut, candidate_cuts
@@ -43,12 +43,12 @@ class _Pick:
 
 def test_every_cut_equals_sequential_in_float64(monkeypatch):
     """Each exact switch position (inside the perturbed block, at every later stage input and inside
-    every later block) gives Sequential's gradient to float64 rounding of the loss (1e-16·ℓ/μ)."""
+    every later block) gives SequentialEvaluator's gradient to float64 rounding of the loss (1e-16·ℓ/μ)."""
     import zeroth.engine.feature_reuse as fr
 
     model, obj, params, masks = _problem(_small, batch=2, per_param=1)
     est = CGE(mu=1e-4)
-    _, ref, _ = estimate_gradient(obj, params, est, Sequential(), masks=masks)
+    _, ref, _ = estimate_gradient(obj, params, est, SequentialEvaluator(), masks=masks)
     i, most = 0, 1
     while i < most:
         pick = _Pick(i)
@@ -59,7 +59,7 @@ def test_every_cut_equals_sequential_in_float64(monkeypatch):
             original(self, *args, **kwargs)
 
         monkeypatch.setattr(fr._StepContext, "__init__", init)
-        _, got, _ = estimate_gradient(obj, params, est, FeatureReuse(), masks=masks)
+        _, got, _ = estimate_gradient(obj, params, est, FeatureReuseEvaluator(), masks=masks)
         monkeypatch.undo()
         for a, b in zip(ref, got):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
@@ -72,20 +72,20 @@ def test_every_cut_equals_sequential_in_float64(monkeypatch):
 def test_schemes_agree_with_sequential_on_resnet20_in_float32(scheme):
     model, obj, params, masks = _problem(resnet20, batch=2, dtype=torch.float32, per_param=3)
     dirs = CGE(mu=1e-3).directions(params, masks=masks)
-    ref = Sequential().evaluate(obj, params, dirs)
-    got = FeatureReuse(scheme=scheme).evaluate(obj, params, dirs)
+    ref = SequentialEvaluator().evaluate(obj, params, dirs)
+    got = FeatureReuseEvaluator(scheme=scheme).evaluate(obj, params, dirs)
     torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
 
 
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="Invalid scheme"):
-        FeatureReuse(scheme="fastest")
+        FeatureReuseEvaluator(scheme="fastest")
 
 
 def _plans(batch):
     """The cost model's cuts for ResNet-20 at ``batch`` (shapes from a batch-2 pass, batch dimension scaled)."""
     model, obj, params, _ = _problem(resnet20, batch=2, dtype=torch.float32)
-    fr = FeatureReuse()
+    fr = FeatureReuseEvaluator()
     with torch.no_grad(), frozen_batchnorm_buffers(model):
         ctx = fr._base_pass(obj, model.zo_stages())
     shapes = [(batch,) + tuple(a.shape[1:]) for a in ctx.acts]
@@ -170,7 +170,7 @@ def test_block_restart_baseline_equals_sequential_in_float64():
     model, obj, params, masks = _problem(_small, per_param=2)
     assert len(blocks_of(model)) == 8  # stem, six residual blocks, head
     dirs = CGE(mu=1e-4, scheme="central").directions(params, masks=masks)
-    ref = Sequential().evaluate(obj, params, dirs)
+    ref = SequentialEvaluator().evaluate(obj, params, dirs)
     before = [p.clone() for p in params]
     got = BlockRestart(model).evaluate(obj, params, dirs)
     assert all(torch.equal(a, b) for a, b in zip(before, params))
@@ -179,9 +179,9 @@ def test_block_restart_baseline_equals_sequential_in_float64():
 
 def test_copies_repeat_the_cached_pass_bit_for_bit():
     """On a CPU the cached pass runs channels-last and unperturbed copies from any stage reproduce its logits
-    exactly, so rounding cancels in the copies' loss differences as between two forwards of Sequential."""
+    exactly, so rounding cancels in the copies' loss differences as between two forwards of SequentialEvaluator."""
     model, obj, params, _ = _problem(resnet20, batch=4, dtype=torch.float32)
-    fr = FeatureReuse()
+    fr = FeatureReuseEvaluator()
     with torch.no_grad(), frozen_batchnorm_buffers(model):
         ctx = fr._base_pass(obj, model.zo_stages())
         assert ctx.laid_out(ctx.acts[5]).is_contiguous(memory_format=torch.channels_last)
@@ -210,33 +210,33 @@ def test_a_model_that_cannot_run_channels_last_runs_as_given():
     masks = [torch.arange(min(4, p.numel())) for p in params]
     dirs = CGE(mu=1e-3).directions(params, masks=masks)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    ref = Sequential().evaluate(obj, params, dirs)
+    ref = SequentialEvaluator().evaluate(obj, params, dirs)
     after_ref = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(start)
-    got = FeatureReuse().evaluate(obj, params, dirs)
+    got = FeatureReuseEvaluator().evaluate(obj, params, dirs)
     torch.testing.assert_close(got.perturbed, ref.perturbed, rtol=1e-6, atol=0)
-    for k, v in model.state_dict().items():  # running statistics moved once, as Sequential moves them
+    for k, v in model.state_dict().items():  # running statistics moved once, as SequentialEvaluator moves them
         torch.testing.assert_close(v, after_ref[k], rtol=1e-6, atol=1e-7)
 
 
 def test_bench_resnet_runs_and_its_gradients_agree(capsys):
     """``python -m bench.resnet`` end to end at a tiny batch: the table, the extrapolation and the
-    gradient check (every method against Sequential on the sampled coordinates)."""
+    gradient check (every method against SequentialEvaluator on the sampled coordinates)."""
     import re
 
     from bench import resnet
 
     resnet.main(["--batch", "2", "--quick", "--rounds", "1"])
     out = capsys.readouterr().out
-    assert "FeatureReuse / block restart for the whole step" in out and "b8.3" in out
-    errors = dict(re.findall(r"(block restart|FeatureReuse) ([0-9.e+-]+) \(\|g\|", out))
-    assert float(errors["block restart"]) == 0.0  # the same arithmetic as Sequential
-    assert float(errors["FeatureReuse"]) < 2e-3  # fp32 rounding of the loss / mu is ~5e-5 per evaluation
+    assert "FeatureReuseEvaluator / block restart for the whole step" in out and "b8.3" in out
+    errors = dict(re.findall(r"(block restart|FeatureReuseEvaluator) ([0-9.e+-]+) \(\|g\|", out))
+    assert float(errors["block restart"]) == 0.0  # the same arithmetic as SequentialEvaluator
+    assert float(errors["FeatureReuseEvaluator"]) < 2e-3  # fp32 rounding of the loss / mu is ~5e-5 per evaluation
 
 
 def test_the_cuda_path_is_exact_on_a_cpu(monkeypatch):
     """What a GPU runs — copies in the cached pass's NCHW layout (folded per-copy BatchNorm, no fused
-    convolution) and cuts chosen by the CUDA cost table — equals Sequential (no GPU in CI: run on a CPU)."""
+    convolution) and cuts chosen by the CUDA cost table — equals SequentialEvaluator (no GPU in CI: run on a CPU)."""
     import zeroth.engine.feature_reuse as fr
     from zeroth.engine.stages import copies_layout
 
@@ -244,7 +244,7 @@ def test_the_cuda_path_is_exact_on_a_cpu(monkeypatch):
     monkeypatch.setattr(fr, "costs_for", lambda device_type: COSTS["cuda"])
     model, obj, params, masks = _problem(_small, batch=2, per_param=2)
     est = CGE(mu=1e-4)
-    _, ref, _ = estimate_gradient(obj, params, est, Sequential(), masks=masks)
-    _, got, _ = estimate_gradient(obj, params, est, FeatureReuse(), masks=masks)
+    _, ref, _ = estimate_gradient(obj, params, est, SequentialEvaluator(), masks=masks)
+    _, got, _ = estimate_gradient(obj, params, est, FeatureReuseEvaluator(), masks=masks)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-10)

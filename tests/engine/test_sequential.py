@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeroth import CGE, RGE, SPSA, Objective, Sequential, estimate_gradient
-from zeroth.engine import Auto
+from zeroth import CGE, RGE, SPSA, Objective, SequentialEvaluator, estimate_gradient
+from zeroth.engine import AutoEvaluator
 
 from ..conftest import cosine
 
@@ -37,7 +37,7 @@ def test_parameters_are_restored_bitwise(estimator):
     model = _model()
     params = list(model.parameters())
     before = [p.clone() for p in params]
-    estimate_gradient(_objective(model), params, estimator, Sequential(), generator=torch.Generator().manual_seed(0))
+    estimate_gradient(_objective(model), params, estimator, SequentialEvaluator(), generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
@@ -48,7 +48,7 @@ def test_losses_equal_a_hand_written_loop():
     params = list(model.parameters())
     est = CGE(mu=1e-3, scheme="central")
     dirs = est.directions(params)
-    losses = Sequential().evaluate(obj, params, dirs)
+    losses = SequentialEvaluator().evaluate(obj, params, dirs)
     expected = []
     for sign in (1.0, -1.0):
         for p in params:
@@ -66,7 +66,7 @@ def test_inverse_restore_is_close_but_copy_free():
     model = _model()
     params = list(model.parameters())
     before = [p.clone() for p in params]
-    estimate_gradient(_objective(model), params, SPSA(mu=1e-2), Sequential(restore="inverse"))
+    estimate_gradient(_objective(model), params, SPSA(mu=1e-2), SequentialEvaluator(restore="inverse"))
     for a, b in zip(before, params):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -86,7 +86,7 @@ def test_raising_objective_restores_params_and_names_the_evaluation(fail_at):
         return obj()
 
     with pytest.raises(RuntimeError, match="simulator crashed") as info:
-        estimate_gradient(closure, params, CGE(), Sequential())
+        estimate_gradient(closure, params, CGE(), SequentialEvaluator())
     assert any(f"evaluation {fail_at} of" in n for n in getattr(info.value, "__notes__", []))
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
@@ -95,7 +95,7 @@ def test_non_scalar_objective_is_rejected_clearly():
     model = _model()
     obj = _objective(model)
     with pytest.raises(ValueError, match="objective must return a scalar loss"):
-        estimate_gradient(lambda: model(obj.inputs), list(model.parameters()), CGE(), Sequential())
+        estimate_gradient(lambda: model(obj.inputs), list(model.parameters()), CGE(), SequentialEvaluator())
 
 
 def test_batchnorm_running_stats_change_once_per_step():
@@ -104,7 +104,7 @@ def test_batchnorm_running_stats_change_once_per_step():
     reference = _model(bn=True)
     with torch.no_grad():
         reference(obj.inputs)  # one forward at θ: what a first-order step does to the buffers
-    estimate_gradient(obj, list(model.parameters()), CGE(), Sequential())
+    estimate_gradient(obj, list(model.parameters()), CGE(), SequentialEvaluator())
     bn, ref = model[1], reference[1]
     assert torch.equal(bn.running_mean, ref.running_mean)
     assert torch.equal(bn.running_var, ref.running_var)
@@ -120,7 +120,7 @@ def test_dropout_uses_common_random_numbers():
     exact = torch.autograd.grad(obj(), params)
     after_one_forward = torch.get_rng_state()
     torch.manual_seed(123)
-    _, grads, _ = estimate_gradient(obj, params, CGE(mu=1e-7), Sequential())
+    _, grads, _ = estimate_gradient(obj, params, CGE(mu=1e-7), SequentialEvaluator())
     assert cosine(grads, exact) > 1 - 1e-9
     assert torch.equal(torch.get_rng_state(), after_one_forward)  # RNG advanced as by one evaluation
 
@@ -128,6 +128,6 @@ def test_dropout_uses_common_random_numbers():
 def test_auto_falls_back_to_sequential_for_closures():
     model = _model()
     obj = _objective(model)
-    auto = Auto()
+    auto = AutoEvaluator()
     estimate_gradient(lambda: obj(), list(model.parameters()), CGE(), auto)
-    assert isinstance(auto.last, Sequential)
+    assert isinstance(auto.last, SequentialEvaluator)

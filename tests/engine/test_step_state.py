@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroth import CGE, RGE, Objective, ZOOptimizer, estimate_gradient
-from zeroth.engine import Sequential
+from zeroth.engine import SequentialEvaluator
 
 
 def _bn_model():
@@ -51,11 +51,11 @@ def test_a_closure_runs_spectral_norm_power_iteration_once_per_step():
     assert not torch.equal(u0, u1)
     params = [p for p in model.parameters()]
     closure = lambda: F.cross_entropy(model(x), y)  # noqa: E731
-    _, g, _ = estimate_gradient(closure, params, CGE(mu=1e-3), Sequential())
+    _, g, _ = estimate_gradient(closure, params, CGE(mu=1e-3), SequentialEvaluator())
     assert torch.equal(lin.parametrizations.weight[0]._u, u1)
     # every evaluation started from (u0, v0): the gradient equals one taken again from them
     sn.load_state_dict(start)
-    _, g2, _ = estimate_gradient(closure, params, CGE(mu=1e-3), Sequential())
+    _, g2, _ = estimate_gradient(closure, params, CGE(mu=1e-3), SequentialEvaluator())
     for a, b in zip(g, g2):
         assert torch.equal(a, b)
 

@@ -1,7 +1,7 @@
 """Hugging Face models built from configs (random weights, no download) under the default evaluator.
 
 A model left in train mode draws dropout masks inside its forward; tied embeddings/LM heads share
-one parameter. The default evaluator must agree with Sequential on them (or run Sequential).
+one parameter. The default evaluator must agree with SequentialEvaluator on them (or run SequentialEvaluator).
 """
 
 import pytest
@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")  # the `hf` extra (installed by `make test`)
 
 from zeroth import CGE, RGE, SPSA, Objective, estimate_gradient  # noqa: E402
-from zeroth.engine import Auto, Sequential  # noqa: E402
+from zeroth.engine import AutoEvaluator, SequentialEvaluator  # noqa: E402
 
 
 def _gpt2(train: bool):
@@ -33,13 +33,13 @@ def test_default_evaluator_agrees_with_sequential_on_gpt2(train, estimator, form
     params = [p for p in model.parameters() if p.requires_grad]
     obj = (lambda: model(**batch).loss) if form == "closure" else Objective(model, None, batch)
     rng = torch.get_rng_state()
-    _, ref, _ = estimate_gradient(obj, params, estimator, Sequential(), generator=torch.Generator().manual_seed(2))
+    _, ref, _ = estimate_gradient(obj, params, estimator, SequentialEvaluator(), generator=torch.Generator().manual_seed(2))
     torch.set_rng_state(rng)
-    auto = Auto()
+    auto = AutoEvaluator()
     _, got, _ = estimate_gradient(obj, params, estimator, auto, generator=torch.Generator().manual_seed(2))
     for a, b in zip(got, ref):
-        assert torch.equal(a, b)  # the same evaluator (Sequential) in the end: bitwise
-    assert isinstance(auto.last, Sequential)
+        assert torch.equal(a, b)  # the same evaluator (SequentialEvaluator) in the end: bitwise
+    assert isinstance(auto.last, SequentialEvaluator)
     assert ("a plain closure" if form == "closure" else "inputs are a dict") in auto.explain()
 
 
@@ -55,10 +55,10 @@ def test_a_tensor_objective_on_gpt2_is_exact_whichever_path_runs(train):
     obj = Objective(model, loss_fn, ids, ids)
     rng = torch.get_rng_state()
     _, ref, _ = estimate_gradient(
-        obj, params, RGE(q=3, mu=1e-4), Sequential(), generator=torch.Generator().manual_seed(2)
+        obj, params, RGE(q=3, mu=1e-4), SequentialEvaluator(), generator=torch.Generator().manual_seed(2)
     )
     torch.set_rng_state(rng)
-    auto = Auto()
+    auto = AutoEvaluator()
     _, got, _ = estimate_gradient(obj, params, RGE(q=3, mu=1e-4), auto, generator=torch.Generator().manual_seed(2))
     scale = max(float(g.abs().max()) for g in ref)
     assert max(float((a - b).abs().max()) for a, b in zip(got, ref)) <= 1e-6 * scale, auto.explain()
@@ -71,8 +71,8 @@ def test_cge_on_a_sample_of_gpt2_coordinates_in_train_mode():
     masks = [torch.randperm(p.numel(), generator=g)[:3] for p in params]
     obj = Objective(model, None, batch)
     rng = torch.get_rng_state()
-    _, ref, _ = estimate_gradient(obj, params, CGE(mu=1e-4), Sequential(), masks=masks)
+    _, ref, _ = estimate_gradient(obj, params, CGE(mu=1e-4), SequentialEvaluator(), masks=masks)
     torch.set_rng_state(rng)
-    _, got, _ = estimate_gradient(obj, params, CGE(mu=1e-4), Auto(), masks=masks)
+    _, got, _ = estimate_gradient(obj, params, CGE(mu=1e-4), AutoEvaluator(), masks=masks)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroth import CGE, RGE, SPSA, Objective, Sequential, estimate_gradient, zo_gradient, zo_jacobian
+from zeroth import CGE, RGE, SPSA, Objective, SequentialEvaluator, estimate_gradient, zo_gradient, zo_jacobian
 from zeroth.estimators import ESTIMATORS
 from zeroth.models import DigitsMLP
 
@@ -81,7 +81,7 @@ def test_cge_on_network_matches_autograd(scheme):
     model, obj = _net_and_objective()
     params = list(model.parameters())
     exact = torch.autograd.grad(obj(), params)
-    loss, grads, losses = estimate_gradient(obj, params, CGE(mu=1e-6, scheme=scheme), Sequential())
+    loss, grads, losses = estimate_gradient(obj, params, CGE(mu=1e-6, scheme=scheme), SequentialEvaluator())
     d = sum(p.numel() for p in params)
     assert losses.count == (2 * d if scheme == "central" else d + 1)
     assert cosine(grads, exact) > 1 - 1e-9
@@ -136,8 +136,8 @@ def test_masked_cge_equals_dense_restricted():
     model, obj = _net_and_objective()
     params = list(model.parameters())
     masks = [torch.tensor([0, 5, 17]), torch.tensor([1]), torch.tensor([], dtype=torch.long), torch.tensor([2, 3])]
-    _, dense, _ = estimate_gradient(obj, params, CGE(mu=1e-6), Sequential())
-    _, sparse, losses = estimate_gradient(obj, params, CGE(mu=1e-6), Sequential(), masks=masks)
+    _, dense, _ = estimate_gradient(obj, params, CGE(mu=1e-6), SequentialEvaluator())
+    _, sparse, losses = estimate_gradient(obj, params, CGE(mu=1e-6), SequentialEvaluator(), masks=masks)
     assert losses.count == 6 + 1
     for g_d, g_s, m in zip(dense, sparse, masks):
         keep = torch.zeros(g_d.numel(), dtype=torch.bool)

@@ -11,7 +11,7 @@ from torch import nn
 
 from zeroth import Objective
 from zeroth.distributed import split
-from zeroth.engine import Auto, Batched, Sequential
+from zeroth.engine import AutoEvaluator, BatchedEvaluator, SequentialEvaluator
 from zeroth.estimators.exact_perturbation import ExactRademacher
 
 
@@ -132,13 +132,13 @@ def test_batched_and_sequential_agree_on_exact_rademacher(dtype, antithetic):
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
     dirs = ExactRademacher(params, seed=7, q=6, mus=[1e-3] * len(params), antithetic=antithetic)
-    assert Batched().supports(obj, dirs, params)
-    seq = Sequential().evaluate(obj, params, dirs)
-    bat = Batched(chunk_size=4).evaluate(obj, params, dirs)
+    assert BatchedEvaluator().supports(obj, dirs, params)
+    seq = SequentialEvaluator().evaluate(obj, params, dirs)
+    bat = BatchedEvaluator(chunk_size=4).evaluate(obj, params, dirs)
     tol = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
     torch.testing.assert_close(bat.perturbed, seq.perturbed, rtol=tol, atol=tol)
     assert (seq.base is None) == (bat.base is None) == antithetic
-    auto = Auto().evaluate(obj, params, dirs)
+    auto = AutoEvaluator().evaluate(obj, params, dirs)
     torch.testing.assert_close(auto.perturbed, seq.perturbed, rtol=tol, atol=tol)
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     # the losses are those of the involution's points (differences of ±a with a = 2⁻¹⁰ on every moved entry)
@@ -149,11 +149,11 @@ def test_pieces_of_an_exact_rademacher_set_evaluated_apart_give_the_whole():
     model, obj = small_problem(torch.float32)
     params = list(model.parameters())
     dirs = ExactRademacher(params, seed=3, q=7, mus=[1e-3] * len(params), antithetic=True)
-    whole = Sequential().evaluate(obj, params, dirs)
+    whole = SequentialEvaluator().evaluate(obj, params, dirs)
     out = torch.full((len(dirs),), float("nan"), dtype=torch.float64)
     for piece in split.assign(split.blocks(dirs.num_directions, 4), [1.0, 2.0]):
         ids = split.members(piece)
         sub = pickle.loads(pickle.dumps(split.subset(dirs, ids)))  # as it travels to a worker
-        part = Sequential().evaluate(obj, params, split.to_device(sub, [p.device for p in params]))
+        part = SequentialEvaluator().evaluate(obj, params, split.to_device(sub, [p.device for p in params]))
         split.scatter(dirs, ids, part.perturbed, out)
     assert torch.equal(out, whole.perturbed)

@@ -114,7 +114,7 @@ def test_head_reference_matches_perturbed_linear_layers():
                 want[o, i] = F.cross_entropy(head(x), y) - base
                 p[idx] -= mu
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-13)
-    bias_only = reference.head_cross_entropy_difference(x[:, :0], z, y, mu, True)  # FeatureReuse's bias call
+    bias_only = reference.head_cross_entropy_difference(x[:, :0], z, y, mu, True)  # FeatureReuseEvaluator's bias call
     torch.testing.assert_close(bias_only, want[:, 6:])
 
 

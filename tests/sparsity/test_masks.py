@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeroth import CGE, Objective, Sequential, ZOOptimizer, estimate_gradient
+from zeroth import CGE, Objective, SequentialEvaluator, ZOOptimizer, estimate_gradient
 from zeroth.data import accuracy, batches, load_digits
 from zeroth.models import DigitsCNN
 from zeroth.sparsity import DynamicMask, FixedMask, balanced_batch, count_selected, grasp_ratios
@@ -146,7 +146,7 @@ def test_sparse_cge_equals_dense_cge_restricted_to_the_selected_coordinates(net,
     params = list(model.parameters())
     masks = DynamicMask(0.3).select(params, 0, torch.Generator().manual_seed(0))
     est = CGE(mu=1e-6)
-    loss_d, dense, _ = estimate_gradient(obj, params, est, Sequential())  # the reference
+    loss_d, dense, _ = estimate_gradient(obj, params, est, SequentialEvaluator())  # the reference
     loss_s, sparse, losses = estimate_gradient(
         obj, params, est, ZOOptimizer(params, evaluator=evaluator).evaluator, masks=masks
     )

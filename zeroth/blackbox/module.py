@@ -30,7 +30,6 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import add_note
 from ..estimators import ESTIMATORS, Estimator
+from ..randomness import make_generator
 from .directions import PointDirections
 from .program import Program, ProgramError, ProgramWarning, as_program, describe
 
@@ -90,9 +90,9 @@ class VJPEstimate:
     def vjp(self, v: Tensor) -> Tensor:
         """The estimate of ``Jᵀv`` for the incoming gradient ``v`` (shaped like the output).
 
-        Under ``on_failure="skip"`` failed perturbations are left out of their row's estimate
+        Under ``on_failure="omit"`` failed perturbations are left out of their row's estimate
         (random directions: the mean over the directions that worked) and a failed forward
-        row gets 0; under ``"nan"`` they make the row NaN.
+        row gets 0; under ``"propagate"`` they make the row NaN.
 
         Returns:
             A tensor shaped like ``x``, in ``x``'s dtype.
@@ -100,7 +100,7 @@ class VJPEstimate:
         dirs, n = self.dirs, self.dirs.num_directions
         v = v.reshape(dirs.batch, -1).to(self.diffs.dtype)
         s = torch.einsum("ebm,bm->eb", self.diffs, v)  # ⟨v, f(x + sμd_e) − f(x)⟩, (len(dirs), B)
-        skip = self.policy == "skip"
+        skip = self.policy == "omit"
         if skip:
             s = torch.where(self.bad[1:], torch.zeros_like(s), s)
         coeffs = self.estimator.combine(dirs, torch.zeros_like(s[0]), s)  # (n, B)
@@ -187,20 +187,7 @@ class BlackBox(nn.Module):
         if not isinstance(rowwise, bool):
             raise TypeError(f"rowwise must be a bool, got {type(rowwise).__name__}")
         self.rowwise = rowwise
-        if seed is not None and generator is not None:
-            raise ValueError("pass either seed or generator, not both")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError(
-                f"generator must be a CPU generator (directions are drawn on the CPU), got {generator.device}"
-            )
-        if generator is None:
-            generator = torch.Generator()
-            generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        self.generator = generator
+        self.generator = make_generator(seed, generator)
         self.num_calls = 0
         self.num_points = 0
         self.num_failed_points = 0
@@ -208,7 +195,7 @@ class BlackBox(nn.Module):
 
     # -- counters and checkpoints --------------------------------------------------------
     def counts(self) -> Dict[str, int]:
-        """Program calls, query points sent, and points that failed (under ``"nan"``/``"skip"``)."""
+        """Program calls, query points sent, and points that failed (under ``"propagate"``/``"omit"``)."""
         return {"calls": self.num_calls, "points": self.num_points, "failed_points": self.num_failed_points}
 
     def add_counts(self, delta: Dict[str, int]) -> None:
@@ -407,7 +394,7 @@ class BlackBox(nn.Module):
             )
         values[bad] = float("nan")
         self.num_failed_points += int(idx.numel())
-        action = "NaN outputs and gradients" if self.program.on_failure == "nan" else "left out of the estimate"
+        action = "NaN outputs and gradients" if self.program.on_failure == "propagate" else "left out of the estimate"
         warnings.warn(
             f"program {name!r} failed at {idx.numel()} of {bad.numel()} query point(s) ({action}); first: "
             f"{self._where(e, num_evals)}, input {describe(flat_points[first])}",

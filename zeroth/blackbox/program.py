@@ -19,9 +19,15 @@ A failure is an exception in the program (crash, time-out, malformed output) or,
 the black box, a NaN/inf output. ``on_failure``:
 
 * ``"raise"`` — :class:`ProgramError` naming the program and the failing input;
-* ``"nan"`` — the failed points give NaN outputs, and the gradient rows that used them are NaN;
-* ``"skip"`` — the failed points give NaN outputs, a failed forward row gets a zero gradient
+* ``"propagate"`` — the failed points give NaN outputs, and the gradient rows that used them
+  are NaN;
+* ``"omit"`` — the failed points give NaN outputs, a failed forward row gets a zero gradient
   and failed perturbations are left out of their row's estimate.
+
+The values are scipy's ``nan_policy`` vocabulary (``"raise"``, ``"propagate"``, ``"omit"``),
+shared with :class:`~zeroth.ZOOptimizer`'s ``on_failure``. The former spellings ``"nan"``
+(= ``"propagate"``) and ``"skip"`` (= ``"omit"``) are accepted for one release with a
+:class:`~zeroth.errors.ZerothDeprecationWarning`.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from typing import Any, Callable, Literal, Optional, overload
 import torch
 from torch import Tensor
 
-from ..errors import EvaluationError, ZerothWarning
+from ..errors import EvaluationError, ZerothWarning, warn_deprecated
 
-FAILURE_POLICIES = ("raise", "nan", "skip")
+FAILURE_POLICIES = ("raise", "propagate", "omit")
+RENAMED_POLICIES = {"nan": "propagate", "skip": "omit"}
+"""Former ``on_failure`` spellings → the current ones (deprecated, one release)."""
 
 
 class ProgramError(EvaluationError):
@@ -47,7 +55,7 @@ class ProgramError(EvaluationError):
 
 
 class ProgramWarning(ZerothWarning, RuntimeWarning):
-    """A black-box program failed and the ``"nan"``/``"skip"`` policy let the run go on (or a retry follows).
+    """A black-box program failed and the ``"propagate"``/``"omit"`` policy let the run go on (or a retry follows).
 
     A :class:`~zeroth.errors.ZerothWarning` (one filter on ``ZerothWarning`` catches it) and
     also a ``RuntimeWarning``, so existing ``RuntimeWarning`` filters keep working.
@@ -55,11 +63,20 @@ class ProgramWarning(ZerothWarning, RuntimeWarning):
 
 
 def check_policy(on_failure: Any) -> str:
-    """``on_failure`` itself, checked to be one of ``"raise"``, ``"nan"``, ``"skip"``.
+    """``on_failure``, checked to be one of ``"raise"``, ``"propagate"``, ``"omit"``.
+
+    The former spellings ``"nan"`` and ``"skip"`` are translated (``"propagate"``, ``"omit"``)
+    with a :class:`~zeroth.errors.ZerothDeprecationWarning`.
+
+    Returns:
+        The policy in the current spelling.
 
     Raises:
         ValueError: any other value (the message lists the three).
     """
+    if isinstance(on_failure, str) and on_failure in RENAMED_POLICIES:
+        warn_deprecated(f"on_failure={on_failure!r}", f"on_failure={RENAMED_POLICIES[on_failure]!r}", stacklevel=4)
+        return RENAMED_POLICIES[on_failure]
     if on_failure not in FAILURE_POLICIES:
         raise ValueError(
             f"Invalid on_failure value: {on_failure!r} (expected one of {', '.join(map(repr, FAILURE_POLICIES))})"
@@ -109,7 +126,7 @@ class Program:
         name: used in every error message (defaults to the wrapped object's name).
         batched: whether ``run`` accepts a stack of any number of query points (see module doc).
         max_points: at most this many query points per call when batched (None: no limit).
-        on_failure: ``"raise"``, ``"nan"`` or ``"skip"`` (see module doc).
+        on_failure: ``"raise"``, ``"propagate"`` or ``"omit"`` (see module doc).
         retries: extra attempts after a failed run (for flaky programs; a deterministic
             failure fails again).
 

@@ -8,7 +8,7 @@ Per step (the evaluator box of :mod:`zeroth.protocols`, spread over a cluster)::
                           measured speed ──▶ local evaluator on the actor ──▶ losses, back in order
 
 The result is that of the local evaluator on the same pieces: with ``inner="sequential"``
-bitwise the local ``Sequential`` result; with ``FeatureReuse``/``Batched`` equal up to float
+bitwise the local ``SequentialEvaluator`` result; with ``FeatureReuseEvaluator``/``BatchedEvaluator`` equal up to float
 rounding (their internal chunks follow the pieces). Every evaluation starts from the
 driver's RNG state and buffers (common random numbers, as locally); afterwards the driver's
 buffers and RNG are left as after the first evaluation — exactly what a local evaluator does.
@@ -55,8 +55,8 @@ class RayEvaluator(Evaluator):
     """Spreads the evaluations of each step over Ray actors, each wrapping a local evaluator.
 
     Args:
-        inner: the evaluator each actor runs: ``"auto"`` (default: FeatureReuse when it applies,
-            else the faster of Batched and Sequential, decided per actor), ``"feature_reuse"``,
+        inner: the evaluator each actor runs: ``"auto"`` (default: FeatureReuseEvaluator when it applies,
+            else the faster of BatchedEvaluator and SequentialEvaluator, decided per actor), ``"feature_reuse"``,
             ``"batched"``, ``"sequential"`` or an :class:`~zeroth.engine.Evaluator` instance.
         num_workers: number of actors; None: as many as ``resources_per_worker`` fit in the cluster.
         resources_per_worker: Ray resources of one actor, e.g. ``{"GPU": 1}`` or ``{"CPU": 2}``;

@@ -7,7 +7,7 @@ the layout every evaluator uses (see :mod:`zeroth.estimators.directions`).
 
 Pieces are built from contiguous blocks (:func:`blocks`); a worker's chunk is the union of
 the blocks it was given, interleaved over the whole range (:func:`assign`), so that every
-worker gets a similar mix of cheap and costly directions (with ``FeatureReuse``, a
+worker gets a similar mix of cheap and costly directions (with ``FeatureReuseEvaluator``, a
 coordinate of the first layer costs far more than one of the classifier).
 """
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..engine import EVALUATORS, Auto, Losses
+from ..engine import EVALUATORS, AutoEvaluator, Losses
 from ..estimators.directions import Directions
 from . import split
 
@@ -48,7 +48,7 @@ def _info(device: torch.device) -> Dict[str, Any]:
     return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(device)}
 
 
-class PieceAuto(Auto):
+class PieceAuto(AutoEvaluator):
     """``auto`` inside a worker: decides once per model and batch shape, whatever the piece size.
 
     (The plain rule keys on the number of evaluations too; a worker's piece size moves with
@@ -66,7 +66,7 @@ class PieceAuto(Auto):
 def local_evaluator(inner: Any):
     """The worker's evaluator from a name or an instance (``auto`` becomes :class:`PieceAuto`)."""
     ev = EVALUATORS.create(inner, "inner")
-    if type(ev) is Auto:
+    if type(ev) is AutoEvaluator:
         ev = PieceAuto(ev.preferred, ev.candidates)
     return ev
 

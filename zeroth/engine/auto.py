@@ -14,25 +14,25 @@ from .base import EVALUATORS, Evaluator, Losses, Support, Unsupported
 logger = logging.getLogger("zeroth.engine")
 
 BATCHED_CPU_MAX_ACTIVATIONS = 2**16
-"""On a CPU, ``Batched`` is preferred to ``Sequential`` when one forward produces at most this many
+"""On a CPU, ``BatchedEvaluator`` is preferred to ``SequentialEvaluator`` when one forward produces at most this many
 activation elements (module outputs, counted once on the first step of a key): below it the
 per-call overhead that vmap saves dominates, above it the arithmetic does and the plain loop
-wins (``python -m bench.engine``). On CUDA ``Batched`` is always preferred."""
+wins (``python -m bench.engine``). On CUDA ``BatchedEvaluator`` is always preferred."""
 
 
 @EVALUATORS.register("auto")
-class Auto(Evaluator):
+class AutoEvaluator(Evaluator):
     """Delegates each step to the first evaluator, in a fixed order, that computes it exactly.
 
-    The order is ``preferred`` (FeatureReuse: strictly less arithmetic for CGE on chains), then
-    ``candidates`` (Batched, then Sequential, the always-correct reference). A candidate is
+    The order is ``preferred`` (FeatureReuseEvaluator: strictly less arithmetic for CGE on chains), then
+    ``candidates`` (BatchedEvaluator, then SequentialEvaluator, the always-correct reference). A candidate is
     skipped when its ``supports`` says no (static rules, :mod:`zeroth.engine.rules`), and marked
     unsupported for the step's *key* (model class, input shape/dtype/device, direction kind and
     count) when it raises while evaluating (:class:`~zeroth.engine.rules.Unsupported`, or any
     exception such as a forward that vmap cannot trace): everything is restored and the next
-    candidate runs the same step. Between Batched and Sequential a cost rule decides — Batched on
+    candidate runs the same step. Between BatchedEvaluator and SequentialEvaluator a cost rule decides — BatchedEvaluator on
     CUDA, and on a CPU while one forward produces at most :data:`BATCHED_CPU_MAX_ACTIVATIONS`
-    activation elements (counted on the key's first step, which Batched runs).
+    activation elements (counted on the key's first step, which BatchedEvaluator runs).
 
     Nothing depends on wall-clock time, so the same seed gives the same run under any load.
     ``tune=True`` instead times every supporting candidate on the first step of each key and
@@ -48,16 +48,16 @@ class Auto(Evaluator):
 
     def __init__(self, preferred: Optional[Sequence[Evaluator]] = None,
                  candidates: Optional[Sequence[Evaluator]] = None, *, tune: bool = False):
-        from .batched import Batched
-        from .feature_reuse import FeatureReuse
-        from .sequential import Sequential
+        from .batched import BatchedEvaluator
+        from .feature_reuse import FeatureReuseEvaluator
+        from .sequential import SequentialEvaluator
 
         if not isinstance(tune, bool):
             raise TypeError(f"tune must be a bool, got {type(tune).__name__}")
-        self.preferred: List[Evaluator] = list(preferred) if preferred is not None else [FeatureReuse()]
-        self.candidates: List[Evaluator] = list(candidates) if candidates is not None else [Batched(), Sequential()]
-        if not any(isinstance(c, Sequential) for c in self.candidates):
-            self.candidates.append(Sequential())
+        self.preferred: List[Evaluator] = list(preferred) if preferred is not None else [FeatureReuseEvaluator()]
+        self.candidates: List[Evaluator] = list(candidates) if candidates is not None else [BatchedEvaluator(), SequentialEvaluator()]
+        if not any(isinstance(c, SequentialEvaluator) for c in self.candidates):
+            self.candidates.append(SequentialEvaluator())
         self.tune = tune
         self.last: Optional[Evaluator] = None
         self.timings: Dict[str, Dict[str, float]] = {}
@@ -80,6 +80,8 @@ class Auto(Evaluator):
                 "failed": {k: dict(v) for k, v in self._failed.items()}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the choices and failures of :meth:`state_dict` (choices naming an evaluator
+        this instance does not hold are dropped and made again)."""
         by_repr = {repr(c): c for c in self.preferred + self.candidates}
         self._choice = {k: by_repr[r] for k, r in state.get("choice", {}).items() if r in by_repr}
         self.timings = dict(state.get("timings", {}))
@@ -87,6 +89,16 @@ class Auto(Evaluator):
 
     # -- the step ------------------------------------------------------------------------
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
+        """The losses of the first candidate that supports this case (see :meth:`Evaluator.evaluate`).
+
+        A candidate that declines (``supports``) is passed over; one that raises is marked
+        unsupported for this case (logged on ``"zeroth.engine"``) and the next one runs, down
+        to :class:`~zeroth.engine.SequentialEvaluator`, whose exceptions propagate.
+
+        Raises:
+            zeroth.engine.base.Unsupported: no candidate supports the case (each one's reason listed).
+            Exception: what the last candidate raises.
+        """
         key = self._key(objective, dirs)
         failed = self._failed.setdefault(key, {})
         skipped: List[Tuple[str, str]] = []
@@ -124,14 +136,14 @@ class Auto(Evaluator):
 
     def _order(self, key: str, usable: List[Evaluator]) -> List[Evaluator]:
         """``usable`` in the order to try: a remembered choice first, else preferred, then the cost rule."""
-        from .batched import Batched
+        from .batched import BatchedEvaluator
 
         if key in self._choice and self._choice[key] in usable:
             chosen = self._choice[key]
             return [chosen] + [ev for ev in usable if ev is not chosen]
         first = usable[0]
-        if isinstance(first, Batched) and not self._batched_preferred(key):
-            # the key's first step ran Batched and counted its activations: the cost rule says no
+        if isinstance(first, BatchedEvaluator) and not self._batched_preferred(key):
+            # the key's first step ran BatchedEvaluator and counted its activations: the cost rule says no
             return [ev for ev in usable if ev is not first] + [first]
         return usable
 
@@ -142,18 +154,18 @@ class Auto(Evaluator):
         return "cuda" in key or counted <= BATCHED_CPU_MAX_ACTIVATIONS
 
     def _record(self, key: str, ev: Evaluator, skipped: List[Tuple[str, str]]) -> None:
-        from .batched import Batched
+        from .batched import BatchedEvaluator
 
         self.last = ev
         new = key not in self.decisions
         entry = self.decisions.setdefault(key, {})
         entry.update(chosen=repr(ev), skipped=list(skipped))
-        if isinstance(ev, Batched) and ev.last_activations is not None and "activations" not in entry:
+        if isinstance(ev, BatchedEvaluator) and ev.last_activations is not None and "activations" not in entry:
             entry["activations"] = ev.last_activations
             if not self._batched_preferred(key):
                 entry["rule"] = (f"{ev.last_activations} activation elements > {BATCHED_CPU_MAX_ACTIVATIONS} on a CPU: "
                                  "later steps run the next candidate")
-        if ev in self.preferred or not isinstance(ev, Batched) or self._batched_preferred(key):
+        if ev in self.preferred or not isinstance(ev, BatchedEvaluator) or self._batched_preferred(key):
             self._choice[key] = ev
         else:
             self._choice.pop(key, None)
@@ -197,7 +209,7 @@ class Auto(Evaluator):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"Auto(preferred={self.preferred!r}, candidates={self.candidates!r}" + (", tune=True)" if self.tune else ")")
+        return f"AutoEvaluator(preferred={self.preferred!r}, candidates={self.candidates!r}" + (", tune=True)" if self.tune else ")")
 
 
 class _Snapshot:
@@ -221,10 +233,10 @@ class _Snapshot:
 
 def support_table(objective: Any, params: Sequence[Tensor], dirs: Directions,
                   evaluators: Optional[Sequence[Evaluator]] = None) -> List[Tuple[str, Support]]:
-    """``(evaluator, Support)`` for each evaluator (default: FeatureReuse, Batched, Sequential) on this case."""
-    from .batched import Batched
-    from .feature_reuse import FeatureReuse
-    from .sequential import Sequential
+    """``(evaluator, Support)`` for each evaluator (default: FeatureReuseEvaluator, BatchedEvaluator, SequentialEvaluator) on this case."""
+    from .batched import BatchedEvaluator
+    from .feature_reuse import FeatureReuseEvaluator
+    from .sequential import SequentialEvaluator
 
-    evs = list(evaluators) if evaluators is not None else [FeatureReuse(), Batched(), Sequential()]
+    evs = list(evaluators) if evaluators is not None else [FeatureReuseEvaluator(), BatchedEvaluator(), SequentialEvaluator()]
     return [(repr(ev), ev.supports(objective, dirs, params)) for ev in evs]

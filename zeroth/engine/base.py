@@ -57,7 +57,7 @@ class Losses(NamedTuple):
 class Evaluator:
     """Base class: ``supports(objective, dirs)`` and ``evaluate(objective, params, dirs)``.
 
-    Every evaluator must return the same values as :class:`~zeroth.engine.Sequential`
+    Every evaluator must return the same values as :class:`~zeroth.engine.SequentialEvaluator`
     (up to floating-point reordering) and must leave parameters bitwise unchanged.
     """
 
@@ -70,6 +70,23 @@ class Evaluator:
         return YES
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
+        """The losses at the evaluation points of ``dirs``.
+
+        Args:
+            objective: an :class:`~zeroth.Objective` or a closure returning the scalar loss
+                (called with no arguments, under ``torch.no_grad()``).
+            params: the parameter tensors ``dirs`` perturbs, in its order.
+            dirs: the direction set of the step (``len(dirs)`` evaluations).
+
+        Returns:
+            :class:`Losses`: ``base`` = ℓ(θ) (a 0-d float64 tensor; None when ``dirs`` is
+            two-sided and the evaluator did not compute it) and ``perturbed``, float64 of shape
+            ``(len(dirs),)`` with ``perturbed[e]`` = ℓ(θ + s_e μ d_e) in ``dirs``' order.
+            Parameters are bitwise as before on return, also when an exception is raised.
+
+        Raises:
+            NotImplementedError: in the base class.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -1,4 +1,4 @@
-"""``Batched``: many perturbed parameter sets at once with ``torch.func`` (functional_call + vmap).
+"""``BatchedEvaluator``: many perturbed parameter sets at once with ``torch.func`` (functional_call + vmap).
 
 Each chunk of K evaluations builds K stacked copies of the trained parameters (the base
 values plus each evaluation's perturbation) and evaluates the model on all of them in one
@@ -21,12 +21,12 @@ from .stages import frozen_batchnorm_buffers, owns
 
 
 @EVALUATORS.register("batched")
-class Batched(Evaluator):
+class BatchedEvaluator(Evaluator):
     """Evaluations in chunks of K vmapped parameter sets; ``chunk_size`` overrides the memory rule.
 
     Random ops in the forward (dropout, noise) run under ``vmap(randomness="same")`` from the RNG
     state every evaluation starts from, so each copy draws what the unbatched forward draws, as
-    in :class:`Sequential`. A parameter registered in several places (tied weights) is replaced
+    in :class:`SequentialEvaluator`. A parameter registered in several places (tied weights) is replaced
     in all of them. See :func:`zeroth.engine.rules.batched_support` for what it declines.
     """
 
@@ -59,7 +59,7 @@ class Batched(Evaluator):
         ``supports`` is false or the forward changes a buffer other than BatchNorm's statistics."""
         support = self.supports(objective, dirs, params)
         if not support:
-            raise Unsupported(f"Batched does not apply: {support.reason}")
+            raise Unsupported(f"BatchedEvaluator does not apply: {support.reason}")
         model = objective.model
         places = _places(model)
         keys = [[f"{prefix}{name}" for prefix, _, name, q in places if q is p] for p in params]
@@ -71,7 +71,7 @@ class Batched(Evaluator):
                 with activations:
                     base = scalar_loss(objective())
                 state.after()
-                only_batchnorm_statistics(state, "Batched")
+                only_batchnorm_statistics(state, "BatchedEvaluator")
                 self.last_activations = activations.total
                 n = len(dirs)
                 param_numel = sum(p.numel() for p in params)

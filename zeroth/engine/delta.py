@@ -160,7 +160,7 @@ def gather_channels(a: Tensor, channels: Tensor, block_shape=None) -> Tensor:
 
 
 def is_residual(module: nn.Module) -> bool:
-    """A block promising ``forward(x) == post(main(x) + shortcut(x))`` with ``main`` a Sequential."""
+    """A block promising ``forward(x) == post(main(x) + shortcut(x))`` with ``main`` an ``nn.Sequential``."""
     return bool(getattr(module, "zo_residual", False)) and isinstance(getattr(module, "main", None), nn.Sequential)
 
 

@@ -1,4 +1,4 @@
-r"""``FeatureReuse``: CGE losses for models that are chains of stages, doing far less arithmetic.
+r"""``FeatureReuseEvaluator``: CGE losses for models that are chains of stages, doing far less arithmetic.
 
 For a coordinate of stage ``s``:
 
@@ -30,7 +30,7 @@ arithmetic of the linear ops applied to Δ; the base pass, the nonlinear differe
 difference stay in full precision, so low precision costs accuracy relative to Δ only.
 The hot loops run in :mod:`zeroth.ops` (compiled kernels when available).
 
-BatchNorm semantics (same as :class:`~zeroth.engine.Sequential`): in train mode every
+BatchNorm semantics (same as :class:`~zeroth.engine.SequentialEvaluator`): in train mode every
 perturbed copy is normalised with its own batch statistics; running statistics are
 updated once per step, by the unperturbed pass. Dropout must be inactive (eval or p = 0).
 """
@@ -99,7 +99,7 @@ SCHEMES: Dict[str, Callable[[Sequence[Tuple[Cut, float]]], Cut]] = {
     "propagate": lambda cands: cands[-1][0],  # Δ as far as it goes
     "restart": lambda cands: cands[0][0],     # the copies right after the perturbed layer
 }
-"""How FeatureReuse picks a :class:`~.schemes.Cut` from the candidates (in chain order)."""
+"""How FeatureReuseEvaluator picks a :class:`~.schemes.Cut` from the candidates (in chain order)."""
 
 
 CPU_CHUNK_BYTES = 8 * 2**20
@@ -110,7 +110,7 @@ in again (digits CNN, batch 256, one full gradient: 11,700 page faults and 0.147
 
 
 @EVALUATORS.register("feature_reuse")
-class FeatureReuse(Evaluator):
+class FeatureReuseEvaluator(Evaluator):
     """Coordinate losses from cached features and propagated differences (see module doc).
 
     Args:
@@ -149,7 +149,7 @@ class FeatureReuse(Evaluator):
         if not form:
             return form
         if dirs is not None and getattr(dirs, "kind", None) != "coordinates":
-            return Support.no("FeatureReuse evaluates CGE coordinates only (random directions change every layer)")
+            return Support.no("FeatureReuseEvaluator evaluates CGE coordinates only (random directions change every layer)")
         chain = stages(objective.model)
         if not chain:
             return Support.no(f"{type(objective.model).__name__} is not a chain of stages (nn.Sequential or zo_stages())")
@@ -173,7 +173,7 @@ class FeatureReuse(Evaluator):
         restored) when ``supports`` is false or the base pass changes a buffer other than BatchNorm's."""
         support = self.supports(objective, dirs, params)
         if not support:
-            raise Unsupported(f"FeatureReuse does not apply: {support.reason}")
+            raise Unsupported(f"FeatureReuseEvaluator does not apply: {support.reason}")
         chain = stages(objective.model)
         state = StepState(objective, params)
         try:
@@ -181,7 +181,7 @@ class FeatureReuse(Evaluator):
                 state.before()
                 ctx = self._base_pass(objective, chain)
                 state.after()
-                only_batchnorm_statistics(state, "FeatureReuse")
+                only_batchnorm_statistics(state, "FeatureReuseEvaluator")
                 diffs = self._differences(ctx, params, dirs)
         except BaseException:
             state.abort()
@@ -197,7 +197,7 @@ class FeatureReuse(Evaluator):
 
         Image inputs on a CPU are cached channels-last (:func:`~.stages.fast_layout`, the copies'
         layout). Then the model's own forward on the input as given comes first: it moves the
-        running statistics and gives ℓ(θ) exactly as Sequential's unperturbed evaluation does; the
+        running statistics and gives ℓ(θ) exactly as SequentialEvaluator's unperturbed evaluation does; the
         cached pass follows with statistics frozen (as given, if a stage cannot run channels-last,
         e.g. a ``view`` in its forward).
         """

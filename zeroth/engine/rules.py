@@ -1,13 +1,13 @@
 """What the fast evaluators compute exactly: one rule table per layer kind, one rule per loss/target kind.
 
-Every support decision of :class:`~zeroth.engine.FeatureReuse` and
-:class:`~zeroth.engine.Batched` is made here, from the model, the loss, the targets, the
+Every support decision of :class:`~zeroth.engine.FeatureReuseEvaluator` and
+:class:`~zeroth.engine.BatchedEvaluator` is made here, from the model, the loss, the targets, the
 parameters and the direction set, *before* anything is evaluated. A fast path either computes
-what :class:`~zeroth.engine.Sequential` (perturb, evaluate, restore) computes, to float
+what :class:`~zeroth.engine.SequentialEvaluator` (perturb, evaluate, restore) computes, to float
 rounding, or declines with a :class:`Support` whose ``reason`` says why; ``evaluator="auto"``
-then runs the next evaluator (ultimately Sequential).
+then runs the next evaluator (ultimately SequentialEvaluator).
 
-Layer rules (:data:`LAYER_RULES`, FeatureReuse). A stage may take part when its forward treats
+Layer rules (:data:`LAYER_RULES`, FeatureReuseEvaluator). A stage may take part when its forward treats
 batch rows independently (K perturbed copies can then run as one batch of K·B rows; train-mode
 BatchNorm is the exception, given per-copy statistics) and is deterministic. Per layer type:
 
@@ -28,7 +28,7 @@ Flatten, Unflatten        —                  Flatten(1, -1) yes          they 
 Identity, Dropout         —                  yes                         Dropout active (train, p > 0)
 Softmax, LogSoftmax       —                  no: copies run as a batch   ``dim`` unset or 0
 Embedding                 —                  no: copies run as a batch   —
-Sequential / zo_rowwise   (children)         (children)                  a child is declined
+nn.Sequential/zo_rowwise  (children)         (children)                  a child is declined
 zo_residual blocks        main.* like above  yes: main + shortcut, post  a child is declined
 ========================  =================  =========================== =====================================
 
@@ -38,9 +38,9 @@ parametrized layer (``torch.nn.utils.parametrize``: spectral_norm, weight_norm, 
 module with forward hooks (they may change outputs or state). Layers with ``inplace=True`` are
 supported: the cached pass never lets them overwrite a cached activation.
 
-Model-level rules (FeatureReuse): an :class:`~zeroth.Objective` with a tensor input; CGE
+Model-level rules (FeatureReuseEvaluator): an :class:`~zeroth.Objective` with a tensor input; CGE
 coordinates; every trained parameter owned by exactly one place in the chain (a parameter
-used twice — ``Sequential(lin, act, lin)``, tied embeddings — is declined); parameters,
+used twice — ``nn.Sequential(lin, act, lin)``, tied embeddings — is declined); parameters,
 buffers and input in float32 or float64 (the kernels' dtypes).
 
 Loss rules (:func:`cross_entropy_closed_form`): the closed-form cross-entropy difference is
@@ -49,7 +49,7 @@ integer class targets of shape ``(B,)``, all in ``[0, C)``. Class-probability ta
 ``ignore_index`` entries, out-of-range classes, label smoothing, class weights and other
 reductions take the per-copy path (the loss evaluated on each copy, exact for any loss).
 
-Batched rules (:func:`batched_support`): an Objective with a tensor input, CGE or random
+BatchedEvaluator rules (:func:`batched_support`): an Objective with a tensor input, CGE or random
 directions, every trained parameter reachable by name in the model. Random ops in the forward
 are allowed (``vmap(randomness="same")`` draws what the unbatched forward draws from the same
 RNG state). A forward that changes buffers other than BatchNorm's running statistics, or that
@@ -73,7 +73,7 @@ from .base import YES, Support, Unsupported  # noqa: F401  (re-exported: the rul
 # -- layers -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerRule:
-    """How FeatureReuse treats one layer type.
+    """How FeatureReuseEvaluator treats one layer type.
 
     Attributes:
         kind: the propagation kind (``"linear"``, ``"conv2d"``, ``"batchnorm"``, ``"elementwise"``,
@@ -176,7 +176,7 @@ def global_hooks() -> bool:
 
 
 def layer_support(module: nn.Module) -> Support:
-    """Whether FeatureReuse can run ``module`` as a stage (or inside one) exactly."""
+    """Whether FeatureReuseEvaluator can run ``module`` as a stage (or inside one) exactly."""
     name = type(module).__name__
     if parametrize.is_parametrized(module):
         return Support.no(f"{name} is parametrized (torch.nn.utils.parametrize: spectral_norm, weight_norm, ...)")
@@ -193,15 +193,15 @@ def layer_support(module: nn.Module) -> Support:
             if not sub:
                 return sub
         if getattr(module, "zo_residual", False) and not isinstance(getattr(module, "main", None), nn.Sequential):
-            return Support.no(f"{name} declares zo_residual without a Sequential `main`")
+            return Support.no(f"{name} declares zo_residual without an nn.Sequential `main`")
         return YES
     if type(module).forward is not nn.Module.forward and any(isinstance(module, t) for t in LAYER_RULES):
         return Support.no(f"{name} overrides the forward of a known layer")
-    return Support.no(f"{name} is not a layer FeatureReuse knows (see zeroth.engine.rules.LAYER_RULES)")
+    return Support.no(f"{name} is not a layer FeatureReuseEvaluator knows (see zeroth.engine.rules.LAYER_RULES)")
 
 
 def starts_delta(stage: nn.Module, name: str) -> bool:
-    """True when FeatureReuse builds the change of ``stage``'s parameter ``name`` locally (table)."""
+    """True when FeatureReuseEvaluator builds the change of ``stage``'s parameter ``name`` locally (table)."""
     rule = rule_for(stage)
     return rule is not None and name in rule.starts
 

@@ -1,6 +1,6 @@
-r"""Where FeatureReuse switches from propagating Δ to running K perturbed copies: a cost model.
+r"""Where FeatureReuseEvaluator switches from propagating Δ to running K perturbed copies: a cost model.
 
-For a chunk of K coordinates of one parameter, :class:`~zeroth.engine.FeatureReuse` can push
+For a chunk of K coordinates of one parameter, :class:`~zeroth.engine.FeatureReuseEvaluator` can push
 the *difference* Δ of the perturbed copies through the following layers (cheap while Δ is
 confined to one channel, see :mod:`.delta`), or materialise the K copies ``a + Δ`` and run the
 rest of the network on them as one batch. Both are exact; which is cheaper depends on the
@@ -55,7 +55,7 @@ class Costs:
         delta_elementwise: ``σ(a + Δ) − σ(a)``, eval-mode BatchNorm or pooling of Δ, per element.
         delta_batchnorm: train-mode BatchNorm difference (float64 statistics), per element.
 
-    The model prices Δ's linear ops at ``conv_mac`` (fp32): FeatureReuse consults it only when
+    The model prices Δ's linear ops at ``conv_mac`` (fp32): FeatureReuseEvaluator consults it only when
     ``precision="fp32"``; a low-precision Δ is propagated as far as it goes.
     """
 

@@ -6,13 +6,14 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import add_note
 from ..estimators.directions import Directions
 from ..objective import scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState
 
 
 @EVALUATORS.register("sequential")
-class Sequential(Evaluator):
+class SequentialEvaluator(Evaluator):
     """One evaluation at a time on the live parameters; works for any closure.
 
     ``restore="exact"`` (default) puts parameters back bitwise (it keeps the few touched
@@ -29,6 +30,13 @@ class Sequential(Evaluator):
         self.restore = restore
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
+        """Perturb, evaluate, restore, for every evaluation of ``dirs`` in turn (see :meth:`Evaluator.evaluate`).
+
+        Raises:
+            TypeError: ``objective`` is not callable.
+            Exception: whatever the objective raises, with a note naming the evaluation;
+                parameters and buffers are restored first.
+        """
         if not callable(objective):
             raise TypeError(f"objective must be callable, got {type(objective).__name__}")
         state = StepState(objective, params)
@@ -48,7 +56,7 @@ class Sequential(Evaluator):
                     try:
                         value = scalar_loss(objective())
                     except BaseException as err:
-                        err.add_note(f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
+                        add_note(err, f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
                         raise
                     finally:
                         dirs.restore(params, e, token)
@@ -65,4 +73,4 @@ class Sequential(Evaluator):
         return Losses(base, out)
 
     def __repr__(self) -> str:
-        return f"Sequential(restore={self.restore!r})"
+        return f"SequentialEvaluator(restore={self.restore!r})"

@@ -173,7 +173,7 @@ class ExactRademacher(RandomDirections):
     applied at the parameters' current values (``D/a``: ±1, ±½ or 0), so ``accumulate``
     and :meth:`update_` use what was evaluated. Every part of the interface follows the
     involution: :meth:`perturbed_stack` holds the values :meth:`perturb` sets (so
-    :class:`~zeroth.engine.Batched` computes what :class:`~zeroth.engine.Sequential` does) and
+    :class:`~zeroth.engine.BatchedEvaluator` computes what :class:`~zeroth.engine.SequentialEvaluator` does) and
     :meth:`subset`/:meth:`to_devices` give an :class:`ExactSubset` that perturbs exactly as
     this set does (so a Ray split gives the local losses). The random signs are drawn as packed int64
     words (one bit an entry), not as :class:`RandomDirections` draws them, so the same seed

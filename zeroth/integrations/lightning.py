@@ -53,7 +53,7 @@ def zo_training_step(
             ``log_kwargs`` go to ``module.log`` (``prog_bar=True`` ...).
 
     Returns:
-        The loss at the current point (None if ``nan_policy="skip"`` skipped the step).
+        The loss at the current point (None if ``on_failure="omit"`` left the step out).
 
     Raises:
         RuntimeError: the module uses automatic optimization.

@@ -60,7 +60,7 @@ class ZOTrainer(Trainer):
         base: base rule of the ZOOptimizer (default ``"sgd"``, required with ``inplace=True``).
         zo_seed: seed of zeroth's generator (default: ``args.seed``).
         zo_options: further keyword arguments for :class:`~zeroth.ZOOptimizer` (``evaluator``,
-            ``sparsity``, ``nan_policy`` ...).
+            ``sparsity``, ``on_failure`` ...).
 
     Raises:
         TypeError: ``optimizers`` holds an optimizer that is not a :class:`~zeroth.ZOOptimizer`.
@@ -169,6 +169,6 @@ class ZOTrainer(Trainer):
             return total / len(batches)
 
         loss = self.zo_optimizer.estimate(closure)
-        if loss is None:  # nan_policy="skip" skipped it
+        if loss is None:  # on_failure="omit" left the step out
             return torch.tensor(float("nan"), device=self.args.device)
         return loss.detach().to(device=self.args.device, dtype=torch.float32)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..engine import Sequential
+from ..engine import SequentialEvaluator
 from ..estimators import RGE, draw_seed
 from ..optim import estimate_gradient
 
@@ -190,7 +190,7 @@ def grasp_scores(
     parameters of ``model``, taken with the *same* directions so that their difference is a
     finite-difference Hessian-vector product and not the difference of two independent
     noises. The model (parameters and buffers) is left exactly as it was. Evaluated with the
-    :class:`~zeroth.engine.Sequential` evaluator; costs ``2(q + 1)`` loss evaluations.
+    :class:`~zeroth.engine.SequentialEvaluator` evaluator; costs ``2(q + 1)`` loss evaluations.
 
     Args:
         model: the module whose weights are scored.
@@ -214,7 +214,7 @@ def grasp_scores(
         raise ValueError("model: has no Linear/Conv weights to score")
     params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
     estimator = RGE(q=q, mu=mu, dist=dist)
-    evaluator = Sequential()
+    evaluator = SequentialEvaluator()
     if generator is None:
         generator = torch.Generator().manual_seed(draw_seed(None))
     start = generator.get_state()
