@@ -15,6 +15,7 @@ them (what :class:`~zeroth.engine.SequentialEvaluator` does), so the losses equa
 
 This is a baseline for ``bench/resnet.py``, not part of the package.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple

@@ -45,10 +45,24 @@ def _workload(name: str, batch: int, resnet_coords: int):
     """(title, objective, params, masks, inner evaluator name, local evaluator)."""
     if name == "digits-seq":
         model, obj, params = problem("digits_cnn", batch)
-        return f"digits_cnn, batch {batch}, inner SequentialEvaluator", obj, params, None, "sequential", SequentialEvaluator()
+        return (
+            f"digits_cnn, batch {batch}, inner SequentialEvaluator",
+            obj,
+            params,
+            None,
+            "sequential",
+            SequentialEvaluator(),
+        )
     if name == "digits-fr":
         model, obj, params = problem("digits_cnn", batch)
-        return f"digits_cnn, batch {batch}, inner auto (FeatureReuseEvaluator)", obj, params, None, "auto", FeatureReuseEvaluator()
+        return (
+            f"digits_cnn, batch {batch}, inner auto (FeatureReuseEvaluator)",
+            obj,
+            params,
+            None,
+            "auto",
+            FeatureReuseEvaluator(),
+        )
     if name == "resnet-fr":
         model, obj, params = problem("resnet20", batch)
         g = torch.Generator().manual_seed(0)

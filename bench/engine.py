@@ -107,7 +107,11 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     for b in args.batch:
-        evs = {"SequentialEvaluator": SequentialEvaluator(), "BatchedEvaluator": BatchedEvaluator(), "FeatureReuseEvaluator": FeatureReuseEvaluator()}
+        evs = {
+            "SequentialEvaluator": SequentialEvaluator(),
+            "BatchedEvaluator": BatchedEvaluator(),
+            "FeatureReuseEvaluator": FeatureReuseEvaluator(),
+        }
         print("\n".join(cge_table("digits_cnn", b, evs, args.repeat)), "\n")
     _, _, params = problem("resnet20", args.resnet_batch)
     g = torch.Generator().manual_seed(0)
@@ -118,7 +122,8 @@ def main(argv=None) -> None:
     n = sum(int(m.numel()) for m in masks)
     per = float(rows[-1].split()[1]) / n
     print(
-        f"  -> FeatureReuseEvaluator {per * 1e3:.2f} ms per coordinate; a full ResNet-20 gradient (269,722 coordinates) "
+        f"  -> FeatureReuseEvaluator {per * 1e3:.2f} ms per coordinate; "
+        "a full ResNet-20 gradient (269,722 coordinates) "
         f"extrapolates to {per * 269722 / 60:.1f} min at batch {args.resnet_batch}\n"
     )
     for b in args.batch:

@@ -1,4 +1,4 @@
-"""ResNet-20 CGE on DeepZero's 90 %-sparse step: SequentialEvaluator, block restart and FeatureReuseEvaluator side by side.
+"""ResNet-20 CGE on DeepZero's 90 %-sparse step: SequentialEvaluator, block restart, FeatureReuseEvaluator.
 
 Run: ``python -m bench.resnet [--batch 32 256] [--quick] [--rounds 3] [--sample 2] [--threads 1]
 [--device cpu|cuda]``.
@@ -20,7 +20,8 @@ within a round, then the median and the range over rounds are printed):
   cache every block's input once per step; per coordinate perturb, run from the perturbed
   block to the loss, restore) on the model as given (NCHW);
 * ``restart NHWC`` (not with ``--quick``): the same with the input, hence every activation,
-  channels-last, to show how much of FeatureReuseEvaluator's lead is the copies' memory layout rather than the algorithm;
+  channels-last, to show how much of FeatureReuseEvaluator's lead is the copies' memory layout rather than
+  the algorithm;
 * ``FeatureReuseEvaluator``: zeroth's evaluator (difference propagation up to the cut its cost model
   chooses, then the K copies as one batch; see zeroth/engine/schemes.py).
 
@@ -28,6 +29,7 @@ One autograd forward+backward is timed as the scale. One thread unless ``--threa
 gradients of the first round's sample are compared with SequentialEvaluator's (fp32: they agree to the
 rounding of the loss, about ulp(ℓ)/μ).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +88,7 @@ def layers_of(model: nn.Module) -> List[Tuple[str, List[int]]]:
 
 def sample_of(masks: Sequence[Tensor], positions: Sequence[int], per_param: Dict[int, int]) -> Dict[int, Tensor]:
     """The first ``per_param[i]`` step coordinates of each parameter ``i`` of a layer (masks are in random order)."""
-    return {i: masks[i][:max(1, per_param[i])] for i in positions}
+    return {i: masks[i][: max(1, per_param[i])] for i in positions}
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -113,12 +115,17 @@ class Methods:
         self.br = BlockRestart(model)
         self.nhwc = None
         if with_nhwc:  # a channels-last input makes every activation channels-last (weights as they are)
-            self.nhwc = Objective(model, F.cross_entropy, obj.inputs.contiguous(memory_format=torch.channels_last),
-                                  obj.targets)
+            self.nhwc = Objective(
+                model, F.cross_entropy, obj.inputs.contiguous(memory_format=torch.channels_last), obj.targets
+            )
         self.state: Dict[str, object] = {}
 
     def names(self) -> List[str]:
-        return ["SequentialEvaluator", "block restart"] + (["restart NHWC"] if self.nhwc else []) + ["FeatureReuseEvaluator"]
+        return (
+            ["SequentialEvaluator", "block restart"]
+            + (["restart NHWC"] if self.nhwc else [])
+            + ["FeatureReuseEvaluator"]
+        )
 
     def setup(self, name: str) -> None:
         """The once-per-step work: the cached pass (running statistics frozen, so every round sees the same model)."""
@@ -166,8 +173,10 @@ class Methods:
             if name in ("block restart", "restart NHWC"):
                 obj = self.obj if name == "block restart" else self.nhwc
                 cache = self.state[name]
-                parts = [self.br.coordinate_losses(obj, cache, p, dirs.indices[j], dirs.values[0][j])
-                         for j, p in enumerate(params)]
+                parts = [
+                    self.br.coordinate_losses(obj, cache, p, dirs.indices[j], dirs.values[0][j])
+                    for j, p in enumerate(params)
+                ]
                 return torch.cat(parts) - cache[1].double()
             ctx = self.state[name]
             return self.fr._differences(ctx, params, dirs)
@@ -197,8 +206,9 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
     model, obj = problem(batch, device)
     masks = step_masks(model, args.keep)
     total = sum(int(m.numel()) for m in masks)
-    methods = Methods(model, obj, with_nhwc=not args.quick, max_memory=int(args.max_memory_gb * 2**30),
-                      precision=args.precision)
+    methods = Methods(
+        model, obj, with_nhwc=not args.quick, max_memory=int(args.max_memory_gb * 2**30), precision=args.precision
+    )
     names = methods.names()
     layers = layers_of(model)
     # FeatureReuseEvaluator evaluates K coordinates of a parameter at once: sample at least one full chunk
@@ -220,7 +230,7 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
     scale: List[float] = []
     check: Dict[str, Dict[str, Tensor]] = {n: {} for n in names}
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         scale.append(autograd_time(obj, device))
         for name in order:
             setup[name].append(timed(lambda name=name: methods.setup(name), device, min_seconds=0.0))
@@ -235,12 +245,14 @@ def run_batch(batch: int, args, device: torch.device) -> List[str]:
                     check[name][label] = holder[0]
         print(f"  batch {batch}: round {r + 1}/{args.rounds} done", flush=True)
 
-    return report(batch, args, device, names, layers, per, setup, scale, check, counts, total, methods, samples,
-                  seq_samples)
+    return report(
+        batch, args, device, names, layers, per, setup, scale, check, counts, total, methods, samples, seq_samples
+    )
 
 
-def report(batch, args, device, names, layers, per, setup, scale, check, counts, total, methods, samples,
-           seq_samples) -> List[str]:
+def report(
+    batch, args, device, names, layers, per, setup, scale, check, counts, total, methods, samples, seq_samples
+) -> List[str]:
     med = statistics.median
     rounds = args.rounds
     threads = torch.get_num_threads()
@@ -249,7 +261,8 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
         f"ResNet-20, batch {batch}, {where}, torch {torch.__version__}; forward differences, mu = {MU}",
         f"90 %-sparse step: {total:,} coordinates (10 % of each conv/linear weight, all BN parameters and biases); "
         f"timed on a fixed random sample of them: {sum(int(v.numel()) for d in samples.values() for v in d.values())} "
-        f"({max(args.sample, 1)}-{args.max_sample} per parameter, at least FeatureReuseEvaluator's chunk; SequentialEvaluator "
+        f"({max(args.sample, 1)}-{args.max_sample} per parameter, at least FeatureReuseEvaluator's chunk; "
+        "SequentialEvaluator "
         f"{sum(int(v.numel()) for d in seq_samples.values() for v in d.values())}), x {rounds} rounds in alternating "
         "order; per-coordinate times x the layer's step coordinates = the extrapolated step",
         f"autograd forward+backward: {med(scale) * 1e3:.1f} ms;  once per step: "
@@ -281,11 +294,16 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
     totals = {n: [step_total(n, r) for r in range(rounds)] for n in names}
     lines += ["", f"{'full step (extrapolated)':<28}" + "".join(f"{n:>15}" for n in names)]
     lines.append(f"{'seconds':<28}" + "".join(f"{med(totals[n]):>15.1f}" for n in names))
-    lines.append(f"{'x autograd forward+backward':<28}"
-                 + "".join(f"{med(totals[n]) / med(scale):>15.0f}" for n in names))
-    for other in [n for n in names if n not in ("FeatureReuseEvaluator", "SequentialEvaluator")] + ["SequentialEvaluator"]:
+    lines.append(
+        f"{'x autograd forward+backward':<28}" + "".join(f"{med(totals[n]) / med(scale):>15.0f}" for n in names)
+    )
+    for other in [n for n in names if n not in ("FeatureReuseEvaluator", "SequentialEvaluator")] + [
+        "SequentialEvaluator"
+    ]:
         rs = [f / o for f, o in zip(totals["FeatureReuseEvaluator"], totals[other])]
-        lines.append(f"FeatureReuseEvaluator / {other} for the whole step: {med(rs):.3f} (rounds {min(rs):.3f}-{max(rs):.3f})")
+        lines.append(
+            f"FeatureReuseEvaluator / {other} for the whole step: {med(rs):.3f} (rounds {min(rs):.3f}-{max(rs):.3f})"
+        )
     lines.append(f"slowest layer relative to block restart: {worst[1]} at {worst[0]:.2f}")
 
     # gradients of the first round's sample against SequentialEvaluator's (coordinates both evaluated)
@@ -305,17 +323,19 @@ def report(batch, args, device, names, layers, per, setup, scale, check, counts,
                 n_ref = int(seq_smp[i].numel())
                 n_got = int(smp[i].numel())
                 shared = min(n_ref, n_got)  # both samples start with the same step coordinates
-                a = ref[offset_ref:offset_ref + shared]
-                b = got[offset_got:offset_got + shared]
+                a = ref[offset_ref : offset_ref + shared]
+                b = got[offset_got : offset_got + shared]
                 worst_err = max(worst_err, float((a - b).abs().max()) if shared else 0.0)
                 scale_g = max(scale_g, float(a.abs().max()) if shared else 0.0)
                 offset_ref += n_ref
                 offset_got += n_got
         errs[name] = (worst_err, scale_g)
     fp32_noise = torch.finfo(torch.float32).eps * 2.3 / MU
-    lines.append("gradients vs SequentialEvaluator on the sampled coordinates (max |difference|, largest |g|; "
-                 f"fp32 loss rounding / mu = {fp32_noise:.1e}): "
-                 + ", ".join(f"{n} {e:.1e} (|g| {s:.2f})" for n, (e, s) in errs.items()))
+    lines.append(
+        "gradients vs SequentialEvaluator on the sampled coordinates (max |difference|, largest |g|; "
+        f"fp32 loss rounding / mu = {fp32_noise:.1e}): "
+        + ", ".join(f"{n} {e:.1e} (|g| {s:.2f})" for n, (e, s) in errs.items())
+    )
     return lines
 
 
@@ -353,9 +373,11 @@ def _unit_costs(k: int, b: int, c: int, hw: int, device: torch.device) -> str:
     bnd_dense = _med_time(lambda: ops.batchnorm_difference(a3, dense, None, bn.weight, 1e-5), device) / dense.numel()
     single = delta.reshape(k * b, 1, hw, hw)
     conf = _med_time(lambda: F.conv2d(single, w[:, :1], padding=1), device) / (k * b * c * hw * hw * 9)
-    return (f"K={k:<3} B={b:<4} C={c:<3} {hw}x{hw}: conv/MAC {conv:.2e}  confined conv/MAC {conf:.2e}  "
-            f"BN copies/elem {bnc:.2e}  ReLU/elem {relu:.2e}  act diff/elem {act:.2e}  "
-            f"BN diff/elem {bnd:.2e} (dense {bnd_dense:.2e})")
+    return (
+        f"K={k:<3} B={b:<4} C={c:<3} {hw}x{hw}: conv/MAC {conv:.2e}  confined conv/MAC {conf:.2e}  "
+        f"BN copies/elem {bnc:.2e}  ReLU/elem {relu:.2e}  act diff/elem {act:.2e}  "
+        f"BN diff/elem {bnd:.2e} (dense {bnd_dense:.2e})"
+    )
 
 
 def calibrate(device: torch.device) -> None:
@@ -369,19 +391,29 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--sample", type=int, default=2,
-                    help="coordinates timed per parameter, at least FeatureReuseEvaluator's chunk for it (up to --max-sample)")
+    ap.add_argument(
+        "--sample",
+        type=int,
+        default=2,
+        help="coordinates timed per parameter, at least FeatureReuseEvaluator's chunk for it (up to --max-sample)",
+    )
     ap.add_argument("--max-sample", type=int, default=None, help="cap on the coordinates per parameter (16; 4 --quick)")
     ap.add_argument("--seq-sample", type=int, default=1, help="coordinates timed per layer for SequentialEvaluator")
     ap.add_argument("--keep", type=float, default=0.1, help="fraction of each weight's coordinates in the step")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-memory-gb", type=float, default=None,
-                    help="FeatureReuseEvaluator's working-set budget (default: its own, 0.25 GiB; e.g. 16 on a GPU)")
-    ap.add_argument("--precision", default="fp32",
-                    help="FeatureReuseEvaluator's arithmetic of Δ's linear ops (tf32/bf16 on a GPU)")
-    ap.add_argument("--quick", action="store_true",
-                    help="1-4 coordinates per parameter, at most 2 rounds, no NHWC baseline")
+    ap.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=None,
+        help="FeatureReuseEvaluator's working-set budget (default: its own, 0.25 GiB; e.g. 16 on a GPU)",
+    )
+    ap.add_argument(
+        "--precision", default="fp32", help="FeatureReuseEvaluator's arithmetic of Δ's linear ops (tf32/bf16 on a GPU)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="1-4 coordinates per parameter, at most 2 rounds, no NHWC baseline"
+    )
     ap.add_argument("--calibrate", action="store_true", help="print the cost model's unit costs measured here")
     args = ap.parse_args(argv)
     if args.max_memory_gb is None:

@@ -19,6 +19,7 @@ from zeroth.errors import add_note
 
 ROOT = pathlib.Path(zeroth.__file__).parent
 
+
 def test_add_note_appends_in_order_and_creates_the_list():
     err = ValueError("boom")
     assert not hasattr(err, "__notes__")

@@ -1,8 +1,8 @@
 """ZOOptimizer: the torch.optim contract, checkpoints, failures, argument validation, training."""
+
 import contextlib
 import copy
 import io
-import warnings
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from zeroth import CGE, RGE, SPSA, EvaluationError, NonFiniteLossWarning, Objective, ZOOptimizer
 from zeroth.data import accuracy, batches, load_digits
-from zeroth.models import DigitsCNN, DigitsMLP
+from zeroth.models import DigitsMLP
 
 
 def _setup(seed=0, dtype=torch.float32):
@@ -26,7 +26,7 @@ def _setup(seed=0, dtype=torch.float32):
 def _run(model, opt, x, y, steps, start=0):
     losses = []
     for t in range(start, start + steps):
-        xb, yb = x[(t * 8) % 32:(t * 8) % 32 + 8], y[(t * 8) % 32:(t * 8) % 32 + 8]
+        xb, yb = x[(t * 8) % 32 : (t * 8) % 32 + 8], y[(t * 8) % 32 : (t * 8) % 32 + 8]
         losses.append(float(opt.step(Objective(model, F.cross_entropy, xb, yb))))
     return losses
 
@@ -262,7 +262,11 @@ BAD_CONSTRUCTION = [
     (dict(inplace=1), TypeError, r"inplace must be a bool"),
     (dict(inplace=True, base="adam"), ValueError, r"base: inplace=True applies SGD itself"),
     (dict(inplace=True, momentum=0.9), ValueError, r"momentum: inplace=True has no momentum buffer"),
-    (dict(inplace=True, evaluator="batched"), ValueError, r"evaluator: inplace=True evaluates with SequentialEvaluator"),
+    (
+        dict(inplace=True, evaluator="batched"),
+        ValueError,
+        r"evaluator: inplace=True evaluates with SequentialEvaluator",
+    ),
 ]
 
 
@@ -302,10 +306,18 @@ def test_inplace_step_equals_the_stored_gradient_step(estimator, sparse):
     runs = []
     for inplace in (False, True):
         model, x, y = _setup(dtype=torch.float64)
-        groups = [{"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
-                  {"params": model[2].parameters(), "maximize": False}]
-        opt = ZOOptimizer(groups, lr=0.05, estimator=estimator, seed=3, inplace=inplace,
-                          sparsity=DynamicMask(0.5, resample_every=1) if sparse else None)
+        groups = [
+            {"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
+            {"params": model[2].parameters(), "maximize": False},
+        ]
+        opt = ZOOptimizer(
+            groups,
+            lr=0.05,
+            estimator=estimator,
+            seed=3,
+            inplace=inplace,
+            sparsity=DynamicMask(0.5, resample_every=1) if sparse else None,
+        )
         losses = _run(model, opt, x, y, 3)
         runs.append((losses, [p.detach().clone() for p in model.parameters()], [p.grad for p in model.parameters()]))
     (loss_a, params_a, grads_a), (loss_b, params_b, grads_b) = runs
@@ -315,14 +327,20 @@ def test_inplace_step_equals_the_stored_gradient_step(estimator, sparse):
     assert all(g is not None for g in grads_a) and all(g is None for g in grads_b)  # no gradient stored
 
 
-@pytest.mark.parametrize("make", [lambda: SPSA(dist="gaussian"), lambda: RGE(q=3, dist="sphere"), lambda: RGE(q=2)],
-                         ids=["spsa-gaussian", "rge-sphere", "rge-default-gaussian"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: SPSA(dist="gaussian"), lambda: RGE(q=3, dist="sphere"), lambda: RGE(q=2)],
+    ids=["spsa-gaussian", "rge-sphere", "rge-default-gaussian"],
+)
 def test_inplace_refuses_gaussian_and_sphere_directions(make):
     """They could only be undone by subtraction (drift): refused, naming dist and the exact alternatives,
     at construction and (if the estimator is swapped later) at the step, with nothing changed."""
     model, x, y = _setup()
-    with pytest.raises(ValueError, match=r"dist: inplace=True .* exactly only along Rademacher.*dist='rademacher'.*"
-                                         r"inplace=False"):
+    with pytest.raises(
+        ValueError,
+        match=r"dist: inplace=True .* exactly only along Rademacher.*dist='rademacher'.*"
+        r"inplace=False",
+    ):
         ZOOptimizer(model.parameters(), lr=0.1, estimator=make(), inplace=True)
     ZOOptimizer(model.parameters(), lr=0.1, estimator=make(), inplace=False)  # fine: restored from a copy
     opt = ZOOptimizer(model.parameters(), lr=0.1, inplace=True, seed=0)
@@ -407,12 +425,20 @@ def test_zo_training_of_the_digits_mlp_reaches_85_percent():
 # -- the torch.optim contract, checked with torch's own optimizer test inputs ---------------------
 from torch.testing._internal import common_optimizers as torch_optims  # noqa: E402
 
-_BASES = {"sgd": torch_optims.optim_inputs_func_sgd, "adam": torch_optims.optim_inputs_func_adam,
-          "adamw": torch_optims.optim_inputs_func_adamw, "rmsprop": torch_optims.optim_inputs_func_rmsprop,
-          "adagrad": torch_optims.optim_inputs_func_adagrad}
-_TORCH_INPUTS = [(name, inp) for name, fn in _BASES.items() for inp in fn("cpu")
-                 if not {"capturable", "fused", "foreach", "differentiable", "decoupled_weight_decay"} & set(inp.kwargs)
-                 and not isinstance(inp.kwargs.get("lr"), torch.Tensor)]
+_BASES = {
+    "sgd": torch_optims.optim_inputs_func_sgd,
+    "adam": torch_optims.optim_inputs_func_adam,
+    "adamw": torch_optims.optim_inputs_func_adamw,
+    "rmsprop": torch_optims.optim_inputs_func_rmsprop,
+    "adagrad": torch_optims.optim_inputs_func_adagrad,
+}
+_TORCH_INPUTS = [
+    (name, inp)
+    for name, fn in _BASES.items()
+    for inp in fn("cpu")
+    if not {"capturable", "fused", "foreach", "differentiable", "decoupled_weight_decay"} & set(inp.kwargs)
+    and not isinstance(inp.kwargs.get("lr"), torch.Tensor)
+]
 
 
 @pytest.mark.parametrize("base,inp", _TORCH_INPUTS, ids=[f"{b}-{i.desc}" for b, i in _TORCH_INPUTS])
@@ -508,7 +534,7 @@ def test_estimate_then_step_equals_one_step():
 def test_lr_schedulers_all_run():
     """Every scheduler in torch.optim.lr_scheduler drives the ZOOptimizer's (shared) groups."""
     makers = {
-        "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.9 ** t),
+        "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.9**t),
         "MultiplicativeLR": lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda t: 0.9),
         "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, 1),
         "MultiStepLR": lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 2]),
@@ -521,9 +547,16 @@ def test_lr_schedulers_all_run():
         "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=10),
         "CosineAnnealingWarmRestarts": lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 2),
         "SequentialLR": lambda o: torch.optim.lr_scheduler.SequentialLR(
-            o, [torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=1), torch.optim.lr_scheduler.ExponentialLR(o, 0.9)], [1]),
+            o,
+            [
+                torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=1),
+                torch.optim.lr_scheduler.ExponentialLR(o, 0.9),
+            ],
+            [1],
+        ),
         "ChainedScheduler": lambda o: torch.optim.lr_scheduler.ChainedScheduler(
-            [torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=1), torch.optim.lr_scheduler.ExponentialLR(o, 0.9)]),
+            [torch.optim.lr_scheduler.ConstantLR(o, 0.5, total_iters=1), torch.optim.lr_scheduler.ExponentialLR(o, 0.9)]
+        ),
         "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0),
     }
     for name, make in makers.items():
@@ -532,7 +565,7 @@ def test_lr_schedulers_all_run():
         sched = make(opt)
         lrs = []
         for _ in range(4):
-            loss = opt.step(closure=Objective(model, F.cross_entropy, x, y))
+            opt.step(closure=Objective(model, F.cross_entropy, x, y))
             sched.step(1.0) if name == "ReduceLROnPlateau" else sched.step()
             lrs.append(opt.base.param_groups[0]["lr"])
         assert len(set(lrs)) > 1, name
@@ -602,12 +635,17 @@ def test_exact_involution_against_a_slow_reference():
     from zeroth.estimators.exact_perturbation import ExactRademacher, _rademacher_words, _unpack
 
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(600, generator=g) * 0.01, torch.randn(200, generator=g) * 30,
-                   torch.tensor([0.0, -0.0, 1e-30, 2.0 ** -9, 2.0 ** -9 - 2.0 ** -33])]).to(torch.float32)
+    x = torch.cat(
+        [
+            torch.randn(600, generator=g) * 0.01,
+            torch.randn(200, generator=g) * 30,
+            torch.tensor([0.0, -0.0, 1e-30, 2.0**-9, 2.0**-9 - 2.0**-33]),
+        ]
+    ).to(torch.float32)
     params = [x.clone()]
     dirs = ExactRademacher(params, seed=11, q=1, mus=[1e-3], antithetic=True)
     a = dirs.mus[0]
-    assert a == 2.0 ** -10
+    assert a == 2.0**-10
     bits = _unpack(_rademacher_words(11, 0, 0, 0, x.numel(), x.device), 0, x.numel()).tolist()
     for sign, e in ((1, 0), (-1, 1)):
         out = params[0].clone()
@@ -619,7 +657,9 @@ def test_exact_involution_against_a_slow_reference():
             exact = Fraction(float(np.float32(float(target)))) == target
             neg_zero = v == 0.0 and np.signbit(np.float32(x[k].item()))
             want = float(target) if exact and not neg_zero else v
-            assert np.float32(out[k].item()).tobytes() == np.float32(want).tobytes() or (want == v and out[k] == x[k] and np.signbit(out[k].item()) == np.signbit(x[k].item())), k
+            assert np.float32(out[k].item()).tobytes() == np.float32(want).tobytes() or (
+                want == v and out[k] == x[k] and np.signbit(out[k].item()) == np.signbit(x[k].item())
+            ), k
         dirs.restore([out], e, None)
         assert torch.equal(out.view(torch.int32), x.view(torch.int32))
 
@@ -636,10 +676,18 @@ def test_exact_inplace_step_equals_the_stored_gradient_step_on_the_same_directio
     runs = []
     for inplace in (False, True):
         model, x, y = _setup(dtype=torch.float64)
-        groups = [{"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
-                  {"params": model[2].parameters(), "maximize": False}]
-        opt = ZOOptimizer(groups, lr=0.05, estimator=Exact(mu=1e-4) if not inplace else SPSA(mu=1e-4), seed=3,
-                          inplace=inplace, evaluator="sequential" if not inplace else "auto")
+        groups = [
+            {"params": model[0].parameters(), "lr": 0.2, "weight_decay": 0.01},
+            {"params": model[2].parameters(), "maximize": False},
+        ]
+        opt = ZOOptimizer(
+            groups,
+            lr=0.05,
+            estimator=Exact(mu=1e-4) if not inplace else SPSA(mu=1e-4),
+            seed=3,
+            inplace=inplace,
+            evaluator="sequential" if not inplace else "auto",
+        )
         losses = _run(model, opt, x, y, 3)
         runs.append((losses, [p.detach().clone() for p in model.parameters()]))
     (la, pa), (lb, pb) = runs
@@ -663,8 +711,15 @@ def test_inplace_step_is_the_same_with_the_reference_ops(dtype, estimator):
         x, y = torch.randn(16, 70, dtype=dtype), torch.randint(0, 8, (16,))
         est = SPSA(mu=1e-3) if estimator == "spsa" else RGE(q=4, mu=1e-3, dist="rademacher", antithetic=False)
         groups = [{"params": model[0].parameters(), "weight_decay": 0.05}, {"params": model[2].parameters()}]
-        opt = ZOOptimizer(groups, lr=1e-2, estimator=est, inplace=True, seed=0,
-                          sparsity=DynamicMask(0.5, model=model) if estimator != "spsa" else None)
+        opt = ZOOptimizer(
+            groups,
+            lr=1e-2,
+            estimator=est,
+            inplace=True,
+            seed=0,
+            sparsity=DynamicMask(0.5, model=model) if estimator != "spsa" else None,
+        )
+
         def loss(model=model, x=x, y=y):
             return F.cross_entropy(model(x).float(), y)
 
@@ -679,8 +734,15 @@ def test_inplace_step_is_the_same_with_the_reference_ops(dtype, estimator):
 def test_inplace_bf16_transformer_drift_is_zero():
     transformers = pytest.importorskip("transformers", reason="the [hf] extra (CI installs it)")
     torch.manual_seed(0)
-    cfg = transformers.OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
-                                 max_position_embeddings=32, word_embed_proj_dim=32)
+    cfg = transformers.OPTConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        word_embed_proj_dim=32,
+    )
     model = transformers.OPTForCausalLM(cfg).to(torch.bfloat16)
     ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in model.parameters()]

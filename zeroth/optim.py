@@ -19,6 +19,7 @@ References:
     A. Chen et al., "DeepZero: scaling up zeroth-order optimization for deep model training",
     ICLR 2024, arXiv:2310.02025 (CGE with a base rule, sparse masks).
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ def estimate_gradient(
     Exceptions of the objective propagate with a note naming the evaluation; parameters are
     restored first.
     """
-    dirs, losses, coeffs = estimate_coefficients(objective, params, estimator, evaluator, mus=mus,
-                                                 generator=generator, masks=masks)
+    dirs, losses, coeffs = estimate_coefficients(
+        objective, params, estimator, evaluator, mus=mus, generator=generator, masks=masks
+    )
     grads = [torch.zeros_like(p) for p in params]
     dirs.accumulate(coeffs, grads)
     return step_loss(losses), grads, losses
@@ -324,7 +326,9 @@ def _base_class(base: Union[str, Type[torch.optim.Optimizer]]) -> Type[torch.opt
             raise ValueError(f"base: unknown optimizer {base!r}; known: {', '.join(BASE_OPTIMIZERS)}") from None
     if isinstance(base, type) and issubclass(base, torch.optim.Optimizer) and not issubclass(base, ZOOptimizer):
         return base
-    raise TypeError(f"base must be a name ({', '.join(BASE_OPTIMIZERS)}) or a torch.optim.Optimizer class, got {base!r}")
+    raise TypeError(
+        f"base must be a name ({', '.join(BASE_OPTIMIZERS)}) or a torch.optim.Optimizer class, got {base!r}"
+    )
 
 
 def _inplace_evaluator(evaluator: Any) -> Any:
@@ -335,8 +339,10 @@ def _inplace_evaluator(evaluator: Any) -> Any:
         return SequentialEvaluator(restore="inverse")
     if isinstance(evaluator, SequentialEvaluator) and evaluator.restore == "inverse":
         return evaluator
-    raise ValueError(f"evaluator: inplace=True evaluates with SequentialEvaluator(restore='inverse') (no parameter copy), "
-                     f"got {evaluator!r}")
+    raise ValueError(
+        f"evaluator: inplace=True evaluates with SequentialEvaluator(restore='inverse') (no parameter copy), "
+        f"got {evaluator!r}"
+    )
 
 
 def _check_inplace_directions(dist: Any, what: str) -> None:
@@ -367,8 +373,10 @@ def _check_on_failure(on_failure: Any, nan_policy: Any) -> str:
         if on_failure != "raise":
             raise ValueError("pass either on_failure or nan_policy (deprecated), not both")
         if nan_policy not in ("raise", "skip"):
-            raise ValueError(f"Invalid nan_policy value: {nan_policy!r} (expected 'raise' or 'skip'; "
-                             "nan_policy is deprecated: use on_failure='raise' or 'omit')")
+            raise ValueError(
+                f"Invalid nan_policy value: {nan_policy!r} (expected 'raise' or 'skip'; "
+                "nan_policy is deprecated: use on_failure='raise' or 'omit')"
+            )
         on_failure = "omit" if nan_policy == "skip" else "raise"
         warn_deprecated(f"ZOOptimizer(nan_policy={nan_policy!r})", f"on_failure={on_failure!r}", stacklevel=4)
     if on_failure not in ("raise", "omit"):
@@ -486,8 +494,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         evaluator = EVALUATORS.create(evaluator, "evaluator")
         base_cls = _base_class(base)
         if inplace and base_cls is not torch.optim.SGD:
-            raise ValueError(f"base: inplace=True applies SGD itself (no gradient is stored), got base={base!r}; "
-                             "use base='sgd' or inplace=False")
+            raise ValueError(
+                f"base: inplace=True applies SGD itself (no gradient is stored), got base={base!r}; "
+                "use base='sgd' or inplace=False"
+            )
         on_failure = _check_on_failure(on_failure, nan_policy)
         generator = make_generator(seed, generator)
         if sparsity is not None and not callable(getattr(sparsity, "select", None)):
@@ -499,7 +509,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         try:
             self.base = base_cls(self.param_groups, lr=lr, **base_kwargs)
         except TypeError as err:
-            raise TypeError(f"base optimizer {base_cls.__name__} rejected its options {sorted(base_kwargs)}: {err}") from err
+            raise TypeError(
+                f"base optimizer {base_cls.__name__} rejected its options {sorted(base_kwargs)}: {err}"
+            ) from err
         # one list of groups and one state: the base rule's (the dicts were already shared)
         self.__dict__.pop("_zo_param_groups", None)
         self.__dict__.pop("_zo_state", None)
@@ -571,8 +583,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         gi = len(self.param_groups)
         for p in tensors or []:
             if isinstance(p, Tensor) and not p.is_floating_point():
-                raise TypeError(f"params: ZOOptimizer needs real floating-point parameters, got dtype {p.dtype} "
-                                f"in param group {gi}")
+                raise TypeError(
+                    f"params: ZOOptimizer needs real floating-point parameters, got dtype {p.dtype} in param group {gi}"
+                )
         if "lr" in param_group:
             _check_lr(param_group["lr"])
         if param_group.get("mu") is not None:
@@ -605,9 +618,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _check_inplace_groups(self) -> None:
         for gi, group in enumerate(self.param_groups):
             if group.get("momentum", 0) or group.get("nesterov", False):
-                raise ValueError(f"momentum: inplace=True has no momentum buffer (MeZO's SGD), param group {gi} has "
-                                 f"momentum={group.get('momentum')}, nesterov={group.get('nesterov')}; "
-                                 "use momentum=0 or inplace=False")
+                raise ValueError(
+                    f"momentum: inplace=True has no momentum buffer (MeZO's SGD), param group {gi} has "
+                    f"momentum={group.get('momentum')}, nesterov={group.get('nesterov')}; "
+                    "use momentum=0 or inplace=False"
+                )
 
     # -- the step -----------------------------------------------------------------------
     @torch.no_grad()
@@ -637,8 +652,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         """
         if closure is None:
             if self._pending is None:
-                raise TypeError("ZOOptimizer.step needs a closure returning the loss (an Objective or a callable), "
-                                "or a preceding estimate(closure)")
+                raise TypeError(
+                    "ZOOptimizer.step needs a closure returning the loss (an Objective or a callable), "
+                    "or a preceding estimate(closure)"
+                )
             self._apply_pending()
             return None
         return self._run(closure, apply=True)
@@ -668,7 +685,9 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _run(self, objective: Callable[[], Any], apply: bool) -> Optional[Tensor]:
         if not callable(objective):
-            raise TypeError(f"ZOOptimizer.step needs a callable closure returning the loss, got {type(objective).__name__}")
+            raise TypeError(
+                f"ZOOptimizer.step needs a callable closure returning the loss, got {type(objective).__name__}"
+            )
         self._pending = None
         params, mus, groups = self.trainable()
         if not isinstance(objective, Objective):
@@ -679,8 +698,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         sparsity_state = self.sparsity.state_dict() if self.sparsity is not None else None
         if self.inplace:
             self._check_inplace_groups()  # a group added or changed since __init__
-        hyper = ([float(g["lr"]) for g in groups], [float(g.get("weight_decay", 0.0)) for g in groups],
-                 [bool(g.get("maximize", False)) for g in groups])
+        hyper = (
+            [float(g["lr"]) for g in groups],
+            [float(g.get("weight_decay", 0.0)) for g in groups],
+            [bool(g.get("maximize", False)) for g in groups],
+        )
         try:
             masks = self.sparsity.select(params, self.zo_steps, self.generator) if self.sparsity is not None else None
             dirs = self.estimator.directions(params, mus=mus, generator=self.generator, masks=masks)
@@ -688,8 +710,9 @@ class ZOOptimizer(torch.optim.Optimizer):
                 _check_inplace_directions(dirs.dist, f"{type(self.estimator).__name__}'s directions")
             if self.inplace and isinstance(dirs, RandomDirections) and dirs.dist == "rademacher":
                 dirs = ExactRademacher.from_directions(dirs, params)
-                losses, coeffs = exact_inplace_step(objective, params, dirs, self.estimator,
-                                                    update=hyper if apply else None)
+                losses, coeffs = exact_inplace_step(
+                    objective, params, dirs, self.estimator, update=hyper if apply else None
+                )
                 applied = apply
             else:
                 losses = self.evaluator.evaluate(objective, params, dirs)

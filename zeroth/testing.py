@@ -428,7 +428,11 @@ def check(name: str, estimator: str) -> Dict[str, Outcome]:
     _, ref, _ = run(SequentialEvaluator())
     scale = max(float(g.abs().max()) for g in ref) or 1.0
     out: Dict[str, Outcome] = {}
-    for label, ev in (("FeatureReuseEvaluator", FeatureReuseEvaluator()), ("BatchedEvaluator", BatchedEvaluator(chunk_size=4)), ("auto", AutoEvaluator())):
+    for label, ev in (
+        ("FeatureReuseEvaluator", FeatureReuseEvaluator()),
+        ("BatchedEvaluator", BatchedEvaluator(chunk_size=4)),
+        ("auto", AutoEvaluator()),
+    ):
         support = ev.supports(obj, ESTIMATORS[estimator]().directions(params, masks=masks), params)
         if label != "auto" and not support:
             out[label] = Outcome("declined", reason=support.reason)

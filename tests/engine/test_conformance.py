@@ -3,7 +3,8 @@
 ``EXPECTED[name] = (FeatureReuseEvaluator computes it, BatchedEvaluator computes it)``. A fast path that declines
 where the table says it computes (a regression), or computes where the table says it declines
 (the table is stale), fails — nothing is skipped. ``auto`` must always agree with SequentialEvaluator and
-take the first path that computes the case: FeatureReuseEvaluator for CGE, then BatchedEvaluator, then SequentialEvaluator.
+take the first path that computes the case: FeatureReuseEvaluator for CGE, then BatchedEvaluator, then
+SequentialEvaluator.
 """
 
 import pytest
@@ -74,6 +75,8 @@ def test_fast_paths_are_exact_or_decline(name, estimator):
     assert out["FeatureReuseEvaluator"].status == ("exact" if fr else "declined"), (name, out["FeatureReuseEvaluator"])
     assert out["BatchedEvaluator"].status == ("exact" if batched else "declined"), (name, out["BatchedEvaluator"])
     assert out["auto"].status == "exact", (name, out["auto"])
-    assert out["auto"].path == ("FeatureReuseEvaluator" if fr else "BatchedEvaluator" if batched else "SequentialEvaluator")
+    assert out["auto"].path == (
+        "FeatureReuseEvaluator" if fr else "BatchedEvaluator" if batched else "SequentialEvaluator"
+    )
     for label in ("FeatureReuseEvaluator", "BatchedEvaluator"):
         assert out[label].status != "declined" or out[label].reason, f"{label} declined {name} without a reason"

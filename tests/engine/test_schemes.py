@@ -1,5 +1,6 @@
 """FeatureReuseEvaluator's per-stage choice between propagating Δ and restarting on K copies: every choice is exact,
 the cost model's choice is fixed by shapes, and the block-restart baseline (bench) equals SequentialEvaluator."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -37,7 +37,9 @@ def test_parameters_are_restored_bitwise(estimator):
     model = _model()
     params = list(model.parameters())
     before = [p.clone() for p in params]
-    estimate_gradient(_objective(model), params, estimator, SequentialEvaluator(), generator=torch.Generator().manual_seed(0))
+    estimate_gradient(
+        _objective(model), params, estimator, SequentialEvaluator(), generator=torch.Generator().manual_seed(0)
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 

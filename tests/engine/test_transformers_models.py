@@ -33,7 +33,9 @@ def test_default_evaluator_agrees_with_sequential_on_gpt2(train, estimator, form
     params = [p for p in model.parameters() if p.requires_grad]
     obj = (lambda: model(**batch).loss) if form == "closure" else Objective(model, None, batch)
     rng = torch.get_rng_state()
-    _, ref, _ = estimate_gradient(obj, params, estimator, SequentialEvaluator(), generator=torch.Generator().manual_seed(2))
+    _, ref, _ = estimate_gradient(
+        obj, params, estimator, SequentialEvaluator(), generator=torch.Generator().manual_seed(2)
+    )
     torch.set_rng_state(rng)
     auto = AutoEvaluator()
     _, got, _ = estimate_gradient(obj, params, estimator, auto, generator=torch.Generator().manual_seed(2))

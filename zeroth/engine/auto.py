@@ -1,4 +1,5 @@
 """``evaluator="auto"``: the first evaluator that computes a step exactly, chosen by rules, never by time."""
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,10 @@ class AutoEvaluator(Evaluator):
     unsupported for the step's *key* (model class, input shape/dtype/device, direction kind and
     count) when it raises while evaluating (:class:`~zeroth.engine.rules.Unsupported`, or any
     exception such as a forward that vmap cannot trace): everything is restored and the next
-    candidate runs the same step. Between BatchedEvaluator and SequentialEvaluator a cost rule decides — BatchedEvaluator on
-    CUDA, and on a CPU while one forward produces at most :data:`BATCHED_CPU_MAX_ACTIVATIONS`
-    activation elements (counted on the key's first step, which BatchedEvaluator runs).
+    candidate runs the same step. Between BatchedEvaluator and SequentialEvaluator a cost rule
+    decides — BatchedEvaluator on CUDA, and on a CPU while one forward produces at most
+    :data:`BATCHED_CPU_MAX_ACTIVATIONS` activation elements (counted on the key's first step,
+    which BatchedEvaluator runs).
 
     Nothing depends on wall-clock time, so the same seed gives the same run under any load.
     ``tune=True`` instead times every supporting candidate on the first step of each key and
@@ -46,8 +48,13 @@ class AutoEvaluator(Evaluator):
 
     name = "auto"
 
-    def __init__(self, preferred: Optional[Sequence[Evaluator]] = None,
-                 candidates: Optional[Sequence[Evaluator]] = None, *, tune: bool = False):
+    def __init__(
+        self,
+        preferred: Optional[Sequence[Evaluator]] = None,
+        candidates: Optional[Sequence[Evaluator]] = None,
+        *,
+        tune: bool = False,
+    ):
         from .batched import BatchedEvaluator
         from .feature_reuse import FeatureReuseEvaluator
         from .sequential import SequentialEvaluator
@@ -55,7 +62,9 @@ class AutoEvaluator(Evaluator):
         if not isinstance(tune, bool):
             raise TypeError(f"tune must be a bool, got {type(tune).__name__}")
         self.preferred: List[Evaluator] = list(preferred) if preferred is not None else [FeatureReuseEvaluator()]
-        self.candidates: List[Evaluator] = list(candidates) if candidates is not None else [BatchedEvaluator(), SequentialEvaluator()]
+        self.candidates: List[Evaluator] = (
+            list(candidates) if candidates is not None else [BatchedEvaluator(), SequentialEvaluator()]
+        )
         if not any(isinstance(c, SequentialEvaluator) for c in self.candidates):
             self.candidates.append(SequentialEvaluator())
         self.tune = tune
@@ -76,8 +85,11 @@ class AutoEvaluator(Evaluator):
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """The choices and failures so far (saved by the optimizer: a resumed run makes the same ones)."""
-        return {"choice": {k: repr(v) for k, v in self._choice.items()}, "timings": dict(self.timings),
-                "failed": {k: dict(v) for k, v in self._failed.items()}}
+        return {
+            "choice": {k: repr(v) for k, v in self._choice.items()},
+            "timings": dict(self.timings),
+            "failed": {k: dict(v) for k, v in self._failed.items()},
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the choices and failures of :meth:`state_dict` (choices naming an evaluator
@@ -113,8 +125,9 @@ class AutoEvaluator(Evaluator):
             else:
                 skipped.append((repr(ev), getattr(support, "reason", "") or "declined"))
         if not usable:
-            raise Unsupported("no evaluator supports this objective and direction set: "
-                              + "; ".join(f"{e}: {r}" for e, r in skipped))
+            raise Unsupported(
+                "no evaluator supports this objective and direction set: " + "; ".join(f"{e}: {r}" for e, r in skipped)
+            )
         if self.tune and key not in self._choice and not any(ev in self.preferred for ev in usable[:1]):
             return self._timed(key, objective, params, dirs, usable, skipped)
         order = self._order(key, usable)
@@ -163,15 +176,16 @@ class AutoEvaluator(Evaluator):
         if isinstance(ev, BatchedEvaluator) and ev.last_activations is not None and "activations" not in entry:
             entry["activations"] = ev.last_activations
             if not self._batched_preferred(key):
-                entry["rule"] = (f"{ev.last_activations} activation elements > {BATCHED_CPU_MAX_ACTIVATIONS} on a CPU: "
-                                 "later steps run the next candidate")
+                entry["rule"] = (
+                    f"{ev.last_activations} activation elements > {BATCHED_CPU_MAX_ACTIVATIONS} on a CPU: "
+                    "later steps run the next candidate"
+                )
         if ev in self.preferred or not isinstance(ev, BatchedEvaluator) or self._batched_preferred(key):
             self._choice[key] = ev
         else:
             self._choice.pop(key, None)
         if new:
-            logger.info("zeroth auto: %s runs %r%s", key, ev,
-                        "".join(f"; {e} declined: {r}" for e, r in skipped))
+            logger.info("zeroth auto: %s runs %r%s", key, ev, "".join(f"; {e} declined: {r}" for e, r in skipped))
 
     def _timed(self, key, objective, params, dirs, usable, skipped) -> Losses:
         """``tune=True``: time every supporting candidate on this step, keep the fastest."""
@@ -209,7 +223,9 @@ class AutoEvaluator(Evaluator):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"AutoEvaluator(preferred={self.preferred!r}, candidates={self.candidates!r}" + (", tune=True)" if self.tune else ")")
+        return f"AutoEvaluator(preferred={self.preferred!r}, candidates={self.candidates!r}" + (
+            ", tune=True)" if self.tune else ")"
+        )
 
 
 class _Snapshot:
@@ -231,12 +247,18 @@ class _Snapshot:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
-def support_table(objective: Any, params: Sequence[Tensor], dirs: Directions,
-                  evaluators: Optional[Sequence[Evaluator]] = None) -> List[Tuple[str, Support]]:
-    """``(evaluator, Support)`` for each evaluator (default: FeatureReuseEvaluator, BatchedEvaluator, SequentialEvaluator) on this case."""
+def support_table(
+    objective: Any, params: Sequence[Tensor], dirs: Directions, evaluators: Optional[Sequence[Evaluator]] = None
+) -> List[Tuple[str, Support]]:
+    """``(evaluator, Support)`` for each evaluator on this case (default: FeatureReuseEvaluator,
+    BatchedEvaluator, SequentialEvaluator)."""
     from .batched import BatchedEvaluator
     from .feature_reuse import FeatureReuseEvaluator
     from .sequential import SequentialEvaluator
 
-    evs = list(evaluators) if evaluators is not None else [FeatureReuseEvaluator(), BatchedEvaluator(), SequentialEvaluator()]
+    evs = (
+        list(evaluators)
+        if evaluators is not None
+        else [FeatureReuseEvaluator(), BatchedEvaluator(), SequentialEvaluator()]
+    )
     return [(repr(ev), ev.supports(objective, dirs, params)) for ev in evs]

@@ -1,4 +1,5 @@
 """The evaluator interface: losses at θ + s·μ·dₑ for every evaluation of a direction set."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class Support:
         return self.ok
 
     @classmethod
-    def no(cls, reason: str) -> "Support":
+    def no(cls, reason: str) -> Support:
         return cls(False, reason)
 
 
@@ -63,8 +64,9 @@ class Evaluator:
 
     name = "evaluator"
 
-    def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> Support:
+    def supports(
+        self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None
+    ) -> Support:
         """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (truthy
         :class:`Support`; a false one carries the reason)."""
         return YES
@@ -117,15 +119,15 @@ class StepState:
     def __init__(self, objective: Any, params: Sequence[Tensor]):
         self._cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
         self._rng = self._get_rng()
-        self._watched: Dict[int, Tuple[Tensor, Tensor]] = {}     # id -> (buffer, value before the step)
+        self._watched: Dict[int, Tuple[Tensor, Tensor]] = {}  # id -> (buffer, value before the step)
         self._owners: Dict[int, List[Tuple[nn.Module, str]]] = {}  # id -> where the buffer is registered
         getter = getattr(objective, "state_tensors", None)
-        for t in (getter() if callable(getter) else []):
+        for t in getter() if callable(getter) else []:
             self._watch(t)
         self._seen: set = set()
         self._hook = None
         self._evaluations = 0
-        self._changed: List[Tuple[Tensor, Tensor, Tensor]] = []   # (buffer, before, after the first evaluation)
+        self._changed: List[Tuple[Tensor, Tensor, Tensor]] = []  # (buffer, before, after the first evaluation)
 
     # -- discovery ------------------------------------------------------------------------
     def _watch(self, t: Tensor, owner: Optional[Tuple[nn.Module, str]] = None) -> None:
@@ -169,8 +171,9 @@ class StepState:
             self._remove_hook()
             self._after_first = self._get_rng()
             self._reattach()
-            self._changed = [(buf, before, buf.detach().clone()) for buf, before in self._watched.values()
-                             if not _same(buf, before)]
+            self._changed = [
+                (buf, before, buf.detach().clone()) for buf, before in self._watched.values() if not _same(buf, before)
+            ]
         self._evaluations += 1
 
     def changed_buffers(self) -> List[Tuple[nn.Module, str]]:
@@ -226,8 +229,11 @@ def only_batchnorm_statistics(state: StepState, who: str) -> None:
     """Raise :class:`Unsupported` when the base pass changed a buffer other than BatchNorm's running
     statistics (a copy could not reproduce it); the caller restores everything."""
     for module, name in state.changed_buffers():
-        if not (isinstance(module, nn.modules.batchnorm._BatchNorm)
-                and name in ("running_mean", "running_var", "num_batches_tracked")):
-            raise Unsupported(f"{who}: the forward changes buffer {name!r} of {type(module).__name__} "
-                          "(only BatchNorm running statistics can be kept once per step)")
-
+        if not (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and name in ("running_mean", "running_var", "num_batches_tracked")
+        ):
+            raise Unsupported(
+                f"{who}: the forward changes buffer {name!r} of {type(module).__name__} "
+                "(only BatchNorm running statistics can be kept once per step)"
+            )

@@ -6,6 +6,7 @@ vectorised call. Chunks are sized from ``max_memory`` so memory stays bounded wh
 number of evaluations. This pays off where per-call overhead dominates (small batches,
 GPUs); on a compute-bound CPU the plain loop can be as fast — ``auto`` measures.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -41,8 +42,9 @@ class BatchedEvaluator(Evaluator):
         self.chunk_size = chunk_size
         self.last_activations: Optional[int] = None
 
-    def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> Support:
+    def supports(
+        self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None
+    ) -> Support:
         """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (static checks;
         buffer changes and untraceable forwards are found while evaluating)."""
         form = classic_objective(objective)
@@ -92,8 +94,9 @@ class BatchedEvaluator(Evaluator):
                         stacked = dirs.perturbed_stack(params, lo, hi)
                         state.before()
                         try:
-                            out[lo:hi] = batched_loss({key: st for names, st in zip(keys, stacked)
-                                                       for key in names}).double()
+                            out[lo:hi] = batched_loss(
+                                {key: st for names, st in zip(keys, stacked) for key in names}
+                            ).double()
                         finally:
                             _reattach(places)
                         state.after()
@@ -106,9 +109,12 @@ class BatchedEvaluator(Evaluator):
 
 def _places(model: nn.Module) -> List[Tuple[str, nn.Module, str, Tensor]]:
     """``(module prefix, module, name, parameter)`` for every place a parameter is registered."""
-    return [(f"{mname}." if mname else "", m, n, p)
-            for mname, m in model.named_modules(remove_duplicate=False)
-            for n, p in m._parameters.items() if p is not None]
+    return [
+        (f"{mname}." if mname else "", m, n, p)
+        for mname, m in model.named_modules(remove_duplicate=False)
+        for n, p in m._parameters.items()
+        if p is not None
+    ]
 
 
 def _reattach(places) -> None:
@@ -131,8 +137,7 @@ class _ActivationCounter:
             self.total += output.numel()
 
     def __enter__(self):
-        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()
-                         if not list(m.children())]
+        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules() if not list(m.children())]
         return self
 
     def __exit__(self, *exc):

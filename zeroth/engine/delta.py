@@ -25,6 +25,7 @@ Any other module "materialises" the copies (``a + Δ``) and the rest runs on ful
 Shapes: dense ``values`` are ``(K, B, C, *spatial)``; confined ones ``(K, B, *spatial)``
 with ``channels: (K,)`` naming the channel (dim 1 of the activation) of each copy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,9 +96,15 @@ def materialise(a: Tensor, delta: Optional[Delta], k: int) -> Tensor:
 def fuses_conv(module: nn.Module, delta: Delta, a_out: Tensor) -> bool:
     """True when :func:`conv_copies` can form the copies after Conv2d ``module`` directly from a Δ
     confined to one input channel per copy (groups 1, zero padding, channels-last copies)."""
-    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str) and delta.channels is not None and delta.values.dim() == 4
-            and copies_layout(a_out) == torch.channels_last)
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+        and delta.channels is not None
+        and delta.values.dim() == 4
+        and copies_layout(a_out) == torch.channels_last
+    )
 
 
 FUSED_CONV_BYTES = 2 * 2**20
@@ -209,8 +216,13 @@ class Traces:
         return self._residual[key]
 
 
-def propagate_chain(modules: Sequence[nn.Module], acts: Sequence[Tensor], delta: Delta, precision: str = "fp32",
-                    traces: Optional[Traces] = None) -> Optional[Delta]:
+def propagate_chain(
+    modules: Sequence[nn.Module],
+    acts: Sequence[Tensor],
+    delta: Delta,
+    precision: str = "fp32",
+    traces: Optional[Traces] = None,
+) -> Optional[Delta]:
     """Δ through ``modules`` whose base inputs/outputs are ``acts`` (len(modules) + 1)."""
     for t, m in enumerate(modules):
         delta = propagate(m, acts[t], acts[t + 1], delta, precision, traces)
@@ -219,8 +231,14 @@ def propagate_chain(modules: Sequence[nn.Module], acts: Sequence[Tensor], delta:
     return delta
 
 
-def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str = "fp32",
-              traces: Optional[Traces] = None) -> Optional[Delta]:
+def propagate(
+    module: nn.Module,
+    a_in: Tensor,
+    a_out: Tensor,
+    delta: Delta,
+    precision: str = "fp32",
+    traces: Optional[Traces] = None,
+) -> Optional[Delta]:
     """The Delta after ``module`` (base input ``a_in``, base output ``a_out``), or None when the copies
     must be materialised and run through ``module`` as a batch (the layer's kind in
     :data:`~zeroth.engine.rules.LAYER_RULES` decides)."""
@@ -257,8 +275,10 @@ def propagate(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, prec
         return Delta(run_copies(module, full) - a_out.unsqueeze(0))
     a_c = gather_channels(a_in, delta.channels)
     pooled = module((a_c + delta.values).flatten(0, 1).unsqueeze(1)).squeeze(1)
-    return Delta(pooled.reshape(delta.k, a_in.shape[0], *pooled.shape[1:]) - gather_channels(a_out, delta.channels),
-                 delta.channels)
+    return Delta(
+        pooled.reshape(delta.k, a_in.shape[0], *pooled.shape[1:]) - gather_channels(a_out, delta.channels),
+        delta.channels,
+    )
 
 
 def _elementwise(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -> Delta:
@@ -278,16 +298,18 @@ def _elementwise(module: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta) -
     return Delta(module(a_c + delta.values) - gather_channels(a_out, delta.channels, blk), delta.channels)
 
 
-def _residual(block: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str,
-              traces: Traces) -> Optional[Delta]:
+def _residual(
+    block: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str, traces: Traces
+) -> Optional[Delta]:
     """Δ through ``post(main(x) + shortcut(x))``: both branches, summed, then ``post``."""
     tr = traces.residual(block, a_in)
     main = propagate_chain(list(block.main), tr.main, delta, precision, traces)
     short = propagate(block.shortcut, a_in, tr.shortcut, delta, precision, traces)
     if main is None or short is None:
         return None
-    return propagate(block.post, tr.total, a_out, Delta(main.dense(tr.total) + short.dense(tr.total)), precision,
-                     traces)
+    return propagate(
+        block.post, tr.total, a_out, Delta(main.dense(tr.total) + short.dense(tr.total)), precision, traces
+    )
 
 
 def _per_channel(module: nn.Module, delta: Delta) -> Delta:
@@ -319,8 +341,12 @@ def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta, precision: str) -> Op
     conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
     if delta.channels is None:
         v = delta.values
-        out = apply_linear(lambda x, w: F.conv2d(x, w, None, groups=module.groups, **conv), v.flatten(0, 1),
-                           module.weight.detach(), precision)
+        out = apply_linear(
+            lambda x, w: F.conv2d(x, w, None, groups=module.groups, **conv),
+            v.flatten(0, 1),
+            module.weight.detach(),
+            precision,
+        )
         return Delta(out.reshape(v.shape[0], v.shape[1], *out.shape[1:]))
     if module.groups != 1:
         return None
@@ -328,8 +354,12 @@ def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta, precision: str) -> Op
     out = None
     for c in torch.unique(delta.channels).tolist():  # one small conv per changed input channel
         sel = (delta.channels == c).nonzero().reshape(-1)
-        part = apply_linear(lambda x, w: F.conv2d(x, w, None, **conv), delta.values[sel].flatten(0, 1).unsqueeze(1),
-                            module.weight.detach()[:, c:c + 1], precision)
+        part = apply_linear(
+            lambda x, w: F.conv2d(x, w, None, **conv),
+            delta.values[sel].flatten(0, 1).unsqueeze(1),
+            module.weight.detach()[:, c : c + 1],
+            precision,
+        )
         if out is None:
             out = part.new_empty((k, b) + tuple(part.shape[1:]))
         out[sel] = part.reshape(sel.numel(), b, *part.shape[1:])

@@ -34,6 +34,7 @@ BatchNorm semantics (same as :class:`~zeroth.engine.SequentialEvaluator`): in tr
 perturbed copy is normalised with its own batch statistics; running statistics are
 updated once per step, by the unperturbed pass. Dropout must be inactive (eval or p = 0).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -95,9 +96,9 @@ def cross_entropy_difference(logits: Tensor, targets: Tensor, delta: Delta) -> T
 
 
 SCHEMES: Dict[str, Callable[[Sequence[Tuple[Cut, float]]], Cut]] = {
-    "auto": choose_cut,                     # the cheapest by the cost model
+    "auto": choose_cut,  # the cheapest by the cost model
     "propagate": lambda cands: cands[-1][0],  # Δ as far as it goes
-    "restart": lambda cands: cands[0][0],     # the copies right after the perturbed layer
+    "restart": lambda cands: cands[0][0],  # the copies right after the perturbed layer
 }
 """How FeatureReuseEvaluator picks a :class:`~.schemes.Cut` from the candidates (in chain order)."""
 
@@ -141,18 +142,23 @@ class FeatureReuseEvaluator(Evaluator):
         self.scheme = scheme
 
     # -- applicability --------------------------------------------------------------------
-    def supports(self, objective: Any, dirs: Optional[Directions] = None,
-                 params: Optional[Sequence[Tensor]] = None) -> Support:
+    def supports(
+        self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None
+    ) -> Support:
         """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (the rules of
         :mod:`zeroth.engine.rules`); a false :class:`Support` carries the reason."""
         form = classic_objective(objective)
         if not form:
             return form
         if dirs is not None and getattr(dirs, "kind", None) != "coordinates":
-            return Support.no("FeatureReuseEvaluator evaluates CGE coordinates only (random directions change every layer)")
+            return Support.no(
+                "FeatureReuseEvaluator evaluates CGE coordinates only (random directions change every layer)"
+            )
         chain = stages(objective.model)
         if not chain:
-            return Support.no(f"{type(objective.model).__name__} is not a chain of stages (nn.Sequential or zo_stages())")
+            return Support.no(
+                f"{type(objective.model).__name__} is not a chain of stages (nn.Sequential or zo_stages())"
+            )
         if global_hooks():
             return Support.no("global module forward hooks are registered")
         for s, m in enumerate(chain):
@@ -220,8 +226,9 @@ class FeatureReuseEvaluator(Evaluator):
         for m in chain:
             acts.append(traces.record(m, acts[-1]) if is_residual(m) else forward_cached(m, acts[-1]))
         scheme = "propagate" if (self.scheme == "auto" and self.precision != "fp32") else self.scheme
-        return _StepContext(chain, acts, objective, _loss(objective, acts[-1]), self.precision, traces,
-                            choose=SCHEMES[scheme])
+        return _StepContext(
+            chain, acts, objective, _loss(objective, acts[-1]), self.precision, traces, choose=SCHEMES[scheme]
+        )
 
     def _differences(self, ctx: _StepContext, params: Sequence[Tensor], dirs: Directions) -> Tensor:
         """``ℓ(θ + h e_k) − ℓ(θ)`` for every evaluation, in float64."""
@@ -237,10 +244,12 @@ class FeatureReuseEvaluator(Evaluator):
                 nominal = (1.0 if sign_block == 0 else -1.0) * dirs.mus[j]
                 steps, values = dirs.signed_steps(j, sign_block), dirs.values[sign_block][j]
                 for lo in range(0, idx.numel(), chunk):
-                    sel = idx[lo:lo + chunk]
-                    d = ctx.chunk(s, name, p, sel, steps[lo:lo + chunk], values[lo:lo + chunk], nominal, idx.numel())
+                    sel = idx[lo : lo + chunk]
+                    d = ctx.chunk(
+                        s, name, p, sel, steps[lo : lo + chunk], values[lo : lo + chunk], nominal, idx.numel()
+                    )
                     start = sign_block * n + dirs.offsets[j] + lo
-                    diffs[start:start + sel.numel()] = d
+                    diffs[start : start + sel.numel()] = d
         return diffs
 
     def _chunk_size(self, acts: List[Tensor], first: int) -> int:
@@ -262,8 +271,16 @@ class _StepContext:
     ``choose`` picks a cut from the candidates (default: :func:`~.schemes.choose_cut`).
     """
 
-    def __init__(self, chain, acts, objective, base, precision, traces: Optional[Traces] = None,
-                 choose: Callable[[Sequence[Tuple[Cut, float]]], Cut] = choose_cut):
+    def __init__(
+        self,
+        chain,
+        acts,
+        objective,
+        base,
+        precision,
+        traces: Optional[Traces] = None,
+        choose: Callable[[Sequence[Tuple[Cut, float]]], Cut] = choose_cut,
+    ):
         # Δ's kernels read plain (contiguous) base activations; the copies start from the cached
         # pass's own tensors (laid_out), so that they repeat its arithmetic
         self._layouts: Dict[int, Tuple[Tensor, Tensor]] = {}
@@ -301,8 +318,16 @@ class _StepContext:
     # -- the plan -------------------------------------------------------------------------
     def candidates(self, s: int, name: str, k: int) -> List[Tuple[Cut, float]]:
         """The exact switch positions for K coordinates of ``name`` in stage ``s``, with modelled costs."""
-        return candidate_cuts(self.chain, [tuple(a.shape) for a in self.acts], self._inner_shapes, s, name, k,
-                              self.costs, self.closed_form)
+        return candidate_cuts(
+            self.chain,
+            [tuple(a.shape) for a in self.acts],
+            self._inner_shapes,
+            s,
+            name,
+            k,
+            self.costs,
+            self.closed_form,
+        )
 
     def plan(self, s: int, name: str, k: int) -> Cut:
         """The cut for K coordinates of ``name`` in stage ``s`` (fixed for the step)."""
@@ -316,22 +341,29 @@ class _StepContext:
         return BlockShapes([tuple(a.shape) for a in tr.main], tuple(tr.total.shape))
 
     # -- one chunk ------------------------------------------------------------------------
-    def chunk(self, s: int, name: str, p: Tensor, sel: Tensor, steps: Tensor, values: Tensor, nominal: float,
-              selected: int) -> Tensor:
+    def chunk(
+        self, s: int, name: str, p: Tensor, sel: Tensor, steps: Tensor, values: Tensor, nominal: float, selected: int
+    ) -> Tensor:
         """Loss differences of the copies moving coordinate ``sel[k]`` of parameter ``p`` to ``values[k]``,
         i.e. by ``steps[k]`` (the signed step actually taken, float64; ``nominal``: the signed μ);
         ``selected``: how many coordinates of ``p`` this step estimates in all."""
         chain, acts = self.chain, self.acts
         stage = chain[s]
-        if (self.closed_form and s == len(chain) - 1 and isinstance(stage, nn.Linear) and acts[s].dim() == 2
-                and name in ("weight", "bias")):
+        if (
+            self.closed_form
+            and s == len(chain) - 1
+            and isinstance(stage, nn.Linear)
+            and acts[s].dim() == 2
+            and name in ("weight", "bias")
+        ):
             if 2 * selected >= p.numel():
                 # the table is made at the nominal step; the step actually taken differs by rounding
                 # (|h − μ| ≤ ulp(θ)), and D(h) − D(μ)·h/μ = O(h·|h − μ|·D''), far below the loss's own rounding
                 return self._head(stage, name, p, nominal)[sel] * (steps / nominal)
             # a sparse selection: only its coordinates, each a one-logit change (O(B) apiece)
-            return cross_entropy_difference(acts[-1], self.objective.targets,
-                                            initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1]))
+            return cross_entropy_difference(
+                acts[-1], self.objective.targets, initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1])
+            )
         k = sel.numel()
         cut = self.plan(s, name, k)
         inner = _main_layer(stage, name)
@@ -341,8 +373,9 @@ class _StepContext:
             tr = self.traces.residual(stage, acts[s])
             layer = list(stage.main)[t0]
             delta = initial_delta(layer, rest, p, sel, steps, tr.main[t0], tr.main[t0 + 1])
-            main: _State = delta if delta is not None else perturbed_stage_outputs(layer, rest, p, sel, values,
-                                                                                  tr.main[t0])
+            main: _State = (
+                delta if delta is not None else perturbed_stage_outputs(layer, rest, p, sel, values, tr.main[t0])
+            )
             state = self._block(s, t0 + 1, main, None, cut.inner if cut.stage == s else None, k)
         else:
             delta = initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1])
@@ -354,8 +387,11 @@ class _StepContext:
                 break
             if is_residual(chain[t]):
                 state = self._block(t, 0, state, state, cut.inner if cut.stage == t else None, k)
-            elif (cut == Cut(t + 1) and self.precision == "fp32"
-                  and fuses_conv(chain[t], state, self.laid_out(acts[t + 1]))):
+            elif (
+                cut == Cut(t + 1)
+                and self.precision == "fp32"
+                and fuses_conv(chain[t], state, self.laid_out(acts[t + 1]))
+            ):
                 state = conv_copies(chain[t], self.laid_out(acts[t + 1]), state, k)
             else:
                 nxt = propagate(chain[t], acts[t], acts[t + 1], state, self.precision, self.traces)
@@ -373,8 +409,7 @@ class _StepContext:
             return cross_entropy_difference(acts[-1], self.objective.targets, Delta(copies - acts[-1].unsqueeze(0)))
         return _per_copy_losses(self.objective, copies) - self.base.double()
 
-    def _block(self, t: int, m0: int, main: _State, delta_in: Optional[Delta], cut: Optional[int],
-               k: int) -> _State:
+    def _block(self, t: int, m0: int, main: _State, delta_in: Optional[Delta], cut: Optional[int], k: int) -> _State:
         """Residual stage ``t`` from position ``m0`` of ``main`` (Δ or copies there) to its output.
 
         ``delta_in``: Δ of the block's input (None in the perturbed block: the input, hence the
@@ -450,8 +485,9 @@ def _owners(chain: List[nn.Module]) -> Dict[int, Tuple[int, str]]:
     return out
 
 
-def initial_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Tensor, a_in: Tensor,
-                  a_out: Tensor) -> Optional[Delta]:
+def initial_delta(
+    stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Tensor, a_in: Tensor, a_out: Tensor
+) -> Optional[Delta]:
     """Δ of the stage output when coordinate ``sel[k]`` of a Linear/Conv2d/BatchNorm parameter moves by
     ``steps[k]`` (signed, any float dtype), else None."""
     if not starts_delta(stage, name):
@@ -469,7 +505,12 @@ def initial_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Te
             return Delta(per_copy(v) * v, o)  # (K, B): h·x_i enters logit/feature o
         if name == "bias":
             return Delta(st.view(k, 1).repeat(1, a_in.shape[0]), sel)
-    if isinstance(stage, nn.Conv2d) and stage.groups == 1 and stage.padding_mode == "zeros" and not isinstance(stage.padding, str):
+    if (
+        isinstance(stage, nn.Conv2d)
+        and stage.groups == 1
+        and stage.padding_mode == "zeros"
+        and not isinstance(stage.padding, str)
+    ):
         h, w = a_out.shape[2:]
         if name == "bias":
             return Delta(st.view(k, 1, 1, 1).repeat(1, a_in.shape[0], h, w), sel)
@@ -501,8 +542,17 @@ def _normalized(bn: nn.Module, x: Tensor) -> Tensor:
     return (x - mean) * torch.rsqrt(var + bn.eps)
 
 
-def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Tensor, a_in: Tensor, a_out: Tensor,
-                precision: str = "fp32", traces: Optional[Traces] = None) -> Optional[Delta]:
+def stage_delta(
+    stage: nn.Module,
+    name: str,
+    p: Tensor,
+    sel: Tensor,
+    steps: Tensor,
+    a_in: Tensor,
+    a_out: Tensor,
+    precision: str = "fp32",
+    traces: Optional[Traces] = None,
+) -> Optional[Delta]:
     """Δ of the stage output when coordinate ``sel[k]`` of ``p`` moves by ``steps[k]``, built locally, or None.
 
     A Linear/Conv2d/BatchNorm stage: :func:`initial_delta`. A residual block whose ``main[t]``
@@ -522,13 +572,15 @@ def stage_delta(stage: nn.Module, name: str, p: Tensor, sel: Tensor, steps: Tens
     delta = initial_delta(layers[t], parts[2], p, sel, steps, tr.main[t], tr.main[t + 1])
     if delta is None:
         return None
-    delta = propagate_chain(layers[t + 1:], tr.main[t + 1:], delta, precision, traces)
+    delta = propagate_chain(layers[t + 1 :], tr.main[t + 1 :], delta, precision, traces)
     if delta is None:
         return None
     return propagate(stage.post, tr.total, a_out, delta, precision, traces)
 
 
-def perturbed_stage_outputs(stage: nn.Module, name: str, p: Tensor, sel: Tensor, values: Tensor, a_in: Tensor) -> Tensor:
+def perturbed_stage_outputs(
+    stage: nn.Module, name: str, p: Tensor, sel: Tensor, values: Tensor, a_in: Tensor
+) -> Tensor:
     """Stage outputs ``(K, B, ...)`` with coordinate ``sel[k]`` of ``p`` set to ``values[k]`` (via torch.func)."""
     k = sel.numel()
     flat = p.detach().reshape(-1)
@@ -558,4 +610,3 @@ def _per_copy_losses(objective: Objective, copies: Tensor) -> Tensor:
     else:
         losses = [objective.loss_fn(c, objective.targets) for c in copies]
     return torch.stack([scalar_loss(v) for v in losses]).double()
-

@@ -20,6 +20,7 @@ loss difference stay exact. ``precision`` selects the arithmetic of those linear
 ``emulate_plain(model, precision)`` rounds the operands of every Linear/Conv2d forward the
 same way, to show (in tests and bench) what plain low-precision finite differences give.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,12 +106,16 @@ def emulate_plain(model: nn.Module, precision: str) -> Iterator[nn.Module]:
     patched = []
     for m in model.modules():
         if isinstance(m, nn.Linear):
-            m.forward = (lambda mod: lambda x: F.linear(round_to(x, precision), round_to(mod.weight, precision),
-                                                        mod.bias))(m)
+            m.forward = (
+                lambda mod: lambda x: F.linear(round_to(x, precision), round_to(mod.weight, precision), mod.bias)
+            )(m)
             patched.append(m)
         elif isinstance(m, nn.Conv2d):
-            m.forward = (lambda mod: lambda x: mod._conv_forward(round_to(x, precision),
-                                                                 round_to(mod.weight, precision), mod.bias))(m)
+            m.forward = (
+                lambda mod: (
+                    lambda x: mod._conv_forward(round_to(x, precision), round_to(mod.weight, precision), mod.bias)
+                )
+            )(m)
             patched.append(m)
     try:
         yield model

@@ -56,6 +56,7 @@ RNG state). A forward that changes buffers other than BatchNorm's running statis
 vmap cannot trace (``.item()``, data-dependent branches), is found at run time:
 :class:`Unsupported` is raised with everything restored, and ``auto`` moves on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ def _batch_dim_check(attr: str) -> Callable[[nn.Module], Optional[str]]:
         if value is None or value == 0:
             return f"{type(m).__name__}({attr}={value}) acts across the batch dimension"
         return None
+
     return check
 
 
@@ -108,9 +110,28 @@ def _maxpool_check(m: nn.Module) -> Optional[str]:
 
 
 _ELEMENTWISE: Tuple[Type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-    nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink,
-    nn.Softsign, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.PReLU,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Softsign,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Threshold,
+    nn.PReLU,
 )
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -145,9 +166,13 @@ LAYER_RULES: Dict[Type[nn.Module], LayerRule] = {
     nn.AdaptiveAvgPool3d: LayerRule("copies"),
     nn.Upsample: LayerRule("copies"),
     nn.Embedding: LayerRule("copies"),  # a first stage: its weight's coordinates re-run it on K copies
-    nn.Flatten: LayerRule("flatten", check=lambda m: (
-        f"Flatten(start_dim={m.start_dim}) may merge the batch dimension" if m.start_dim <= 0 else None)),
-    nn.Unflatten: LayerRule("copies", check=lambda m: "Unflatten(dim=0) splits the batch dimension" if m.dim == 0 else None),
+    nn.Flatten: LayerRule(
+        "flatten",
+        check=lambda m: f"Flatten(start_dim={m.start_dim}) may merge the batch dimension" if m.start_dim <= 0 else None,
+    ),
+    nn.Unflatten: LayerRule(
+        "copies", check=lambda m: "Unflatten(dim=0) splits the batch dimension" if m.dim == 0 else None
+    ),
     nn.Identity: LayerRule("identity"),
     nn.Softmax: LayerRule("copies", check=_batch_dim_check("dim")),
     nn.LogSoftmax: LayerRule("copies", check=_batch_dim_check("dim")),
@@ -181,7 +206,9 @@ def layer_support(module: nn.Module) -> Support:
     if parametrize.is_parametrized(module):
         return Support.no(f"{name} is parametrized (torch.nn.utils.parametrize: spectral_norm, weight_norm, ...)")
     if _has_hooks(module):
-        return Support.no(f"{name} has forward hooks (e.g. the old spectral_norm/weight_norm), which may change outputs")
+        return Support.no(
+            f"{name} has forward hooks (e.g. the old spectral_norm/weight_norm), which may change outputs"
+        )
     rule = rule_for(module)
     if rule is not None:
         reason = rule.check(module) if rule.check is not None else None
@@ -236,8 +263,11 @@ def shared_parameters(modules: Sequence[nn.Module]) -> Dict[int, int]:
 
 def dtype_support(model: nn.Module, inputs: Tensor) -> Support:
     """Parameters, floating buffers and input in float32/float64 (the kernels' dtypes)."""
-    for what, t in [("input", inputs)] + [(n, p) for n, p in model.named_parameters()] + \
-            [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]:
+    for what, t in (
+        [("input", inputs)]
+        + [(n, p) for n, p in model.named_parameters()]
+        + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    ):
         if t.is_floating_point() and t.dtype not in FAST_DTYPES:
             return Support.no(f"{what} is {t.dtype}; the difference kernels compute in float32/float64")
     return YES
@@ -249,8 +279,13 @@ def is_plain_cross_entropy(loss_fn: Any) -> bool:
     if loss_fn is F.cross_entropy:
         return True
     if type(loss_fn) is nn.CrossEntropyLoss:
-        return (loss_fn.weight is None and loss_fn.reduction == "mean" and loss_fn.label_smoothing == 0.0
-                and loss_fn.ignore_index == -100 and not _has_hooks(loss_fn))
+        return (
+            loss_fn.weight is None
+            and loss_fn.reduction == "mean"
+            and loss_fn.label_smoothing == 0.0
+            and loss_fn.ignore_index == -100
+            and not _has_hooks(loss_fn)
+        )
     return False
 
 
@@ -264,8 +299,13 @@ def cross_entropy_closed_form(loss_fn: Any, logits: Tensor, targets: Any) -> Sup
         return Support.no("the loss is not a plain mean cross-entropy")
     if logits.dim() != 2:
         return Support.no(f"logits of shape {tuple(logits.shape)}, not (B, C)")
-    if not isinstance(targets, Tensor) or targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
-                                                                  torch.uint8):
+    if not isinstance(targets, Tensor) or targets.dtype not in (
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+    ):
         return Support.no("targets are not integer class indices (class probabilities?)")
     if targets.shape != logits.shape[:1]:
         return Support.no(f"targets of shape {tuple(targets.shape)} for logits {tuple(logits.shape)}")

@@ -23,6 +23,7 @@ result) does not depend on machine load. Positions:
   after ``main[m - 1]``; the shortcut's copies are formed from the block's input, and in the
   perturbed block itself the cached shortcut output is shared by all copies.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,12 +72,26 @@ class Costs:
 COSTS: Dict[str, Costs] = {
     # one thread of the project's AMD EPYC (Zen 3, AVX2), float32, measured with
     # `python -m bench.resnet --calibrate` (medians; ResNet-20 shapes, batch 32 and 256)
-    "cpu": Costs(conv_mac=5.0e-11, confined_mac=1.5e-10, call=2.0e-5, elementwise=6.0e-10, batchnorm=2.0e-9,
-                 delta_elementwise=2.0e-9, delta_batchnorm=6.0e-9),
+    "cpu": Costs(
+        conv_mac=5.0e-11,
+        confined_mac=1.5e-10,
+        call=2.0e-5,
+        elementwise=6.0e-10,
+        batchnorm=2.0e-9,
+        delta_elementwise=2.0e-9,
+        delta_batchnorm=6.0e-9,
+    ),
     # not measured (no GPU in the sessions so far): an H100/H200-class GPU's fp32 rate (~30 TMAC/s)
     # and memory bandwidth (~4 TB/s), a few microseconds per kernel launch
-    "cuda": Costs(conv_mac=3.0e-14, confined_mac=2.0e-13, call=8.0e-6, elementwise=4.0e-12, batchnorm=1.5e-11,
-                  delta_elementwise=1.0e-11, delta_batchnorm=3.0e-11),
+    "cuda": Costs(
+        conv_mac=3.0e-14,
+        confined_mac=2.0e-13,
+        call=8.0e-6,
+        elementwise=4.0e-12,
+        batchnorm=1.5e-11,
+        delta_elementwise=1.0e-11,
+        delta_batchnorm=3.0e-11,
+    ),
 }
 """Cost tables by device type (``torch.device.type``); other devices use the CPU's."""
 
@@ -110,8 +125,9 @@ class CostModel:
         """Forming the K copies ``a + Δ`` of an activation of ``shape``."""
         return self.c.call + 1.5 * self.c.elementwise * self.k * _numel(shape)
 
-    def copies(self, m: Any, a_in: Sequence[int], a_out: Sequence[int],
-               inner: Optional[Callable[[Any], BlockShapes]] = None) -> float:
+    def copies(
+        self, m: Any, a_in: Sequence[int], a_out: Sequence[int], inner: Optional[Callable[[Any], BlockShapes]] = None
+    ) -> float:
         """K copies through module ``m`` (input shape ``a_in``, output ``a_out``)."""
         c, k = self.c, self.k
         if _is_residual(m) and inner is not None:
@@ -198,9 +214,16 @@ class BlockShapes:
     total: Tuple[int, ...]
 
 
-def candidate_cuts(chain: Sequence[Any], shapes: Sequence[Tuple[int, ...]],
-                   inner: Callable[[int], BlockShapes], s: int, name: str, k: int, costs: Costs,
-                   closed_form: bool = True) -> List[Tuple[Cut, float]]:
+def candidate_cuts(
+    chain: Sequence[Any],
+    shapes: Sequence[Tuple[int, ...]],
+    inner: Callable[[int], BlockShapes],
+    s: int,
+    name: str,
+    k: int,
+    costs: Costs,
+    closed_form: bool = True,
+) -> List[Tuple[Cut, float]]:
     """Every exact switch position for K coordinates of parameter ``name`` of stage ``s``, with its
     modelled cost (seconds), in chain order.
 

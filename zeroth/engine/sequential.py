@@ -1,4 +1,5 @@
 """The sequential evaluator: perturb in place, evaluate, restore — the reference for all others."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence

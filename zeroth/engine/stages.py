@@ -16,6 +16,7 @@ cached logits bit for bit), so rounding cancels in their loss differences as it 
 two forwards of the perturb–evaluate–restore loop; a copy in another layout than the cached
 pass would add the whole network's rounding noise to each difference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,8 +93,9 @@ def fast_layout(x: Tensor) -> torch.memory_format:
 
 def empty_copies(a: Tensor, k: int) -> Tensor:
     """Uninitialised ``(K, *a.shape)`` copies of ``a``'s dtype/device, each in :func:`copies_layout`."""
-    flat = torch.empty((k * a.shape[0],) + tuple(a.shape[1:]), dtype=a.dtype, device=a.device,
-                       memory_format=copies_layout(a))
+    flat = torch.empty(
+        (k * a.shape[0],) + tuple(a.shape[1:]), dtype=a.dtype, device=a.device, memory_format=copies_layout(a)
+    )
     return flat.view((k,) + tuple(a.shape))
 
 
@@ -179,8 +181,19 @@ def batchnorm_copies(bn: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
         out = x if inplace and _batchnorm_in_place_is_exact() else torch.empty_like(x)  # the same per-copy layout
         stats = x.new_empty((2, c))
         for i in range(k):
-            torch.ops.aten.native_batch_norm.out(x[i], bn.weight, bn.bias, None, None, True, 0.0, bn.eps,
-                                                 out=out[i], save_mean=stats[0], save_invstd=stats[1])
+            torch.ops.aten.native_batch_norm.out(
+                x[i],
+                bn.weight,
+                bn.bias,
+                None,
+                None,
+                True,
+                0.0,
+                bn.eps,
+                out=out[i],
+                save_mean=stats[0],
+                save_invstd=stats[1],
+            )
         return out
     rest = x.shape[3:]
     folded = x.transpose(0, 1).reshape(b, k * c, *rest)
@@ -205,7 +218,8 @@ def _batchnorm_in_place_is_exact() -> bool:
         got = x.clone()
         stats = got.new_empty((2, 20))
         with torch.no_grad():
-            torch.ops.aten.native_batch_norm.out(got, w, bias, None, None, True, 0.0, 1e-5, out=got,
-                                                 save_mean=stats[0], save_invstd=stats[1])
+            torch.ops.aten.native_batch_norm.out(
+                got, w, bias, None, None, True, 0.0, 1e-5, out=got, save_mean=stats[0], save_invstd=stats[1]
+            )
         _IN_PLACE["cpu"] = bool(torch.equal(got, want))
     return _IN_PLACE["cpu"]

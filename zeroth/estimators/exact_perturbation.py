@@ -65,6 +65,7 @@ References:
     a simultaneous perturbation gradient approximation", IEEE Trans. Automatic Control 43(10),
     1998 (symmetric Bernoulli ±1 perturbations are asymptotically optimal for SPSA).
 """
+
 from __future__ import annotations
 
 import math
@@ -124,9 +125,11 @@ def check_step(mu: float, a: float, dtype: torch.dtype, where: str = "") -> None
             f"exact perturbation needs a float16, bfloat16, float32 or float64 parameter, got {dtype}{where}"
         )
     lo, hi = EXACT_STEP_EXPONENTS[dtype]
-    if not 2.0 ** lo <= a <= 2.0 ** hi:
-        raise ValueError(f"mu: exact in-place perturbation of a {dtype} parameter needs mu between 2^{lo} and 2^{hi} "
-                         f"(got {mu!r}{where}, rounded to {a!r})")
+    if not 2.0**lo <= a <= 2.0**hi:
+        raise ValueError(
+            f"mu: exact in-place perturbation of a {dtype} parameter needs mu between 2^{lo} and 2^{hi} "
+            f"(got {mu!r}{where}, rounded to {a!r})"
+        )
 
 
 _GENERATORS = threading.local()
@@ -194,8 +197,15 @@ class ExactRademacher(RandomDirections):
         TypeError: a parameter is not of a floating dtype (bf16, fp16, fp32, fp64).
     """
 
-    def __init__(self, params: Sequence[Tensor], seed: int, q: int, mus: Sequence[float], antithetic: bool = True,
-                 masks: Optional[Sequence[Optional[Tensor]]] = None):
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        seed: int,
+        q: int,
+        mus: Sequence[float],
+        antithetic: bool = True,
+        masks: Optional[Sequence[Optional[Tensor]]] = None,
+    ):
         steps = [power_of_two(m) for m in mus]
         for j, (p, m, a) in enumerate(zip(params, mus, steps)):
             check_step(m, a, p.dtype, f" for parameter {j}")
@@ -217,8 +227,9 @@ class ExactRademacher(RandomDirections):
     def _signs(self, i: int, j: int, chunk: int, n: int) -> Tensor:
         return _rademacher_words(self.seed, i, j, chunk, n, self.devices[j])
 
-    def _visit(self, params: Sequence[Tensor], fn: Callable[[int, Tensor, int, List[Tensor]], None],
-               directions: Sequence[int]) -> None:
+    def _visit(
+        self, params: Sequence[Tensor], fn: Callable[[int, Tensor, int, List[Tensor]], None], directions: Sequence[int]
+    ) -> None:
         """Call ``fn(j, x, start, words)`` on chunks ``x`` (flat contiguous views, or gathered copies
         written back) of every parameter, ``words[k]`` the packed random bits of ``directions[k]``
         there (entry ``start + t`` of the parameter's selected entries is bit ``t``)."""
@@ -240,9 +251,9 @@ class ExactRademacher(RandomDirections):
                     continue
                 words = [self._signs(i, j, ch, n) for i in directions]
                 if mask is None:
-                    fn(j, flat[lo:lo + n], lo, words)
+                    fn(j, flat[lo : lo + n], lo, words)
                 else:
-                    idx = mask[lo:lo + n].to(flat.device)
+                    idx = mask[lo : lo + n].to(flat.device)
                     x = flat[idx]
                     fn(j, x, lo, words)
                     flat[idx] = x
@@ -279,16 +290,19 @@ class ExactRademacher(RandomDirections):
         """Restore evaluation ``e_from`` and perturb to ``e_to`` in one pass over the parameters."""
         self._apply(params, [(e_from % self.q, self.sign(e_from)), (e_to % self.q, self.sign(e_to))])
 
-    def _direction_sum(self, j: int, x: Tensor, start: int, words: Sequence[Tensor],
-                       weights: Sequence[float]) -> Tensor:
+    def _direction_sum(
+        self, j: int, x: Tensor, start: int, words: Sequence[Tensor], weights: Sequence[float]
+    ) -> Tensor:
         """``Σ_i w_i · D_i(x)/a`` (wide) at the current values ``x`` (entries ``start ...``)."""
         return _ref.rademacher_direction_sum(x, words, start, weights, self.mus[j], self.num_signs == 2)
 
     def _own_params(self, what: str) -> List[Tensor]:
         """The parameters whose current values ``direction``/``accumulate`` read."""
         if self.params is None:
-            raise RuntimeError(f"ExactRademacher.{what}: this set was sent to another process without its parameters "
-                               "(a subset carries only what perturbing needs); call it on the set that owns them")
+            raise RuntimeError(
+                f"ExactRademacher.{what}: this set was sent to another process without its parameters "
+                "(a subset carries only what perturbing needs); call it on the set that owns them"
+            )
         return self.params
 
     def direction(self, i: int, j: int) -> Tensor:
@@ -306,12 +320,12 @@ class ExactRademacher(RandomDirections):
                 return
             mask = self.masks[j]
             for s in range(0, x.numel(), SUB):  # temporaries of SUB entries
-                piece = x[s:s + SUB]
-                d = self._direction_sum(j, piece, 0, [w[s // 64:] for w in words], [1.0]).to(self.dtypes[j])
+                piece = x[s : s + SUB]
+                d = self._direction_sum(j, piece, 0, [w[s // 64 :] for w in words], [1.0]).to(self.dtypes[j])
                 if mask is None:
-                    flat_out[start + s:start + s + piece.numel()] = d
+                    flat_out[start + s : start + s + piece.numel()] = d
                 else:
-                    flat_out[mask[start + s:start + s + piece.numel()].to(out.device)] = d
+                    flat_out[mask[start + s : start + s + piece.numel()].to(out.device)] = d
 
         params = [p if k == j else p.new_empty(0) for k, p in enumerate(own)]
         with torch.no_grad():
@@ -380,8 +394,8 @@ class ExactRademacher(RandomDirections):
 
             def fn(jj, x, start, words, tflat=tflat, mask=mask, scale=scale, j=j):
                 for s in range(0, x.numel(), SUB):  # temporaries of SUB entries
-                    piece = x[s:s + SUB]
-                    total = self._direction_sum(j, piece, 0, [w[s // 64:] for w in words], [cs[i] for i in live])
+                    piece = x[s : s + SUB]
+                    total = self._direction_sum(j, piece, 0, [w[s // 64 :] for w in words], [cs[i] for i in live])
                     total = total.mul_(scale).to(tflat.dtype)
                     a, b = start + s, start + s + piece.numel()
                     if mask is None:
@@ -395,8 +409,15 @@ class ExactRademacher(RandomDirections):
             if target is not g:
                 g.add_(target)
 
-    def update_(self, params: Sequence[Tensor], coeffs: Tensor, lrs: Sequence[float], weight_decays: Sequence[float],
-                ascend: Sequence[bool], restore: Optional[int] = None) -> None:
+    def update_(
+        self,
+        params: Sequence[Tensor],
+        coeffs: Tensor,
+        lrs: Sequence[float],
+        weight_decays: Sequence[float],
+        ascend: Sequence[bool],
+        restore: Optional[int] = None,
+    ) -> None:
         """MeZO's SGD step in place: ``θ ← θ(1 − lr·wd) ∓ lr · Σ_i c_i D_i / a²`` (one pass, nothing stored).
 
         ``restore=e`` first undoes evaluation ``e``'s perturbation in the same pass (the
@@ -424,8 +445,17 @@ class ExactRademacher(RandomDirections):
                 _ops.rademacher_involution_(x, undo_words, undo_signs, self.mus[j])
                 return
             scale = (lr if ascend[j] else -lr) / self.mus[j]
-            _ops.rademacher_sgd_(x, undo_words, undo_signs, _stack([words[order.index(i)] for i in live], x),
-                                 [cs[i] for i in live], self.mus[j], scale, 1.0 - lr * wd if wd else 1.0, antithetic)
+            _ops.rademacher_sgd_(
+                x,
+                undo_words,
+                undo_signs,
+                _stack([words[order.index(i)] for i in live], x),
+                [cs[i] for i in live],
+                self.mus[j],
+                scale,
+                1.0 - lr * wd if wd else 1.0,
+                antithetic,
+            )
 
         with torch.no_grad():
             self._visit(params, fn, order)
@@ -439,8 +469,9 @@ class ExactRademacher(RandomDirections):
                 kept = work[idx]
                 none = _stack([], work)
                 for s in range(0, work.numel(), _directions.CHUNK):
-                    _ops.rademacher_sgd_(work[s:s + _directions.CHUNK], none, [], none, [], self.mus[j], 0.0,
-                                         1.0 - lr * wd, antithetic)
+                    _ops.rademacher_sgd_(
+                        work[s : s + _directions.CHUNK], none, [], none, [], self.mus[j], 0.0, 1.0 - lr * wd, antithetic
+                    )
                 work[idx] = kept
                 if flat is None:
                     p.data.copy_(work.view(p.shape))
@@ -474,7 +505,7 @@ class ExactSubset(ExactRademacher):
         self._norms = None
         self.masks = [m.detach().cpu() if m is not None else None for m in parent.masks]
         self.targets = list(getattr(parent, "targets", parent.devices))  # where signs are used
-        self.devices = [torch.device(d.type) for d in parent.devices]    # where signs are drawn
+        self.devices = [torch.device(d.type) for d in parent.devices]  # where signs are drawn
 
     def place(self, devices: Sequence[torch.device]) -> ExactSubset:
         """Draw signs on the parent's device type, hand them out on ``devices`` (one per parameter)."""
