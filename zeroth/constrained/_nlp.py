@@ -37,6 +37,7 @@ class NLP:
         else:
             A = np.hstack([spec.A, np.zeros((spec.A.shape[0], self.ns))])
         self.poly = Polyhedron(lb, ub, A, spec.al, spec.au)
+        self._last_J = None  # (Jacobian of c, its z-space ∇h)
 
     def x(self, z):
         return z[: self.n]
@@ -66,12 +67,19 @@ class NLP:
         return np.concatenate([c[self.eq_idx] - self.F.cl[self.eq_idx], c[self.in_idx] - z[self.n :]])
 
     def J(self, z, rough=False):
+        """∇h in z-space, (mh, N) dense; built once per Jacobian of c that ``Functions`` returns
+        (its cache hands back the same array for the same x and precision)."""
         if self.mh == 0:
             return np.zeros((0, self.N))
         Jc = self.F.J(self.x(z), rough)
+        if self._last_J is not None and self._last_J[0] is Jc:
+            return self._last_J[1]
         top = np.hstack([Jc[self.eq_idx], np.zeros((self.eq_idx.size, self.ns))])
         bottom = np.hstack([Jc[self.in_idx], -np.eye(self.ns)])
-        return np.vstack([top, bottom])
+        Jz = np.vstack([top, bottom])
+        Jz.flags.writeable = False  # shared by the callers of the same Jacobian
+        self._last_J = (Jc, Jz)
+        return Jz
 
     def c_multipliers(self, lam):
         """Multipliers λ of h mapped onto the components of c (inactive-free components get 0)."""

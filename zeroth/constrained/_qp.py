@@ -110,8 +110,8 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
     generic = [lambda: _active_at_zero(lo, hi, lb, ub), lambda: (np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8))]
     budget, limit, tried = _round_budget(n + m), _change_limit(n + m), set()
     for k, guess in enumerate(warm + generic):
-        if qp.solves >= budget or (qp.far_off and k >= len(warm)):
-            break  # (the generic guesses are not tried once a caller's guess was far off)
+        if qp.solves >= budget or (qp.far_off and (k >= len(warm) or budget < 6)):
+            break  # once a guess was far off: no generic guesses, and no more at all on a small budget
         guess = guess() if callable(guess) else guess
         guess = None if guess is None else qp.normalize(guess)
         if guess is None or guess[0].tobytes() + guess[1].tobytes() in tried:
@@ -306,56 +306,72 @@ def _diagonal(H):
     return None
 
 
-_ROWS: Dict[int, Any] = {}  # id(C) -> (C, data): a CSR C's coordinates (and KKT patterns), kept for the last few C
+_ROWS: Dict[int, Any] = {}  # id(C) -> (C, data): a CSR C's coordinates, kept for the last few C
+_PATTERNS: Dict[bytes, Any] = {}  # KKT patterns of diagonal-H QPs by their rows' content, the last few
+
+
+def _remember(cache, key, value, size=4):
+    """Put ``value`` into a small least-recently-used ``cache``."""
+    cache.pop(key, None)
+    if len(cache) >= size:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 def _rows_data(C):
-    """(Cᵀ (a CSC view), row, column and value arrays of C, max(1, max|C|), a dict for the KKT
-    pattern built on C) for a CSR ``C``; cached for the last few matrices seen (the polyhedron's
-    rows come back at every projection)."""
+    """(Cᵀ (a CSC view), row, column and value arrays of C, max(1, max|C|)) for a CSR ``C``;
+    cached for the last few matrices seen (the polyhedron's rows come back at every projection)."""
     hit = _ROWS.get(id(C))
     if hit is not None and hit[0] is C:
-        return hit[1]
+        return _remember(_ROWS, id(C), hit)[1]
     rows = np.repeat(np.arange(C.shape[0], dtype=np.int32), np.diff(C.indptr))
     cols = C.indices.astype(np.int32, copy=False)
-    data = (C.T, rows, cols, C.data, max(1.0, float(np.max(np.abs(C.data), initial=0.0))), {})
-    if len(_ROWS) >= 4:
-        del _ROWS[next(iter(_ROWS))]
-    _ROWS[id(C)] = (C, data)
-    return data
+    data = (C.T, rows, cols, C.data, max(1.0, float(np.max(np.abs(C.data), initial=0.0))))
+    return _remember(_ROWS, id(C), (C, data))[1]
 
 
 class _KKTPattern:
     """The KKT matrix of *every* variable and row, [[H, Cᵀ], [C, −δI]] (size n + m), in CSC order
-    (by column, then row). The KKT matrix of a guess (free variables F, active rows R) is its
-    principal submatrix on F ∪ (n + R): the entries whose row and column are both kept, relabelled
-    by a monotone map, which keeps them in CSC order — no sorting per guess."""
+    (by column, then row), its H entries and δ left to each QP (:meth:`values`). The KKT matrix of
+    a guess (free variables F, active rows R) is its principal submatrix on F ∪ (n + R): the
+    entries whose row and column are both kept, relabelled by a monotone map, which keeps them in
+    CSC order — no sorting per guess. Rows in ``skip`` (bordered out) contribute only their −δ."""
 
-    def __init__(self, n, m, hr, hc, hv, cr, cc, cv, delta):
+    def __init__(self, n, m, hr, hc, cr, cc, cv, skip=None):
         size = n + m
+        if skip is not None and skip.any():
+            on = ~skip[cr]
+            cr, cc, cv = cr[on], cc[on], cv[on]
         ri = n + np.arange(m, dtype=np.int32)
         row = np.concatenate([hr, n + cr, cc, ri]).astype(np.int32, copy=False)
         col = np.concatenate([hc, cc, n + cr, ri]).astype(np.int32, copy=False)
         order = np.lexsort((row, col))  # no duplicates by construction
         self.row, self.col = row[order], col[order]
-        self.data = np.concatenate([hv, cv, cv, np.full(m, -delta)])[order]
+        self.data = np.concatenate([np.zeros(hr.size), cv, cv, np.zeros(m)])[order]
         self.indptr = np.zeros(size + 1, dtype=np.int64)
         np.cumsum(np.bincount(col, minlength=size), out=self.indptr[1:])
-        self.delta = delta
-        where = np.empty(order.size, dtype=np.int64)  # where the first hr.size entries (H's) went
+        where = np.empty(order.size, dtype=np.int64)  # where the entries of the lists went
         where[order] = np.arange(order.size)
-        self.h_at = where[: hr.size]
+        self.h_at, self.r_at = where[: hr.size], where[order.size - m :]
 
-    def submatrix(self, keep, diag_shift_at=None):
-        """K restricted to ``keep`` (bool, size n + m), as a CSC array; ``diag_shift_at``: positions
-        (in H's coordinate list, all kept) of diagonal entries that get +δ."""
+    def values(self, hv, delta):
+        """The pattern's values with H's entries ``hv`` (in the order of its coordinate lists) and δ."""
+        data = self.data.copy()
+        data[self.h_at] = hv
+        data[self.r_at] = -delta
+        return data
+
+    def submatrix(self, data, keep, diag_shift_at=None, delta=0.0):
+        """K (values ``data``) restricted to ``keep`` (bool, size n + m), as a CSC array;
+        ``diag_shift_at``: positions in H's coordinate lists (all kept) whose entries get +``delta``."""
         ek = keep[self.row] & keep[self.col]
         before = np.zeros(self.row.size + 1, dtype=np.int64)
         np.cumsum(ek, out=before[1:])
         label = np.cumsum(keep, dtype=np.int32) - 1
-        data = self.data[ek]
+        data = data[ek]
         if diag_shift_at is not None and diag_shift_at.size:
-            data[before[self.h_at[diag_shift_at]]] += self.delta
+            data[before[self.h_at[diag_shift_at]]] += delta
         kept = np.flatnonzero(keep)
         indptr = np.append(before[self.indptr[kept]], before[-1]).astype(np.int32)
         K = sp.csc_array((data, label[self.row[ek]], indptr), shape=(kept.size, kept.size))
@@ -363,11 +379,23 @@ class _KKTPattern:
         return K
 
 
+def _diagonal_pattern(n, m, cr, cc, cv, skip):
+    """The :class:`_KKTPattern` of a diagonal H (every diagonal entry present) and these rows
+    (``skip``: rows bordered out), cached by the rows' content: the step QPs of successive
+    iterations share the polyhedron's rows, in a new matrix each time."""
+    key = b"".join([np.array([n, m], dtype=np.int64).tobytes(), skip.tobytes(), cr.tobytes(), cc.tobytes(), cv.tobytes()])
+    hit = _PATTERNS.get(key)
+    if hit is not None:
+        return _remember(_PATTERNS, key, hit)
+    idx = np.arange(n, dtype=np.int32)
+    return _remember(_PATTERNS, key, _KKTPattern(n, m, idx, idx, cr, cc, cv, skip))
+
+
 class _SparseQP:
     """One QP prepared for repeated equality-constrained solves on guessed active sets.
 
     The KKT matrix of a guess is a principal submatrix of the KKT pattern of all variables and
-    rows (:class:`_KKTPattern`, built once per QP, or reused for the same rows and diagonal H),
+    rows (:class:`_KKTPattern`, built once per QP, or reused for the same rows with a diagonal H),
     extracted in a few array operations (no sparse slicing, no sorting), with a tiny dual
     regularisation −δI on the row block (so that dependent active rows do not make it singular)
     that iterative refinement against the exact KKT system removes; it is factorised by
@@ -379,22 +407,12 @@ class _SparseQP:
         self.n, self.m = g.size, C.shape[0]
         self.hdiag = H if not sp.issparse(H) else _diagonal(H)
         self.H = None if self.hdiag is not None and not sp.issparse(H) else H
-        self.CT, cr, cc, cv, self.cmax, patterns = _rows_data(C)
+        self.CT, self.cr, self.cc, self.cv, self.cmax = _rows_data(C)
+        self.hv = self.hdiag
         if self.hdiag is None:
             Hc = H.tocoo()
-            hr, hc, hv = Hc.row, Hc.col, Hc.data
-        hmax = float(np.max(np.abs(self.hdiag if self.hdiag is not None else hv), initial=0.0))
-        self.delta = 1e-13 * max(1.0, hmax)
-        if self.hdiag is not None:  # the same rows and diagonal come back (projections): reuse the pattern
-            hit = patterns.get("diagonal")
-            if hit is not None and hit[1] == self.delta and np.array_equal(hit[0], self.hdiag):
-                self.pattern = hit[2]
-            else:
-                idx = np.arange(self.n, dtype=np.int32)
-                self.pattern = _KKTPattern(self.n, self.m, idx, idx, self.hdiag, cr, cc, cv, self.delta)
-                patterns["diagonal"] = (self.hdiag.copy(), self.delta, self.pattern)
-        else:
-            self.pattern = _KKTPattern(self.n, self.m, hr, hc, hv, cr, cc, cv, self.delta)
+            self.hr, self.hc, self.hv = Hc.row, Hc.col, Hc.data
+        self.delta = 1e-13 * max(1.0, float(np.max(np.abs(self.hv), initial=0.0)))
         self.eq = _is_equality(lo, hi)
         self.fixed_var = lb == ub
         self.solves = 0  # equality-constrained solves so far
@@ -410,6 +428,19 @@ class _SparseQP:
             for k, i in enumerate(idx):
                 span = slice(C.indptr[i], C.indptr[i + 1])
                 self.dense_rows[k, C.indices[span]] = C.data[span]
+        self._patterns = {}  # dense rows bordered out (True) or not (False) -> (pattern, its values)
+
+    def pattern(self, bordered):
+        """(KKT pattern, values) with the dense rows bordered out or not (built when first needed)."""
+        hit = self._patterns.get(bordered)
+        if hit is None:
+            skip = self.dense_row if bordered else np.zeros(self.m, dtype=bool)
+            if self.hdiag is not None:
+                pattern = _diagonal_pattern(self.n, self.m, self.cr, self.cc, self.cv, skip)
+            else:
+                pattern = _KKTPattern(self.n, self.m, self.hr, self.hc, self.cr, self.cc, self.cv, skip)
+            hit = self._patterns[bordered] = (pattern, pattern.values(self.hv, self.delta))
+        return hit
 
     def hmul(self, x):
         """H x."""
@@ -470,17 +501,19 @@ class _SparseQP:
         n, nf, delta = self.n, free.size, self.delta
         dense = self.dense_row[rows]
         flat = None  # free variables of zero curvature (slacks): K₀ gets +δ there
+        bordered = True
         if dense.any():
             flat = free[self.hdiag_all[free] == 0]
             if flat.size and self.hdiag is None:
                 dense[:] = False  # (a general H: no bordering)
-                flat = None
+                flat, bordered = None, False
         rows_s, rows_d = rows[~dense], rows[dense]
         ns, k = rows_s.size, rows_d.size
         keep = np.zeros(n + self.m, dtype=bool)
         keep[:n] = free_mask
         keep[n + rows_s] = True
-        K = self.pattern.submatrix(keep, flat)  # (the first n entries of H's list are its diagonal)
+        pattern, values = self.pattern(bordered)
+        K = pattern.submatrix(values, keep, flat, delta)  # (with a diagonal H, H's list is its diagonal)
         lu = _factor(K)
         if lu is None:  # singular: H singular on the face
             return None

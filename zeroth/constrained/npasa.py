@@ -340,6 +340,10 @@ def _diagonal_of(M):
     """M's diagonal if M is a sparse matrix with no off-diagonal entry, else None."""
     if not sp.issparse(M) or M.nnz > M.shape[0]:
         return None
+    if M.format in ("csr", "csc"):  # at most one entry per row (column), on the diagonal
+        counts = np.diff(M.indptr)
+        diagonal = counts.max(initial=0) <= 1 and np.array_equal(M.indices, np.flatnonzero(counts))
+        return M.diagonal() if diagonal else None
     coo = M.tocoo()
     return M.diagonal() if np.array_equal(coo.row, coo.col) else None
 
@@ -368,12 +372,8 @@ def _shift_to_positive_definite(Hx, floor_rel=1e-8):
     size = max(1.0, float(np.max(np.abs(Hx.data if sp.issparse(Hx) else Hx), initial=0.0)))
     diag = _diagonal_of(Hx)
     if diag is not None:  # a diagonal matrix: the test is its diagonal (what the LDLᵀ test sees)
-        delta = 0.0
-        for _ in range(12):
-            if np.all(diag + delta > floor_rel * size):
-                return sp.diags_array(diag + delta, format="csc") if delta else Hx
-            delta = 1e-4 * size if delta == 0 else 10.0 * delta
-        return sp.diags_array(diag + delta, format="csc")
+        shifted = _shift_diagonal(diag, floor_rel, size)
+        return Hx if shifted is diag else sp.diags_array(shifted, format="csc")
     delta = 0.0
     for _ in range(12):
         M = Hx + delta * (sp.identity(n, format="csc") if sp.issparse(Hx) else np.eye(n)) if delta else Hx
@@ -381,6 +381,19 @@ def _shift_to_positive_definite(Hx, floor_rel=1e-8):
             return M
         delta = 1e-4 * size if delta == 0 else 10.0 * delta
     return Hx + delta * (sp.identity(n, format="csc") if sp.issparse(Hx) else np.eye(n))
+
+
+def _shift_diagonal(diag, floor_rel=1e-8, size=None):
+    """diag + δ, δ ≥ 0 the smallest of 0, 1e-4·s, 1e-3·s, … with every entry above floor_rel·s
+    (s = max(1, max|diag|)): :func:`_shift_to_positive_definite` for a diagonal matrix (``diag``
+    itself when δ = 0)."""
+    size = max(1.0, float(np.max(np.abs(diag), initial=0.0))) if size is None else size
+    delta = 0.0
+    for _ in range(12):
+        if np.all(diag + delta > floor_rel * size):
+            return diag + delta if delta else diag
+        delta = 1e-4 * size if delta == 0 else 10.0 * delta
+    return diag + delta
 
 
 def _positive_definite_test(M, floor):
@@ -493,11 +506,14 @@ def _positive_definite(nlp, H, J, mode):
     if sp.issparse(H) or _large(nlp):
         n = nlp.n
         Hx = sp.csc_array(H)[:, :n][:n] if H.shape[0] != n else H
-        if mode != "bfgs":
-            Hx = _shift_to_positive_definite(sp.csc_array(Hx) if not isinstance(Hx, np.ndarray) else Hx)
         diag = _diagonal_of(Hx)
         if diag is not None:  # the diagonal itself (the sparse QP back end's fast path)
+            if mode != "bfgs":
+                size = max(1.0, float(np.max(np.abs(Hx.data), initial=0.0)))
+                diag = _shift_diagonal(diag, 1e-8, size)
             return np.concatenate([diag, np.zeros(nlp.ns)]), 0.0
+        if mode != "bfgs":
+            Hx = _shift_to_positive_definite(sp.csc_array(Hx) if not isinstance(Hx, np.ndarray) else Hx)
         return _z_matrix(nlp, Hx), 0.0
     N = H.shape[0]
     H = 0.5 * (H + H.T)
@@ -597,7 +613,7 @@ def _constraint_step(nlp, z, h, J, warm):
     step for min ‖h + ∇h d‖ inside Ω."""
     N = nlp.N
     C, lo, hi, lb, ub = _step_rows(nlp, z, h, J)
-    eye = sp.identity(N, format="csc") if _large(nlp) else np.eye(N)
+    eye = np.ones(N) if _large(nlp) else np.eye(N)  # (large: I as its diagonal)
     res = solve_qp(eye, np.zeros(N), C, lo, hi, lb, ub, warm=warm.guesses(nlp, warm.constraint))
     if res.status == "optimal":
         warm.constraint = res.active
