@@ -111,6 +111,17 @@ def _defend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The ``zeroth`` command line: ``zeroth demo``, ``zeroth info``, ``zeroth defend`` (``--help`` on each).
+
+    Args:
+        argv: the arguments after the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status (0 on success).
+
+    Raises:
+        SystemExit: from argparse, for ``--help`` or invalid arguments (status 2).
+    """
     parser = argparse.ArgumentParser(prog="zeroth", description="zeroth-order training for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="ZO vs first-order training of the digits CNN (table + plot)")

@@ -28,6 +28,7 @@ class RunResult:
 
     @property
     def seconds_per_step(self) -> float:
+        """Mean wall-clock seconds per optimizer step (``seconds / steps``; 0 steps count as 1)."""
         return self.seconds / max(self.steps, 1)
 
 
