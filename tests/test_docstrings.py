@@ -65,6 +65,10 @@ RAISES_CHECKED = (
     "zeroth.protocols",
     "zeroth.testing",
     "zeroth.integrations",
+    "zeroth.randomness",
+    "zeroth.cli",
+    "zeroth.demo",
+    "zeroth.ops",
 )
 
 

@@ -245,6 +245,9 @@ def rademacher_direction_sum(
 
     ``D/a = u·(ok₊ + ok₋)/2`` (two-sided) or ``u·ok₊`` (one-sided) with ``u = 2k − 1``: ±1, ±½
     or (a signed) 0. ``rows[k]``: direction k's packed words; ``x`` is entries ``start ...`` of them.
+
+    Raises:
+        ValueError: ``rows`` is empty.
     """
     wide = _WIDE[x.dtype]
     plus, minus = involution_steps(x.dtype, 1.0, a, x.device), involution_steps(x.dtype, -1.0, a, x.device)
