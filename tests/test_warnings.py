@@ -92,3 +92,29 @@ def test_runtime_warnings_stay_runtime_warnings_and_one_filter_catches_them(cate
         warnings.simplefilter("error", ZerothWarning)
         with pytest.raises(cls):
             warnings.warn("x", cls, stacklevel=2)
+
+
+@pytest.mark.parametrize("cause", ["unknown option", "hessp"])
+def test_solver_option_warning_is_caught_by_zeroth_and_scipy_filters(cause):
+    """``zeroth.constrained`` warns about ignored options as scipy does (``OptimizeWarning``), with a
+    class that one ``ZerothWarning`` filter also catches."""
+    import numpy as np
+    from scipy.optimize import OptimizeWarning
+
+    from zeroth.constrained import SolverOptionWarning, minimize
+
+    assert issubclass(SolverOptionWarning, ZerothWarning) and issubclass(SolverOptionWarning, OptimizeWarning)
+    kwargs = {"options": {"no_such_option": 1}} if cause == "unknown option" else {"hessp": lambda x, p: 2 * p}
+
+    def solve():
+        return minimize(lambda x: float(x @ x), np.ones(2), jac=lambda x: 2 * x, **kwargs)
+
+    for category in (ZerothWarning, OptimizeWarning, SolverOptionWarning):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", category)
+            with pytest.raises(SolverOptionWarning, match="no_such_option" if cause == "unknown option" else "hessp"):
+                solve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ZerothWarning)  # one filter silences it; the solve goes on
+        assert solve().success

@@ -2,6 +2,6 @@
 with exact, finite-difference or zeroth-order gradients, and the Hock–Schittkowski test set."""
 
 from . import problems
-from .minimize import STATUS_MESSAGES, minimize
+from .minimize import STATUS_MESSAGES, SolverOptionWarning, minimize
 
-__all__ = ["STATUS_MESSAGES", "minimize", "problems"]
+__all__ = ["STATUS_MESSAGES", "SolverOptionWarning", "minimize", "problems"]

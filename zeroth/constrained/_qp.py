@@ -107,7 +107,10 @@ def solve_qp(H, g, C, lo, hi, lb=None, ub=None, *, warm=None, method="auto") -> 
     C = C if isinstance(C, sp.csr_array) else sp.csr_array(C)
     qp = _SparseQP(H, g, C, lo, hi, lb, ub)
     warm = [] if warm is None else (list(warm) if isinstance(warm, list) else [warm])
-    generic = [lambda: _active_at_zero(lo, hi, lb, ub), lambda: (np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8))]
+    generic = [  # built only when reached
+        lambda: _active_at_zero(lo, hi, lb, ub),
+        lambda: (np.zeros(m, dtype=np.int8), np.zeros(n, dtype=np.int8)),
+    ]
     budget, limit, tried = _round_budget(n + m), _change_limit(n + m), set()
     for k, guess in enumerate(warm + generic):
         if qp.solves >= budget or (qp.far_off and (k >= len(warm) or budget < 6)):
@@ -217,7 +220,7 @@ def _piqp(H, g, C, lo, hi, lb, ub):
     """The active set of PIQP's solution (proximal interior point: one sparse LDLᵀ per iteration,
     bounds handled natively), a guess for :func:`_on_active_set`; None when PIQP does not solve the
     QP (an infeasible one is left to Clarabel, whose certificate is reported). ``C``: CSR."""
-    n, m = g.size, C.shape[0]
+    m = C.shape[0]
     eq = _is_equality(lo, hi)
     ineq = ~eq
     solver = piqp.SparseSolver()
@@ -383,7 +386,8 @@ def _diagonal_pattern(n, m, cr, cc, cv, skip):
     """The :class:`_KKTPattern` of a diagonal H (every diagonal entry present) and these rows
     (``skip``: rows bordered out), cached by the rows' content: the step QPs of successive
     iterations share the polyhedron's rows, in a new matrix each time."""
-    key = b"".join([np.array([n, m], dtype=np.int64).tobytes(), skip.tobytes(), cr.tobytes(), cc.tobytes(), cv.tobytes()])
+    sizes = np.array([n, m], dtype=np.int64)
+    key = b"".join([sizes.tobytes(), skip.tobytes(), cr.tobytes(), cc.tobytes(), cv.tobytes()])
     hit = _PATTERNS.get(key)
     if hit is not None:
         return _remember(_PATTERNS, key, hit)

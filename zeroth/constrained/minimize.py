@@ -34,13 +34,25 @@ import numpy as np
 import torch
 from scipy.optimize import OptimizeResult, OptimizeWarning
 
+from ..errors import ZerothWarning
 from ._functions import BudgetError, Functions, NonFiniteError
 from ._inputs import HESS_MODES, check_inputs, check_tol
 from ._nlp import NLP
 from .npasa import NPASAOptions, Run, StopSolver, run_npasa
 from .polyhedron import EmptyPolyhedronError, Polyhedron
 
-__all__ = ["minimize", "STATUS_MESSAGES"]
+__all__ = ["minimize", "STATUS_MESSAGES", "SolverOptionWarning"]
+
+
+class SolverOptionWarning(ZerothWarning, OptimizeWarning):
+    """An option the method does not use was passed (an unknown ``options`` key, or ``hessp``
+    to a method without Hessian-vector products); it is ignored.
+
+    Both a :class:`~zeroth.errors.ZerothWarning` (one filter on ``ZerothWarning`` catches every
+    zeroth warning) and a :class:`scipy.optimize.OptimizeWarning` (what scipy's ``minimize``
+    issues in the same cases, so existing scipy filters keep working).
+    """
+
 
 STATUS_MESSAGES = {
     0: "Optimization terminated successfully.",
@@ -93,15 +105,16 @@ def minimize(
     without a ``jac``, via :mod:`zeroth.estimators`). ``hess``: a callable (with constraint
     Hessians from ``NonlinearConstraint.hess``: exact Newton steps; dense or scipy sparse),
     ``"2-point"`` (differences of gradients) or ``"bfgs"``; ``None`` means scipy's damped BFGS of
-    the Lagrangian. ``hessp`` is not used by npasa (an ``OptimizeWarning``, as scipy's methods
-    that ignore it). ``bounds``: ``Bounds`` or (min, max) pairs; ``constraints``:
+    the Lagrangian. ``hessp`` is not used by npasa (a :class:`SolverOptionWarning`, also an
+    ``OptimizeWarning`` as from scipy's methods that ignore it). ``bounds``: ``Bounds`` or
+    (min, max) pairs; ``constraints``:
     ``LinearConstraint`` (``A`` dense or sparse), ``NonlinearConstraint`` (``jac`` may return
     sparse) or dicts, alone or in a sequence. ``tol``: default for ``gtol`` and ``ctol``.
     No function is ever evaluated outside the bounds: ``x0`` is first projected onto the
     bounds and linear constraints, and derivative approximations step inwards and never move a
     fixed variable (``lb == ub``).
 
-    Options (method ``"npasa"``; unknown ones warn with ``OptimizeWarning``): ``gtol``
+    Options (method ``"npasa"``; unknown ones warn with :class:`SolverOptionWarning`): ``gtol``
     (stationarity, relative to max(1, ‖∇f‖∞); default 1e-8 or ``tol``), ``ctol`` (constraint
     violation; default 1e-8 or ``tol``), ``maxiter`` (3000), ``maxfev`` (objective evaluations incl.
     differences; 100000), ``penalty`` (initial ρ, 10), ``theta`` (balanced-reduction ratio, 1),
@@ -200,12 +213,14 @@ def _wrap_callback(callback, fns):
 def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, hessp, tol, options, callback):
     unknown = sorted(set(options) - _NPASA_OPTIONS)
     if unknown:
-        warnings.warn(f"Unknown solver options: {', '.join(unknown)}", OptimizeWarning, stacklevel=3)
+        warnings.warn(f"Unknown solver options: {', '.join(unknown)}", SolverOptionWarning, stacklevel=3)
         for key in unknown:
             options.pop(key)
     if hessp is not None:
         warnings.warn(
-            "Method npasa does not use Hessian-vector product information (hessp).", OptimizeWarning, stacklevel=3
+            "Method npasa does not use Hessian-vector product information (hessp).",
+            SolverOptionWarning,
+            stacklevel=3,
         )
     # default tolerance 1e-8 in float64; for lower-precision tensors √ε of their dtype (what is reachable)
     low = (
