@@ -34,13 +34,13 @@ def main(argv=None) -> Dict[str, Dict[str, Dict[str, Outcome]]]:
     reasons: Dict[str, List[str]] = {}
     for est in args.estimators:
         print(f"\n{est}: gradient of every evaluator vs SequentialEvaluator (float64)")
-        print(f"{'case':<28}{'FeatureReuseEvaluator':<20}{'BatchedEvaluator':<20}{'auto':<30}")
+        print(f"{'case':<28}{'FeatureReuseEvaluator':<24}{'BatchedEvaluator':<20}{'auto':<36}")
         for name in args.cases:
             out = check(name, est)
             table.setdefault(name, {})[est] = out
             print(
-                f"{name:<28}{_cell(out['FeatureReuseEvaluator'], False):<20}{_cell(out['BatchedEvaluator'], False):<20}"
-                f"{_cell(out['auto'], True):<30}",
+                f"{name:<28}{_cell(out['FeatureReuseEvaluator'], False):<24}{_cell(out['BatchedEvaluator'], False):<20}"
+                f"{_cell(out['auto'], True):<36}",
                 flush=True,
             )
             for label in ("FeatureReuseEvaluator", "BatchedEvaluator"):
