@@ -488,10 +488,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
         if estimator is None:
             estimator = "spsa" if inplace else "cge"
-        estimator = ESTIMATORS.create(estimator, "estimator")
-        if inplace:
-            evaluator = _inplace_evaluator(evaluator)
-        evaluator = EVALUATORS.create(evaluator, "evaluator")
+        est: Estimator = ESTIMATORS.create(estimator, "estimator")
+        ev: Evaluator = EVALUATORS.create(_inplace_evaluator(evaluator) if inplace else evaluator, "evaluator")
         base_cls = _base_class(base)
         if inplace and base_cls is not torch.optim.SGD:
             raise ValueError(
@@ -506,8 +504,10 @@ class ZOOptimizer(torch.optim.Optimizer):
             mu = _check_mu(mu)
 
         super().__init__(params, dict(lr=lr, mu=mu))
+        # a subclass of Optimizer: its constructor takes lr and the rule's options (Optimizer's own takes defaults)
+        make_base: Callable[..., torch.optim.Optimizer] = base_cls
         try:
-            self.base = base_cls(self.param_groups, lr=lr, **base_kwargs)
+            self.base = make_base(self.param_groups, lr=lr, **base_kwargs)
         except TypeError as err:
             raise TypeError(
                 f"base optimizer {base_cls.__name__} rejected its options {sorted(base_kwargs)}: {err}"
@@ -521,9 +521,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.inplace = inplace
         if inplace:
             self._check_inplace_groups()
-            _check_inplace_directions(getattr(estimator, "dist", None), type(estimator).__name__)
-        self.estimator = estimator
-        self.evaluator = evaluator
+            _check_inplace_directions(getattr(est, "dist", None), type(est).__name__)
+        self.estimator = est
+        self.evaluator = ev
         self.sparsity = sparsity
         self.on_failure = on_failure
         self.generator = generator
@@ -534,7 +534,7 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     # -- one list of groups, one state: the base rule's -----------------------------------
     @property
-    def param_groups(self) -> List[Dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> List[Dict[str, Any]]:
         """The parameter groups: the base rule's own list (each group also has ``"mu"``, None for the default)."""
         base = self.__dict__.get("base")
         return base.param_groups if base is not None else self.__dict__["_zo_param_groups"]
@@ -548,7 +548,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.__dict__["_zo_param_groups"] = groups
 
     @property
-    def state(self):  # type: ignore[override]
+    def state(self):
         """Per-parameter state: the base rule's own dict (momentum buffers, Adam moments ...)."""
         base = self.__dict__.get("base")
         return base.state if base is not None else self.__dict__["_zo_state"]
@@ -754,6 +754,7 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _apply_pending(self) -> None:
         pending, self._pending = self._pending, None
+        assert pending is not None  # both callers (step without a closure, _run) have one pending
         if pending[0] == "grad":
             _unhooked_step(self.base)
             return

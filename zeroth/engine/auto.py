@@ -190,9 +190,9 @@ class AutoEvaluator(Evaluator):
     def _timed(self, key, objective, params, dirs, usable, skipped) -> Losses:
         """``tune=True``: time every supporting candidate on this step, keep the fastest."""
         times: Dict[str, float] = {}
-        result = None
+        result: Optional[Losses] = None
         snapshot = _Snapshot(objective)
-        ran = []
+        ran: List[Evaluator] = []
         for i, ev in enumerate(usable):
             if ran:  # each candidate starts from the same state: buffers move once per step
                 snapshot.restore()
@@ -211,6 +211,7 @@ class AutoEvaluator(Evaluator):
         self._choice[key] = best
         self.last = ran[-1]
         self.decisions[key] = {"chosen": repr(best), "skipped": list(skipped), "timings": times}
+        assert result is not None  # set by the last candidate in ``ran`` (min() above raised if none ran)
         return result
 
     def explain(self) -> str:

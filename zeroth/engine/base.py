@@ -8,6 +8,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import ZerothError
 from ..estimators.directions import Directions
@@ -49,8 +50,10 @@ class Losses(NamedTuple):
     base: Optional[Tensor]
     perturbed: Tensor
 
+    # a deliberate public property shadowing tuple.count (a method): mypy cannot type an override of a method
+    # by a property, and the name is public API
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]
         """Number of loss evaluations these values cost."""
         return int(self.perturbed.shape[0]) + (self.base is not None)
 
@@ -125,7 +128,7 @@ class StepState:
         for t in getter() if callable(getter) else []:
             self._watch(t)
         self._seen: set = set()
-        self._hook = None
+        self._hook: Optional[RemovableHandle] = None
         self._evaluations = 0
         self._changed: List[Tuple[Tensor, Tensor, Tensor]] = []  # (buffer, before, after the first evaluation)
 

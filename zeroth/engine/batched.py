@@ -9,11 +9,13 @@ GPUs); on a compute-bound CPU the plain loop can be as fast — ``auto`` measure
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
+from .. import protocols
 from ..estimators.directions import Directions
 from ..objective import scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
@@ -62,6 +64,7 @@ class BatchedEvaluator(Evaluator):
         support = self.supports(objective, dirs, params)
         if not support:
             raise Unsupported(f"BatchedEvaluator does not apply: {support.reason}")
+        points = cast(protocols.Directions, dirs)  # supports() checked that it has perturbed_stack
         model = objective.model
         places = _places(model)
         keys = [[f"{prefix}{name}" for prefix, _, name, q in places if q is p] for p in params]
@@ -91,7 +94,7 @@ class BatchedEvaluator(Evaluator):
                 with frozen_batchnorm_buffers(model):
                     for lo in range(0, n, k):
                         hi = min(n, lo + k)
-                        stacked = dirs.perturbed_stack(params, lo, hi)
+                        stacked = points.perturbed_stack(params, lo, hi)
                         state.before()
                         try:
                             out[lo:hi] = batched_loss(
@@ -130,7 +133,7 @@ class _ActivationCounter:
     def __init__(self, model: nn.Module):
         self.model = model
         self.total = 0
-        self._handles = []
+        self._handles: List[RemovableHandle] = []
 
     def _hook(self, module, inputs, output):
         if isinstance(output, Tensor):

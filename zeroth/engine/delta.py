@@ -29,7 +29,7 @@ with ``channels: (K,)`` naming the channel (dim 1 of the activation) of each cop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,15 @@ from torch import Tensor, nn
 from .. import ops
 from .precision import apply_linear
 from .rules import rule_for
-from .stages import copies_layout, empty_copies, forward_cached, frozen_batchnorm_buffers, run_copies
+from .stages import (
+    copies_layout,
+    empty_copies,
+    forward_cached,
+    frozen_batchnorm_buffers,
+    residual_parts,
+    run_copies,
+    uses_batch_statistics,
+)
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -131,6 +139,8 @@ def conv_copies(module: nn.Conv2d, a_out: Tensor, delta: Delta, k: int) -> Tenso
     out.copy_(a_out.unsqueeze(0).expand_as(out))
     b, c_out, h, w = a_out.shape
     kh, kw = module.kernel_size
+    padding = module.padding
+    assert not isinstance(padding, str)  # fuses_conv declined string padding ("same"/"valid")
     taps = kh * kw
     weight = module.weight.detach()[:, delta.channels].permute(1, 2, 3, 0).reshape(k, taps, c_out)
     rows = out.permute(0, 1, 3, 4, 2).reshape(k * b, h * w, c_out)  # a view: (copies·images, positions, C_out)
@@ -139,7 +149,7 @@ def conv_copies(module: nn.Conv2d, a_out: Tensor, delta: Delta, k: int) -> Tenso
     copy_of = torch.arange(k, device=a_out.device).repeat_interleave(b)
     for lo in range(0, k * b, step):
         hi = min(k * b, lo + step)
-        cols = F.unfold(planes[lo:hi], (kh, kw), module.dilation, module.padding, module.stride)  # (n, taps, positions)
+        cols = F.unfold(planes[lo:hi], (kh, kw), module.dilation, padding, module.stride)  # (n, taps, positions)
         rows[lo:hi].baddbmm_(cols.transpose(1, 2), weight[copy_of[lo:hi]])
     return out
 
@@ -183,19 +193,20 @@ class ResidualTrace:
 class Traces:
     """Inner base activations of composite stages, computed on first use (once per step)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._residual: Dict[int, ResidualTrace] = {}
 
     def record(self, block: nn.Module, a_in: Tensor) -> Tensor:
         """``block(a_in)`` computed part by part, keeping its inner activations (the base pass:
         BatchNorm running statistics move here, in the order of the block's own forward)."""
+        main, shortcut, post = residual_parts(block)
         acts = [a_in]
-        for m in block.main:
+        for m in main:
             acts.append(forward_cached(m, acts[-1]))
-        short = forward_cached(block.shortcut, a_in)
+        short = forward_cached(shortcut, a_in)
         total = acts[-1] + short
         self._residual[id(block)] = ResidualTrace(acts, short, total)
-        return forward_cached(block.post, total)
+        return forward_cached(post, total)
 
     def convert(self, fn) -> None:
         """Apply ``fn`` to every recorded activation (e.g. a change of memory layout)."""
@@ -207,11 +218,12 @@ class Traces:
         computed now (once; batch statistics as in the base pass, running statistics untouched)."""
         key = id(block)
         if key not in self._residual:
+            main, shortcut, _ = residual_parts(block)
             with torch.no_grad(), frozen_batchnorm_buffers(block):  # running stats move once, in the base pass
                 acts = [a_in]
-                for m in block.main:
+                for m in main:
                     acts.append(forward_cached(m, acts[-1]))
-                short = forward_cached(block.shortcut, a_in)
+                short = forward_cached(shortcut, a_in)
                 self._residual[key] = ResidualTrace(acts, short, acts[-1] + short)
         return self._residual[key]
 
@@ -225,9 +237,10 @@ def propagate_chain(
 ) -> Optional[Delta]:
     """Δ through ``modules`` whose base inputs/outputs are ``acts`` (len(modules) + 1)."""
     for t, m in enumerate(modules):
-        delta = propagate(m, acts[t], acts[t + 1], delta, precision, traces)
-        if delta is None:
+        nxt = propagate(m, acts[t], acts[t + 1], delta, precision, traces)
+        if nxt is None:
             return None
+        delta = nxt
     return delta
 
 
@@ -249,25 +262,28 @@ def propagate(
         if getattr(module, "zo_linear", False):
             return Delta(run_copies(module, delta.dense(a_in)))
         return None
+    # rule_for matched module's type (or a subclass using that type's forward), so each kind's module
+    # is an instance of the type(s) LAYER_RULES gives that kind: the casts below
     kind = rule.kind
     if kind == "identity":
         return delta
     if kind == "elementwise":
         return _elementwise(module, a_in, a_out, delta)
     if kind == "flatten":
-        if module.start_dim != 1 or module.end_dim != -1:
+        flatten = cast(nn.Flatten, module)
+        if flatten.start_dim != 1 or flatten.end_dim != -1:
             return None
         return Delta(delta.values.reshape(delta.k, a_in.shape[0], -1), delta.channels)
     if kind == "linear":
-        return _linear(module, a_in, delta, precision)
+        return _linear(cast(nn.Linear, module), a_in, delta, precision)
     if kind == "conv2d":
-        return _conv2d(module, a_in, delta, precision)
+        return _conv2d(cast(nn.Conv2d, module), a_in, delta, precision)
     if kind not in ("batchnorm", "pool", "maxpool"):
         return None
     if not delta.same_layout(a_in):  # a block of flattened features: continue densely
         delta = Delta(delta.dense(a_in))
     if kind == "batchnorm":
-        return _batchnorm(module, a_in, a_out, delta)
+        return _batchnorm(cast(nn.modules.batchnorm._BatchNorm, module), a_in, a_out, delta)
     if kind == "pool":
         return _per_channel(module, delta)  # linear: pool(Δ)
     if delta.channels is None:  # max pooling: pool(a + Δ) − pool(a)
@@ -302,14 +318,13 @@ def _residual(
     block: nn.Module, a_in: Tensor, a_out: Tensor, delta: Delta, precision: str, traces: Traces
 ) -> Optional[Delta]:
     """Δ through ``post(main(x) + shortcut(x))``: both branches, summed, then ``post``."""
+    layers, shortcut, post = residual_parts(block)
     tr = traces.residual(block, a_in)
-    main = propagate_chain(list(block.main), tr.main, delta, precision, traces)
-    short = propagate(block.shortcut, a_in, tr.shortcut, delta, precision, traces)
+    main = propagate_chain(list(layers), tr.main, delta, precision, traces)
+    short = propagate(shortcut, a_in, tr.shortcut, delta, precision, traces)
     if main is None or short is None:
         return None
-    return propagate(
-        block.post, tr.total, a_out, Delta(main.dense(tr.total) + short.dense(tr.total)), precision, traces
-    )
+    return propagate(post, tr.total, a_out, Delta(main.dense(tr.total) + short.dense(tr.total)), precision, traces)
 
 
 def _per_channel(module: nn.Module, delta: Delta) -> Delta:
@@ -338,11 +353,11 @@ def _linear(module: nn.Linear, a_in: Tensor, delta: Delta, precision: str) -> Op
 def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta, precision: str) -> Optional[Delta]:
     if module.padding_mode != "zeros":
         return None
-    conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
+    stride, padding, dilation = module.stride, module.padding, module.dilation
     if delta.channels is None:
         v = delta.values
         out = apply_linear(
-            lambda x, w: F.conv2d(x, w, None, groups=module.groups, **conv),
+            lambda x, w: F.conv2d(x, w, None, stride, padding, dilation, module.groups),
             v.flatten(0, 1),
             module.weight.detach(),
             precision,
@@ -351,26 +366,28 @@ def _conv2d(module: nn.Conv2d, a_in: Tensor, delta: Delta, precision: str) -> Op
     if module.groups != 1:
         return None
     k, b = delta.values.shape[:2]
-    out = None
+    copies: Optional[Tensor] = None
     for c in torch.unique(delta.channels).tolist():  # one small conv per changed input channel
         sel = (delta.channels == c).nonzero().reshape(-1)
         part = apply_linear(
-            lambda x, w: F.conv2d(x, w, None, **conv),
+            lambda x, w: F.conv2d(x, w, None, stride, padding, dilation),
             delta.values[sel].flatten(0, 1).unsqueeze(1),
             module.weight.detach()[:, c : c + 1],
             precision,
         )
-        if out is None:
-            out = part.new_empty((k, b) + tuple(part.shape[1:]))
-        out[sel] = part.reshape(sel.numel(), b, *part.shape[1:])
-    return Delta(out)
+        if copies is None:
+            copies = part.new_empty((k, b) + tuple(part.shape[1:]))
+        copies[sel] = part.reshape(sel.numel(), b, *part.shape[1:])
+    assert copies is not None  # a confined Δ names at least one channel (K >= 1)
+    return Delta(copies)
 
 
 def _batchnorm(module: nn.modules.batchnorm._BatchNorm, a_in: Tensor, a_out: Tensor, delta: Delta) -> Delta:
-    uses_batch = module.training or not module.track_running_stats
     weight = module.weight.detach() if module.affine else None
-    if not uses_batch:  # eval mode: Δ · γ / sqrt(running_var + eps), per channel
-        scale = torch.rsqrt(module.running_var + module.eps)
+    if not uses_batch_statistics(module):  # eval mode: Δ · γ / sqrt(running_var + eps), per channel
+        running_var = module.running_var
+        assert running_var is not None  # (else the base pass's forward raised: eval mode needs both buffers)
+        scale = torch.rsqrt(running_var + module.eps)
         if weight is not None:
             scale = scale * weight
         if delta.channels is None:

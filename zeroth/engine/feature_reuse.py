@@ -37,14 +37,14 @@ updated once per step, by the unperturbed pass. Dropout must be inactive (eval o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..estimators.directions import Directions
+from ..estimators.directions import Coordinates, Directions
 from ..objective import Objective, scalar_loss
 from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
 from .delta import (
@@ -78,8 +78,10 @@ from .stages import (
     forward_copies,
     frozen_batchnorm_buffers,
     owns,
+    residual_parts,
     run_copies,
     stages,
+    uses_batch_statistics,
 )
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -181,6 +183,8 @@ class FeatureReuseEvaluator(Evaluator):
         if not support:
             raise Unsupported(f"FeatureReuseEvaluator does not apply: {support.reason}")
         chain = stages(objective.model)
+        assert chain is not None  # supports() declined a model that is not a chain of stages
+        coords = cast(Coordinates, dirs)  # supports() declined a kind other than "coordinates"
         state = StepState(objective, params)
         try:
             with torch.no_grad():
@@ -188,7 +192,7 @@ class FeatureReuseEvaluator(Evaluator):
                 ctx = self._base_pass(objective, chain)
                 state.after()
                 only_batchnorm_statistics(state, "FeatureReuseEvaluator")
-                diffs = self._differences(ctx, params, dirs)
+                diffs = self._differences(ctx, params, coords)
         except BaseException:
             state.abort()
             raise
@@ -230,7 +234,7 @@ class FeatureReuseEvaluator(Evaluator):
             chain, acts, objective, _loss(objective, acts[-1]), self.precision, traces, choose=SCHEMES[scheme]
         )
 
-    def _differences(self, ctx: _StepContext, params: Sequence[Tensor], dirs: Directions) -> Tensor:
+    def _differences(self, ctx: _StepContext, params: Sequence[Tensor], dirs: Coordinates) -> Tensor:
         """``ℓ(θ + h e_k) − ℓ(θ)`` for every evaluation, in float64."""
         chain, acts = ctx.chain, ctx.acts
         owner = _owners(chain)
@@ -361,9 +365,9 @@ class _StepContext:
                 # (|h − μ| ≤ ulp(θ)), and D(h) − D(μ)·h/μ = O(h·|h − μ|·D''), far below the loss's own rounding
                 return self._head(stage, name, p, nominal)[sel] * (steps / nominal)
             # a sparse selection: only its coordinates, each a one-logit change (O(B) apiece)
-            return cross_entropy_difference(
-                acts[-1], self.objective.targets, initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1])
-            )
+            head = initial_delta(stage, name, p, sel, steps, acts[s], acts[s + 1])
+            assert head is not None  # a Linear's weight/bias on 2-D input (supports() declined overridden forwards)
+            return cross_entropy_difference(acts[-1], self.objective.targets, head)
         k = sel.numel()
         cut = self.plan(s, name, k)
         inner = _main_layer(stage, name)
@@ -478,7 +482,7 @@ def _main_layer(stage: nn.Module, name: str) -> Optional[Tuple[int, str]]:
 
 def _owners(chain: List[nn.Module]) -> Dict[int, Tuple[int, str]]:
     """``id(param) -> (stage index, name inside the stage)``."""
-    out = {}
+    out: Dict[int, Tuple[int, str]] = {}
     for s, m in enumerate(chain):
         for name, p in m.named_parameters():
             out.setdefault(id(p), (s, name))
@@ -530,15 +534,18 @@ def initial_delta(
     return None
 
 
-def _normalized(bn: nn.Module, x: Tensor) -> Tensor:
+def _normalized(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     """BatchNorm's x̂ = (x − mean) / sqrt(var + eps) with the statistics its forward used."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    if bn.training or not bn.track_running_stats:
+    if uses_batch_statistics(bn):
         dims = (0,) + tuple(range(2, x.dim()))
         mean = x.mean(dims, keepdim=True)
         var = x.var(dims, unbiased=False, keepdim=True)
     else:
-        mean, var = bn.running_mean.reshape(shape), bn.running_var.reshape(shape)
+        running_mean, running_var = bn.running_mean, bn.running_var
+        # (else the base pass's forward raised: eval mode needs both buffers)
+        assert running_mean is not None and running_var is not None
+        mean, var = running_mean.reshape(shape), running_var.reshape(shape)
     return (x - mean) * torch.rsqrt(var + bn.eps)
 
 
@@ -567,15 +574,16 @@ def stage_delta(
         return None
     t = int(parts[1])
     traces = traces if traces is not None else Traces()
+    main, _, post = residual_parts(stage)
     tr = traces.residual(stage, a_in)
-    layers = list(stage.main)
+    layers = list(main)
     delta = initial_delta(layers[t], parts[2], p, sel, steps, tr.main[t], tr.main[t + 1])
     if delta is None:
         return None
     delta = propagate_chain(layers[t + 1 :], tr.main[t + 1 :], delta, precision, traces)
     if delta is None:
         return None
-    return propagate(stage.post, tr.total, a_out, delta, precision, traces)
+    return propagate(post, tr.total, a_out, delta, precision, traces)
 
 
 def perturbed_stage_outputs(

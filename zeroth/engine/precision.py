@@ -24,7 +24,7 @@ same way, to show (in tests and bench) what plain low-precision finite differenc
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, List
 
 import torch
 import torch.nn.functional as F
@@ -103,15 +103,17 @@ def emulate_plain(model: nn.Module, precision: str) -> Iterator[nn.Module]:
     """Every Linear/Conv2d of ``model`` rounds its input and weight to ``precision`` (plain
     low-precision forwards, for comparison with difference propagation)."""
     check_precision(precision)
-    patched = []
+    patched: List[nn.Module] = []
+    # each patch replaces one instance's forward and is deleted in `finally` (the class's comes back); mypy
+    # forbids assigning to a method, hence the ignores (not a stub problem: the patch is deliberate)
     for m in model.modules():
         if isinstance(m, nn.Linear):
-            m.forward = (
+            m.forward = (  # type: ignore[method-assign]
                 lambda mod: lambda x: F.linear(round_to(x, precision), round_to(mod.weight, precision), mod.bias)
             )(m)
             patched.append(m)
         elif isinstance(m, nn.Conv2d):
-            m.forward = (
+            m.forward = (  # type: ignore[method-assign]
                 lambda mod: (
                     lambda x: mod._conv_forward(round_to(x, precision), round_to(mod.weight, precision), mod.bias)
                 )

@@ -60,12 +60,13 @@ vmap cannot trace (``.item()``, data-dependent branches), is found at run time:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
+from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.utils import parametrize
 
 from .base import YES, Support, Unsupported  # noqa: F401  (re-exported: the rules' vocabulary)
@@ -89,10 +90,17 @@ class LayerRule:
     check: Optional[Callable[[nn.Module], Optional[str]]] = None
 
 
+# A rule's check sees instances of the rule's own type only (:func:`rule_for`), hence the casts below.
 def _dropout_check(m: nn.Module) -> Optional[str]:
-    if m.training and m.p > 0:
-        return f"{type(m).__name__} is active (train mode, p={m.p}): its random mask cannot be shared with copies"
+    p = cast(_DropoutNd, m).p
+    if m.training and p > 0:
+        return f"{type(m).__name__} is active (train mode, p={p}): its random mask cannot be shared with copies"
     return None
+
+
+def _flatten_check(m: nn.Module) -> Optional[str]:
+    start_dim = cast(nn.Flatten, m).start_dim
+    return f"Flatten(start_dim={start_dim}) may merge the batch dimension" if start_dim <= 0 else None
 
 
 def _batch_dim_check(attr: str) -> Callable[[nn.Module], Optional[str]]:
@@ -166,10 +174,7 @@ LAYER_RULES: Dict[Type[nn.Module], LayerRule] = {
     nn.AdaptiveAvgPool3d: LayerRule("copies"),
     nn.Upsample: LayerRule("copies"),
     nn.Embedding: LayerRule("copies"),  # a first stage: its weight's coordinates re-run it on K copies
-    nn.Flatten: LayerRule(
-        "flatten",
-        check=lambda m: f"Flatten(start_dim={m.start_dim}) may merge the batch dimension" if m.start_dim <= 0 else None,
-    ),
+    nn.Flatten: LayerRule("flatten", check=_flatten_check),
     nn.Unflatten: LayerRule(
         "copies", check=lambda m: "Unflatten(dim=0) splits the batch dimension" if m.dim == 0 else None
     ),

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .rules import rule_for, starts_delta
+from .stages import uses_batch_statistics
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class CostModel:
         if kind == "linear":
             return c.call + c.conv_mac * n_out * m.in_features
         if kind == "batchnorm":
-            train = m.training or not m.track_running_stats
+            train = uses_batch_statistics(m)
             return (c.call * k + c.batchnorm * n_out) if train else (c.call + c.elementwise * n_out)
         if kind in ("identity", "flatten"):
             return 0.0
@@ -180,7 +181,7 @@ class CostModel:
         if kind == "elementwise":
             return block_out, c.call + c.delta_elementwise * n_out
         if kind == "batchnorm":
-            train = m.training or not m.track_running_stats
+            train = uses_batch_statistics(m)
             return block_out, c.call + (c.delta_batchnorm if train else c.delta_elementwise) * n_out
         if kind == "pool":
             return block_out, c.call + c.delta_elementwise * n_in

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor
 
+from .. import protocols
 from ..errors import add_note
 from ..estimators.directions import Directions
 from ..objective import scalar_loss
@@ -40,6 +41,9 @@ class SequentialEvaluator(Evaluator):
         """
         if not callable(objective):
             raise TypeError(f"objective must be callable, got {type(objective).__name__}")
+        # a direction set given to an evaluator meets the evaluator contract (zeroth.protocols.Directions:
+        # perturb/restore here); the base class in the signature declares only the layout
+        points = cast(protocols.Directions, dirs)
         state = StepState(objective, params)
         exact = self.restore == "exact"
         n = len(dirs)
@@ -53,14 +57,14 @@ class SequentialEvaluator(Evaluator):
                     state.after()
                 for e in range(n):
                     state.before()
-                    token = dirs.perturb(params, e, exact=exact)
+                    token = points.perturb(params, e, exact=exact)
                     try:
                         value = scalar_loss(objective())
                     except BaseException as err:
                         add_note(err, f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
                         raise
                     finally:
-                        dirs.restore(params, e, token)
+                        points.restore(params, e, token)
                     state.after()
                     if out is None:
                         out = torch.empty(n, dtype=torch.float64, device=value.device)

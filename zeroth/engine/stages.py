@@ -20,7 +20,7 @@ pass would add the whole network's rounding noise to each difference.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,15 @@ def owns(modules, params) -> bool:
     return all(id(p) in owned for p in params)
 
 
+def residual_parts(block: nn.Module) -> Tuple[nn.Sequential, nn.Module, nn.Module]:
+    """``(main, shortcut, post)`` of a residual block (``zo_residual``: ``forward(x) == post(main(x) + shortcut(x))``).
+
+    For a block the caller has found residual (:func:`~.delta.is_residual`: ``main`` is an
+    ``nn.Sequential``); ``shortcut`` and ``post`` are modules by the ``zo_residual`` contract.
+    """
+    return cast(nn.Sequential, block.main), cast(nn.Module, block.shortcut), cast(nn.Module, block.post)
+
+
 def forward_cached(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)`` that never overwrites ``x`` (a cached activation): a module containing an
     in-place layer (``nn.ReLU(inplace=True)``, ...) gets a copy of its input."""
@@ -56,9 +65,17 @@ def forward_cached(module: nn.Module, x: Tensor) -> Tensor:
     return module(x)
 
 
+def uses_batch_statistics(bn: nn.Module) -> bool:
+    """True when BatchNorm ``bn``'s forward normalises with the batch's statistics, by torch's own rule
+    (``_BatchNorm.forward``): in train mode, and in eval mode when it has no running buffers. In eval mode
+    ``track_running_stats`` does not decide it: a module with buffers uses them even when the flag was set
+    False after construction, and one built without buffers uses the batch's even when it was set True."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
 def has_batch_statistics(module: nn.Module) -> bool:
-    """True when a forward of ``module`` uses batch statistics (BatchNorm in train mode)."""
-    return any(isinstance(m, _BN) and (m.training or not m.track_running_stats) for m in module.modules())
+    """True when a forward of ``module`` uses batch statistics (a BatchNorm, see :func:`uses_batch_statistics`)."""
+    return any(isinstance(m, _BN) and uses_batch_statistics(m) for m in module.modules())
 
 
 @contextlib.contextmanager
@@ -119,17 +136,18 @@ def forward_copies(modules: Sequence[nn.Module], x: Tensor, owned: bool = True) 
             slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0
             x = x.relu_() if slope == 0.0 else torch.nn.functional.leaky_relu_(x, slope)
             continue
-        if owned and isinstance(m, _BN) and (m.training or not m.track_running_stats):
+        if owned and isinstance(m, _BN) and uses_batch_statistics(m):
             x = batchnorm_copies(m, x, inplace=True)
             continue
         if getattr(m, "zo_residual", False) and isinstance(getattr(m, "main", None), nn.Sequential):
-            main = forward_copies(list(m.main), x, owned=False)
-            short = run_copies(m.shortcut, x)
+            layers, shortcut, post = residual_parts(m)
+            main = forward_copies(list(layers), x, owned=False)
+            short = run_copies(shortcut, x)
             if _fresh(main, x) and _fresh(main, short) and main.shape == short.shape:
                 total = main.add_(short)
             else:
                 total = main + short
-            x = forward_copies([m.post], total, owned=True)
+            x = forward_copies([post], total, owned=True)
         else:
             out = run_copies(m, x)
             owned = owned or _fresh(out, x)
@@ -162,12 +180,13 @@ def run_copies(module: nn.Module, x: Tensor) -> Tensor:
             x = run_copies(m, x)
         return x
     if getattr(module, "zo_residual", False) and isinstance(getattr(module, "main", None), nn.Sequential):
-        return run_copies(module.post, run_copies(module.main, x) + run_copies(module.shortcut, x))
+        layers, shortcut, post = residual_parts(module)
+        return run_copies(post, run_copies(layers, x) + run_copies(shortcut, x))
     with frozen_batchnorm_buffers(module):
         return torch.func.vmap(module)(x)
 
 
-def batchnorm_copies(bn: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
+def batchnorm_copies(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, inplace: bool = False) -> Tensor:
     """Train-mode BatchNorm of each copy of ``x: (K, B, C, ...)`` with its own batch statistics.
 
     Copies laid out channels-last (:func:`copies_layout`) are normalised one by one, each by
