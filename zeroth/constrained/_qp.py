@@ -384,15 +384,19 @@ class _KKTPattern:
 
 def _diagonal_pattern(n, m, cr, cc, cv, skip):
     """The :class:`_KKTPattern` of a diagonal H (every diagonal entry present) and these rows
-    (``skip``: rows bordered out), cached by the rows' content: the step QPs of successive
-    iterations share the polyhedron's rows, in a new matrix each time."""
+    (``skip``: rows bordered out), cached by the content of the rows kept: the step QPs of
+    successive iterations share the polyhedron's rows (their bordered rows, ∇h, change), in a new
+    matrix each time."""
+    if skip.any():
+        on = ~skip[cr]
+        cr, cc, cv = cr[on], cc[on], cv[on]
     sizes = np.array([n, m], dtype=np.int64)
-    key = b"".join([sizes.tobytes(), skip.tobytes(), cr.tobytes(), cc.tobytes(), cv.tobytes()])
+    key = b"".join([sizes.tobytes(), cr.tobytes(), cc.tobytes(), cv.tobytes()])
     hit = _PATTERNS.get(key)
     if hit is not None:
         return _remember(_PATTERNS, key, hit)
     idx = np.arange(n, dtype=np.int32)
-    return _remember(_PATTERNS, key, _KKTPattern(n, m, idx, idx, cr, cc, cv, skip))
+    return _remember(_PATTERNS, key, _KKTPattern(n, m, idx, idx, cr, cc, cv))
 
 
 class _SparseQP:
