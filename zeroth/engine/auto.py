@@ -44,6 +44,16 @@ class AutoEvaluator(Evaluator):
     ``last`` is the evaluator that produced the latest result; ``decisions[key]`` records, per
     key, the evaluator chosen and why each earlier one was not (also logged at INFO level on
     the ``"zeroth.engine"`` logger the first time a key is seen).
+
+    Args:
+        preferred: evaluators tried first whenever they support a case (default:
+            ``[FeatureReuseEvaluator()]``).
+        candidates: the rest, in order (default: ``[BatchedEvaluator(), SequentialEvaluator()]``;
+            a SequentialEvaluator is appended when none is listed, so every case has an evaluator).
+        tune: time the supporting candidates on each key's first step and keep the fastest.
+
+    Raises:
+        TypeError: ``tune`` is not a bool.
     """
 
     name = "auto"

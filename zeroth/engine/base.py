@@ -30,6 +30,7 @@ class Support:
 
     @classmethod
     def no(cls, reason: str) -> Support:
+        """A falsy ``Support`` carrying ``reason`` (one sentence naming the layer, loss or target kind)."""
         return cls(False, reason)
 
 
@@ -229,8 +230,16 @@ def _same(a: Tensor, b: Tensor) -> bool:
 
 
 def only_batchnorm_statistics(state: StepState, who: str) -> None:
-    """Raise :class:`Unsupported` when the base pass changed a buffer other than BatchNorm's running
-    statistics (a copy could not reproduce it); the caller restores everything."""
+    """Check that the base pass changed no buffer other than BatchNorm's running statistics.
+
+    Args:
+        state: the step's :class:`StepState` after the base pass.
+        who: the evaluator's name, for the message.
+
+    Raises:
+        Unsupported: another buffer changed (a copy could not reproduce it); the caller restores
+            everything.
+    """
     for module, name in state.changed_buffers():
         if not (
             isinstance(module, nn.modules.batchnorm._BatchNorm)

@@ -31,6 +31,13 @@ class BatchedEvaluator(Evaluator):
     state every evaluation starts from, so each copy draws what the unbatched forward draws, as
     in :class:`SequentialEvaluator`. A parameter registered in several places (tied weights) is replaced
     in all of them. See :func:`zeroth.engine.rules.batched_support` for what it declines.
+
+    Args:
+        max_memory: bytes bounding a chunk's working set (K parameter sets and their activations).
+        chunk_size: K itself, overriding the memory rule.
+
+    Raises:
+        ValueError: ``max_memory`` is not an int of at least 65536, or ``chunk_size`` not an int ≥ 1.
     """
 
     name = "batched"
@@ -59,8 +66,12 @@ class BatchedEvaluator(Evaluator):
         return YES
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
-        """Losses at every evaluation of ``dirs``; raises ``Unsupported`` (everything restored) when
-        ``supports`` is false or the forward changes a buffer other than BatchNorm's statistics."""
+        """Losses at every evaluation of ``dirs`` (see :meth:`Evaluator.evaluate`).
+
+        Raises:
+            zeroth.engine.base.Unsupported: ``supports`` is false, or the forward changes a buffer
+                other than BatchNorm's statistics (everything restored first).
+        """
         support = self.supports(objective, dirs, params)
         if not support:
             raise Unsupported(f"BatchedEvaluator does not apply: {support.reason}")

@@ -177,8 +177,12 @@ class FeatureReuseEvaluator(Evaluator):
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
-        """Losses at every evaluation of ``dirs`` (see the module doc); raises ``Unsupported`` (everything
-        restored) when ``supports`` is false or the base pass changes a buffer other than BatchNorm's."""
+        """Losses at every evaluation of ``dirs`` (see the module doc and :meth:`Evaluator.evaluate`).
+
+        Raises:
+            zeroth.engine.base.Unsupported: ``supports`` is false, or the base pass changes a buffer
+                other than BatchNorm's statistics (everything restored first).
+        """
         support = self.supports(objective, dirs, params)
         if not support:
             raise Unsupported(f"FeatureReuseEvaluator does not apply: {support.reason}")

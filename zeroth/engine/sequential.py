@@ -22,6 +22,12 @@ class SequentialEvaluator(Evaluator):
     values for coordinates, a copy of the parameters for dense random directions);
     ``restore="inverse"`` subtracts the perturbation again (MeZO: no copy, so a step needs
     the memory of inference only, at the price of rounding of order one ulp per step).
+
+    Args:
+        restore: ``"exact"`` or ``"inverse"`` (above).
+
+    Raises:
+        ValueError: ``restore`` is neither.
     """
 
     name = "sequential"
