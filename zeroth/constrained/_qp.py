@@ -540,7 +540,8 @@ class _SparseQP:
             t = lu.solve(ra)
             if not k:
                 return t, np.zeros(0)
-            y = np.linalg.solve(S, Bx @ t[:nf] - rb)
+            r = Bx @ t[:nf] - rb
+            y = r / S[0, 0] if k == 1 else np.linalg.solve(S, r)  # (the same division LAPACK does)
             return t - Z @ y, y
 
         u, y = solve(a, b)
