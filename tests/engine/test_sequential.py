@@ -133,3 +133,32 @@ def test_auto_falls_back_to_sequential_for_closures():
     auto = AutoEvaluator()
     estimate_gradient(lambda: obj(), list(model.parameters()), CGE(), auto)
     assert isinstance(auto.last, SequentialEvaluator)
+
+
+def test_at_most_one_parameter_copy_is_alive_during_a_step():
+    """An exact restore keeps one copy of the parameters per evaluation; the previous evaluation's
+    copy is gone before the next one is made (else a step holds two copies: 4x inference, not 3x,
+    in bench.memory's steady state)."""
+    import gc
+    import weakref
+
+    from zeroth.estimators.directions import RandomDirections
+
+    alive_at_perturb = []
+    copies = []
+
+    class Watched(RandomDirections):
+        def perturb(self, params, e, exact=True):
+            gc.collect()
+            alive_at_perturb.append(sum(ref() is not None for ref in copies))
+            token = super().perturb(params, e, exact=exact)
+            copies.extend(weakref.ref(t) for t in token)
+            return token
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    params = list(model.parameters())
+    obj = Objective(model, F.cross_entropy, torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    dirs = Watched(params, seed=0, q=3, mus=[1e-3] * len(params), dist="rademacher", antithetic=True)
+    SequentialEvaluator().evaluate(obj, params, dirs)
+    assert len(alive_at_perturb) == 6 and alive_at_perturb == [0] * 6

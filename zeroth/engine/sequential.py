@@ -71,6 +71,7 @@ class SequentialEvaluator(Evaluator):
                         raise
                     finally:
                         points.restore(params, e, token)
+                        token = None  # drop this evaluation's copy before the next one makes its own
                     state.after()
                     if out is None:
                         out = torch.empty(n, dtype=torch.float64, device=value.device)
