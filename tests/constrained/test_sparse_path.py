@@ -158,3 +158,79 @@ def test_deferred_stationarity_takes_the_same_decisions(monkeypatch):
     assert np.array_equal(deferred.x, eager.x)
     assert all(h["E_m"] is not None for h in eager.phase_history)
     assert any(h["E_m"] is None for h in deferred.phase_history)  # some projections were skipped
+
+
+def bordered_qp(rng, n, m):
+    """A step-QP-like problem around a feasible point xf: one dense (bordered) equality row on top
+    of sparse rows (some equalities), bounds, a diagonal H with one zero-curvature variable (a
+    slack). Returns (d, g, C, lo, hi, lb, ub, xf)."""
+    d = 10.0 ** rng.uniform(-1, 1, n)
+    d[-1] = 0.0
+    xf = rng.uniform(-1, 1, n)
+    sparse = sp.random(m, n, density=4.0 / n, random_state=rng, format="csr")
+    C = sp.vstack([sp.csr_array(rng.normal(size=(1, n))), sparse], format="csr")
+    c0 = C @ xf
+    lo, hi = c0 - rng.uniform(0, 0.5, m + 1), c0 + rng.uniform(0, 0.5, m + 1)
+    eq = rng.random(m + 1) < 0.2
+    eq[0] = True
+    lo[eq] = hi[eq] = c0[eq]
+    lb, ub = xf - rng.uniform(0, 1, n), xf + rng.uniform(0, 1, n)
+    return d, rng.normal(scale=5.0, size=n), C, lo, hi, lb, ub, xf
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cached_kkt_patterns_follow_changed_values(seed):
+    # the same sparse rows come back with a new dense row, a new diagonal H and new row values: a
+    # pattern reused from the cache must carry the new values (each result against DAQP and KKT)
+    rng = np.random.default_rng(300 + seed)
+    n, m = 150, 30
+    d, g, C, lo, hi, lb, ub, xf = bordered_qp(rng, n, m)
+    assert _SparseQP(d, g, C, lo, hi, lb, ub).dense_row[0]  # the first row is bordered out
+    for change in ("none", "dense row", "diagonal", "sparse values"):
+        C2, d2 = C.copy(), d.copy()
+        if change == "dense row":
+            C2.data[: C2.indptr[1]] = rng.normal(size=C2.indptr[1])
+        elif change == "diagonal":
+            d2[:-1] = 10.0 ** rng.uniform(-1, 1, n - 1)
+        elif change == "sparse values":
+            C2.data[C2.indptr[1] :] *= rng.uniform(0.5, 2.0, C2.nnz - C2.indptr[1])
+        shift = (C2 - C) @ xf  # the rows moved with their values: xf stays feasible
+        lo2, hi2 = lo + shift, hi + shift
+        ref = solve_qp(np.diag(d2) + 1e-12 * np.eye(n), g, C2.toarray(), lo2, hi2, lb, ub, method="daqp")
+        res = solve_qp(d2, g, C2, lo2, hi2, lb, ub)
+        assert res.status == "optimal", change
+        assert_kkt(np.diag(d2), g, C2.toarray(), lo2, hi2, lb, ub, res)
+        assert np.allclose(res.x, ref.x, atol=1e-6), change
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_far_off_guess_is_given_up_and_the_result_is_still_exact(seed):
+    rng = np.random.default_rng(400 + seed)
+    d, g, C, lo, hi, lb, ub = sparse_qp(rng, 400, 60)
+    wrong = (np.zeros(60, dtype=np.int8), np.ones(400, dtype=np.int8))  # every bound at its upper side
+    qp = _SparseQP(d, g, C, lo, hi, lb, ub)
+    assert _on_active_set(qp, wrong, rounds=12, max_changes=_qp._change_limit(460)) is None and qp.far_off
+    ref = solve_qp(np.diag(d), g, C.toarray(), lo, hi, lb, ub, method="daqp")
+    res = solve_qp(d, g, C, lo, hi, lb, ub, warm=wrong)
+    assert res.status == "optimal"
+    assert_kkt(np.diag(d), g, C.toarray(), lo, hi, lb, ub, res)
+    assert np.allclose(res.x, ref.x, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_general_h_with_a_flat_variable_puts_the_dense_row_into_the_kkt_matrix(seed, monkeypatch):
+    # a non-diagonal H with a zero-curvature variable: no bordering (the full pattern); against DAQP
+    asked = []
+    pattern = _SparseQP.pattern
+    monkeypatch.setattr(_SparseQP, "pattern", lambda self, bordered: asked.append(bordered) or pattern(self, bordered))
+    rng = np.random.default_rng(500 + seed)
+    n, m = 140, 20
+    d, g, C, lo, hi, lb, ub, _ = bordered_qp(rng, n, m)
+    H = np.diag(d)
+    H[0, 1] = H[1, 0] = 0.1 * min(d[0], d[1])
+    ref = solve_qp(H + 1e-12 * np.eye(n), g, C.toarray(), lo, hi, lb, ub, method="daqp")
+    res = solve_qp(sp.csc_array(H), g, C, lo, hi, lb, ub)
+    assert False in asked  # some round factorised the dense row with the others
+    assert res.status == "optimal"
+    assert_kkt(H, g, C.toarray(), lo, hi, lb, ub, res)
+    assert np.allclose(res.x, ref.x, atol=1e-6)
