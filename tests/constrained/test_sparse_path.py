@@ -234,3 +234,23 @@ def test_general_h_with_a_flat_variable_puts_the_dense_row_into_the_kkt_matrix(s
     assert res.status == "optimal"
     assert_kkt(H, g, C.toarray(), lo, hi, lb, ub, res)
     assert np.allclose(res.x, ref.x, atol=1e-6)
+
+
+def test_solves_in_threads_share_the_caches_safely():
+    # the row and KKT-pattern caches are module-wide: solves in several threads at once give the
+    # results of solving one after another, bitwise
+    from concurrent.futures import ThreadPoolExecutor
+
+    def solve(seed):
+        p = scaling_problem(120, seed=seed)
+        lin = [LinearConstraint(p.A_eq, p.b_eq, p.b_eq), LinearConstraint(p.A_in, -np.inf, p.b_in)]
+        ball = NonlinearConstraint(p.ball, -np.inf, p.r2, jac=p.ball_jac, hess=p.ball_hess)
+        bounds = Bounds(-np.ones(p.n), np.ones(p.n))
+        return minimize(p.fun, p.x0, jac=p.grad, hess=p.hess, bounds=bounds, constraints=lin + [ball])
+
+    alone = [solve(seed) for seed in range(3)]
+    assert all(r.success for r in alone)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(solve, [0, 1, 2] * 3))
+    for k, r in enumerate(together):
+        assert np.array_equal(r.x, alone[k % 3].x) and r.nfev == alone[k % 3].nfev

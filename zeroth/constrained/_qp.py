@@ -314,10 +314,14 @@ _PATTERNS: Dict[bytes, Any] = {}  # KKT patterns of diagonal-H QPs by their rows
 
 
 def _remember(cache, key, value, size=4):
-    """Put ``value`` into a small least-recently-used ``cache``."""
+    """Put ``value`` into a small least-recently-used ``cache`` (each step a single dict operation,
+    so solves in several threads at once can only evict each other's entries, never fail)."""
     cache.pop(key, None)
-    if len(cache) >= size:
-        del cache[next(iter(cache))]
+    while len(cache) >= size:
+        try:
+            cache.pop(next(iter(cache)), None)
+        except (StopIteration, RuntimeError):  # emptied or changed by another thread meanwhile
+            break
     cache[key] = value
     return value
 
