@@ -33,18 +33,7 @@ ROOT = pathlib.Path(zeroth.__file__).parent
 PENDING_AREAS = ("zeroth.constrained",)
 
 # Definitions in PENDING_AREAS still without a docstring. Only ever remove entries.
-MISSING = frozenset(
-    {
-        "zeroth.constrained.npasa.NPASAOptions",
-        "zeroth.constrained.npasa.Run.note_nonfinite",
-        "zeroth.constrained.npasa.Run.tick",
-        "zeroth.constrained.npasa.Stationarity.value",
-        "zeroth.constrained.pasa.DampedBFGS.matrix",
-        "zeroth.constrained.pasa.DampedBFGS.update",
-        "zeroth.constrained.pasa.PolyhedralResult",
-        "zeroth.constrained.problems.hs.rosen",
-    }
-)
+MISSING: frozenset = frozenset()
 
 # Areas whose docstring pass is done: there, a public function or method whose own body
 # raises (other than NotImplementedError) says so in a ``Raises:`` section (for ``__init__``:

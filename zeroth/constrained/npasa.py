@@ -93,6 +93,20 @@ ROUGH = 1e-4  # above this relative error level one-sided differences are accura
 
 @dataclass
 class NPASAOptions:
+    """The solver's options, read from ``minimize(..., options=)`` (see :func:`zeroth.constrained.minimize`).
+
+    Attributes:
+        gtol: tolerance on the multiplier error estimator E_m (stationarity).
+        ctol: tolerance on the constraint error estimator E_c (feasibility).
+        maxiter: iteration limit (status 1 when reached).
+        penalty: initial penalty ρ of phase one's augmented Lagrangian.
+        theta: balanced-reduction ratio: a phase-two step reduces the constraint violation first
+            (a constraint step) when θ·E_m < E_c, else it takes a multiplier (Newton) step.
+        hess_mode: ``"exact"`` (the user's Hessian), ``"2-point"`` (finite differences of
+            gradients) or ``"bfgs"`` (damped BFGS).
+        max_phase_two_steps: phase-two steps per visit before the error estimators are checked.
+    """
+
     gtol: float = 1e-8
     ctol: float = 1e-8
     maxiter: int = 3000
@@ -128,6 +142,11 @@ class Run:
     _ls: Optional[tuple] = None  # (key, λ) of the last least-squares multipliers
 
     def tick(self, z):
+        """Count an iteration at ``z`` and call the user's callback with its x.
+
+        Raises:
+            StopSolver: status 9 when ‖x‖∞ > :data:`DIVERGING`, status 1 at ``maxiter``.
+        """
         self.nit += 1
         if float(np.max(np.abs(z[: self.nlp.n]), initial=0.0)) > DIVERGING:
             raise StopSolver(9)
@@ -144,6 +163,7 @@ class Run:
         return self._ls[1].copy()
 
     def note_nonfinite(self, exc):
+        """Remember the last non-finite value met at a trial point (reported if the run fails)."""
         self.nonfinite = exc
 
     def remember(self, z, lam, Ec):
@@ -177,6 +197,7 @@ class Stationarity:
             self.value()
 
     def value(self):
+        """E_m itself (computing the projection once, then exact bounds equal to it)."""
         if self.exact is None:
             self.exact = float(np.max(np.abs(self.poly.project_step(self.z, self.v)), initial=0.0))
             self.lower = self.upper = self.exact

@@ -34,6 +34,18 @@ ARMIJO = 1e-4
 
 @dataclass
 class PolyhedralResult:
+    """What the polyhedral solver (PASA's phase two on a fixed polyhedron) returns.
+
+    Attributes:
+        z: the final point.
+        value: the objective there.
+        grad: its gradient there.
+        B: the (BFGS or exact) Hessian approximation in use at the end.
+        nit: iterations taken.
+        error: the final stationarity error ‖P_{Ω−z}(−∇f)‖∞.
+        reason: ``"converged"``, ``"maxiter"`` or ``"linesearch"`` (no acceptable step).
+    """
+
     z: np.ndarray
     value: float
     grad: np.ndarray
@@ -68,9 +80,12 @@ class DampedBFGS:
         self.updated = False
 
     def matrix(self):
+        """The current Hessian approximation: B0 until the first update, then scipy's matrix."""
         return self._bfgs.get_matrix() if self.updated else self.B0
 
     def update(self, s, y):
+        """Damped BFGS update with step ``s`` and gradient change ``y`` (skipped for s = 0 or
+        non-finite data; y = 0 — f linear along s — passes the limit of the damped update)."""
         if not (np.any(s) and np.all(np.isfinite(s)) and np.all(np.isfinite(y))):
             return
         if not np.any(y):

@@ -21,6 +21,7 @@ sin, cos, exp, log, sqrt = torch.sin, torch.cos, torch.exp, torch.log, math.sqrt
 
 
 def rosen(x):
+    """Rosenbrock's function of ``x[0], x[1]`` (torch scalars): ``100 (x₁ − x₀²)² + (1 − x₀)²`` (HS 1)."""
     return 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
 
 
