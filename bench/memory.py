@@ -1,18 +1,22 @@
-"""Peak memory of one step, side by side: inference, autograd, ZO steps (SPSA/RGE, CGE evaluators).
+"""Peak memory side by side: inference, autograd, ZO steps (SPSA/RGE), one CGE gradient per evaluator.
 
-Run: ``python -m bench.memory [--width 2048] [--depth 12] [--batch 64]``.
+Run: ``python -m bench.memory [--width 2048] [--depth 12] [--batch 64] [--steps 3]``.
 
 Every case runs in a fresh Python process (``python -m bench.memory --case NAME``), so no
 case inherits another's allocator cache. The process runs the same case once on a tiny
 instance (code loaded on first use is not the step's memory), builds the batch, resets the
 kernel's peak-RSS counter (``/proc/self/clear_refs``), then
-builds the model and runs one step; the figure is the peak resident memory (VmHWM) minus the
-resident memory just before the model was built — parameters included, as in MeZO's
-"memory of inference". ``MALLOC_MMAP_THRESHOLD_`` is fixed so that freed tensors go back to
-the kernel at once (glibc would otherwise keep them and hide later peaks).
+builds the model and runs the case — for the MLP steps, ``--steps`` optimizer steps without
+``zero_grad`` in between, as a plain training loop does, so the figure is the steady state
+(a step that kept a second gradient alive would show from step two on); for the CGE tables,
+one gradient. The figure is the peak resident memory (VmHWM) minus the resident memory just
+before the model was built — parameters included, as in MeZO's "memory of inference".
+``MALLOC_MMAP_THRESHOLD_`` is fixed so that freed tensors go back to the kernel at once (glibc
+would otherwise keep them and hide later peaks).
 
 Linux only (``/proc``). The ratio column divides by the inference row of the same model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroth import CGE, RGE, SPSA, Objective, ZOOptimizer, estimate_gradient
-from zeroth.engine import Batched, FeatureReuse, Sequential
+from zeroth.engine import BatchedEvaluator, FeatureReuseEvaluator, SequentialEvaluator
 
 from .engine import problem
 
@@ -76,9 +80,12 @@ def _mlp_case(kind: str, width: int, depth: int, batch: int, steps: int = 1) -> 
             obj().backward()
             opt.step()
         else:
-            est, options = {"spsa": (SPSA(), {}), "spsa-sequential": (SPSA(), {"evaluator": "sequential"}),
-                            "spsa-inplace": (SPSA(), {"inplace": True}),
-                            "rge8-inplace": (RGE(q=8, dist="rademacher"), {"inplace": True})}[kind]
+            est, options = {
+                "spsa": (SPSA(), {}),
+                "spsa-sequential": (SPSA(), {"evaluator": "sequential"}),
+                "spsa-inplace": (SPSA(), {"inplace": True}),
+                "rge8-inplace": (RGE(q=8, dist="rademacher"), {"inplace": True}),
+            }[kind]
             opt = ZOOptimizer(model.parameters(), lr=1e-3, estimator=est, seed=0, **options)
             for _ in range(steps):  # steady state: no zero_grad between steps, as in a plain loop
                 opt.step(obj)
@@ -108,7 +115,11 @@ def _cge_case(model_name: str, batch: int, evaluator: str, coords: int) -> Tuple
         if coords:
             g = torch.Generator().manual_seed(0)
             masks = [torch.randperm(p.numel(), generator=g)[:coords] for p in params]
-        ev = {"Sequential": Sequential(), "Batched": Batched(), "FeatureReuse": FeatureReuse()}[evaluator]
+        ev = {
+            "SequentialEvaluator": SequentialEvaluator(),
+            "BatchedEvaluator": BatchedEvaluator(),
+            "FeatureReuseEvaluator": FeatureReuseEvaluator(),
+        }[evaluator]
         estimate_gradient(o, params, CGE(mu=1e-3), ev, masks=masks)
 
     return build, run
@@ -144,8 +155,13 @@ def child(case: str) -> None:
 def measure(spec: Dict) -> int:
     """Peak bytes of one case, measured in a fresh process."""
     env = {**os.environ, **ENV}
-    out = subprocess.run([sys.executable, "-m", "bench.memory", "--case", json.dumps(spec)], env=env,
-                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--case", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     if out.returncode:
         raise RuntimeError(f"memory case {spec} failed:\n{out.stderr[-2000:]}")
     return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
@@ -153,8 +169,8 @@ def measure(spec: Dict) -> int:
 
 def _table(title: str, rows: List[Tuple[str, int]], baseline: str) -> List[str]:
     ref = dict(rows)[baseline]
-    lines = [title, f"{'case':<40}{'peak MB':>10}{'x ' + baseline:>16}"]
-    lines += [f"{name:<40}{b / 2**20:>10.1f}{b / ref:>16.2f}" for name, b in rows]
+    lines = [title, f"{'case':<46}{'peak MB':>10}{'ratio':>8}   (ratio: x {baseline})"]
+    lines += [f"{name:<46}{b / 2**20:>10.1f}{b / ref:>8.2f}" for name, b in rows]
     return lines
 
 
@@ -171,25 +187,46 @@ def main(argv=None) -> None:
         child(args.case)
         return
     mlp = dict(kind="mlp", width=args.width, depth=args.depth, batch=args.batch, steps=args.steps)
-    params = (args.depth - 1) * (args.width ** 2 + args.width) + 10 * args.width + 10
-    kinds = [("inference (no_grad forward)", "inference"), ("autograd forward+backward+SGD", "autograd-sgd"),
-             ("ZO SPSA step, evaluator auto", "spsa"), ("ZO SPSA step, Sequential (exact)", "spsa-sequential"),
-             ("ZO SPSA step, inplace=True", "spsa-inplace"), ("ZO RGE q=8 step, inplace=True", "rge8-inplace")]
+    params = (args.depth - 1) * (args.width**2 + args.width) + 10 * args.width + 10
+    kinds = [
+        ("inference (no_grad forward)", "inference"),
+        ("autograd forward+backward+SGD", "autograd-sgd"),
+        ("ZO SPSA step, evaluator auto", "spsa"),
+        ("ZO SPSA step, SequentialEvaluator (exact)", "spsa-sequential"),
+        ("ZO SPSA step, inplace=True", "spsa-inplace"),
+        ("ZO RGE q=8 step, inplace=True", "rge8-inplace"),
+    ]
     rows = [(label, measure({**mlp, "case": k})) for label, k in kinds]
-    print("\n".join(_table(f"MLP {args.depth}x{args.width} ({params / 1e6:.1f} M parameters, "
-                           f"{params * 4 / 2**20:.0f} MB), batch {args.batch}: peak memory over {args.steps} steps",
-                           rows, "inference (no_grad forward)")), "\n")
+    print(
+        "\n".join(
+            _table(
+                f"MLP {args.depth}x{args.width} ({params / 1e6:.1f} M parameters, "
+                f"{params * 4 / 2**20:.0f} MB), batch {args.batch}: peak memory over {args.steps} steps",
+                rows,
+                "inference (no_grad forward)",
+            )
+        ),
+        "\n",
+    )
     if args.no_cge:
         return
     for model, batch, coords in (("digits_cnn", 256, 0), ("resnet20", 8, 40)):
         spec = dict(kind="cge", model=model, batch=batch, coords=coords)
-        evs = ["Sequential", "FeatureReuse"] + (["Batched"] if model == "digits_cnn" else [])
-        rows = [(f"{model} inference", measure({**spec, "case": "inference"})),
-                (f"{model} autograd forward+backward", measure({**spec, "case": "autograd"}))]
+        evs = ["SequentialEvaluator", "FeatureReuseEvaluator"] + (["BatchedEvaluator"] if model == "digits_cnn" else [])
+        rows = [
+            (f"{model} inference", measure({**spec, "case": "inference"})),
+            (f"{model} autograd forward+backward", measure({**spec, "case": "autograd"})),
+        ]
         rows += [(f"full CGE gradient, {ev}", measure({**spec, "case": ev})) for ev in evs]
         what = f"{coords} coordinates per tensor" if coords else "every coordinate"
-        print("\n".join(_table(f"{model}, batch {batch}, CGE over {what}: peak memory of one gradient",
-                               rows, f"{model} inference")), "\n")
+        print(
+            "\n".join(
+                _table(
+                    f"{model}, batch {batch}, CGE over {what}: peak memory of one gradient", rows, f"{model} inference"
+                )
+            ),
+            "\n",
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ steps (each case in a fresh process, model included, divided by a plain ``no_gra
 the same model), and the drift after ``--drift-steps`` steps at lr = 0 (max |Δθ| over all
 parameters, and ‖Δθ‖/‖θ‖).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,14 +46,31 @@ def build(model: str, dtype: str, size: str = "small") -> torch.nn.Module:
     width, layers, vocab = {"small": (384, 4, 8192), "tiny": (32, 2, 64)}[size]
     torch.manual_seed(0)
     if model == "opt":
-        cfg = transformers.OPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, ffn_dim=4 * width,
-                                     num_attention_heads=max(1, width // 64), max_position_embeddings=128,
-                                     word_embed_proj_dim=width, dropout=0.0, attention_dropout=0.0)
+        cfg = transformers.OPTConfig(
+            vocab_size=vocab,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            ffn_dim=4 * width,
+            num_attention_heads=max(1, width // 64),
+            max_position_embeddings=128,
+            word_embed_proj_dim=width,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
         net = transformers.OPTForCausalLM(cfg)
     elif model == "gpt2":
-        cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=width, n_layer=layers, n_head=max(1, width // 64),
-                                      n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                      bos_token_id=0, eos_token_id=0)
+        cfg = transformers.GPT2Config(
+            vocab_size=vocab,
+            n_embd=width,
+            n_layer=layers,
+            n_head=max(1, width // 64),
+            n_positions=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         net = transformers.GPT2LMHeadModel(cfg)
     else:
         raise ValueError(f"model: unknown {model!r} (opt, gpt2)")
@@ -69,8 +87,15 @@ def batch(model: torch.nn.Module, size: str = "small") -> Dict[str, torch.Tensor
 class MeZO:
     """MeZO (Malladi et al., 2023, Algorithm 1): Gaussian z from a per-step seed, never stored."""
 
-    def __init__(self, params: List[torch.Tensor], lr: float, eps: float = 1e-3, weight_decay: float = 0.0,
-                 fused: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        params: List[torch.Tensor],
+        lr: float,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        fused: bool = False,
+        seed: int = 0,
+    ):
         self.params, self.lr, self.eps, self.wd, self.fused = params, lr, eps, weight_decay, fused
         self.rng = torch.Generator().manual_seed(seed)
 
@@ -126,6 +151,7 @@ def make_step(method: str, model: torch.nn.Module, inputs: Dict[str, torch.Tenso
 
         return step
     if method == "inference":
+
         def forward():
             with torch.no_grad():
                 return closure()
@@ -160,8 +186,13 @@ def child(spec: Dict) -> None:
 def measure_peak(spec: Dict) -> int:
     from .memory import ENV
 
-    out = subprocess.run([sys.executable, "-m", "bench.mezo", "--case", json.dumps(spec)], env={**os.environ, **ENV},
-                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.mezo", "--case", json.dumps(spec)],
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     if out.returncode:
         raise RuntimeError(f"case {spec} failed:\n{out.stderr[-2000:]}")
     return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
@@ -195,11 +226,18 @@ def time_and_drift(model_name: str, dtype: str, size: str, steps: int, rounds: i
         den = sum(float(b.double().pow(2).sum()) for b in before) ** 0.5
         drift[m] = (max(float(d.abs().max()) for d in diff), num / den)
     ratio = {m: statistics.median(t / f for t, f in zip(times[m], times["mezo-fused"])) for m in timed}
-    beyond = {m: statistics.median(t - 2 * f for t, f in zip(times[m], times["inference"]))
-              for m in ("zeroth", "mezo", "mezo-fused")}
+    beyond = {
+        m: statistics.median(t - 2 * f for t, f in zip(times[m], times["inference"]))
+        for m in ("zeroth", "mezo", "mezo-fused")
+    }
     params = sum(p.numel() for p in models["zeroth"].parameters())
-    return {"times": {m: statistics.median(v) for m, v in times.items()}, "ratio": ratio, "drift": drift,
-            "params": params, "beyond": beyond}
+    return {
+        "times": {m: statistics.median(v) for m, v in times.items()},
+        "ratio": ratio,
+        "drift": drift,
+        "params": params,
+        "beyond": beyond,
+    }
 
 
 def main(argv=None) -> None:
@@ -216,8 +254,10 @@ def main(argv=None) -> None:
     if args.case:
         child(json.loads(args.case))
         return
-    header = (f"{'model':<6}{'dtype':<6}{'method':<14}{'s/step':>9}{'x fused':>9}{'>2 fwd':>9}{'peak MB':>9}"
-              f"{'x infer':>9}{'max|dθ| lr=0':>14}{'rel drift':>11}")
+    header = (
+        f"{'model':<6}{'dtype':<6}{'method':<14}{'s/step':>9}{'x fused':>9}{'>2 fwd':>9}{'peak MB':>9}"
+        f"{'x infer':>9}{'max|dθ| lr=0':>14}{'rel drift':>11}"
+    )
     print(header)
     for model in args.models:
         for dtype in args.dtypes:
@@ -229,14 +269,19 @@ def main(argv=None) -> None:
             shape = "4x64" if args.size == "small" else "2x8"
             print(f"# {model} {dtype}: {res['params'] / 1e6:.1f} M parameters, batch {shape} tokens")
             mem = f"{peaks['inference'] / 2**20:>9.1f}{1.0:>9.2f}" if peaks else f"{'':>18}"
-            print(f"{model:<6}{dtype:<6}{'inference':<14}{res['times']['inference']:>9.3f}"
-                  f"{res['ratio']['inference']:>9.2f}{'':>9}{mem}")
+            print(
+                f"{model:<6}{dtype:<6}{'inference':<14}{res['times']['inference']:>9.3f}"
+                f"{res['ratio']['inference']:>9.2f}{'':>9}{mem}"
+            )
             for m in METHODS:
-                mem = (f"{peaks[m] / 2**20:>9.1f}{peaks[m] / peaks['inference']:>9.2f}" if peaks else f"{'':>18}")
+                mem = f"{peaks[m] / 2**20:>9.1f}{peaks[m] / peaks['inference']:>9.2f}" if peaks else f"{'':>18}"
                 dmax, drel = res["drift"][m]
                 beyond = f"{res['beyond'][m]:>9.3f}" if m in res["beyond"] else f"{'':>9}"
-                print(f"{model:<6}{dtype:<6}{m:<14}{res['times'][m]:>9.3f}{res['ratio'][m]:>9.2f}{beyond}{mem}"
-                      f"{dmax:>14.2e}{drel:>11.2e}", flush=True)
+                print(
+                    f"{model:<6}{dtype:<6}{m:<14}{res['times'][m]:>9.3f}{res['ratio'][m]:>9.2f}{beyond}{mem}"
+                    f"{dmax:>14.2e}{drel:>11.2e}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
