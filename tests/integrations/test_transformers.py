@@ -144,3 +144,37 @@ def test_refuses_a_first_order_optimizer(tmp_path):
             train_dataset=_data(),
             optimizers=(torch.optim.AdamW(model.parameters()), None),
         )
+
+
+class _GradNorms(transformers.TrainerCallback):
+    """The norm of all p.grad just before each optimizer step (None where no parameter has one)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() if grads else None)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_grad_norm_is_logged_only_where_there_is_a_gradient(tmp_path, inplace):
+    torch.set_num_threads(1)
+    norms = _GradNorms()
+    trainer = ZOTrainer(
+        model=_model(),
+        args=_args(tmp_path, max_steps=8, logging_steps=4, max_grad_norm=0.0),
+        train_dataset=_data(),
+        inplace=inplace,
+        callbacks=[norms],
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [4, 8]
+    if inplace:  # MeZO stores no gradient: no grad_norm (Trainer would log the norm of nothing, 0)
+        assert norms.norms == [None] * 8
+        assert all("grad_norm" not in entry for entry in logs)
+    else:  # the norm of the ZO estimate in p.grad at the logged step
+        assert all(n is not None and n > 0 for n in norms.norms)
+        for entry in logs:
+            assert entry["grad_norm"] == pytest.approx(norms.norms[entry["step"] - 1], rel=1e-5)

@@ -23,7 +23,11 @@ What changes against ``Trainer``:
   kept (inputs only) and every perturbed point is evaluated on all of them — the step is the
   ZO step on the mean of the k micro-batch losses (each a mean over its own tokens);
 * ``max_grad_norm`` clips ``p.grad`` with ``inplace=False``; with ``inplace=True`` there is no
-  gradient to clip and it has no effect.
+  gradient to clip and it has no effect;
+* the ``grad_norm`` that ``Trainer`` logs is the norm of the ZO estimate in ``p.grad`` with
+  ``inplace=False``; with ``inplace=True`` there is none and ``grad_norm`` is left out of the
+  logs (``Trainer`` logs it only when it is not None; it would otherwise log the norm of the
+  absent gradients, 0).
 
 Evaluation, logging, saving and ``resume_from_checkpoint`` are ``Trainer``'s own. The
 optimizer's ``state_dict`` carries zeroth's generator, so a resumed run continues
@@ -142,6 +146,18 @@ class ZOTrainer(Trainer):
                 raise TypeError(f"ZOTrainer: the optimizer is {type(self.optimizer).__name__}, not a ZOOptimizer")
             opt = inner
         return opt
+
+    # -- logging -------------------------------------------------------------------------------
+    def _maybe_log_save_evaluate(self, tr_loss: torch.Tensor, grad_norm: Any, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer``'s logging, evaluation and saving, with ``grad_norm=None`` when the step stores no gradient.
+
+        ``Trainer`` computes ``grad_norm`` over ``p.grad`` (0 when every ``p.grad`` is None) and logs
+        it unless it is None; MeZO's in-place step (``inplace=True``) stores no gradient, so there
+        is no norm to log.
+        """
+        if self.zo_optimizer.inplace:
+            grad_norm = None
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     # -- the step ----------------------------------------------------------------------------
     def training_step(
