@@ -19,6 +19,10 @@ the passes over the parameters and the Python around them); peak resident memory
 steps (each case in a fresh process, model included, divided by a plain ``no_grad`` forward of
 the same model), and the drift after ``--drift-steps`` steps at lr = 0 (max |Δθ| over all
 parameters, and ‖Δθ‖/‖θ‖).
+
+``python -m bench.mezo --passes`` times the ZO methods alone, with a closure that runs no model
+(it returns a seeded random number): the passes over the parameters and the Python around
+them, without the forwards whose noise dominates the ``step − 2·forward`` column in bf16.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -128,9 +132,17 @@ class MeZO:
         return (plus + minus) / 2
 
 
-def make_step(method: str, model: torch.nn.Module, inputs: Dict[str, torch.Tensor], lr: float) -> Callable[[], object]:
+def make_step(
+    method: str,
+    model: torch.nn.Module,
+    inputs: Dict[str, torch.Tensor],
+    lr: float,
+    closure: Optional[Callable[[], torch.Tensor]] = None,
+) -> Callable[[], object]:
+    """One step of ``method`` on ``model`` (``closure`` defaults to ``model(**inputs).loss``)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    closure = lambda: model(**inputs).loss  # noqa: E731
+    if closure is None:
+        closure = lambda: model(**inputs).loss  # noqa: E731
     if method == "zeroth":
         from zeroth import SPSA, ZOOptimizer
 
@@ -240,6 +252,31 @@ def time_and_drift(model_name: str, dtype: str, size: str, steps: int, rounds: i
     }
 
 
+def passes_only(model_name: str, dtype: str, size: str, steps: int, rounds: int) -> Dict[str, float]:
+    """Seconds per step of the ZO methods with a closure that runs no model: it returns a seeded
+    random number (so the projected gradient is never 0 and the update pass runs), leaving only
+    the passes over the parameters and the Python around them. Alternating rounds; the ratio is
+    the median of per-round ratios to ``mezo-fused``."""
+    torch.set_num_threads(1)
+    zo = ["zeroth", "mezo", "mezo-fused"]
+    stepper = {}
+    for m in zo:
+        net = build(model_name, dtype, size)
+        values = torch.Generator().manual_seed(2)
+        stepper[m] = make_step(m, net, {}, 1e-6, closure=lambda g=values: torch.rand((), generator=g))
+        stepper[m]()  # warm-up
+    times: Dict[str, List[float]] = {m: [] for m in zo}
+    for _ in range(rounds):
+        for m in zo:
+            start = time.perf_counter()
+            for _ in range(steps):
+                stepper[m]()
+            times[m].append((time.perf_counter() - start) / steps)
+    out = {m: statistics.median(v) for m, v in times.items()}
+    out.update({f"{m}/fused": statistics.median(t / f for t, f in zip(times[m], times["mezo-fused"])) for m in zo})
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -250,9 +287,21 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--drift-steps", type=int, default=20)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument(
+        "--passes", action="store_true", help="only the passes over the parameters (a closure that runs no model)"
+    )
     args = ap.parse_args(argv)
     if args.case:
         child(json.loads(args.case))
+        return
+    if args.passes:
+        print("parameter passes only (closure returns a random number, no forward): s/step, x mezo-fused")
+        print(f"{'model':<6}{'dtype':<6}" + "".join(f"{m:>12}{'x fused':>9}" for m in ("zeroth", "mezo", "mezo-fused")))
+        for model in args.models:
+            for dtype in args.dtypes:
+                r = passes_only(model, dtype, args.size, args.steps, args.rounds)
+                cells = "".join(f"{r[m]:>12.4f}{r[m + '/fused']:>9.2f}" for m in ("zeroth", "mezo", "mezo-fused"))
+                print(f"{model:<6}{dtype:<6}{cells}", flush=True)
         return
     header = (
         f"{'model':<6}{'dtype':<6}{'method':<14}{'s/step':>9}{'x fused':>9}{'>2 fwd':>9}{'peak MB':>9}"
