@@ -179,7 +179,7 @@ def check_finite(losses: Losses) -> None:
         first = int(bad[0])
         raise EvaluationError(
             f"objective returned a non-finite loss at {bad.numel()} of {losses.perturbed.numel()} "
-            f"perturbed points (first: evaluation {first}, value {float(losses.perturbed[first])})"
+            f"perturbed points (first: perturbed point {first + 1}, value {float(losses.perturbed[first])})"
         )
 
 
@@ -269,7 +269,11 @@ def exact_inplace_step(
         with torch.no_grad():
             if dirs.needs_base:
                 state.before()
-                base = scalar_loss(objective())
+                try:
+                    base = scalar_loss(objective())
+                except BaseException as err:
+                    add_note(err, "zeroth: raised at the unperturbed point; parameters were not changed")
+                    raise
                 state.after()
             for e in range(n):
                 state.before()
@@ -281,7 +285,7 @@ def exact_inplace_step(
                 try:
                     value = scalar_loss(objective())
                 except BaseException as err:
-                    add_note(err, f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
+                    add_note(err, f"zeroth: raised at perturbed point {e + 1} of {n}; parameters were restored")
                     raise
                 state.after()
                 out[e] = value.to(out.device, torch.float64)
@@ -296,10 +300,23 @@ def exact_inplace_step(
     except EvaluationError:
         if current is not None:
             dirs.restore(params, current, None)
-        state.finish()
+        state.abort()  # a failed step: buffers and RNG as before it
         raise
     coeffs = estimator.combine(dirs, losses.base, losses.perturbed)
-    if current is not None:
+    if current is not None and not dirs.needs_base and state.buffers_changed:
+        # two-sided: buffers as after one forward at θ, so restore first, then update alone
+        dirs.restore(params, current, None)
+        current = None
+        try:
+            with torch.no_grad():
+                state.settle_at_theta(objective)
+        except BaseException:
+            state.abort()
+            raise
+        if update is not None:
+            lrs, wds, ascend = update
+            dirs.update_(params, coeffs, lrs, wds, ascend, restore=None)
+    elif current is not None:
         if update is None:
             dirs.restore(params, current, None)
         else:

@@ -444,3 +444,33 @@ def test_pairing_differences_with_the_drawn_directions_keeps_rge_unbiased_in_bfl
     ratio_applied = ((diff.unsqueeze(1) * (points - x.double())).mean(0) / mu**2) / a
     assert bool(((ratio_drawn - 1).abs() < 0.05).all()), ratio_drawn
     assert bool((ratio_applied > 1.12).all()), ratio_applied
+
+
+@pytest.mark.parametrize("estimator", [CGE(mu=1e-3), RGE(q=3, mu=1e-3)], ids=repr)
+def test_the_default_evaluator_never_calls_a_program_it_cannot_use(estimator):
+    """A model holding a BlackBox: the fast paths decline up front (found by a new-user review:
+    BatchedEvaluator called the simulator under vmap, failed, and left the calls counted), so
+    ``auto`` makes exactly SequentialEvaluator's program calls and gives its gradient."""
+    import torch.nn.functional as F
+
+    from zeroth import Objective, estimate_gradient
+    from zeroth.engine import AutoEvaluator, BatchedEvaluator, SequentialEvaluator
+
+    def sim(a):
+        return np.stack([np.sin(a[:, 0]) * a[:, 1], a[:, 2] ** 2 + a[:, 0]], 1)
+
+    x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    out = {}
+    for name, ev in [("sequential", SequentialEvaluator()), ("auto", AutoEvaluator())]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), BlackBox(from_numpy(sim, batched=True), CGE(mu=1e-4)), nn.Linear(2, 3))
+        obj = Objective(model, F.cross_entropy, x, y)
+        if name == "auto":
+            reason = BatchedEvaluator().supports(obj).reason
+            assert "1 calls an external program (a BlackBox)" in reason
+        _, g, _ = estimate_gradient(
+            obj, list(model.parameters()), estimator, ev, generator=torch.Generator().manual_seed(0)
+        )
+        out[name] = (g, model[1].counts())
+    assert out["auto"][1] == out["sequential"][1]
+    assert all(torch.equal(a, b) for a, b in zip(out["auto"][0], out["sequential"][0]))

@@ -89,7 +89,7 @@ def test_raising_objective_restores_params_and_names_the_evaluation(fail_at):
 
     with pytest.raises(RuntimeError, match="simulator crashed") as info:
         estimate_gradient(closure, params, CGE(), SequentialEvaluator())
-    assert any(f"evaluation {fail_at} of" in n for n in getattr(info.value, "__notes__", []))
+    assert any(f"raised at perturbed point {fail_at + 1} of" in n for n in getattr(info.value, "__notes__", []))
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 

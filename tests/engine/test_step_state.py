@@ -1,12 +1,14 @@
 """Closures behave like Objectives: buffers a forward changes move once per step, whatever the caller passes."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeroth import CGE, RGE, Objective, ZOOptimizer, estimate_gradient
-from zeroth.engine import SequentialEvaluator
+from zeroth import CGE, RGE, SPSA, EvaluationError, NonFiniteLossWarning, Objective, ZOOptimizer, estimate_gradient
+from zeroth.engine import EVALUATORS, SequentialEvaluator
 
 
 def _bn_model():
@@ -77,3 +79,68 @@ def test_a_failed_step_puts_buffers_back():
         opt.step(closure)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def _one_plain_forward_buffers():
+    model = _bn_model()
+    x, _ = _batch()
+    with torch.no_grad():
+        model(x)
+    return [b.clone() for b in model.buffers()]
+
+
+@pytest.mark.parametrize(
+    "estimator", [CGE(), CGE(scheme="central"), RGE(q=3), RGE(q=2, antithetic=False), SPSA()], ids=repr
+)
+@pytest.mark.parametrize("evaluator", ["sequential", "batched", "feature_reuse", "auto"])
+@pytest.mark.parametrize("kind", ["objective", "closure"])
+def test_buffers_end_as_after_one_forward_at_theta_whatever_the_scheme_and_evaluator(estimator, evaluator, kind):
+    """A two-sided scheme evaluates no point at θ; the step still leaves BatchNorm's running
+    statistics as one first-order step would (found by a new-user review: SequentialEvaluator
+    used to leave them as at θ + μd₀, the fast paths as at θ)."""
+    if evaluator == "feature_reuse" and (kind == "closure" or estimator.kind != "coordinates"):
+        return  # declined (FR computes CGE on Objectives): covered by the conformance table
+    if evaluator == "batched" and kind == "closure":
+        return  # declined: a plain closure has no model to vmap
+    x, y = _batch()
+    model = _bn_model()
+    obj = Objective(model, F.cross_entropy, x, y)
+    call = obj if kind == "objective" else (lambda: F.cross_entropy(model(x), y))
+    ev = EVALUATORS.create(evaluator, "evaluator")
+    estimate_gradient(call, list(model.parameters()), estimator, ev, generator=torch.Generator().manual_seed(3))
+    for got, want in zip(model.buffers(), _one_plain_forward_buffers()):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("on_failure", ["raise", "omit"])
+def test_a_nan_loss_leaves_buffers_as_before_the_step(inplace, on_failure):
+    model = _bn_model()
+    x, y = _batch()
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        loss = F.cross_entropy(model(x), y)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = ZOOptimizer(model.parameters(), lr=0.1, estimator="spsa", inplace=inplace, on_failure=on_failure, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteLossWarning)
+        if on_failure == "raise":
+            with pytest.raises(EvaluationError):
+                opt.step(closure)
+        else:
+            assert opt.step(closure) is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_in_place_two_sided_step_sets_buffers_at_theta():
+    x, y = _batch()
+    model = _bn_model()
+    opt = ZOOptimizer(model.parameters(), lr=0.0, inplace=True, seed=0)
+    opt.step(lambda: F.cross_entropy(model(x), y))
+    for got, want in zip(model.buffers(), _one_plain_forward_buffers()):
+        assert torch.equal(got, want)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import ZerothError
+from ..errors import ZerothError, add_note
 from ..estimators.directions import Directions
 from ..registry import Registry
 
@@ -109,7 +109,10 @@ class StepState:
     perturbations and cancels in the differences) and the same module buffers (BatchNorm
     running statistics, spectral norm's power-iteration vector, any buffer a forward changes),
     so buffers change once per step, as in one first-order step, not once per evaluation. At
-    the end RNG and buffers are left as after the first evaluation.
+    the end RNG and buffers are left as after one forward at the unperturbed θ: the first
+    evaluation when it is ℓ(θ) (one-sided schemes); for two-sided schemes, whose evaluations
+    are all perturbed, :meth:`settle_at_theta` runs one more forward at θ when (and only when)
+    the forward changes buffers, as the evaluators that compute ℓ(θ) anyway leave them.
 
     The buffers are found without help from the caller: during the first evaluation a global
     forward pre-hook (``torch.nn.modules.module.register_module_forward_pre_hook``) records
@@ -180,12 +183,50 @@ class StepState:
             ]
         self._evaluations += 1
 
+    def settle_at_theta(self, objective: Any) -> None:
+        """Run ``objective`` once more at θ (parameters already restored) when the evaluations
+        changed buffers, so that buffers and RNG end as after one forward at θ.
+
+        For two-sided schemes (no evaluation at θ). Costs one forward, only for models whose
+        forward changes buffers (BatchNorm in train mode, spectral norm, ...).
+
+        Args:
+            objective: the step's objective (called with no arguments, under ``torch.no_grad()``).
+
+        Raises:
+            Exception: what the objective raises, with a note; the caller aborts the step.
+        """
+        if self._evaluations == 0 or not self._changed:
+            return
+        self.before()
+        try:
+            objective()
+        except BaseException as err:
+            add_note(err, "zeroth: raised in the forward at the unperturbed point that sets the buffers")
+            raise
+        self._after_first = self._get_rng()
+        self._reattach()
+        self._changed = [(buf, before, buf.detach().clone()) for buf, before, _ in self._changed]
+
+    @property
+    def buffers_changed(self) -> bool:
+        """Whether the first evaluation changed any watched buffer."""
+        return bool(self._changed)
+
     def changed_buffers(self) -> List[Tuple[nn.Module, str]]:
         """``(module, name)`` of every registered buffer the first evaluation changed."""
         return [owner for buf, _, _ in self._changed for owner in self._owners.get(id(buf), [])]
 
-    def finish(self) -> None:
-        """Leave RNG and buffers as after one evaluation."""
+    def finish(self, failed: bool = False) -> None:
+        """Leave RNG and buffers as after one evaluation (see the class doc).
+
+        Args:
+            failed: the step failed after all (a NaN/inf loss: the optimizer raises or omits
+                the step), so RNG and buffers go back to what they were before it (:meth:`abort`).
+        """
+        if failed:
+            self.abort()
+            return
         self._remove_hook()
         if self._evaluations:
             self._set_rng(self._after_first)
@@ -218,6 +259,12 @@ class StepState:
                         with torch.no_grad():
                             buf.copy_(current)
                     module._buffers[name] = buf
+
+
+def all_finite(base: Optional[Tensor], perturbed: Tensor) -> bool:
+    """Whether ℓ(θ) (when computed) and every perturbed loss are finite (a step with a NaN/inf
+    loss fails: :meth:`StepState.finish` then leaves buffers as before it)."""
+    return bool(torch.isfinite(perturbed).all()) and (base is None or bool(torch.isfinite(base)))
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

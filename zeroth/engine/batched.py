@@ -18,9 +18,9 @@ from torch.utils.hooks import RemovableHandle
 from .. import protocols
 from ..estimators.directions import Directions
 from ..objective import scalar_loss
-from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
-from .rules import YES, Support, Unsupported, classic_objective
-from .stages import frozen_batchnorm_buffers, owns
+from .base import EVALUATORS, Evaluator, Losses, StepState, all_finite, only_batchnorm_statistics
+from .rules import Support, Unsupported, batched_support
+from .stages import frozen_batchnorm_buffers
 
 
 @EVALUATORS.register("batched")
@@ -54,16 +54,9 @@ class BatchedEvaluator(Evaluator):
     def supports(
         self, objective: Any, dirs: Optional[Directions] = None, params: Optional[Sequence[Tensor]] = None
     ) -> Support:
-        """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly (static checks;
-        buffer changes and untraceable forwards are found while evaluating)."""
-        form = classic_objective(objective)
-        if not form:
-            return form
-        if dirs is not None and not callable(getattr(dirs, "perturbed_stack", None)):
-            return Support.no(f"{type(dirs).__name__} declares no perturbed_stack")
-        if params is not None and not owns([objective.model], params):
-            return Support.no("a trained parameter is not a parameter of the objective's model")
-        return YES
+        """Whether this evaluator computes ``dirs`` of ``params`` on ``objective`` exactly
+        (:func:`zeroth.engine.rules.batched_support`)."""
+        return batched_support(objective, dirs, params)
 
     def evaluate(self, objective: Any, params: Sequence[Tensor], dirs: Directions) -> Losses:
         """Losses at every evaluation of ``dirs`` (see :meth:`Evaluator.evaluate`).
@@ -117,7 +110,7 @@ class BatchedEvaluator(Evaluator):
         except BaseException:
             state.abort()
             raise
-        state.finish()
+        state.finish(failed=not all_finite(base if dirs.needs_base else None, out))
         return Losses(base if dirs.needs_base else None, out)
 
 

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..estimators.directions import Coordinates, Directions
 from ..objective import Objective, scalar_loss
-from .base import EVALUATORS, Evaluator, Losses, StepState, only_batchnorm_statistics
+from .base import EVALUATORS, Evaluator, Losses, StepState, all_finite, only_batchnorm_statistics
 from .delta import (
     Delta,
     Traces,
@@ -200,9 +200,10 @@ class FeatureReuseEvaluator(Evaluator):
         except BaseException:
             state.abort()
             raise
-        state.finish()
         perturbed = ctx.reported.double() + diffs
-        return Losses(ctx.reported if dirs.needs_base else None, perturbed)
+        base = ctx.reported if dirs.needs_base else None
+        state.finish(failed=not all_finite(base, perturbed))
+        return Losses(base, perturbed)
 
     def _base_pass(self, objective: Any, chain: List[nn.Module]) -> _StepContext:
         """The unperturbed pass (under ``no_grad``): every stage's input and output, and the inner

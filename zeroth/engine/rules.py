@@ -50,7 +50,9 @@ integer class targets of shape ``(B,)``, all in ``[0, C)``. Class-probability ta
 reductions take the per-copy path (the loss evaluated on each copy, exact for any loss).
 
 BatchedEvaluator rules (:func:`batched_support`): an Objective with a tensor input, CGE or random
-directions, every trained parameter reachable by name in the model. Random ops in the forward
+directions, every trained parameter reachable by name in the model, no external program in the
+model (a :class:`~zeroth.BlackBox` calls it with concrete arrays, which vmap cannot give: it
+would be called, then fail — a cost a simulator should not pay). Random ops in the forward
 are allowed (``vmap(randomness="same")`` draws what the unbatched forward draws from the same
 RNG state). A forward that changes buffers other than BatchNorm's running statistics, or that
 vmap cannot trace (``.item()``, data-dependent branches), is found at run time:
@@ -249,6 +251,32 @@ def classic_objective(objective: Any) -> Support:
         return Support.no(f"the Objective's inputs are a {type(objective.inputs).__name__}, not a tensor")
     if not getattr(objective, "standard_form", True):
         return Support.no("the Objective reads its loss from the model output (not loss_fn(model(inputs), targets))")
+    return YES
+
+
+def external_programs(model: nn.Module) -> Sequence[str]:
+    """Names of the submodules of ``model`` that call an external program (:class:`~zeroth.BlackBox`)."""
+    from ..blackbox import BlackBox
+
+    return [name or type(model).__name__ for name, m in model.named_modules() if isinstance(m, BlackBox)]
+
+
+def batched_support(objective: Any, dirs: Any = None, params: Optional[Sequence[Tensor]] = None) -> Support:
+    """Whether :class:`~zeroth.engine.BatchedEvaluator` computes ``dirs`` of ``params`` on ``objective``
+    (the static rules of the module doc; buffer changes and untraceable forwards are found while
+    evaluating)."""
+    from .stages import owns
+
+    form = classic_objective(objective)
+    if not form:
+        return form
+    if dirs is not None and not callable(getattr(dirs, "perturbed_stack", None)):
+        return Support.no(f"{type(dirs).__name__} declares no perturbed_stack")
+    programs = external_programs(objective.model)
+    if programs:
+        return Support.no(f"{', '.join(programs[:3])} calls an external program (a BlackBox), which vmap cannot batch")
+    if params is not None and not owns([objective.model], params):
+        return Support.no("a trained parameter is not a parameter of the objective's model")
     return YES
 
 

@@ -11,7 +11,7 @@ from .. import protocols
 from ..errors import add_note
 from ..estimators.directions import Directions
 from ..objective import scalar_loss
-from .base import EVALUATORS, Evaluator, Losses, StepState
+from .base import EVALUATORS, Evaluator, Losses, StepState, all_finite
 
 
 @EVALUATORS.register("sequential")
@@ -59,7 +59,7 @@ class SequentialEvaluator(Evaluator):
                 base = None
                 if dirs.needs_base:
                     state.before()
-                    base = scalar_loss(objective())
+                    base = scalar_loss(_noted(objective, "at the unperturbed point"))
                     state.after()
                 for e in range(n):
                     state.before()
@@ -67,7 +67,7 @@ class SequentialEvaluator(Evaluator):
                     try:
                         value = scalar_loss(objective())
                     except BaseException as err:
-                        add_note(err, f"zeroth: raised in evaluation {e} of {n}; parameters were restored")
+                        add_note(err, f"zeroth: raised at perturbed point {e + 1} of {n}; parameters were restored")
                         raise
                     finally:
                         points.restore(params, e, token)
@@ -76,13 +76,24 @@ class SequentialEvaluator(Evaluator):
                     if out is None:
                         out = torch.empty(n, dtype=torch.float64, device=value.device)
                     out[e] = value
+                if not dirs.needs_base:
+                    state.settle_at_theta(objective)
         except BaseException:
             state.abort()
             raise
-        state.finish()
         if out is None:
             out = torch.empty(0, dtype=torch.float64)
+        state.finish(failed=not all_finite(base, out))
         return Losses(base, out)
 
     def __repr__(self) -> str:
         return f"SequentialEvaluator(restore={self.restore!r})"
+
+
+def _noted(objective: Any, where: str) -> Any:
+    """``objective()``; an exception gets a note saying where it was raised."""
+    try:
+        return objective()
+    except BaseException as err:
+        add_note(err, f"zeroth: raised {where}; parameters were not changed")
+        raise
