@@ -1,6 +1,7 @@
 """``python -m bench`` (``make bench``): the engine tables, the peak-memory tables, the
 kernel/precision tables, the sparse-CGE table, the ResNet-20 FeatureReuseEvaluator vs block-restart
-table (``bench.resnet --quick``), then the constrained-solver table
+table (``bench.resnet --quick``), then the MeZO step table (``bench.mezo``, fp32 only; when
+transformers is installed: the ``hf`` extra), then the constrained-solver table
 (``--no-constrained`` skips it), then the Ray scaling table when ray is installed
 (``--no-distributed`` skips it)."""
 
@@ -14,12 +15,17 @@ memory.main([])
 kernels.main([])
 sparsity.main([])
 resnet.main(["--quick"])
+
+from zeroth._optional import available  # noqa: E402
+
+if available("transformers"):
+    from . import mezo
+
+    mezo.main(["--dtypes", "fp32"])
 if "--no-constrained" not in sys.argv:
     from .constrained.__main__ import main as constrained_main
 
     constrained_main([])
-
-from zeroth._optional import available  # noqa: E402
 
 if "--no-distributed" not in sys.argv and available("ray"):
     from .distributed import main as distributed_main
