@@ -62,6 +62,26 @@ def _to_list(c: Any) -> Any:
 class Subprocess(Program):
     """Run ``cmd`` once per call, exchanging points through stdin/stdout or files (JSON or .npy).
 
+    The protocol with ``format="json"``: the program reads one JSON object (stdin, or the file
+    ``{input}`` with ``io="files"``), ``{"inputs": [point, ...]}`` — one entry per query point
+    as nested lists (``batched=True``: a stack ``(K, *point_shape)``; ``batched=False``: the
+    black box's forward input as is) — with ``"context": [...]`` added when the black box is
+    called with context arguments. It writes (stdout, or the file ``{output}``) a JSON array
+    with one entry per point, or ``{"outputs": [...]}`` holding it; ``NaN``/``Infinity`` as
+    Python's json writes them are read back. With ``format="npy"`` it reads one ``.npy`` array
+    of the points and writes one ``.npy`` array (no context). A non-zero exit status, a
+    time-out or output that does not parse is a failure (``retries``, then ``on_failure``).
+
+    A minimal program, ``f(x₀, x₁) = (x₀·x₁, x₁²)`` per point::
+
+        import json, sys
+        request = json.load(sys.stdin)                   # {"inputs": [[x0, x1], ...]}
+        outputs = [[x0 * x1, x1 ** 2] for x0, x1 in request["inputs"]]
+        json.dump({"outputs": outputs}, sys.stdout)      # or json.dump(outputs, sys.stdout)
+
+    saved as ``prog.py`` and used as ``BlackBox(Subprocess([sys.executable, "prog.py"]), CGE(mu=1e-6))``
+    (the guide's page on black boxes runs it).
+
     Args:
         cmd: the command, a list of arguments or a string split like a shell would.
         io: ``"stdin"`` or ``"files"`` (``cmd`` must then contain ``{input}`` and ``{output}``).
