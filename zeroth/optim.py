@@ -326,6 +326,19 @@ def exact_inplace_step(
     return losses, coeffs
 
 
+def _own_or_base(opt: Any, name: str, own: str) -> Any:
+    """``opt.base.<name>`` once the base rule exists, else the value kept under ``own`` during
+    ``torch.optim.Optimizer.__init__``. A wrapper sharing ZOOptimizer's class but not its
+    ``__dict__`` (Lightning's ``LightningOptimizer``) gets ``AttributeError``, so that its
+    ``__getattr__`` forwards the lookup to the wrapped optimizer."""
+    base = opt.__dict__.get("base")
+    if base is not None:
+        return getattr(base, name)
+    if own not in opt.__dict__:
+        raise AttributeError(name)
+    return opt.__dict__[own]
+
+
 def _check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
@@ -553,8 +566,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     @property
     def param_groups(self) -> List[Dict[str, Any]]:
         """The parameter groups: the base rule's own list (each group also has ``"mu"``, None for the default)."""
-        base = self.__dict__.get("base")
-        return base.param_groups if base is not None else self.__dict__["_zo_param_groups"]
+        return _own_or_base(self, "param_groups", "_zo_param_groups")
 
     @param_groups.setter
     def param_groups(self, groups: List[Dict[str, Any]]) -> None:
@@ -567,8 +579,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     @property
     def state(self):
         """Per-parameter state: the base rule's own dict (momentum buffers, Adam moments ...)."""
-        base = self.__dict__.get("base")
-        return base.state if base is not None else self.__dict__["_zo_state"]
+        return _own_or_base(self, "state", "_zo_state")
 
     @state.setter
     def state(self, value) -> None:

@@ -149,3 +149,16 @@ def test_helper_declines_a_plateau_scheduler_before_stepping():
 def test_automatic_optimization_says_what_to_do():
     with pytest.raises(ZerothError, match="automatic_optimization = False"):
         _fit(Module("automatic"), steps=2)
+
+
+def test_lightnings_optimizer_wrapper_reads_groups_and_state():
+    """``self.optimizers()`` is a LightningOptimizer: its ``param_groups``/``state``/``repr`` are the
+    wrapped ZOOptimizer's (they raised KeyError: the properties read the wrapper's own __dict__)."""
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    model = nn.Linear(3, 1)
+    opt = ZOOptimizer(model.parameters(), lr=0.05, estimator="spsa", seed=0)
+    wrapped = LightningOptimizer(opt)
+    assert wrapped.param_groups is opt.param_groups and wrapped.param_groups[0]["lr"] == 0.05
+    assert wrapped.state is opt.state
+    assert repr(wrapped).startswith("ZOOptimizer(")
