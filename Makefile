@@ -24,12 +24,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zeroth demo --out zeroth_demo.png
 
-# CI (.ci/run) runs `make test`: the fast suite, then the slow one (`-m slow`: compile-only
-# and long end-to-end runs) as its own step, the docs' examples, and the wheel smoke test.
-test: test-fast test-slow docs-doctest wheel-check
+# CI (.ci/run) runs `make test`: lint (ruff, mypy, clang-format), the fast suite, then the
+# slow one (`-m slow`: compile-only and long end-to-end runs) as its own step, the docs'
+# examples, and the wheel smoke test.
+test: lint test-fast test-slow docs-doctest wheel-check
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
