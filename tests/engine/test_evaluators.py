@@ -207,3 +207,18 @@ def test_auto_choice_is_saved_with_the_optimizer():
 def test_bad_evaluator_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_explain_names_each_case_in_words_and_each_declined_evaluator_on_its_own_line():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    auto = AutoEvaluator()
+    params = list(model.parameters())
+    estimate_gradient(lambda: F.cross_entropy(model(x), y), params, CGE(), auto)
+    estimate_gradient(Objective(model, F.cross_entropy, x, y), params, CGE(), auto)
+    lines = auto.explain().splitlines()
+    assert lines[0] == "a plain closure, Coordinates x 23: SequentialEvaluator(restore='exact')"  # 4·3 + 3 + 3·2 + 2
+    assert lines[1].startswith("  not FeatureReuseEvaluator(): a plain closure")
+    assert lines[2].startswith("  not BatchedEvaluator(): a plain closure")
+    assert lines[3] == "Sequential on input (8, 4) torch.float32 (cpu), Coordinates x 23: FeatureReuseEvaluator()"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -225,18 +226,32 @@ class AutoEvaluator(Evaluator):
         return result
 
     def explain(self) -> str:
-        """One line per key seen: the evaluator that runs it and why the earlier ones do not."""
+        """Per case seen (model, input, directions): the evaluator that runs it, then one indented
+        line per earlier evaluator saying why it does not."""
         lines = []
         for key, entry in self.decisions.items():
-            why = "; ".join(f"{e}: {r}" for e, r in entry.get("skipped", []))
             rule = f" [{entry['rule']}]" if "rule" in entry else ""
-            lines.append(f"{key}: {entry.get('chosen')}{rule}" + (f" (not {why})" if why else ""))
+            lines.append(f"{_describe(key)}: {entry.get('chosen')}{rule}")
+            lines.extend(f"  not {e}: {r}" for e, r in entry.get("skipped", []))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"AutoEvaluator(preferred={self.preferred!r}, candidates={self.candidates!r}" + (
             ", tune=True)" if self.tune else ")"
         )
+
+
+def _describe(key: str) -> str:
+    """A case key (:meth:`AutoEvaluator._key`) in words: ``"SmallCNN on input (32, 1, 8, 8)
+    torch.float32 (cpu), Coordinates x 1490"`` (direction set kind x its number of evaluations)."""
+    try:
+        model, batch, kind, count = ast.literal_eval(key)
+    except (ValueError, SyntaxError, TypeError):  # a key saved by another version: shown as is
+        return key
+    if model == "closure":
+        return f"a plain closure, {kind} x {count}"
+    where = f" on input {batch[0]} {batch[1]} ({batch[2]})" if batch else ""
+    return f"{model}{where}, {kind} x {count}"
 
 
 class _Snapshot:
