@@ -85,3 +85,14 @@ def test_unknown_option_warns():
 def test_method_is_case_insensitive():
     res = minimize(lambda x: x @ x, [1.0, 2.0], method="NPASA")
     assert res.success and np.allclose(res.x, 0, atol=1e-6)
+
+
+def test_tol_accepts_any_real_number():
+    # a numbers.Real that numpy cannot take (Fraction) once gave numpy's TypeError from np.isfinite
+    from fractions import Fraction
+
+    exact = minimize(lambda x: x @ x, [1.0, 2.0], tol=1e-6)
+    res = minimize(lambda x: x @ x, [1.0, 2.0], tol=Fraction(1, 10**6))
+    assert res.success and np.array_equal(res.x, exact.x) and res.nfev == exact.nfev
+    with pytest.raises(ValueError, match="tol must be"):
+        minimize(lambda x: x @ x, [1.0, 2.0], tol=float("nan"))

@@ -300,6 +300,7 @@ def run_in_own_group(
             chunks[key].append(block)
 
     def feed():
+        assert proc.stdin is not None and stdin is not None  # feed runs only when stdin was given (PIPE)
         try:
             proc.stdin.write(stdin)
             proc.stdin.close()

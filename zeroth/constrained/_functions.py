@@ -99,7 +99,7 @@ class Functions:
         self.zo_estimator, self.zo_generator = zo_estimator, zo_generator
         self.nfev = self.njev = self.nhev = self.ncev = self.ncjev = 0
         self._fc, self._gc, self._cc, self._jc = _Cache(), _Cache(), _Cache(), _Cache()  # g, J: (value, rough)
-        self.eps = EPS
+        self.eps: float = EPS  # np.float64, or the user's dtype's eps below
         if torch is not None and isinstance(like, torch.Tensor) and like.is_floating_point():
             self.eps = max(EPS, float(torch.finfo(like.dtype).eps))  # differences sized for the user's dtype
         self.m = 0
@@ -131,10 +131,10 @@ class Functions:
             if not np.iscomplexobj(x):
                 self._gc.put(x, (self._grad_out(g, x), False))
         if np.iscomplexobj(x):
-            val = np.asarray(out, dtype=complex).reshape(())
-            if not np.isfinite(val):
+            cval = np.asarray(out, dtype=complex).reshape(())
+            if not np.isfinite(cval):
                 raise NonFiniteError("fun", np.real(x))
-            return complex(val)
+            return complex(cval)
         try:
             val = float(as_array(out, "fun output").reshape(()))
         except ValueError as exc:
@@ -228,7 +228,8 @@ class Functions:
             if np.any(lo > up):
                 raise ValueError(f"{part.label} is infeasible: lb > ub in some component")
             part.cl, part.cu, part.size = lo, up, v.size
-            cls.append(lo), cus.append(up)
+            cls.append(lo)
+            cus.append(up)
         self.m = sum(v.size for v in values)
         self.cl = np.concatenate(cls) if cls else np.zeros(0)
         self.cu = np.concatenate(cus) if cus else np.zeros(0)

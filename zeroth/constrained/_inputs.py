@@ -6,6 +6,7 @@ linear rows and a list of :class:`NonlinearPart` (one per nonlinear constraint o
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -196,6 +197,6 @@ def check_inputs(x0, bounds, constraints):
 def check_tol(tol):
     if tol is None:
         return None
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not np.isfinite(tol) or tol <= 0:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     return float(tol)

@@ -294,6 +294,7 @@ def _minimize_npasa(fun, x0_user, x0, spec, args, jac, hess, hessp, tol, options
             z, lam = run.z, run.lam
         else:
             z, lam = nlp.with_best_slacks(np.concatenate([x, np.zeros(nlp.ns)])), None
+    assert z is not None  # status 0 means run_npasa returned its z
     return _result(fns, nlp, run, z[: fns.n], (z, lam), status, opts, x0_feasible=x0_feasible)
 
 

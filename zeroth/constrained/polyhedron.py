@@ -9,6 +9,8 @@ from the previous projection or from Clarabel): exact face and multipliers, Ω =
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -36,7 +38,8 @@ class Polyhedron:
         self.l = np.full(self.m, -np.inf) if l is None else np.asarray(l, dtype=float)
         self.u = np.full(self.m, np.inf) if u is None else np.asarray(u, dtype=float)
         if self.sparse:
-            self._row_norms = np.sqrt(np.asarray(self.A.multiply(self.A).sum(axis=1)).reshape(-1))
+            A_sparse = cast(Any, self.A)  # a csr_array here (scipy.sparse has no type stubs)
+            self._row_norms = np.sqrt(np.asarray(A_sparse.multiply(A_sparse).sum(axis=1)).reshape(-1))
         else:
             self._row_norms = np.linalg.norm(self.A, axis=1) if self.m else np.zeros(0)
         cols = (self.A != 0).sum(axis=0) if self.m else np.zeros(self.n)

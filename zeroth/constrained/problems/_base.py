@@ -7,9 +7,10 @@ Hessians come from autograd (exact), so every form below is consistent by constr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy.optimize import Bounds, LinearConstraint, NonlinearConstraint
 
@@ -28,18 +29,18 @@ class Problem:
     """
 
     name: str
-    x0: Sequence[float]
+    x0: Any  # Sequence[float], an array after __post_init__
     f_opt: float
     f: Callable
-    lb: Optional[Sequence[float]] = None
-    ub: Optional[Sequence[float]] = None
+    lb: Optional[npt.ArrayLike] = None
+    ub: Optional[npt.ArrayLike] = None
     c: Optional[Callable] = None
     nl_lb: Any = ()  # Sequence[float], an array after __post_init__
     nl_ub: Any = ()  # Sequence[float], an array after __post_init__
-    A: Optional[Sequence[Sequence[float]]] = None
-    lin_lb: Sequence[float] = ()
-    lin_ub: Sequence[float] = ()
-    x_opt: Optional[Sequence[float]] = None
+    A: Optional[npt.ArrayLike] = None  # (m, n)
+    lin_lb: Any = ()  # Sequence[float], an array after __post_init__
+    lin_ub: Any = ()  # Sequence[float], an array after __post_init__
+    x_opt: Any = None  # Optional[Sequence[float]], an array after __post_init__
     kind: str = field(default="")
 
     def __post_init__(self):
@@ -79,14 +80,17 @@ class Problem:
 
     # --- constraints ----------------------------------------------------------------------
     def cons(self, x):
+        assert self.c is not None  # called only for a problem with a nonlinear part
         return self.c(_t(x)).detach().numpy()
 
     def cons_jac(self, x):
         return torch.autograd.functional.jacobian(self.c, _t(x)).numpy().reshape(-1, self.n)
 
     def cons_hess(self, x, v):
+        c = self.c
+        assert c is not None  # called only for a problem with a nonlinear part
         vt = _t(v)
-        return torch.autograd.functional.hessian(lambda y: self.c(y) @ vt, _t(x)).numpy()
+        return torch.autograd.functional.hessian(lambda y: c(y) @ vt, _t(x)).numpy()
 
     def bounds(self):
         if self.lb is None and self.ub is None:
