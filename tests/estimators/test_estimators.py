@@ -192,3 +192,76 @@ def test_zo_jacobian_refuses_outputs_that_change_between_perturbed_points():
     expected = r"fun returned 5 output\(s\) at evaluation point 2 .* 2 at evaluation point 0"
     with pytest.raises(ValueError, match=expected):
         zo_jacobian(f, torch.zeros(3, dtype=torch.float64), CGE(scheme="central"))
+
+
+_sin_sum = lambda v: torch.sin(v).sum()  # noqa: E731
+
+
+@pytest.mark.parametrize("zo", [zo_gradient, zo_jacobian])
+@pytest.mark.parametrize(
+    "x,estimator,generator,error,match",
+    [
+        (torch.ones(0), CGE(), None, ValueError, r"^x: empty tensor \(shape \(0,\)\)"),
+        (torch.ones(2, 0), CGE(), None, ValueError, r"^x: empty tensor \(shape \(2, 0\)\)"),
+        (torch.arange(3), CGE(), None, TypeError, r"^x must be a floating-point torch.Tensor, got dtype torch.int64"),
+        ([1.0, 2.0], CGE(), None, TypeError, r"^x must be a floating-point torch.Tensor, got list"),
+        (torch.ones(3), None, None, TypeError, r"^estimator must be an estimator name \(cge, rge, spsa\).*NoneType"),
+        (
+            torch.ones(3),
+            CGE,
+            None,
+            TypeError,
+            r"^estimator must be .*got the class CGE; pass an instance, CGE\(\.\.\.\)",
+        ),
+        (torch.ones(3), "bfgs", None, ValueError, r"^estimator: unknown estimator 'bfgs'; known: cge, rge, spsa"),
+        (torch.ones(3), RGE(q=2), 0, TypeError, r"^generator must be a torch.Generator or None, got int"),
+    ],
+    ids=["empty", "empty-2d", "int", "list", "estimator-None", "estimator-class", "estimator-unknown", "generator-int"],
+)
+def test_functional_bad_arguments_name_the_argument(zo, x, estimator, generator, error, match):
+    calls = []
+
+    def fun(v):
+        calls.append(1)
+        return torch.sin(v).sum()
+
+    with pytest.raises(error, match=match):
+        zo(fun, x, estimator, generator=generator)
+    assert calls == []  # refused before fun is called
+
+
+@pytest.mark.parametrize("name,instance", [("cge", CGE()), ("CGE", CGE()), ("rge", RGE()), ("spsa", SPSA())])
+def test_functional_takes_a_registry_name_like_zo_optimizer(name, instance):
+    x = torch.linspace(-1, 1, 4, dtype=torch.float64)
+    by_name = zo_gradient(_sin_sum, x, name, generator=torch.Generator().manual_seed(3))
+    by_instance = zo_gradient(_sin_sum, x, instance, generator=torch.Generator().manual_seed(3))
+    assert by_name[2] == by_instance[2]
+    torch.testing.assert_close(by_name[1], by_instance[1], rtol=0, atol=0)
+    jac_by_name = zo_jacobian(torch.sin, x, name, generator=torch.Generator().manual_seed(3))
+    jac_by_instance = zo_jacobian(torch.sin, x, instance, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(jac_by_name[1], jac_by_instance[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "value,error,match",
+    [
+        (torch.ones(3), ValueError, r"^fun must return a scalar, got a tensor of shape \(3,\)"),
+        ("a", TypeError, r"^fun must return a scalar \(tensor or float\), got str"),
+        (torch.tensor(1 + 1j), TypeError, r"^fun must return a real number, got dtype torch.complex64"),
+    ],
+)
+def test_zo_gradient_bad_value_of_fun_names_fun(value, error, match):
+    with pytest.raises(error, match=match):
+        zo_gradient(lambda v: value, torch.ones(3), CGE())
+
+
+def test_zo_gradient_non_finite_value_gives_non_finite_entries_as_scipy():
+    """A NaN value of fun is not refused (unlike ZOOptimizer): the entries it enters are NaN."""
+    import scipy.optimize as scipy_optimize
+
+    x = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    f = lambda v: float("nan") if float(v[1]) != 1.5 else float(torch.sin(v).sum())  # noqa: E731
+    _, grad, _ = zo_gradient(f, x, CGE(mu=1e-6))
+    expected = scipy_optimize.approx_fprime(x.numpy(), lambda a: f(torch.from_numpy(a)), 1e-6)
+    assert bool(torch.isnan(grad[1])) and bool(torch.isnan(torch.tensor(expected[1])))
+    assert torch.isfinite(grad[0]) and abs(float(grad[0]) - expected[0]) < 1e-7

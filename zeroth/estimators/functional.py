@@ -9,13 +9,53 @@ through ``perturb``/``restore``/``accumulate`` only.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..objective import scalar_loss
 from ..protocols import Directions, Estimator
+from ..randomness import make_generator
+from .estimators import ESTIMATORS
+
+
+def _check_arguments(x: Any, estimator: Any, generator: Any) -> Estimator:
+    """Refuse a bad ``x``/``estimator``/``generator`` with an error naming it; the estimator to use.
+
+    ``estimator`` may be a registry name (``"cge"``, as ``ZOOptimizer`` takes) or any object with
+    ``directions`` and ``combine`` (:class:`zeroth.protocols.Estimator`).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point torch.Tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"x: empty tensor (shape {tuple(x.shape)}); there is no coordinate to estimate")
+    if isinstance(estimator, str):
+        estimator = ESTIMATORS.create(estimator, "estimator")
+    elif isinstance(estimator, type):
+        raise TypeError(
+            f"estimator must be an estimator instance or name, got the class {estimator.__name__}; "
+            f"pass an instance, {estimator.__name__}(...), or a name ({', '.join(ESTIMATORS.names())})"
+        )
+    elif not (callable(getattr(estimator, "directions", None)) and callable(getattr(estimator, "combine", None))):
+        raise TypeError(
+            f"estimator must be an estimator name ({', '.join(ESTIMATORS.names())}) or an Estimator "
+            f"instance (with directions and combine, e.g. CGE()), got {type(estimator).__name__}"
+        )
+    if generator is not None:
+        make_generator(generator=generator)  # the one rule: a CPU torch.Generator (or None)
+    return estimator
+
+
+def _fun_scalar(y: Any) -> Tensor:
+    """``scalar_loss(y)``, its error naming ``fun`` (the argument here) instead of "objective"."""
+    try:
+        return scalar_loss(y)
+    except (TypeError, ValueError) as err:
+        message = str(err).replace("objective must return a scalar loss", "fun must return a scalar", 1)
+        raise type(err)(message.replace("objective must", "fun must", 1)) from None
 
 
 def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
@@ -27,7 +67,7 @@ def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
         if vector:
             y = torch.as_tensor(y).detach()
             return y.reshape(-1).to(torch.float64)
-        return scalar_loss(y).to(torch.float64)
+        return _fun_scalar(y).to(torch.float64)
 
     base = call() if dirs.needs_base else None
     values: List[Tensor] = []
@@ -53,7 +93,7 @@ def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
 def zo_gradient(
     fun: Callable[[Tensor], object],
     x: Tensor,
-    estimator: Estimator,
+    estimator: Union[str, Estimator],
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor, int]:
     """A zeroth-order estimate of ∇f at ``x`` from values of ``f`` only.
@@ -65,11 +105,16 @@ def zo_gradient(
 
     Args:
         fun: ``fun(t) -> scalar`` for a tensor ``t`` shaped like ``x``: a 0-d or 1-element
-            tensor, a Python or numpy float.
-        x: the point, a floating-point tensor of any shape (μ is an absolute step in its units).
-        estimator: e.g. ``CGE(mu=1e-6)`` (``d + 1`` calls), ``CGE(scheme="central")``,
-            ``RGE(q=...)``, ``SPSA()``.
-        generator: where random directions come from (None: torch's global RNG).
+            tensor, a Python or numpy float. A NaN or infinite value is not refused: it gives
+            NaN/inf entries in ``grad`` (as ``scipy.optimize.approx_fprime`` does), unlike
+            :class:`~zeroth.ZOOptimizer`, which raises on a non-finite loss.
+        x: the point, a non-empty floating-point tensor of any shape (μ is an absolute step in
+            its units).
+        estimator: an instance, e.g. ``CGE(mu=1e-6)`` (``d + 1`` calls),
+            ``CGE(scheme="central")``, ``RGE(q=...)``, ``SPSA()``, or a registry name
+            (``"cge"``, ``"rge"``, ``"spsa"``: default options), as ``ZOOptimizer`` takes.
+        generator: a CPU ``torch.Generator`` random directions come from (None: torch's global
+            RNG).
 
     Returns:
         ``(f0, grad, nfev)``: ``f0`` is f(x) as a 0-d float64 tensor (for two-sided schemes the
@@ -77,12 +122,14 @@ def zo_gradient(
         with its dtype and device; ``nfev`` counts the calls of ``fun``.
 
     Raises:
-        TypeError: ``x`` is not a floating-point tensor, or ``fun`` returns something that is
+        TypeError: ``x`` is not a floating-point tensor (the message gives its type or dtype),
+            ``estimator`` is neither a name nor an estimator instance (a class, None, ...),
+            ``generator`` is not a ``torch.Generator``, or ``fun`` returns something that is
             not a real scalar.
-        ValueError: ``fun`` returns a tensor with more than one element.
+        ValueError: ``x`` is empty, ``estimator`` is an unknown name, ``generator`` is not on
+            the CPU, or ``fun`` returns a tensor with more than one element.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating-point torch.Tensor")
+    estimator = _check_arguments(x, estimator, generator)
     dirs = estimator.directions([x], generator=generator)
     base, values, nfev = _values(fun, x, dirs, vector=False)
     coeffs = estimator.combine(dirs, base, values)
@@ -95,7 +142,7 @@ def zo_gradient(
 def zo_jacobian(
     fun: Callable[[Tensor], object],
     x: Tensor,
-    estimator: Estimator,
+    estimator: Union[str, Estimator],
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor, int]:
     """A zeroth-order estimate of the Jacobian of a vector-valued ``fun`` at ``x``.
@@ -105,10 +152,14 @@ def zo_jacobian(
 
     Args:
         fun: ``fun(t) -> values`` for ``t`` shaped like ``x``; anything ``torch.as_tensor``
-            accepts, flattened to ``m`` outputs (the same ``m`` at every point).
-        x: the point, a floating-point tensor of any shape (μ is an absolute step in its units).
-        estimator: e.g. ``CGE(mu=1e-6)``, ``RGE(q=...)``.
-        generator: where random directions come from (None: torch's global RNG).
+            accepts, flattened to ``m`` outputs (the same ``m`` at every point). NaN or
+            infinite values give NaN/inf entries in ``jac`` (as ``scipy.optimize.approx_fprime``).
+        x: the point, a non-empty floating-point tensor of any shape (μ is an absolute step in
+            its units).
+        estimator: an instance, e.g. ``CGE(mu=1e-6)``, ``RGE(q=...)``, or a registry name
+            (``"cge"``, ``"rge"``, ``"spsa"``).
+        generator: a CPU ``torch.Generator`` random directions come from (None: torch's global
+            RNG).
 
     Returns:
         ``(y0, jac, nfev)``: ``y0`` the ``(m,)`` float64 values at ``x`` (two-sided schemes: the
@@ -116,13 +167,13 @@ def zo_jacobian(
         (columns in ``x``'s row-major order); ``nfev`` the number of calls of ``fun``.
 
     Raises:
-        TypeError: ``x`` is not a floating-point tensor.
-        ValueError: ``fun`` returns a different number of outputs at a perturbed point than at
-            ``x`` (or than at the first perturbed point, for two-sided schemes); the message
-            names the point and both shapes.
+        TypeError: ``x`` is not a floating-point tensor, ``estimator`` is neither a name nor an
+            estimator instance, or ``generator`` is not a ``torch.Generator``.
+        ValueError: ``x`` is empty, ``estimator`` is an unknown name, or ``fun`` returns a
+            different number of outputs at a perturbed point than at ``x`` (or than at the first
+            perturbed point, for two-sided schemes); the message names the point and both shapes.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating-point torch.Tensor")
+    estimator = _check_arguments(x, estimator, generator)
     dirs = estimator.directions([x.reshape(-1)], generator=generator)
     base, values, nfev = _values(lambda v: fun(v.view_as(x)), x.reshape(-1), dirs, vector=True)
     coeffs = estimator.combine(dirs, base, values)  # (directions, m)
