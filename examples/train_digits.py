@@ -3,7 +3,9 @@
 Rows: first-order Adam and SGD (autograd); dense CGE; sparse CGE with ZO-GraSP layer-wise
 ratios at several sparsities; sparse CGE with uniform ratios (what ZO-GraSP buys); RGE with
 the query budget of sparse CGE at ``--sparsity``. Every ZO row uses Adam as the base rule
-and the optimizer's default ``evaluator="auto"`` (the fastest evaluator present).
+and the optimizer's default ``evaluator="auto"``, which picks by fixed rules, never by timing:
+the first of FeatureReuseEvaluator, BatchedEvaluator (by a cost rule on the CPU) and
+SequentialEvaluator that computes the step exactly (see :class:`zeroth.AutoEvaluator`).
 
     python examples/train_digits.py --sparsity 0.9                  # 3 seeds, 20 epochs
     python examples/train_digits.py --quick                         # seconds: a smoke run

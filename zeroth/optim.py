@@ -529,7 +529,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         on_failure = _check_on_failure(on_failure, nan_policy)
         generator = make_generator(seed, generator)
         if sparsity is not None and not callable(getattr(sparsity, "select", None)):
-            raise TypeError("sparsity must provide select(params, step, generator)")
+            hint = ""
+            if isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool):
+                # a sparsity level, not a rule: name the rules of zeroth.sparsity that take one
+                hint = (
+                    f"; to prune a fraction {sparsity!r} of every Linear/Conv weight, pass "
+                    f"DynamicMask(uniform_ratios(model, {sparsity!r}), model=model) "
+                    "(DynamicMask and uniform_ratios from zeroth.sparsity; DynamicMask also takes one "
+                    "kept fraction, 1 - sparsity, or grasp_ratios(...))"
+                )
+            raise TypeError(
+                f"sparsity must provide select(params, step, generator) (a mask rule of zeroth.sparsity), "
+                f"got {type(sparsity).__name__}{hint}"
+            )
         if mu is not None:
             mu = _check_mu(mu)
 

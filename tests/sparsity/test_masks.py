@@ -216,11 +216,58 @@ def test_momentum_and_weight_decay_still_move_unselected_coordinates():
         (lambda m: FixedMask({"0.weight": torch.tensor([99])}, model=m), ValueError, r"out of range"),
         (lambda m: FixedMask({"0.weight": torch.tensor([0.5])}, model=m), TypeError, r"dtype"),
         (lambda m: FixedMask("0.weight"), TypeError, r"masks"),
+        (lambda m: DynamicMask(True, model=m), TypeError, r"^ratios must be one kept fraction \(a number in \[0, 1\]"),
+        (lambda m: DynamicMask("0.1", model=m), TypeError, r"^ratios must be one kept fraction .*mapping.* got str$"),
     ],
 )
 def test_bad_input_names_the_argument(make, exc, match):
     with pytest.raises(exc, match=match):
         make(_bn_net())
+
+
+def test_a_number_for_sparsity_is_refused_with_the_rule_that_takes_it():
+    """ZOOptimizer(sparsity=0.9) names DynamicMask/uniform_ratios; the suggested rule is accepted."""
+    model = _bn_net()
+    with pytest.raises(
+        TypeError, match=r"^sparsity must provide select\(params, step, generator\) .*got float; "
+    ) as info:
+        ZOOptimizer(model.parameters(), lr=1e-2, sparsity=0.9)
+    message = str(info.value)
+    assert "DynamicMask(uniform_ratios(model, 0.9), model=model)" in message and "zeroth.sparsity" in message
+    from zeroth.sparsity import uniform_ratios
+
+    rule = DynamicMask(uniform_ratios(model, 0.9), model=model)  # what the message suggests
+    ZOOptimizer(model.parameters(), lr=1e-2, sparsity=rule, seed=0)
+    with pytest.raises(TypeError, match=r"got str$"):  # no hint for something that is not a number
+        ZOOptimizer(model.parameters(), lr=1e-2, sparsity="0.9")
+
+
+def test_a_named_bias_or_norm_ratio_is_applied_and_unnamed_tensors_are_selected_in_full():
+    """The module docstring's rule: only tensors without a ratio are selected in full."""
+    model = _bn_net()
+    params = list(model.parameters())  # conv w, conv b, bn w, bn b, linear w, linear b
+    masks = DynamicMask({"0.bias": 0.5, "1.weight": 1 / 3}, model=model).select(params, 0, torch.Generator())
+    assert [m is None for m in masks] == [True, False, False, True, True, True]
+    assert masks[1].numel() == round(0.5 * 3) and masks[2].numel() == 1
+    assert count_selected(masks, params) == sum(p.numel() for p in params) - 3 + 2 - 3 + 1
+
+
+def test_the_guide_s_resnet20_count_of_coordinates_a_partial_fixed_mask_estimates():
+    """docs/guide/sparsity.md: masking two layers of ResNet-20 still estimates 268,671 coordinates."""
+    from pathlib import Path
+
+    from zeroth.models import ResNet20
+
+    model = ResNet20(num_classes=10)
+    params = list(model.parameters())
+    rule = FixedMask({"fc.weight": torch.arange(0, 640, 64), "stem.0.weight": torch.arange(0, 432, 43)}, model=model)
+    selected = count_selected(rule.select(params, 0, torch.Generator()), params)
+    total = sum(p.numel() for p in params)
+    guide = (Path(__file__).parents[2] / "docs" / "guide" / "sparsity.md").read_text()
+    assert (
+        f"selects {selected:,} of its {total:,} coordinates" in guide and f"makes {selected + 1:,} evaluations" in guide
+    )
+    assert selected == total - 640 - 432 + 10 + 11
 
 
 def test_named_ratios_must_be_trained_but_a_number_fits_any_subset():

@@ -16,8 +16,12 @@ Rules:
   largest ``|θ|``. ``resample_every=None`` chooses once and keeps that mask (a fixed mask).
 * :class:`FixedMask` — user-supplied masks (boolean or index tensors).
 
-Biases and BatchNorm parameters (anything that is not a Linear/Conv weight) are always
-selected in full.
+A tensor that a rule has no ratio or mask for is selected in full (all its coordinates are
+estimated). ``DynamicMask(number)`` gives its number to every Linear/Conv weight (without
+``model``: to every tensor with ``dim() >= 2``), so biases and normalisation parameters are
+selected in full; with a ``{name: ratio}`` mapping (or a :class:`FixedMask`), every tensor not
+named is selected in full, and a bias or normalisation tensor that *is* named gets its ratio
+(or mask) like any weight.
 
 **Unselected coordinates and the base rule.** The model stays dense. An unselected
 coordinate gets ``p.grad = 0`` in that step, and the base rule is then applied unchanged
@@ -151,6 +155,11 @@ class DynamicMask(MaskRule):
             self.ratio: Optional[float] = float(ratios)
             self.ratios: Dict[str, float] = {}
         else:
+            if not isinstance(ratios, Mapping):
+                raise TypeError(
+                    "ratios must be one kept fraction (a number in [0, 1], for every weight) or a mapping "
+                    f"from parameter name to kept fraction, got {type(ratios).__name__}"
+                )
             self.ratio = None
             self.ratios = check_ratios(ratios)
             if model is None:
