@@ -17,6 +17,44 @@ def test_info_lists_versions_and_backends(capsys):
     assert "ops backend:" in out
 
 
+def test_info_extras_line_names_every_optional_package_with_its_version(capsys):
+    import importlib.metadata
+
+    assert main(["info"]) == 0
+    extras = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("extras: "))
+    listed = dict(item.split("=", 1) for item in extras.removeprefix("extras: ").split(", "))
+    for module, dist in [
+        ("scipy", "scipy"),
+        ("ray", "ray"),
+        ("daqp", "daqp"),
+        ("clarabel", "clarabel"),
+        ("piqp", "piqp"),
+        ("cyipopt", "cyipopt"),
+        ("transformers", "transformers"),
+        ("accelerate", "accelerate"),
+        ("lightning", "lightning"),
+    ]:
+        try:
+            expected = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            expected = "no"
+        assert listed[module] == expected, (module, extras)
+
+
+@pytest.mark.parametrize("ray_installed", [True, False])
+def test_info_marks_the_ray_evaluator_when_ray_is_missing(capsys, monkeypatch, ray_installed):
+    from zeroth import _optional
+
+    real = _optional.available
+    monkeypatch.setattr(_optional, "available", lambda m: ray_installed if m == "ray" else real(m))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    evaluators = next(line for line in out if line.startswith("evaluators: ")).removeprefix("evaluators: ").split(", ")
+    assert ("ray" if ray_installed else "ray (needs ray)") in evaluators
+    assert {"auto", "batched", "feature_reuse", "sequential"} <= set(evaluators)
+    assert (", ray=no" in next(line for line in out if line.startswith("extras: "))) is not ray_installed
+
+
 def test_module_entry_point_prints_what_the_command_prints(capsys):
     """``python -m zeroth info`` is the ``zeroth`` command: the same report, line for line."""
     out = subprocess.run([sys.executable, "-m", "zeroth", "info"], capture_output=True, text=True, timeout=300)

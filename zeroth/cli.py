@@ -7,6 +7,12 @@ import platform
 import sys
 from typing import List, Optional
 
+# optional packages besides _optional.EXTRAS: the QP solvers of zeroth.constrained (science extra),
+# cyipopt (IPOPT, compared in bench/constrained), the hf and lightning integrations' libraries
+_MORE_EXTRAS = ("daqp", "clarabel", "piqp", "cyipopt", "transformers", "accelerate", "lightning")
+# evaluators that work only with an optional package installed: registry name -> import name
+_EVALUATOR_NEEDS = {"ray": "ray"}
+
 
 def _info() -> None:
     import torch
@@ -18,7 +24,8 @@ def _info() -> None:
     print(f"zeroth {zeroth.__version__} (distribution zeroth-optim)")
     print(f"python {platform.python_version()}, torch {torch.__version__}")
     # found and versioned from metadata, not imported: `import ray` alone takes seconds
-    print("extras: " + ", ".join(f"{m}={version(m) or 'yes'}" if available(m) else f"{m}=no" for m in EXTRAS))
+    extras = list(EXTRAS) + [m for m in _MORE_EXTRAS if m not in EXTRAS]
+    print("extras: " + ", ".join(f"{m}={version(m) or 'yes'}" if available(m) else f"{m}=no" for m in extras))
     cuda = torch.cuda.is_available()
     devices = (
         ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
@@ -30,7 +37,13 @@ def _info() -> None:
     from .estimators import ESTIMATORS
 
     print("estimators: " + ", ".join(ESTIMATORS.names()))
-    print("evaluators: " + ", ".join(EVALUATORS.names()))
+    print(
+        "evaluators: "
+        + ", ".join(
+            f"{n} (needs {_EVALUATOR_NEEDS[n]})" if n in _EVALUATOR_NEEDS and not available(_EVALUATOR_NEEDS[n]) else n
+            for n in EVALUATORS.names()
+        )
+    )
     try:
         from . import ops
 
