@@ -1,10 +1,13 @@
 """``zeroth defend``: a short digits run beats no defense; the config and the command reject bad arguments."""
 
+import json
+
 import pytest
 
 from zeroth.cli import main
 from zeroth.recipes.zo_ae_ds import defend
-from zeroth.recipes.zo_ae_ds.defend import DefendConfig, run
+from zeroth.recipes.zo_ae_ds.certify import ABSTAIN, Certificate
+from zeroth.recipes.zo_ae_ds.defend import DefendConfig, Report, Row, run
 
 
 @pytest.mark.slow  # about a minute: trains f, the AE and six denoisers, then certifies
@@ -121,9 +124,115 @@ def test_command_rejects_bad_arguments(argv, message, capsys):
 
 
 def test_report_row_names_the_unknown_name_and_the_known_ones():
-    from zeroth.recipes.zo_ae_ds.defend import Report, Row
-
     report = Report(DefendConfig(), [Row("no defense", [0.5]), Row("FO-DS", [0.7])], [], 0.0)
     assert report.row("FO-DS").accuracy == [0.7]
     with pytest.raises(KeyError, match=r"no row named 'FO-AE-DS'.*'no defense', 'FO-DS'"):
         report.row("FO-AE-DS")
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("run() went past the checkpoint check")
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_checkpoint_dir_records_the_training_config_and_refuses_another(tmp_path, monkeypatch):
+    folder = tmp_path / "ck"
+    first = DefendConfig(epochs=1, progress=False, checkpoint_dir=str(folder))
+    defend.check_checkpoint_dir(first)
+    record = json.loads((folder / defend.CHECKPOINT_CONFIG).read_text())
+    assert record == {
+        "dataset": "digits",
+        "sigma": 0.25,
+        "estimator": "all",
+        "q": [2, 6, 24],
+        "mu": 5e-3,
+        "lr": 1e-3,
+        "latent_dim": 24,
+        "epochs": 1,
+        "classifier_epochs": 30,
+        "ae_epochs": 150,
+        "batch_size": 64,
+        "seed": 0,
+    }
+    (folder / "classifier.pt").write_bytes(b"trained with d_z = 24")
+    before = _snapshot(folder)
+    # the same training arguments resume; certification, device, plot and bars may change
+    defend.check_checkpoint_dir(first)
+    defend.check_checkpoint_dir(
+        DefendConfig(
+            epochs=1, n=50, n0=10, num_certify=5, radii=(0.0,), out="x.png", progress=True, checkpoint_dir=str(folder)
+        )
+    )
+    monkeypatch.setattr(defend, "_load", _no_training)
+    with pytest.raises(ValueError, match=r"latent_dim \(--latent-dim\): 24 in the checkpoints, 12 now") as err:
+        run(DefendConfig(latent_dim=12, epochs=1, progress=False, checkpoint_dir=str(folder)))
+    assert repr(str(folder)) in str(err.value) and "q (--q)" in str(err.value)  # q defaults from d_z too
+    with pytest.raises(ValueError, match="checkpoint_dir") as err:
+        run(DefendConfig(sigma=0.5, epochs=3, progress=False, checkpoint_dir=str(folder)))
+    message = str(err.value)
+    assert "sigma (--sigma): 0.25 in the checkpoints, 0.5 now" in message
+    assert "epochs (--epochs): 1 in the checkpoints, 3 now" in message and "latent_dim" not in message
+    assert _snapshot(folder) == before
+
+
+def test_checkpoint_dir_with_checkpoints_but_no_record_is_refused(tmp_path):
+    (tmp_path / "classifier.pt").write_bytes(b"old run")
+    with pytest.raises(ValueError, match=f"{defend.CHECKPOINT_CONFIG}.*new directory"):
+        defend.check_checkpoint_dir(DefendConfig(checkpoint_dir=str(tmp_path)))
+    assert _snapshot(tmp_path) == {"classifier.pt": b"old run"}
+    (tmp_path / defend.CHECKPOINT_CONFIG).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a readable configuration record"):
+        defend.check_checkpoint_dir(DefendConfig(checkpoint_dir=str(tmp_path)))
+
+
+def _certificates(predictions, label=0):
+    return [Certificate(p, 0.0 if p == ABSTAIN else 0.3, 0.6, 50, 100, label) for p in predictions]
+
+
+def test_rows_and_table_report_abstentions():
+    rows = [
+        Row("no defense", [0.5, 0.0]),
+        Row("FO-DS", [0.5, 0.25], certificates=_certificates([0, ABSTAIN, ABSTAIN, 1])),
+    ]
+    assert (rows[0].abstentions, rows[0].abstention_rate) == (None, None)
+    assert (rows[1].abstentions, rows[1].abstention_rate) == (2, 0.5)
+    report = Report(DefendConfig(radii=(0.0, 0.25)), rows, [], 1.0, chance=0.1)
+    lines = defend.format_report(report).splitlines()
+    title = next(line for line in lines if line.startswith("method"))
+    fo = next(line for line in lines if line.startswith("FO-DS"))
+    assert "abstain" in title and fo.split()[-3:] == ["50.0", "50.0", "25.0"]
+    assert next(line for line in lines if line.startswith("no defense")).split()[-3:] == ["—", "50.0", "0.0"]
+
+
+@pytest.mark.parametrize(
+    "zo,fo,ae,expected",
+    [
+        ([0.10, 0.10], [0.10, 0.10], 0.80, "not measurable at this budget (FO-AE-DS at r=0 10.0 %: not above chance"),
+        ([0.90, 0.50], [0.91, 0.52], 0.10, "not measurable at this budget (f(Dec(Enc(x))) 10.0 %"),
+        ([0.20, 0.10], [0.20, 0.10], 0.20, "not measurable"),  # 20 % < 10 % + 2 standard errors (13.4 points)
+        ([0.90, 0.50], [0.91, 0.52], 0.80, "met (largest shortfall 2.0 points at r=0.5)"),
+        ([0.90, 0.50], [0.91, 0.55], None, "missed (largest shortfall 5.0 points at r=0.5)"),
+    ],
+)
+def test_fo_gap_verdict_is_not_measurable_at_chance(zo, fo, ae, expected):
+    line = defend.fo_gap_verdict(zo, fo, (0.0, 0.5), chance=0.1, ae_accuracy=ae, images=20)
+    assert line.startswith("goal  ZO-AE-DS CGE within 2 points of FO-AE-DS at every radius: ")
+    assert expected in line
+    # without a chance level, the plain comparison (both at chance tie: "met")
+    assert "met" in defend.fo_gap_verdict([0.1], [0.1], (0.0,), chance=None)
+
+
+def test_chance_margin_is_two_standard_errors_and_at_least_five_points():
+    assert defend.chance_margin(0.1, 20) == pytest.approx(2 * (0.09 / 20) ** 0.5)
+    assert defend.chance_margin(0.1, 10_000) == 0.05
+
+
+def test_goals_use_the_verdict_on_the_report():
+    rows = [Row("FO-AE-DS", [0.1, 0.1]), Row("ZO-AE-DS CGE", [0.1, 0.1])]
+    report = Report(DefendConfig(radii=(0.0, 0.25), num_certify=20), rows, [], 1.0, chance=0.1, ae_accuracy=0.1)
+    assert any("not measurable at this budget" in line for line in defend.goals(report))
+    report.chance = None
+    assert any("within 2 points of FO-AE-DS at every radius: met" in line for line in defend.goals(report))
