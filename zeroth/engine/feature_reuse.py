@@ -62,6 +62,7 @@ from .precision import check_precision
 from .rules import (
     Support,
     Unsupported,
+    chain_support,
     classic_objective,
     cross_entropy_closed_form,
     dtype_support,
@@ -163,6 +164,9 @@ class FeatureReuseEvaluator(Evaluator):
             )
         if global_hooks():
             return Support.no("global module forward hooks are registered")
+        whole = chain_support(objective.model)
+        if not whole:
+            return whole
         for s, m in enumerate(chain):
             sub = layer_support(m)
             if not sub:
@@ -219,13 +223,19 @@ class FeatureReuseEvaluator(Evaluator):
         x = objective.inputs
         layout = fast_layout(x)
         if layout == copies_layout(x):
-            return self._cached_pass(objective, chain, x)
+            ctx = self._cached_pass(objective, chain, x)
+            if callable(getattr(objective.model, "zo_stages", None)):
+                # a declared chain is a promise about forward: check it on this step's input
+                with frozen_batchnorm_buffers(objective.model):
+                    _check_chain(scalar_loss(objective()), ctx.base)
+            return ctx
         reported = scalar_loss(objective())
         with frozen_batchnorm_buffers(objective.model):
             try:
                 ctx = self._cached_pass(objective, chain, x.contiguous(memory_format=layout))
             except Exception:
                 ctx = self._cached_pass(objective, chain, x)
+        _check_chain(reported, ctx.base)
         ctx.reported = reported
         return ctx
 
@@ -270,6 +280,21 @@ class FeatureReuseEvaluator(Evaluator):
         if acts[0].device.type == "cpu":
             chunk = min(chunk, max(1, CPU_CHUNK_BYTES // max(largest, 1)))
         return chunk
+
+
+def _check_chain(own: Tensor, chained: Tensor) -> None:
+    """The model's own forward and its stage chain give the same loss, to rounding (the chain may
+    run in another memory layout); else the chain is not the forward and FeatureReuse declines.
+
+    Raises:
+        Unsupported: they differ by more than √eps of the dtype, relative.
+    """
+    tol = float(torch.finfo(own.dtype).eps) ** 0.5 * max(1.0, abs(float(own)))
+    if not abs(float(own) - float(chained)) <= tol:
+        raise Unsupported(
+            f"the model's stage chain gives loss {float(chained):.9g} where its forward gives {float(own):.9g}: "
+            "zo_stages() does not describe forward"
+        )
 
 
 class _StepContext:

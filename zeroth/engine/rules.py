@@ -207,6 +207,48 @@ def global_hooks() -> bool:
     return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
+def _owner(cls: type, attr: str) -> type:
+    """The class of ``cls``'s MRO that defines ``attr``."""
+    return next(c for c in cls.__mro__ if attr in c.__dict__)
+
+
+def chain_support(model: nn.Module) -> Support:
+    """Whether ``model``'s forward *is* its stage chain (:func:`~.stages.stages`), which
+    FeatureReuseEvaluator runs in place of the forward.
+
+    Declined: forward hooks on the model or on a container the chain flattens; an
+    ``nn.Sequential`` (at any level the chain flattens) whose class overrides ``forward``; a
+    model whose class overrides ``forward`` below the class that declares ``zo_stages`` (a
+    subclass adding input normalisation, say). A class that declares both but inconsistently is
+    caught at run time: the chain's loss must equal the model's own forward's (to rounding).
+    """
+    containers = [model]
+    if not callable(getattr(model, "zo_stages", None)):
+        todo = [model]
+        while todo:
+            c = todo.pop()
+            for child in c.children():
+                if isinstance(child, nn.Sequential) and not callable(getattr(child, "zo_stages", None)):
+                    containers.append(child)
+                    todo.append(child)
+    for c in containers:
+        name = type(c).__name__
+        if _has_hooks(c):
+            return Support.no(f"{name} (the model or a container of its stages) has forward hooks")
+        if isinstance(c, nn.Sequential) and not callable(getattr(c, "zo_stages", None)):
+            if type(c).forward is not nn.Sequential.forward:
+                return Support.no(
+                    f"{name} overrides nn.Sequential.forward: its forward is not the chain of its children"
+                )
+    if callable(getattr(model, "zo_stages", None)):
+        forward, declared = _owner(type(model), "forward"), _owner(type(model), "zo_stages")
+        if forward is not declared and issubclass(forward, declared):
+            return Support.no(
+                f"{type(model).__name__} overrides forward below {declared.__name__}, which declares zo_stages()"
+            )
+    return YES
+
+
 def layer_support(module: nn.Module) -> Support:
     """Whether FeatureReuseEvaluator can run ``module`` as a stage (or inside one) exactly."""
     name = type(module).__name__
