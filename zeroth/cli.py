@@ -90,9 +90,46 @@ def _add_defend(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _defend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .recipes.zo_ae_ds.defend import DefendConfig, run
+def _check_device(parser: argparse.ArgumentParser, name: str) -> None:
+    """``parser.error`` naming ``--device`` unless ``name`` is a torch device that exists here."""
+    import torch
 
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        parser.error(f"argument --device: invalid device {name!r} (expected cpu, cuda, cuda:N, mps, ...)")
+    try:
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError) as err:  # torch raises AssertionError for cuda without CUDA
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            detail = f"this machine has {count} CUDA device(s), torch {torch.__version__}"
+        parser.error(f"argument --device: {name!r} is not available: {detail}")
+
+
+def _check_data_dir(parser: argparse.ArgumentParser, dataset: str, data_dir: Optional[str]) -> None:
+    """``parser.error`` naming ``--data-dir`` unless it is a folder (holding the CIFAR-10 batches for cifar10)."""
+    import os
+
+    if data_dir is None:
+        return
+    if not os.path.isdir(data_dir):
+        parser.error(f"argument --data-dir: {data_dir!r} is not a directory")
+    if dataset == "cifar10":
+        from .data import _cifar_folder
+
+        try:
+            _cifar_folder(data_dir)
+        except FileNotFoundError as err:
+            parser.error(f"argument --data-dir: {str(err).removeprefix('data_dir: ')}")
+
+
+def _defend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .recipes.zo_ae_ds.defend import DefendConfig, check_checkpoint_dir, run
+
+    _check_device(parser, args.device)
+    _check_data_dir(parser, args.dataset, args.data_dir)
     try:
         config = DefendConfig(
             dataset=args.dataset,
@@ -117,6 +154,7 @@ def _defend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             progress=not args.quiet,
         )
+        check_checkpoint_dir(config)
     except ValueError as err:
         parser.error(f"defend: {err}")
     run(config)

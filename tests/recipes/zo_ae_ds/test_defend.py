@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from zeroth.cli import main
 from zeroth.recipes.zo_ae_ds import defend
@@ -188,6 +189,16 @@ def test_checkpoint_dir_with_checkpoints_but_no_record_is_refused(tmp_path):
         defend.check_checkpoint_dir(DefendConfig(checkpoint_dir=str(tmp_path)))
 
 
+def test_command_refuses_a_checkpoint_dir_of_another_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(defend, "run", _no_training)
+    defend.check_checkpoint_dir(DefendConfig(checkpoint_dir=str(tmp_path)))
+    with pytest.raises(SystemExit) as exit_:
+        main(["defend", "--latent-dim", "12", "--checkpoint-dir", str(tmp_path), "--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "latent_dim (--latent-dim): 24 in the checkpoints, 12 now" in err and str(tmp_path) in err
+
+
 def _certificates(predictions, label=0):
     return [Certificate(p, 0.0 if p == ABSTAIN else 0.3, 0.6, 50, 100, label) for p in predictions]
 
@@ -236,3 +247,37 @@ def test_goals_use_the_verdict_on_the_report():
     assert any("not measurable at this budget" in line for line in defend.goals(report))
     report.chance = None
     assert any("within 2 points of FO-AE-DS at every radius: met" in line for line in defend.goals(report))
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["defend", "--device", "foo"], "argument --device: invalid device 'foo'"),
+        (["defend", "--device", "cuda:99"], "argument --device: 'cuda:99' is not available"),
+        (
+            ["defend", "--data-dir", "/nonexistent/zeroth"],
+            "argument --data-dir: '/nonexistent/zeroth' is not a directory",
+        ),
+        (["defend", "--dataset", "cifar10", "--data-dir", "."], "argument --data-dir: no CIFAR-10 python batches"),
+    ],
+)
+def test_command_names_a_bad_device_or_data_dir(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(defend, "run", _no_training)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--quiet"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_command_accepts_cuda_exactly_when_torch_has_it(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(defend, "run", lambda config: seen.setdefault("config", config))
+    if torch.cuda.is_available():
+        assert main(["defend", "--device", "cuda", "--quiet"]) == 0 and seen["config"].device == "cuda"
+    else:
+        with pytest.raises(SystemExit):
+            main(["defend", "--device", "cuda", "--quiet"])
+        assert (
+            "argument --device: 'cuda' is not available: this machine has 0 CUDA device(s)" in capsys.readouterr().err
+        )
