@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from .engine import EVALUATORS, Evaluator, Losses
-from .engine.base import StepState
-from .errors import EvaluationError, NonFiniteLossWarning, ZerothError, add_note, warn_deprecated
+from .engine.base import UNPERTURBED, StepState, call_noted, perturbed_point
+from .errors import EvaluationError, NonFiniteLossWarning, ZerothError, warn_deprecated
 from .estimators import ESTIMATORS, Estimator
 from .estimators.directions import RandomDirections
 from .estimators.estimators import _check_mu
@@ -269,11 +269,7 @@ def exact_inplace_step(
         with torch.no_grad():
             if dirs.needs_base:
                 state.before()
-                try:
-                    base = scalar_loss(objective())
-                except BaseException as err:
-                    add_note(err, "zeroth: raised at the unperturbed point; parameters were not changed")
-                    raise
+                base = scalar_loss(call_noted(objective, UNPERTURBED))
                 state.after()
             for e in range(n):
                 state.before()
@@ -282,11 +278,7 @@ def exact_inplace_step(
                 else:
                     dirs.move(params, current, e)
                 current = e
-                try:
-                    value = scalar_loss(objective())
-                except BaseException as err:
-                    add_note(err, f"zeroth: raised at perturbed point {e + 1} of {n}; parameters were restored")
-                    raise
+                value = scalar_loss(call_noted(objective, perturbed_point(e, n)))
                 state.after()
                 out[e] = value.to(out.device, torch.float64)
     except BaseException:

@@ -199,11 +199,7 @@ class StepState:
         if self._evaluations == 0 or not self._changed:
             return
         self.before()
-        try:
-            objective()
-        except BaseException as err:
-            add_note(err, "zeroth: raised in the forward at the unperturbed point that sets the buffers")
-            raise
+        call_noted(objective, "in the forward at the unperturbed point that sets the buffers")
         self._after_first = self._get_rng()
         self._reattach()
         self._changed = [(buf, before, buf.detach().clone()) for buf, before, _ in self._changed]
@@ -259,6 +255,29 @@ class StepState:
                         with torch.no_grad():
                             buf.copy_(current)
                     module._buffers[name] = buf
+
+
+UNPERTURBED = "at the unperturbed point; parameters were not changed"
+"""Where :func:`call_noted` says ℓ(θ) was being evaluated."""
+
+
+def perturbed_point(e: int, n: int) -> str:
+    """Where :func:`call_noted` says evaluation ``e`` (0-based) of ``n`` was being made."""
+    return f"at perturbed point {e + 1} of {n}; parameters were restored"
+
+
+def call_noted(objective: Any, where: str) -> Any:
+    """``objective()``; an exception it raises gets the note ``"zeroth: raised {where}"`` (PEP 678,
+    :func:`zeroth.errors.add_note`) and propagates.
+
+    Raises:
+        BaseException: whatever ``objective`` raises.
+    """
+    try:
+        return objective()
+    except BaseException as err:
+        add_note(err, f"zeroth: raised {where}")
+        raise
 
 
 def all_finite(base: Optional[Tensor], perturbed: Tensor) -> bool:

@@ -8,10 +8,9 @@ import torch
 from torch import Tensor
 
 from .. import protocols
-from ..errors import add_note
 from ..estimators.directions import Directions
 from ..objective import scalar_loss
-from .base import EVALUATORS, Evaluator, Losses, StepState, all_finite
+from .base import EVALUATORS, UNPERTURBED, Evaluator, Losses, StepState, all_finite, call_noted, perturbed_point
 
 
 @EVALUATORS.register("sequential")
@@ -59,16 +58,13 @@ class SequentialEvaluator(Evaluator):
                 base = None
                 if dirs.needs_base:
                     state.before()
-                    base = scalar_loss(_noted(objective, "at the unperturbed point"))
+                    base = scalar_loss(call_noted(objective, UNPERTURBED))
                     state.after()
                 for e in range(n):
                     state.before()
                     token = points.perturb(params, e, exact=exact)
                     try:
-                        value = scalar_loss(objective())
-                    except BaseException as err:
-                        add_note(err, f"zeroth: raised at perturbed point {e + 1} of {n}; parameters were restored")
-                        raise
+                        value = scalar_loss(call_noted(objective, perturbed_point(e, n)))
                     finally:
                         points.restore(params, e, token)
                         token = None  # drop this evaluation's copy before the next one makes its own
@@ -88,12 +84,3 @@ class SequentialEvaluator(Evaluator):
 
     def __repr__(self) -> str:
         return f"SequentialEvaluator(restore={self.restore!r})"
-
-
-def _noted(objective: Any, where: str) -> Any:
-    """``objective()``; an exception gets a note saying where it was raised."""
-    try:
-        return objective()
-    except BaseException as err:
-        add_note(err, f"zeroth: raised {where}; parameters were not changed")
-        raise
