@@ -222,30 +222,20 @@ def chain_support(model: nn.Module) -> Support:
     subclass adding input normalisation, say). A class that declares both but inconsistently is
     caught at run time: the chain's loss must equal the model's own forward's (to rounding).
     """
-    containers = [model]
-    if not callable(getattr(model, "zo_stages", None)):
-        todo = [model]
-        while todo:
-            c = todo.pop()
-            for child in c.children():
-                if isinstance(child, nn.Sequential) and not callable(getattr(child, "zo_stages", None)):
-                    containers.append(child)
-                    todo.append(child)
+    from .stages import stages
+
+    containers: list = []
+    stages(model, containers)
     for c in containers:
         name = type(c).__name__
         if _has_hooks(c):
             return Support.no(f"{name} (the model or a container of its stages) has forward hooks")
-        if isinstance(c, nn.Sequential) and not callable(getattr(c, "zo_stages", None)):
-            if type(c).forward is not nn.Sequential.forward:
-                return Support.no(
-                    f"{name} overrides nn.Sequential.forward: its forward is not the chain of its children"
-                )
-    if callable(getattr(model, "zo_stages", None)):
-        forward, declared = _owner(type(model), "forward"), _owner(type(model), "zo_stages")
-        if forward is not declared and issubclass(forward, declared):
-            return Support.no(
-                f"{type(model).__name__} overrides forward below {declared.__name__}, which declares zo_stages()"
-            )
+        if callable(getattr(c, "zo_stages", None)):
+            forward, declared = _owner(type(c), "forward"), _owner(type(c), "zo_stages")
+            if forward is not declared and issubclass(forward, declared):
+                return Support.no(f"{name} overrides forward below {declared.__name__}, which declares zo_stages()")
+        elif type(c).forward is not nn.Sequential.forward:
+            return Support.no(f"{name} overrides nn.Sequential.forward: its forward is not the chain of its children")
     return YES
 
 

@@ -28,18 +28,25 @@ from torch import Tensor, nn
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def stages(model: nn.Module) -> Optional[List[nn.Module]]:
-    """The model's stages in order, or None when it does not declare a chain."""
+def stages(model: nn.Module, containers: Optional[List[nn.Module]] = None) -> Optional[List[nn.Module]]:
+    """The model's stages in order, or None when it does not declare a chain.
+
+    ``containers``, when given, receives every module whose forward the chain stands in for: the
+    model and each nested ``nn.Sequential`` it flattens (:func:`~.rules.chain_support` checks them).
+    """
     declared = getattr(model, "zo_stages", None)
     if callable(declared):
-        return list(declared())
-    if isinstance(model, nn.Sequential):
-        out: List[nn.Module] = []
+        out = list(declared())
+    elif isinstance(model, nn.Sequential):
+        out = []
         for child in model:
-            sub = stages(child) if isinstance(child, nn.Sequential) else None
+            sub = stages(child, containers) if isinstance(child, nn.Sequential) else None
             out.extend(sub if sub is not None else [child])
-        return out
-    return None
+    else:
+        return None
+    if containers is not None:
+        containers.append(model)
+    return out
 
 
 def owns(modules, params) -> bool:
