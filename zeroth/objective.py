@@ -148,12 +148,14 @@ class Objective:
         )
 
 
-def scalar_loss(value: Any) -> Tensor:
+def scalar_loss(value: Any, who: str = "objective", what: str = "a scalar loss") -> Tensor:
     """The loss returned by an objective as a detached 0-d tensor.
 
     Args:
         value: a 1-element tensor (floating, int32 or int64), a Python ``float``/``int``, or a
             numpy scalar / 1-element array.
+        who, what: how error messages name the callable and what it must return
+            (``"{who} must return {what}, ..."``; :func:`~zeroth.zo_gradient` says ``fun``).
 
     Returns:
         A 0-d tensor: a tensor keeps its dtype and device (detached); Python and numpy numbers
@@ -165,9 +167,9 @@ def scalar_loss(value: Any) -> Tensor:
     """
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"objective must return a scalar loss, got a tensor of shape {tuple(value.shape)}")
+            raise ValueError(f"{who} must return {what}, got a tensor of shape {tuple(value.shape)}")
         if not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"objective must return a real number, got dtype {value.dtype}")
+            raise TypeError(f"{who} must return a real number, got dtype {value.dtype}")
         return value.detach().reshape(())
     if isinstance(value, (float, int)) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=torch.float64)
@@ -178,4 +180,4 @@ def scalar_loss(value: Any) -> Tensor:
             return torch.tensor(float(np.asarray(value).reshape(())), dtype=torch.float64)
     except ImportError:  # pragma: no cover - numpy is a dependency
         pass
-    raise TypeError(f"objective must return a scalar loss (tensor or float), got {type(value).__name__}")
+    raise TypeError(f"{who} must return {what} (tensor or float), got {type(value).__name__}")

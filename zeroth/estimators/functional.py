@@ -49,15 +49,6 @@ def _check_arguments(x: Any, estimator: Any, generator: Any) -> Estimator:
     return estimator
 
 
-def _fun_scalar(y: Any) -> Tensor:
-    """``scalar_loss(y)``, its error naming ``fun`` (the argument here) instead of "objective"."""
-    try:
-        return scalar_loss(y)
-    except (TypeError, ValueError) as err:
-        message = str(err).replace("objective must return a scalar loss", "fun must return a scalar", 1)
-        raise type(err)(message.replace("objective must", "fun must", 1)) from None
-
-
 def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
     """ℓ(x) (if needed) and ℓ at every evaluation point of ``dirs``, on a private copy of x."""
     work = x.detach().clone()
@@ -67,7 +58,7 @@ def _values(fun: Callable, x: Tensor, dirs: Directions, vector: bool):
         if vector:
             y = torch.as_tensor(y).detach()
             return y.reshape(-1).to(torch.float64)
-        return _fun_scalar(y).to(torch.float64)
+        return scalar_loss(y, who="fun", what="a scalar").to(torch.float64)
 
     base = call() if dirs.needs_base else None
     values: List[Tensor] = []
